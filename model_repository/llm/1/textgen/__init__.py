@@ -1,0 +1,1 @@
+"""Text generation for the `llm` Triton model, importable and testable without Triton."""

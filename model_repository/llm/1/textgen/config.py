@@ -1,0 +1,117 @@
+"""The model's settings: read once from `config.pbtxt` parameters, overridable by environment.
+
+Why one module: limits and engine knobs live in the model configuration (not in code), and the
+few that an operator changes per deployment (model directory, device, dtype) can be overridden
+by environment variables without editing the repository. Every bad value fails the model load
+with a message that names the parameter and says what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+# parameter name in config.pbtxt -> environment variable that overrides it
+ENV_OVERRIDES = {
+    "model_dir": "LLM_MODEL_DIR",
+    "device": "LLM_DEVICE",
+    "dtype": "LLM_DTYPE",
+    "scheduling": "LLM_SCHEDULING",
+}
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULING = ("continuous", "static")
+
+
+class ConfigError(ValueError):
+    """A deployment mistake; the message says which parameter and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; `vocab_size` and `context_length` come from the loaded model."""
+
+    max_prompt_tokens: int = 448
+    max_new_tokens: int = 256
+    default_max_tokens: int = 64
+    context_length: int = 512
+    vocab_size: int = 4096
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """A cheap bound checked before tokenising, so a huge body never reaches the tokenizer."""
+        return self.max_prompt_tokens * 16
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    scheduling: str = "continuous"
+    max_num_seqs: int = 32
+    max_batch_total_tokens: int = 8192
+    limits: Limits = Limits()
+
+
+def _parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    raw = model_config.get("parameters", {}) or {}
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+def _positive_int(params: Mapping[str, str], name: str, default: int) -> int:
+    raw = params.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"parameter `{name}` must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _choice(params: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (params.get(name, "") or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"parameter `{name}` must be one of {', '.join(choices)}, "
+                          f"got {value!r}")
+    return value
+
+
+def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Path,
+                       env: Mapping[str, str] = os.environ) -> EngineConfig:
+    """Build the engine config from Triton's parsed model config.
+
+    A relative `model_dir` is resolved against the project root, two levels above this
+    model's directory in the repository (`<root>/model_repository/llm`).
+    """
+    params = _parameters(model_config)
+    for name, variable in ENV_OVERRIDES.items():
+        if env.get(variable):
+            params[name] = env[variable]
+    if not params.get("model_dir"):
+        raise ConfigError("parameter `model_dir` is empty: set it in config.pbtxt or export "
+                          "LLM_MODEL_DIR=/path/to/final_model")
+    model_dir = Path(params["model_dir"])
+    if not model_dir.is_absolute():
+        model_dir = (model_repository_dir.parent.parent / model_dir).resolve()
+
+    limits = Limits(
+        max_prompt_tokens=_positive_int(params, "max_prompt_tokens", Limits.max_prompt_tokens),
+        max_new_tokens=_positive_int(params, "max_new_tokens", Limits.max_new_tokens),
+        default_max_tokens=_positive_int(params, "default_max_tokens",
+                                         Limits.default_max_tokens),
+    )
+    if limits.default_max_tokens > limits.max_new_tokens:
+        raise ConfigError(f"parameter `default_max_tokens` ({limits.default_max_tokens}) must "
+                          f"not exceed `max_new_tokens` ({limits.max_new_tokens})")
+    return EngineConfig(
+        model_dir=model_dir,
+        device=_choice(params, "device", DEVICES),
+        dtype=_choice(params, "dtype", DTYPES),
+        scheduling=_choice(params, "scheduling", SCHEDULING),
+        max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
+        max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
+                                             EngineConfig.max_batch_total_tokens),
+        limits=limits,
+    )

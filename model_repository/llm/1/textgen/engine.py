@@ -1,0 +1,238 @@
+"""The generation engine: one thread that prefills newcomers and decodes all running rows.
+
+Why a thread of its own: Triton's `execute()` only parses and hands requests over; the engine
+runs at the token step, admitting waiting sequences between decode steps (iteration-level
+scheduling) and retiring each row the step it finishes, so short answers never wait for long
+ones. Everything here works without Triton and is driven directly by the unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+
+from .config import EngineConfig, Limits
+from .kv_batch import KVBatch, new_cache, prefill_inputs
+from .loading import load_model, resolve_device, resolve_dtype
+from .outputs import OutputSink, SequenceOutput
+from .sampling import make_generator, sample_next_tokens
+from .scheduler import Budget, Scheduler, Sized
+from .tokenization import TextAssembler
+from .validation import GenerationRequest, ValidationError, check_token_budget
+
+log = logging.getLogger("textgen")
+
+
+@dataclass(eq=False)
+class Sequence(Sized):
+    """One request's state while it waits or runs."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    sink: OutputSink
+    assembler: TextAssembler
+    generator: Optional[torch.Generator]
+    arrival: float = field(default_factory=time.monotonic)
+    admitted_at: Optional[float] = None
+    first_token_at: Optional[float] = None
+    generated: int = 0
+    last_token: int = -1
+    finish_reason: Optional[str] = None
+
+    @property
+    def token_budget(self) -> int:
+        return len(self.prompt_ids) + self.request.max_tokens
+
+
+class Engine:
+    """Owns the model, the tokenizer and the scheduling loop."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype)
+        self.limits = self._limits_for_model(config.limits)
+        self._eos_id = self.tokenizer.eos_token_id
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else (self._eos_id or 0)
+
+        # State shared with submitting threads, guarded by `_wakeup`.
+        self._wakeup = threading.Condition()
+        self._scheduler: Scheduler[Sequence] = Scheduler(Budget(
+            config.max_num_seqs, config.max_batch_total_tokens,
+            static=config.scheduling == "static"))
+        self._stopping = False
+
+        # State owned by the engine thread: rows of the running batch, in cache order.
+        self._rows: list[Sequence] = []
+        self._batch: Optional[KVBatch] = None
+
+        self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
+        self._thread.start()
+
+    def _limits_for_model(self, limits: Limits) -> Limits:
+        context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        return replace(limits, context_length=context,
+                       vocab_size=int(self.model.config.vocab_size),
+                       max_prompt_tokens=min(limits.max_prompt_tokens, context - 1))
+
+    # ---- called from Triton's threads -------------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
+        """Tokenise, check the token limits and queue; raises ValidationError at once."""
+        prompt_ids = self.tokenizer.encode(request.prompt)
+        check_token_budget(len(prompt_ids), request, self.limits)
+        seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
+                       assembler=TextAssembler(self.tokenizer, request.stop),
+                       generator=make_generator(request, self.device))
+        if not self._scheduler.fits_ever(seq):
+            raise ValidationError("max_tokens", (
+                f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
+                f"max_batch_total_tokens ({self.config.max_batch_total_tokens})"))
+        with self._wakeup:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            self._scheduler.add(seq)
+            self._wakeup.notify()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop after the current step; sequences still unfinished end with an error."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join(timeout)
+
+    # ---- the engine thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._scheduler.has_unfinished():
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+                cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
+                self._scheduler.drop_waiting(cancelled)
+                admitted = self._scheduler.schedule()
+            for seq in cancelled:
+                self._finish(seq, "cancelled")
+            try:
+                with torch.inference_mode():
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode()
+            except Exception as exc:  # a failed step must not kill the engine thread
+                log.exception("generation step failed; failing %d running sequences",
+                              len(self._rows))
+                self._fail_running(f"generation failed: {exc}")
+        self._fail_running("the server is shutting down")
+        with self._wakeup:
+            for seq in self._scheduler.waiting:
+                self._finish(seq, "error", "the server is shutting down")
+
+    def _prefill(self, admitted: list[Sequence]) -> None:
+        now = time.monotonic()
+        for seq in admitted:
+            seq.admitted_at = now
+        ids, mask, positions = prefill_inputs([s.prompt_ids for s in admitted], self._pad_id,
+                                              self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=new_cache(), use_cache=True)
+        newcomers = KVBatch(out.past_key_values, mask)
+        if self._batch is None:
+            self._batch = newcomers
+        else:
+            self._batch.join(newcomers)
+        first_row = len(self._rows)
+        self._rows.extend(admitted)
+        self._advance(range(first_row, len(self._rows)), out.logits[:, -1, :])
+
+    def _decode(self) -> None:
+        assert self._batch is not None  # invariant: rows exist only with a batch
+        mask, positions = self._batch.decode_inputs()
+        ids = torch.tensor([[s.last_token] for s in self._rows], device=self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self._batch.cache, use_cache=True)
+        self._batch.commit_decode(mask)
+        self._advance(range(len(self._rows)), out.logits[:, -1, :])
+
+    def _advance(self, rows: range, logits: torch.Tensor) -> None:
+        """Sample one token for each of `rows` and retire the rows that finished."""
+        seqs = [self._rows[r] for r in rows]
+        tokens = sample_next_tokens(logits, [s.request for s in seqs],
+                                    [s.generator for s in seqs], self._eos_id)
+        now = time.monotonic()
+        for seq, token in zip(seqs, tokens):
+            seq.generated += 1
+            seq.last_token = token
+            seq.first_token_at = seq.first_token_at or now
+            if token == self._eos_id and not seq.request.ignore_eos:
+                seq.finish_reason = "stop"
+            else:
+                self._emit(seq, seq.assembler.add(token))
+                if seq.assembler.stopped:
+                    seq.finish_reason = "stop"
+            if seq.finish_reason is None and seq.generated >= seq.request.max_tokens:
+                seq.finish_reason = "length"
+            if seq.finish_reason is None and seq.sink.is_cancelled():
+                seq.finish_reason = "cancelled"
+        self._retire()
+
+    def _emit(self, seq: Sequence, delta: str) -> None:
+        if delta and seq.finish_reason is None:
+            try:
+                seq.sink.on_text(delta)
+            except Exception:  # the client is gone; treat as a cancellation
+                log.warning("sending a token failed; cancelling the sequence", exc_info=True)
+                seq.finish_reason = "cancelled"
+
+    def _retire(self) -> None:
+        finished = [s for s in self._rows if s.finish_reason is not None]
+        if not finished:
+            return
+        keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
+        if keep and self._batch is not None:
+            self._batch.keep(keep)
+        else:
+            self._batch = None
+        self._rows = [self._rows[i] for i in keep]
+        with self._wakeup:
+            self._scheduler.finish(finished)
+        for seq in finished:
+            if seq.finish_reason != "cancelled":
+                self._emit(seq, seq.assembler.flush())
+            self._finish(seq, seq.finish_reason or "error")
+
+    def _fail_running(self, message: str) -> None:
+        failed, self._rows, self._batch = self._rows, [], None
+        with self._wakeup:
+            self._scheduler.finish(failed)
+        for seq in failed:
+            self._finish(seq, "error", message)
+
+    def _finish(self, seq: Sequence, reason: str, error: str = "") -> None:
+        now = time.monotonic()
+        output = SequenceOutput(
+            text=seq.assembler.text, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=seq.generated,
+            queue_seconds=(seq.admitted_at or now) - seq.arrival,
+            first_token_seconds=(seq.first_token_at or now) - seq.arrival,
+            total_seconds=now - seq.arrival, error=error)
+        try:
+            seq.sink.on_finish(output)
+        except Exception:
+            log.warning("delivering the final response failed", exc_info=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the start-up log line."""
+        return {"model_dir": str(self.config.model_dir), "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "scheduling": self.config.scheduling, "context_length": self.limits.context_length}

@@ -1,0 +1,84 @@
+"""Decide, between decode steps, which waiting sequences join the running batch.
+
+NOTE on the algorithm: requests wait in FIFO order. Before every decode step the engine calls
+`schedule()`, which admits waiting sequences in order while the running batch stays within
+`max_num_seqs` sequences and `max_batch_total_tokens` tokens (each sequence counted at its
+worst case, prompt + max_tokens, as TGI does, so an admitted sequence is never evicted).
+The first waiting sequence that does not fit blocks the ones behind it, so a long request is
+never starved by short ones. With policy `static` nothing joins until the running batch has
+drained completely: that is one `generate()` per batch, kept for comparison.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, Iterable, TypeVar
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_num_seqs: int
+    max_batch_total_tokens: int
+    static: bool = False
+
+
+class Sized:
+    """What the scheduler needs from a sequence: its worst-case token footprint."""
+
+    @property
+    def token_budget(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+S = TypeVar("S", bound=Sized)
+
+
+class Scheduler(Generic[S]):
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.waiting: deque[S] = deque()
+        self.running: list[S] = []
+        self._tokens_running = 0  # sum of token_budget over `running`
+
+    def add(self, seq: S) -> None:
+        """Called from any thread (under the engine's lock) when a request arrives."""
+        self.waiting.append(seq)
+
+    def fits_ever(self, seq: S) -> bool:
+        """Whether the sequence could run in an otherwise empty batch."""
+        return seq.token_budget <= self.budget.max_batch_total_tokens
+
+    def schedule(self) -> list[S]:
+        """Called before each step; moves admitted sequences to `running` and returns them."""
+        if self.budget.static and self.running:
+            return []
+        admitted: list[S] = []
+        while self.waiting:
+            seq = self.waiting[0]
+            if len(self.running) >= self.budget.max_num_seqs:
+                break
+            if self._tokens_running + seq.token_budget > self.budget.max_batch_total_tokens:
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            self._tokens_running += seq.token_budget
+            admitted.append(seq)
+        return admitted
+
+    def finish(self, finished: Iterable[S]) -> None:
+        """Called after a step with the sequences that ended; frees their budget at once."""
+        done = set(map(id, finished))
+        if not done:
+            return
+        kept = [s for s in self.running if id(s) not in done]
+        self._tokens_running = sum(s.token_budget for s in kept)
+        self.running = kept
+
+    def drop_waiting(self, dropped: Iterable[S]) -> None:
+        """Remove sequences that left before running (cancelled or timed out in the queue)."""
+        gone = set(map(id, dropped))
+        self.waiting = deque(s for s in self.waiting if id(s) not in gone)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)

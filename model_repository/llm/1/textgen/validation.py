@@ -1,0 +1,162 @@
+"""Turn one raw request into a validated, immutable `GenerationRequest` (parse, don't validate).
+
+Why here and not in `model.py`: every rule is pure and unit-tested without Triton, and the
+engine accepts only `GenerationRequest`, so an unchecked value can never reach sampling.
+Each failure raises `ValidationError` naming the parameter, the rule and the value received;
+`model.py` maps that single type to Triton's INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .config import Limits
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_LENGTH = 128
+MAX_SEED = 2**63 - 1
+
+
+class ValidationError(ValueError):
+    """A client mistake in one request; its message is shown to the client as is."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"`{parameter}` {message}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything the engine needs for one sequence, already checked and defaulted."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k cut
+    seed: Optional[int] = None
+    stop: tuple[str, ...] = ()
+    exclude_input_in_output: bool = False
+    ignore_eos: bool = False
+    stream: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _scalar(name: str, value: Optional[np.ndarray]) -> Any:
+    """One element from a tensor of any shape that holds exactly one element, or None."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ValidationError(name, f"must hold exactly one value, got shape {list(array.shape)}")
+    return array.reshape(-1)[0]
+
+
+def _text(name: str, raw: Any) -> str:
+    if isinstance(raw, (bytes, np.bytes_)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(name, f"must be valid UTF-8 ({exc.reason} at byte "
+                                        f"{exc.start})") from None
+    if not isinstance(raw, str):
+        raise ValidationError(name, f"must be a string, got {type(raw).__name__}")
+    if "\x00" in raw:
+        raise ValidationError(name, "must not contain NUL characters")
+    return raw
+
+
+def _number(name: str, raw: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    if isinstance(raw, (bytes, str, np.bytes_, np.str_)) or not np.isscalar(raw):
+        raise ValidationError(name, f"must be a number, got {raw!r}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValidationError(name, f"must be a finite number, got {value}")
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValidationError(name, f"must be in {interval}, got {value:g}")
+    return value
+
+
+def _integer(name: str, raw: Any, low: int, high: int) -> int:
+    if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, np.integer)):
+        raise ValidationError(name, f"must be an integer, got {raw!r}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise ValidationError(name, f"must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _flag(name: str, raw: Any, default: bool) -> bool:
+    if raw is None:
+        return default
+    if not isinstance(raw, (bool, np.bool_)):
+        raise ValidationError(name, f"must be a boolean, got {raw!r}")
+    return bool(raw)
+
+
+def _stop(raw: Optional[np.ndarray]) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items: Sequence[Any] = np.asarray(raw).reshape(-1).tolist()
+    if len(items) > MAX_STOP_STRINGS:
+        raise ValidationError("stop", f"may hold at most {MAX_STOP_STRINGS} strings, "
+                                      f"got {len(items)}")
+    stops = tuple(_text("stop", item) for item in items)
+    for stop in stops:
+        if not 0 < len(stop) <= MAX_STOP_LENGTH:
+            raise ValidationError("stop", f"strings must have 1 to {MAX_STOP_LENGTH} "
+                                          f"characters, got {len(stop)}")
+    return stops
+
+
+def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) -> GenerationRequest:
+    """Validate the named input tensors of one request (absent optional inputs are None)."""
+    prompt = _text("text_input", _scalar("text_input", inputs.get("text_input")))
+    if not prompt.strip():
+        raise ValidationError("text_input", "must not be empty")
+    if len(prompt) > limits.max_prompt_chars:
+        raise ValidationError("text_input", f"must have at most {limits.max_prompt_chars} "
+                                            f"characters, got {len(prompt)}")
+
+    max_tokens = _scalar("max_tokens", inputs.get("max_tokens"))
+    temperature = _scalar("temperature", inputs.get("temperature"))
+    top_p = _scalar("top_p", inputs.get("top_p"))
+    top_k = _scalar("top_k", inputs.get("top_k"))
+    seed = _scalar("seed", inputs.get("seed"))
+    return GenerationRequest(
+        prompt=prompt,
+        max_tokens=(limits.default_max_tokens if max_tokens is None
+                    else _integer("max_tokens", max_tokens, 1, limits.max_new_tokens)),
+        temperature=0.0 if temperature is None else _number("temperature", temperature, 0, 2),
+        top_p=1.0 if top_p is None else _number("top_p", top_p, 0, 1, low_open=True),
+        top_k=0 if top_k is None else _integer("top_k", top_k, 0, limits.vocab_size),
+        seed=None if seed is None else _integer("seed", seed, 0, MAX_SEED),
+        stop=_stop(inputs.get("stop")),
+        exclude_input_in_output=_flag("exclude_input_in_output",
+                                      _scalar("exclude_input_in_output",
+                                              inputs.get("exclude_input_in_output")), False),
+        ignore_eos=_flag("ignore_eos", _scalar("ignore_eos", inputs.get("ignore_eos")), False),
+        stream=_flag("stream", _scalar("stream", inputs.get("stream")), False),
+    )
+
+
+def check_token_budget(prompt_tokens: int, request: GenerationRequest, limits: Limits) -> None:
+    """Reject what can never fit, after tokenising and before queueing, with both numbers."""
+    if prompt_tokens > limits.max_prompt_tokens:
+        raise ValidationError("text_input", f"has {prompt_tokens} tokens; the limit is "
+                                            f"{limits.max_prompt_tokens}")
+    if prompt_tokens + request.max_tokens > limits.context_length:
+        raise ValidationError(
+            "max_tokens",
+            f"plus the prompt must fit the model's context: {prompt_tokens} prompt tokens + "
+            f"{request.max_tokens} max_tokens = {prompt_tokens + request.max_tokens} > "
+            f"{limits.context_length}")

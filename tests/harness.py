@@ -1,0 +1,107 @@
+"""Start real servers for the tests: free ports, readiness polling, log dumps, clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import runtime  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_ok(url: str, headers: Optional[dict[str, str]] = None) -> bool:
+    try:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class ServerProcess:
+    """One real server process with its log file."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "ServerProcess":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float = 120.0) -> None:
+        """Poll `ready`; fail fast with the log when the process dies, or on timeout."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n"
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.25)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL the whole process group after `grace` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def triton_settings(run_dir: Path, **env: str) -> runtime.Settings:
+    """Settings on free loopback ports, writing everything under `run_dir`."""
+    values = {"LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
+              "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
+              "LLM_LOG_LEVEL": "info", **env}
+    return runtime.Settings.from_env(values)
+
+
+def triton_process(settings: runtime.Settings, name: str = "tritonserver",
+                   **env: str) -> ServerProcess:
+    process_env = runtime.triton_env(settings.run_dir)
+    process_env.update({"LLM_MODEL_DIR": str(settings.model_dir), **env})
+    return ServerProcess(name, runtime.triton_command(settings), process_env,
+                         settings.run_dir / f"{name}.log")
+
+
+def model_log_records(log: Path, event: str = "llm_request") -> list[dict]:
+    """The model's JSON log records; Triton wraps each message in a quoted string."""
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        if f'\\"event\\":\\"{event}\\"' in line:
+            records.append(json.loads(json.loads(line[line.index("] ") + 2:])))
+    return records

@@ -1,0 +1,157 @@
+"""How this project runs Triton from the pip wheel: paths, environment and command line.
+
+Why one module: `make serve`, the background runner and the test fixtures must start the very
+same server. Every setting is read from the environment once, in `Settings.from_env`, so the
+README's table of variables is the whole story. See ../shared/notes/platform.md for the traps
+this works around (stub RPATH, libpython, PATH-based environment discovery).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+MODEL_REPOSITORY = ROOT / "model_repository"
+DEMO_MODEL = ROOT / "demo_model"
+
+_SITE = Path(sysconfig.get_paths()["purelib"])
+_PYTRITON = _SITE / "pytriton" / "tritonserver"
+_PYTRITON_LIBS = _SITE / "nvidia_pytriton.libs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment knobs, each overridable by the environment variable named in its comment."""
+
+    host: str = "127.0.0.1"  # LLM_TRITON_HOST: Triton stays on loopback by default
+    http_port: int = 8000  # LLM_HTTP_PORT
+    grpc_port: int = 8001  # LLM_GRPC_PORT
+    metrics_port: int = 8002  # LLM_METRICS_PORT
+    model_dir: Path = DEMO_MODEL  # LLM_MODEL_DIR: any save_pretrained causal-LM directory
+    log_level: str = "info"  # LLM_LOG_LEVEL: error | warning | info | verbose
+    run_dir: Path = RUN_DIR  # LLM_RUN_DIR: pid files, logs, backend layout
+    admin_key: str = ""  # LLM_ADMIN_KEY: unlocks Triton's restricted APIs; random if unset
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        default = cls()
+
+        def port(name: str, fallback: int) -> int:
+            raw = env.get(name, str(fallback))
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise SystemExit(f"{name}={raw!r} is not a TCP port; use a number in 1-65535")
+            return int(raw)
+
+        level = env.get("LLM_LOG_LEVEL", default.log_level).lower()
+        if level not in {"error", "warning", "info", "verbose"}:
+            raise SystemExit(f"LLM_LOG_LEVEL={level!r}: use error, warning, info or verbose")
+        return cls(
+            host=env.get("LLM_TRITON_HOST", default.host),
+            http_port=port("LLM_HTTP_PORT", default.http_port),
+            grpc_port=port("LLM_GRPC_PORT", default.grpc_port),
+            metrics_port=port("LLM_METRICS_PORT", default.metrics_port),
+            model_dir=Path(env.get("LLM_MODEL_DIR", str(default.model_dir))).resolve(),
+            log_level=level,
+            run_dir=Path(env.get("LLM_RUN_DIR", str(default.run_dir))).resolve(),
+            admin_key=env.get("LLM_ADMIN_KEY") or secrets.token_urlsafe(24),
+        )
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+        shutil.copy2(src, dst)
+
+
+def prepare_backend_dir(run_dir: Path) -> Path:
+    """Lay out Triton's backend directory from the wheel; idempotent and cheap when done.
+
+    The Python backend expects the stub beside `libtriton_python.so`; the wheel keeps stubs per
+    interpreter version, so we copy the one matching the interpreter that runs the model.
+    """
+    if not _PYTRITON.exists():
+        raise SystemExit(f"{_PYTRITON} is missing: run `make venv` to install nvidia-pytriton")
+    backend = run_dir / "triton" / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        _copy_if_changed(_PYTRITON / "backends" / "python" / name, backend / name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = _PYTRITON / "python_backend_stubs" / version / "triton_python_backend_stub"
+    _copy_if_changed(stub, backend / stub.name)
+    return backend.parent
+
+
+def client_lib_dir(run_dir: Path) -> Path:
+    """Symlinks under the sonames perf_analyzer asks for; the wheel stores them hashed."""
+    lib = run_dir / "triton" / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    for soname, pattern in (("libb64.so.0d", "libb64-*.so.0d"),
+                            ("libcudart.so.12", "libcudart-*.so.12*")):
+        link = lib / soname
+        target = next(_PYTRITON_LIBS.glob(pattern))
+        if not link.exists():
+            link.symlink_to(target)
+    return lib
+
+
+def triton_env(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver, its Python stubs and perf_analyzer."""
+    env = dict(os.environ if base is None else base)
+    libs = [str(_PYTRITON_LIBS), sysconfig.get_config_var("LIBDIR") or "",
+            str(client_lib_dir(run_dir))]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
+    # The stub ignores PYTHONPATH and finds its packages through the first python3 on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY) -> list[str]:
+    """The tritonserver command line; restricted APIs need `settings.admin_key`."""
+    backends = prepare_backend_dir(settings.run_dir)
+    restricted = "model-repository,shared-memory,trace,logging"
+    level_flags = {
+        "error": ["--log-info=false", "--log-warning=false"],
+        "warning": ["--log-info=false"],
+        "info": [],
+        "verbose": ["--log-verbose=1"],
+    }[settings.log_level]
+    return [
+        str(_PYTRITON / "bin" / "tritonserver"),
+        f"--model-repository={model_repository}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={_PYTRITON / 'caches'}",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        f"--http-restricted-api={restricted}:admin-key={settings.admin_key}",
+        f"--grpc-restricted-protocol={restricted}:admin-key={settings.admin_key}",
+        # Forward the gateway's identity and request-id headers to the model's parameters.
+        "--http-header-forward-pattern=x-(request-id|llm-key-id|llm-key-name|llm-tier)",
+        "--grpc-header-forward-pattern=x-(request-id|llm-key-id|llm-key-name|llm-tier)",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--exit-timeout-secs=30",
+        "--strict-readiness=true",
+        *level_flags,
+    ]
