@@ -59,7 +59,12 @@ class TextAssembler:
         return longest
 
     def add(self, token_id: int) -> str:
-        """Append a token; return the text that became final (maybe empty)."""
+        """Append a token; return the text that became final (maybe empty).
+
+        After a stop string was found nothing more is released.
+        """
+        if self.stopped:
+            return ""
         self._ids.append(token_id)
         delta = self._decode_delta()
         if not delta:

@@ -1,0 +1,127 @@
+"""The engine driven in-process with the demo model: scheduling, sampling, cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from textgen.config import EngineConfig
+from textgen.engine import Engine
+from textgen.outputs import SequenceOutput
+from textgen.validation import GenerationRequest, ValidationError
+
+PROMPTS = ["The list", "A function is", "Python is a programming language", "Exceptions"]
+
+
+class Sink:
+    """Collects one sequence; can cancel itself after `cancel_after` pieces of text."""
+
+    def __init__(self, cancel_after: int | None = None, cancelled: bool = False) -> None:
+        self.pieces: list[str] = []
+        self.output: SequenceOutput | None = None
+        self.done = threading.Event()
+        self._cancel_after = cancel_after
+        self._cancelled = cancelled
+
+    def on_text(self, delta: str) -> None:
+        self.pieces.append(delta)
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self.output = output
+        self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled or (self._cancel_after is not None
+                                   and len(self.pieces) >= self._cancel_after)
+
+    def result(self) -> SequenceOutput:
+        assert self.done.wait(60), "sequence did not finish"
+        assert self.output is not None
+        return self.output
+
+
+def run(engine: Engine, requests: list[GenerationRequest]) -> list[SequenceOutput]:
+    sinks = [Sink() for _ in requests]
+    for request, sink in zip(requests, sinks):
+        engine.submit(request, sink)
+    return [sink.result() for sink in sinks]
+
+
+@pytest.fixture(scope="module", params=["continuous", "static"])
+def engine(request, demo_model_dir):
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, scheduling=request.param,
+                                 max_num_seqs=8))
+    yield engine
+    engine.shutdown()
+
+
+def test_greedy_text_is_identical_alone_and_when_joining_a_running_batch(engine):
+    alone = [run(engine, [GenerationRequest(prompt=p, max_tokens=24)])[0].text
+             for p in PROMPTS]
+    long_sink = Sink()
+    engine.submit(GenerationRequest(prompt="The module", max_tokens=80, ignore_eos=True),
+                  long_sink)
+    while len(long_sink.pieces) < 5:  # joiners arrive while it is mid-generation
+        time.sleep(0.005)
+    joined = run(engine, [GenerationRequest(prompt=p, max_tokens=24 + i, temperature=1.2 * (i % 2),
+                                            seed=i) for i, p in enumerate(PROMPTS)])
+    for i in (0, 2):
+        assert joined[i].text == alone[i]
+    assert long_sink.result().completion_tokens == 80
+
+
+def test_seeded_request_is_reproducible_in_any_company(engine):
+    seeded = GenerationRequest(prompt="The", max_tokens=20, temperature=1.0, top_k=40, seed=7)
+    alone = run(engine, [seeded])[0]
+    crowd = run(engine, [GenerationRequest(prompt=p, max_tokens=12, temperature=0.8)
+                         for p in PROMPTS] + [seeded])
+    assert crowd[-1].text == alone.text
+
+
+def test_streamed_pieces_concatenate_to_the_final_text(engine):
+    sink = Sink()
+    engine.submit(GenerationRequest(prompt="The list", max_tokens=40, stop=("class",)), sink)
+    output = sink.result()
+    assert "".join(sink.pieces) == output.text
+    assert "class" not in output.text
+
+
+def test_cancelled_sequence_stops_within_a_step_and_frees_its_row(engine):
+    sink = Sink(cancel_after=3)
+    engine.submit(GenerationRequest(prompt="The", max_tokens=200, ignore_eos=True), sink)
+    output = sink.result()
+    assert output.finish_reason == "cancelled"
+    assert output.completion_tokens <= 4
+    assert run(engine, [GenerationRequest(prompt="The", max_tokens=3)])[0].completion_tokens == 3
+    assert engine._rows == []  # nothing leaked
+
+
+def test_request_cancelled_while_queued_never_runs(demo_model_dir):
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
+    try:
+        blocker = Sink()
+        engine.submit(GenerationRequest(prompt="The", max_tokens=60, ignore_eos=True), blocker)
+        queued = Sink(cancelled=True)
+        engine.submit(GenerationRequest(prompt="The", max_tokens=60), queued)
+        assert queued.result().finish_reason == "cancelled"
+        assert queued.result().completion_tokens == 0
+        assert blocker.result().completion_tokens == 60
+    finally:
+        engine.shutdown()
+
+
+def test_request_larger_than_the_token_budget_is_rejected_at_submit(demo_model_dir):
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_batch_total_tokens=50))
+    try:
+        with pytest.raises(ValidationError, match="max_batch_total_tokens"):
+            engine.submit(GenerationRequest(prompt="The list", max_tokens=100), Sink())
+    finally:
+        engine.shutdown()
+
+
+def test_model_limits_come_from_the_loaded_model(engine):
+    assert engine.limits.context_length == 512
+    assert engine.limits.vocab_size == len(engine.tokenizer)
+    assert engine.limits.max_prompt_tokens <= 511

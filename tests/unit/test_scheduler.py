@@ -1,0 +1,77 @@
+"""Admission rules of the iteration-level scheduler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textgen.scheduler import Budget, Scheduler, Sized
+
+
+@dataclass(eq=False)
+class Seq(Sized):
+    tokens: int
+
+    @property
+    def token_budget(self) -> int:
+        return self.tokens
+
+
+def test_waiting_sequences_join_a_running_batch_between_steps():
+    scheduler = Scheduler(Budget(max_num_seqs=4, max_batch_total_tokens=100))
+    first = Seq(10)
+    scheduler.add(first)
+    assert scheduler.schedule() == [first]
+    second = Seq(10)
+    scheduler.add(second)
+    assert scheduler.schedule() == [second]
+    assert scheduler.running == [first, second]
+
+
+def test_static_policy_admits_only_into_an_empty_batch():
+    scheduler = Scheduler(Budget(4, 100, static=True))
+    a, b = Seq(10), Seq(10)
+    scheduler.add(a)
+    assert scheduler.schedule() == [a]
+    scheduler.add(b)
+    assert scheduler.schedule() == []
+    scheduler.finish([a])
+    assert scheduler.schedule() == [b]
+
+
+def test_sequence_count_limit_holds_the_rest_in_fifo_order():
+    scheduler = Scheduler(Budget(2, 1000))
+    seqs = [Seq(1) for _ in range(4)]
+    for seq in seqs:
+        scheduler.add(seq)
+    assert scheduler.schedule() == seqs[:2]
+    scheduler.finish([seqs[0]])
+    assert scheduler.schedule() == [seqs[2]]
+    assert list(scheduler.waiting) == [seqs[3]]
+
+
+def test_token_budget_blocks_a_large_request_without_letting_small_ones_overtake():
+    scheduler = Scheduler(Budget(10, 100))
+    big, large, small = Seq(60), Seq(50), Seq(5)
+    for seq in (big, large, small):
+        scheduler.add(seq)
+    assert scheduler.schedule() == [big]
+    scheduler.finish([big])
+    assert scheduler.schedule() == [large, small]
+
+
+def test_finishing_frees_budget_and_dropping_removes_from_the_queue():
+    scheduler = Scheduler(Budget(1, 100))
+    a, b, c = Seq(10), Seq(10), Seq(10)
+    for seq in (a, b, c):
+        scheduler.add(seq)
+    scheduler.schedule()
+    scheduler.drop_waiting([b])
+    scheduler.finish([a])
+    assert scheduler.schedule() == [c]
+    scheduler.finish([c])
+    assert not scheduler.has_unfinished()
+
+
+def test_a_sequence_larger_than_the_total_budget_never_fits():
+    scheduler = Scheduler(Budget(4, 100))
+    assert scheduler.fits_ever(Seq(100)) and not scheduler.fits_ever(Seq(101))

@@ -1,0 +1,56 @@
+"""Incremental detokenisation and stop strings, with the demo model's byte-level tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from textgen.tokenization import TextAssembler
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model_dir):
+    return AutoTokenizer.from_pretrained(demo_model_dir)
+
+
+def feed(assembler: TextAssembler, ids: list[int]) -> list[str]:
+    return [assembler.add(i) for i in ids]
+
+
+def test_streamed_pieces_concatenate_to_the_decoded_text(tokenizer):
+    text = "The list module provides functions, and 42 more!"
+    assembler = TextAssembler(tokenizer)
+    pieces = feed(assembler, tokenizer.encode(text)) + [assembler.flush()]
+    assert "".join(pieces) == text == assembler.text
+
+
+def test_multibyte_characters_are_never_split(tokenizer):
+    text = "caf\u00e9 \u2603 \U0001f600 na\u00efve"
+    ids = tokenizer.encode(text)
+    assert len(ids) > len(text.split())  # emoji and accents span several byte tokens
+    assembler = TextAssembler(tokenizer)
+    pieces = feed(assembler, ids)
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) + assembler.flush() == text
+
+
+def test_text_stops_right_before_the_stop_string(tokenizer):
+    assembler = TextAssembler(tokenizer, stop=["module"])
+    pieces = feed(assembler, tokenizer.encode("The list module provides"))
+    assert assembler.stopped
+    assert "".join(pieces) == assembler.text == "The list "
+
+
+def test_a_possible_stop_prefix_is_held_back_until_it_resolves(tokenizer):
+    assembler = TextAssembler(tokenizer, stop=["\n\nEND"])
+    released = "".join(feed(assembler, tokenizer.encode("one\n\nEN")))
+    assert released == "one"  # "\n\nEN" might become the stop string
+    released += "".join(feed(assembler, tokenizer.encode("VY, no")))
+    assert not assembler.stopped
+    assert released + assembler.flush() == "one\n\nENVY, no"
+
+
+def test_stop_string_spanning_tokens_is_found(tokenizer):
+    assembler = TextAssembler(tokenizer, stop=["st mod"])
+    feed(assembler, tokenizer.encode("The list module"))
+    assert assembler.stopped and assembler.text == "The li"
