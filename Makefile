@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock | cksum | cut -d' ' -f
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve up down status test unit demo-model lock clean
+.PHONY: help venv serve up down status key keys revoke test unit demo-model lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -33,6 +33,15 @@ down: ## Stop the background service
 
 status: ## Say whether the background service is ready
 	@$(PY) tools/serve.py status
+
+key: venv ## Issue an API key: make key NAME=team-a [TIER=standard]; printed once
+	@$(PY) gateway/keys.py issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
+
+keys: venv ## List API keys (ids, names, tiers; never the keys)
+	@$(PY) gateway/keys.py list
+
+revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
+	@$(PY) gateway/keys.py revoke "$(KEY)"
 
 test: venv ## Run the whole test suite (unit + integration with real servers)
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gateway"))
+from render import GatewaySettings, load_tiers, render_envoy_config  # noqa: E402
+from keys import KeyStore  # noqa: E402
+
 RUN_DIR = ROOT / ".run"
 MODEL_REPOSITORY = ROOT / "model_repository"
 DEMO_MODEL = ROOT / "demo_model"
@@ -24,6 +28,7 @@ DEMO_MODEL = ROOT / "demo_model"
 _SITE = Path(sysconfig.get_paths()["purelib"])
 _PYTRITON = _SITE / "pytriton" / "tritonserver"
 _PYTRITON_LIBS = _SITE / "nvidia_pytriton.libs"
+_ENVOY = _SITE / "envoy" / "_bin" / "envoy"
 
 
 @dataclass(frozen=True)
@@ -155,3 +160,30 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
         "--strict-readiness=true",
         *level_flags,
     ]
+
+
+def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> GatewaySettings:
+    """Gateway settings pointing at this Triton, other values from the environment."""
+    values = dict(os.environ if env is None else env)
+    values.update(LLM_RUN_DIR=str(settings.run_dir), LLM_TRITON_HOST=settings.host,
+                  LLM_HTTP_PORT=str(settings.http_port), LLM_GRPC_PORT=str(settings.grpc_port))
+    return GatewaySettings.from_env(values)
+
+
+def prepare_gateway(gateway: GatewaySettings, run_dir: Path) -> Path:
+    """Render envoy.yaml and make sure the key filter exists; returns the config path."""
+    config = run_dir / "gateway" / "envoy.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    Path(gateway.access_log).parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(render_envoy_config(gateway, load_tiers()))
+    store = KeyStore(gateway.keys_dir)
+    if not store.filter_path.exists():
+        store.sync()
+    return config
+
+
+def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
+    """The Envoy command line. No hot restart, so several gateways can share a host."""
+    level = {"verbose": "info", "info": "warning"}.get(log_level, log_level)
+    return [str(_ENVOY), "-c", str(config), "--log-level", level, "--disable-hot-restart",
+            "--drain-time-s", "5"]

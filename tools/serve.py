@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Run the service locally: Triton with the `llm` model, supervised.
+"""Run the service locally: Triton with the `llm` model behind the Envoy gateway, supervised.
 
   serve   run in the foreground; Ctrl-C stops it cleanly        (make serve)
   up      start in the background and wait until it is ready   (make up)
   down    stop what `up` started                               (make down)
-  status  say whether it runs and is ready
+  status  say whether it runs and is ready                     (make status)
 
-Settings come from environment variables (see the README and tools/runtime.py). The runner
-restarts Triton if it dies, so a crashed server comes back by itself.
+Settings come from environment variables (see the README, tools/runtime.py and
+gateway/render.py). Triton listens on loopback only; the gateway's port is the public one.
+The runner restarts a process that dies, so a crashed server comes back by itself. On the first
+run it issues a development API key named `dev` and prints it once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime  # noqa: E402
@@ -36,59 +40,114 @@ def is_ready(url: str) -> bool:
         return False
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, log: Path, timeout: float) -> None:
-    """Poll readiness with a progress line; fail fast with the log tail if the process died."""
+@dataclass
+class Supervised:
+    """A child process that is restarted with back-off when it exits unexpectedly."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: Optional[subprocess.Popen] = None
+    restarts: int = 0
+    _due: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        """Restart after a back-off if the process died."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if not self._due:
+            delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
+            print(f"==> {self.name} exited with code {self.proc.returncode}; restarting in "
+                  f"{delay} s (log: {self.log})", flush=True)
+            self._due = now + delay
+        elif now >= self._due:
+            self._due = 0.0
+            self.restarts += 1
+            self.start()
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period (Triton drains in-flight requests)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def wait_ready(check: Callable[[], bool], procs: list[Supervised], timeout: float,
+               what: str) -> None:
+    """Poll with a progress line; fail fast with the log tail if a process died."""
     start = time.monotonic()
-    while not is_ready(url):
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-25:]
-            raise SystemExit("Triton exited during start-up (exit code "
-                             f"{proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+    while not check():
+        for p in procs:
+            if p.proc is not None and p.proc.poll() is not None:
+                tail = p.log.read_text(errors="replace").splitlines()[-25:]
+                raise SystemExit(f"{p.name} exited during start-up (code {p.proc.returncode});"
+                                 f" last lines of {p.log}:\n" + "\n".join(tail))
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"not ready after {timeout:.0f} s; see {log}")
-        print(f"\r  waiting for the model to load ... {time.monotonic() - start:4.0f} s",
-              end="", flush=True)
+            raise SystemExit(f"{what} not ready after {timeout:.0f} s; see {procs[0].log}")
+        print(f"\r  waiting for {what} ... {time.monotonic() - start:4.0f} s", end="",
+              flush=True)
         time.sleep(0.5)
-    print(f"\r  ready after {time.monotonic() - start:.1f} s" + " " * 20, flush=True)
+    print(f"\r  {what} ready after {time.monotonic() - start:.1f} s" + " " * 20, flush=True)
 
 
-def banner(settings: runtime.Settings) -> str:
-    url = settings.http_url
+def dev_key(gateway: runtime.GatewaySettings) -> Optional[str]:
+    """Issue the `dev` key on the first run; afterwards only its hash exists."""
+    store = runtime.KeyStore(gateway.keys_dir)
+    if store.active_named("dev"):
+        return None
+    key, _ = store.issue("dev", runtime.load_tiers()["default_tier"])
+    return key
+
+
+def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
+           key: Optional[str]) -> str:
+    url = f"http://{gateway.host}:{gateway.port}"
+    shown = key or "$LLM_API_KEY"
+    key_line = (f"Development API key (shown once; `make key NAME=...` issues more):\n  {key}\n"
+                if key else "API key: the `dev` key printed on the first run, or "
+                            "`make key NAME=you` for a new one.\n")
     return f"""
 The LLM service is up (model: {settings.model_dir}).
-  Triton HTTP   {url}        (loopback only)
-  Triton gRPC   {settings.grpc_url}
-  metrics       http://{settings.host}:{settings.metrics_port}/metrics
+  gateway       {url}   HTTP + gRPC + SSE, API key required
+  Triton        {settings.http_url} / {settings.grpc_url} / metrics :{settings.metrics_port}
+                (loopback only, no key: for operators)
+  access log    {gateway.access_log}
 
+{key_line}
 Try it:
-  curl -s {url}/v2/models/llm/generate \\
+  curl -s {url}/generate -H 'X-API-Key: {shown}' \\
        -d '{{"text_input": "The list", "max_tokens": 32, "exclude_input_in_output": true}}'
 """
 
 
-def start_triton(settings: runtime.Settings, log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = runtime.triton_env(settings.run_dir)
-    env["LLM_MODEL_DIR"] = str(settings.model_dir)
-    return subprocess.Popen(runtime.triton_command(settings), env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, grace: float = 40.0) -> None:
-    """SIGTERM, then SIGKILL after the grace period: Triton drains in-flight requests first."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def build(settings: runtime.Settings) -> tuple[list[Supervised], runtime.GatewaySettings]:
+    gateway = runtime.gateway_settings(settings)
+    envoy_config = runtime.prepare_gateway(gateway, settings.run_dir)
+    triton_env = runtime.triton_env(settings.run_dir)
+    triton_env["LLM_MODEL_DIR"] = str(settings.model_dir)
+    procs = [
+        Supervised("tritonserver", runtime.triton_command(settings), triton_env,
+                   settings.run_dir / "triton.log"),
+        Supervised("envoy", runtime.envoy_command(envoy_config, settings.log_level),
+                   dict(os.environ), settings.run_dir / "gateway" / "envoy.log"),
+    ]
+    return procs, gateway
 
 
 def serve(settings: runtime.Settings) -> int:
     """Foreground: start, wait, print how to call it, supervise until SIGINT/SIGTERM."""
-    log = settings.run_dir / "triton.log"
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -97,23 +156,23 @@ def serve(settings: runtime.Settings) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    print(f"==> starting Triton (log: {log})", flush=True)
-    proc = start_triton(settings, log)
-    wait_ready(f"{settings.http_url}/v2/models/llm/ready", proc, log, READY_TIMEOUT_S)
-    print(banner(settings), flush=True)
+    procs, gateway = build(settings)
+    key = dev_key(gateway)
+    print(f"==> starting Triton and the gateway (logs under {settings.run_dir})", flush=True)
+    for p in procs:
+        p.start()
+    wait_ready(lambda: is_ready(f"http://{gateway.host}:{gateway.port}/readyz"), procs,
+               READY_TIMEOUT_S, "the model")
+    print(banner(settings, gateway, key), flush=True)
     print("Press Ctrl-C to stop.", flush=True)
-    restarts = 0
     while not stopping:
         time.sleep(0.5)
-        if proc.poll() is not None and not stopping:
-            delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
-            print(f"==> Triton exited with code {proc.returncode}; restarting in {delay} s",
-                  flush=True)
-            time.sleep(delay)
-            proc = start_triton(settings, log)
-            restarts += 1
-    print("\n==> stopping Triton (draining in-flight requests)", flush=True)
-    stop(proc)
+        for p in procs:
+            if not stopping:
+                p.check()
+    print("\n==> stopping: Triton drains in-flight requests, then the gateway stops", flush=True)
+    procs[0].stop(grace=40)
+    procs[1].stop(grace=10)
     print("==> stopped", flush=True)
     return 0
 
@@ -122,28 +181,32 @@ def pid_file(settings: runtime.Settings) -> Path:
     return settings.run_dir / "serve.pid"
 
 
-def up(settings: runtime.Settings) -> int:
-    pidf = pid_file(settings)
-    if pidf.exists() and _alive(int(pidf.read_text())):
-        print(f"already running (pid {pidf.read_text().strip()}); `make down` stops it")
-        return 0
-    log = settings.run_dir / "serve.log"
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, __file__, "serve"], stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    pidf.write_text(str(proc.pid))
-    print(f"==> started in the background (pid {proc.pid}, log: {log})", flush=True)
-    wait_ready(f"{settings.http_url}/v2/models/llm/ready", proc, log, READY_TIMEOUT_S)
-    print(banner(settings), flush=True)
-    return 0
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
     except OSError:
         return False
+
+
+def up(settings: runtime.Settings) -> int:
+    pidf = pid_file(settings)
+    if pidf.exists() and _alive(int(pidf.read_text())):
+        print(f"already running (pid {pidf.read_text().strip()}); `make down` stops it")
+        return 0
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    gateway = runtime.gateway_settings(settings)
+    key = dev_key(gateway)  # issued here so the key never lands in the runner's log
+    log = settings.run_dir / "serve.log"
+    runner = Supervised("runner", [sys.executable, __file__, "serve"], dict(os.environ), log)
+    runner.start()
+    assert runner.proc is not None
+    pidf.write_text(str(runner.proc.pid))
+    print(f"==> started in the background (pid {runner.proc.pid}, log: {log})", flush=True)
+    wait_ready(lambda: is_ready(f"http://{gateway.host}:{gateway.port}/readyz"), [runner],
+               READY_TIMEOUT_S, "the model")
+    print(banner(settings, gateway, key), flush=True)
+    return 0
 
 
 def down(settings: runtime.Settings) -> int:
@@ -163,7 +226,8 @@ def down(settings: runtime.Settings) -> int:
 
 
 def status(settings: runtime.Settings) -> int:
-    ready = is_ready(f"{settings.http_url}/v2/models/llm/ready")
+    gateway = runtime.gateway_settings(settings)
+    ready = is_ready(f"http://{gateway.host}:{gateway.port}/readyz")
     print("ready" if ready else "not ready")
     return 0 if ready else 1
 
