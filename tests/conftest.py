@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -13,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import http_ok, triton_process, triton_settings  # noqa: E402
+from harness import gateway_process, http_ok, triton_process, triton_settings  # noqa: E402
 import runtime  # noqa: E402
 
 
@@ -44,3 +47,64 @@ def triton_log(triton: runtime.Settings) -> Path:
 def demo_model_dir() -> Path:
     return runtime.DEMO_MODEL
 
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The session's Envoy in front of the session's Triton, plus its key store."""
+
+    settings: runtime.GatewaySettings
+    keys: runtime.KeyStore
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    @property
+    def access_log(self) -> Path:
+        return Path(self.settings.access_log)
+
+    def _reloads(self) -> int:
+        url = f"http://127.0.0.1:{self.settings.admin_port}/stats?filter=llm.auth.config_reload"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return int(reply.read().decode().rsplit(":", 1)[1])
+
+    def _applied(self, change: Callable[[], Any]) -> Any:
+        """Make a key-store change and wait until Envoy has reloaded the key filter."""
+        before = self._reloads()
+        result = change()
+        deadline = time.monotonic() + 10
+        while self._reloads() == before:
+            assert time.monotonic() < deadline, "Envoy did not reload the key filter"
+            time.sleep(0.02)
+        time.sleep(0.05)  # the new filter reaches every worker thread
+        return result
+
+    def issue(self, name: str, tier: str = "standard") -> str:
+        key, _ = self._applied(lambda: self.keys.issue(name, tier))
+        return key
+
+    def revoke(self, id_or_name: str) -> None:
+        self._applied(lambda: self.keys.revoke(id_or_name))
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: runtime.Settings) -> Iterator[Gateway]:
+    process, settings = gateway_process(triton)
+    process.start()
+    try:
+        process.wait_until(lambda: http_ok(f"http://{settings.host}:{settings.port}/readyz"),
+                           timeout=30)
+        yield Gateway(settings, runtime.KeyStore(settings.keys_dir))
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key(gateway: Gateway) -> str:
+    """A key of the generous `premium` tier for tests that are not about rate limits."""
+    return gateway.issue("tests", "premium")

@@ -105,3 +105,17 @@ def model_log_records(log: Path, event: str = "llm_request") -> list[dict]:
         if f'\\"event\\":\\"{event}\\"' in line:
             records.append(json.loads(json.loads(line[line.index("] ") + 2:])))
     return records
+
+
+def gateway_process(settings: runtime.Settings, name: str = "envoy",
+                    **env: str) -> tuple[ServerProcess, runtime.GatewaySettings]:
+    """A real Envoy running the rendered gateway config in front of `settings`' Triton."""
+    values = dict(os.environ)
+    values.update(GATEWAY_PORT=str(free_port()), GATEWAY_ADMIN_PORT=str(free_port()),
+                  LLM_KEYS_DIR=str(settings.run_dir / "keys"),
+                  GATEWAY_ACCESS_LOG=str(settings.run_dir / name / "access.log"), **env)
+    gateway = runtime.gateway_settings(settings, values)
+    config = runtime.prepare_gateway(gateway, settings.run_dir / name)
+    process = ServerProcess(name, runtime.envoy_command(config), dict(os.environ),
+                            settings.run_dir / name / "envoy.log")
+    return process, gateway

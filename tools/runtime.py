@@ -163,10 +163,11 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
 
 
 def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> GatewaySettings:
-    """Gateway settings pointing at this Triton, other values from the environment."""
-    values = dict(os.environ if env is None else env)
-    values.update(LLM_RUN_DIR=str(settings.run_dir), LLM_TRITON_HOST=settings.host,
-                  LLM_HTTP_PORT=str(settings.http_port), LLM_GRPC_PORT=str(settings.grpc_port))
+    """Gateway settings for this Triton; the environment may still point it elsewhere."""
+    values = {"LLM_TRITON_HOST": settings.host, "LLM_HTTP_PORT": str(settings.http_port),
+              "LLM_GRPC_PORT": str(settings.grpc_port)}
+    values.update(os.environ if env is None else env)
+    values["LLM_RUN_DIR"] = str(settings.run_dir)
     return GatewaySettings.from_env(values)
 
 
@@ -186,4 +187,4 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
     """The Envoy command line. No hot restart, so several gateways can share a host."""
     level = {"verbose": "info", "info": "warning"}.get(log_level, log_level)
     return [str(_ENVOY), "-c", str(config), "--log-level", level, "--disable-hot-restart",
-            "--drain-time-s", "5"]
+            "--drain-time-s", "5", "--file-flush-interval-msec", "500"]

@@ -1,0 +1,334 @@
+"""The Envoy gateway in front of the real Triton: keys, limits, routes, errors, ids and logs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from harness import free_port, gateway_process, http_ok, model_log_records
+
+BODY = {"text_input": "The list", "max_tokens": 4}
+
+
+def post(gateway, path: str = "/generate", body: Any = BODY, **headers: str) -> requests.Response:
+    return requests.post(gateway.url + path, json=body, headers=headers, timeout=30)
+
+
+def assert_json_error(reply: requests.Response, status: int, kind: str) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["error"]["code"] == status and body["error"]["type"] == kind
+    assert body["error"]["message"]
+    # Headers Envoy could not parse (431) leave no request to take an id from.
+    assert body["request_id"] == reply.headers.get("x-request-id")
+    return body
+
+
+def _text_input(module: Any) -> list[Any]:
+    tensor = module.InferInput("text_input", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"The list"]], dtype=object))
+    return [tensor]
+
+
+# ---- API keys ---------------------------------------------------------------------------
+
+def test_missing_key_gets_401_json_with_www_authenticate(gateway):
+    reply = post(gateway)
+    body = assert_json_error(reply, 401, "unauthenticated")
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+    assert "X-API-Key" in body["error"]["message"]
+
+
+def test_unknown_and_revoked_keys_get_the_same_403(gateway):
+    revoked = gateway.issue("soon-revoked")
+    gateway.revoke("soon-revoked")
+    time.sleep(1)
+    unknown = assert_json_error(post(gateway, **{"X-API-Key": "llmk_" + "0" * 40}), 403,
+                                "forbidden")
+    gone = assert_json_error(post(gateway, **{"X-API-Key": revoked}), 403, "forbidden")
+    assert unknown["error"]["message"] == gone["error"]["message"]
+
+
+def test_key_is_accepted_as_x_api_key_or_bearer_token(gateway, api_key):
+    assert post(gateway, **{"X-API-Key": api_key}).status_code == 200
+    assert post(gateway, Authorization=f"Bearer {api_key}").status_code == 200
+    assert post(gateway, Authorization=f"Basic {api_key}").status_code == 401
+
+
+def _wait_for_status(gateway, key: str, status: int, timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while post(gateway, **{"X-API-Key": key}).status_code != status:
+        assert time.monotonic() - start < timeout, f"key never answered {status}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_issued_key_works_and_revoked_key_is_rejected_without_restart(gateway):
+    key = gateway.issue("rotating")
+    assert _wait_for_status(gateway, key, 200) < 5
+    gateway.revoke("rotating")
+    assert _wait_for_status(gateway, key, 403) < 5
+
+
+def test_revocation_does_not_drop_an_in_flight_request(gateway):
+    key = gateway.issue("in-flight")
+    _wait_for_status(gateway, key, 200)
+    result: dict[str, Any] = {}
+
+    def long_request() -> None:
+        result["reply"] = post(gateway, body={"text_input": "The", "max_tokens": 200,
+                                              "ignore_eos": True}, **{"X-API-Key": key})
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    time.sleep(0.1)
+    gateway.revoke("in-flight")
+    worker.join(30)
+    assert result["reply"].status_code == 200
+    assert result["reply"].json()["num_output_tokens"] == 200
+
+
+def test_key_store_and_envoy_files_hold_no_plaintext_key(gateway):
+    key = gateway.issue("at-rest")
+    for path in gateway.keys.dir.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="replace"), path
+            assert key[5:] not in path.read_text(errors="replace"), path
+
+
+# ---- rate limits ------------------------------------------------------------------------
+
+def test_over_the_tier_rate_gets_429_json_with_retry_after(gateway):
+    key = gateway.issue("limited", "test")  # burst 3, 1 request/s
+    _wait_for_status(gateway, key, 200)
+    replies = [post(gateway, **{"X-API-Key": key}) for _ in range(5)]
+    limited = [r for r in replies if r.status_code == 429]
+    assert limited, [r.status_code for r in replies]
+    assert_json_error(limited[0], 429, "rate_limited")
+    assert int(limited[0].headers["retry-after"]) >= 1
+    assert limited[0].headers["x-ratelimit-limit"] == "3"
+    assert limited[0].headers["x-ratelimit-remaining"] == "0"
+
+
+def test_one_keys_burst_never_takes_another_keys_quota(gateway):
+    greedy, patient = gateway.issue("greedy", "test"), gateway.issue("patient", "test")
+    _wait_for_status(gateway, greedy, 200)
+    statuses = [post(gateway, **{"X-API-Key": greedy}).status_code for _ in range(6)]
+    assert 429 in statuses
+    assert [post(gateway, **{"X-API-Key": patient}).status_code for _ in range(2)] == [200] * 2
+
+
+def test_premium_tier_allows_what_the_test_tier_refuses(gateway, api_key):
+    assert [post(gateway, **{"X-API-Key": api_key}).status_code for _ in range(6)] == [200] * 6
+
+
+def test_grpc_over_the_limit_gets_resource_exhausted(gateway):
+    key = gateway.issue("grpc-limited", "test")
+    _wait_for_status(gateway, key, 200)
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    codes = []
+    for _ in range(5):
+        try:
+            client.infer("llm", _text_input(grpcclient), headers={"x-api-key": key})
+            codes.append("OK")
+        except InferenceServerException as exc:
+            codes.append(exc.status())
+    assert "StatusCode.RESOURCE_EXHAUSTED" in codes
+
+
+# ---- routes -----------------------------------------------------------------------------
+
+def test_tritonclient_http_and_grpc_work_through_the_gateway(gateway, api_key):
+    http = httpclient.InferenceServerClient(gateway.url.removeprefix("http://"))
+    grpc = grpcclient.InferenceServerClient(gateway.grpc_url)
+    headers = {"x-api-key": api_key}
+    texts = [client.infer("llm", _text_input(module), headers=dict(headers))
+             .as_numpy("text_output")[0][0] for client, module in
+             ((http, httpclient), (grpc, grpcclient))]
+    assert texts[0] == texts[1] and texts[0].startswith(b"The list")
+    assert http.is_model_ready("llm", headers=dict(headers))
+    assert grpc.get_model_metadata("llm", headers=headers).name == "llm"
+
+
+def test_grpc_without_a_key_is_unauthenticated(gateway):
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("llm", _text_input(grpcclient))
+    assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+
+
+def test_generate_stream_passes_through_as_server_sent_events(gateway, api_key):
+    with requests.post(gateway.url + "/v2/models/llm/generate_stream", json=BODY, stream=True,
+                       headers={"X-API-Key": api_key}, timeout=30) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[5:]) for line in reply.iter_lines(decode_unicode=True)
+                  if line.startswith("data:")]
+    assert events and events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_short_generate_alias_reaches_the_generate_extension(gateway, api_key):
+    reply = post(gateway, "/generate", **{"X-API-Key": api_key})
+    assert reply.status_code == 200 and reply.json()["model_name"] == "llm"
+
+
+def test_health_routes_need_no_key_and_reveal_nothing(gateway):
+    live = requests.get(gateway.url + "/healthz", timeout=5)
+    ready = requests.get(gateway.url + "/readyz", timeout=5)
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200 and ready.content == b""
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/repository/models/llm/unload"),
+    ("GET", "/v2/systemsharedmemory/status"),
+    ("GET", "/v2/cudasharedmemory/status"),
+    ("GET", "/v2/trace/setting"),
+    ("GET", "/v2/logging"),
+    ("GET", "/metrics"),
+    ("GET", "/v2/models/other/config"),
+])
+def test_admin_apis_are_not_reachable_with_an_ordinary_key(gateway, api_key, method, path):
+    reply = requests.request(method, gateway.url + path, headers={"X-API-Key": api_key},
+                             timeout=5)
+    assert_json_error(reply, 404, "not_found")
+
+
+def test_grpc_model_control_is_not_reachable_with_an_ordinary_key(gateway, api_key):
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    with pytest.raises(InferenceServerException) as info:
+        client.unload_model("llm", headers={"x-api-key": api_key})
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert client.is_model_ready("llm", headers={"x-api-key": api_key})
+
+
+def test_triton_client_errors_stay_4xx_through_the_gateway(gateway, api_key):
+    reply = post(gateway, body={"text_input": "hi", "temperature": 5}, **{"X-API-Key": api_key})
+    assert reply.status_code == 400
+    assert "`temperature` must be in [0, 2], got 5" in reply.json()["error"]
+
+
+def test_body_over_the_limit_gets_413_before_triton(gateway, api_key):
+    reply = post(gateway, body={"text_input": "x" * (1024 * 1024 + 10)},
+                 **{"X-API-Key": api_key})
+    assert_json_error(reply, 413, "payload_too_large")
+
+
+def test_oversized_headers_get_431_json(gateway, api_key):
+    reply = post(gateway, **{"X-API-Key": api_key, "X-Padding": "p" * 40000})
+    assert_json_error(reply, 431, "headers_too_large")
+
+
+def test_reserved_parameters_field_on_generate_is_a_400(gateway, api_key):
+    reply = post(gateway, body={**BODY, "parameters": {"x-llm-key-id": "someone"}},
+                 **{"X-API-Key": api_key})
+    assert_json_error(reply, 400, "invalid_request")
+
+
+# ---- request ids and logs ---------------------------------------------------------------
+
+def test_request_id_round_trips_to_the_access_log_and_the_model_log(gateway, api_key,
+                                                                   triton_log):
+    request_id = f"test-round-trip-{time.time_ns()}"
+    reply = post(gateway, **{"X-API-Key": api_key, "X-Request-Id": request_id})
+    assert reply.headers["x-request-id"] == request_id
+    time.sleep(1.0)  # the access log is flushed every 500 ms
+    access = [json.loads(line) for line in gateway.access_log.read_text().splitlines()]
+    entry = next(e for e in access if e["request_id"] == request_id)
+    assert entry["status"] == 200 and entry["tier"] == "premium"
+    assert entry["key_id"].startswith("key_") and entry["key_name"] == "tests"
+    for field in ("timestamp", "method", "path", "protocol", "grpc_status", "response_flags",
+                  "upstream_ms", "duration_ms", "bytes_received", "bytes_sent"):
+        assert field in entry
+    model = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    assert model["key_id"] == entry["key_id"] and model["completion_tokens"] == 4
+
+
+def test_malformed_request_id_is_replaced(gateway, api_key):
+    reply = post(gateway, **{"X-API-Key": api_key, "X-Request-Id": "bad id\twith spaces"})
+    assert reply.status_code == 200
+    assert reply.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(reply.headers["x-request-id"]) >= 16
+
+
+def test_logs_hold_no_key_and_no_prompt_text(gateway, triton_log):
+    key = gateway.issue("log-scan")
+    _wait_for_status(gateway, key, 200)
+    prompt = "Ultraviolet pangolin sonata"
+    post(gateway, body={"text_input": prompt, "max_tokens": 3}, **{"X-API-Key": key})
+    post(gateway, body={"text_input": prompt}, Authorization=f"Bearer {key}x")
+    time.sleep(1.0)
+    for log in (gateway.access_log, triton_log):
+        text = log.read_text(errors="replace")
+        assert key not in text and key[5:] not in text
+        assert prompt not in text
+
+
+# ---- what reaches the upstream ----------------------------------------------------------
+
+class _HeaderEcho(BaseHTTPRequestHandler):
+    """Stands where Triton would, to show exactly which headers the gateway forwards."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("content-length", 0))
+        body = self.rfile.read(length).decode()
+        payload = json.dumps({"headers": {k.lower(): v for k, v in self.headers.items()},
+                              "body": body}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo_gateway(triton, gateway) -> Iterator[str]:
+    """A second real Envoy, same config and key store, whose upstream echoes the request."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _HeaderEcho)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    process, settings = gateway_process(triton, name="envoy-echo",
+                                        LLM_HTTP_PORT=str(server.server_address[1]))
+    process.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        process.wait_until(lambda: http_ok(f"{url}/healthz"), timeout=30)
+        yield url
+    finally:
+        process.stop()
+        server.shutdown()
+
+
+def test_key_headers_never_reach_triton_and_spoofed_identity_is_replaced(echo_gateway, gateway,
+                                                                        api_key):
+    reply = requests.post(echo_gateway + "/v2/models/llm/infer", json={}, timeout=10, headers={
+        "X-API-Key": api_key, "Authorization": "Bearer other", "X-LLM-Key-Id": "key_spoofed",
+        "X-LLM-Tier": "premium-plus", "X-LLM-Key-Name": "admin"})
+    seen = reply.json()["headers"]
+    assert "x-api-key" not in seen and "authorization" not in seen
+    assert seen["x-llm-key-name"] == "tests" and seen["x-llm-tier"] == "premium"
+    assert seen["x-llm-key-id"].startswith("key_") and seen["x-llm-key-id"] != "key_spoofed"
+    assert seen["x-request-id"] == reply.headers["x-request-id"]
+
+
+def test_generate_body_carries_request_id_and_key_id_to_the_model(echo_gateway, api_key):
+    reply = requests.post(echo_gateway + "/generate", json=BODY, timeout=10,
+                          headers={"X-API-Key": api_key, "X-Request-Id": "echo-1"})
+    body = json.loads(reply.json()["body"])
+    assert body["text_input"] == "The list"
+    assert body["parameters"]["x-request-id"] == "echo-1"
+    assert body["parameters"]["x-llm-key-id"].startswith("key_")
