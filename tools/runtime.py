@@ -43,6 +43,9 @@ class Settings:
     log_level: str = "info"  # LLM_LOG_LEVEL: error | warning | info | verbose
     run_dir: Path = RUN_DIR  # LLM_RUN_DIR: pid files, logs, backend layout
     admin_key: str = ""  # LLM_ADMIN_KEY: unlocks Triton's restricted APIs; random if unset
+    # LLM_TRITON_HOME: a server laid out as in NVIDIA's image (bin/, backends/, caches/ under
+    # one folder, /opt/tritonserver there) instead of the nvidia-pytriton wheel's.
+    triton_home: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -67,6 +70,7 @@ class Settings:
             log_level=level,
             run_dir=Path(env.get("LLM_RUN_DIR", str(default.run_dir))).resolve(),
             admin_key=env.get("LLM_ADMIN_KEY") or secrets.token_urlsafe(24),
+            triton_home=Path(env["LLM_TRITON_HOME"]) if env.get("LLM_TRITON_HOME") else None,
         )
 
     @property
@@ -129,7 +133,9 @@ def triton_env(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, s
 
 def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY) -> list[str]:
     """The tritonserver command line; restricted APIs need `settings.admin_key`."""
-    backends = prepare_backend_dir(settings.run_dir)
+    home = settings.triton_home
+    backends = home / "backends" if home else prepare_backend_dir(settings.run_dir)
+    server = home or _PYTRITON
     restricted = "model-repository,shared-memory,trace,logging"
     level_flags = {
         "error": ["--log-info=false", "--log-warning=false"],
@@ -138,10 +144,10 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
         "verbose": ["--log-verbose=1"],
     }[settings.log_level]
     return [
-        str(_PYTRITON / "bin" / "tritonserver"),
+        str(server / "bin" / "tritonserver"),
         f"--model-repository={model_repository}",
         f"--backend-directory={backends}",
-        f"--cache-directory={_PYTRITON / 'caches'}",
+        f"--cache-directory={server / 'caches'}",
         f"--http-address={settings.host}",
         f"--http-port={settings.http_port}",
         f"--grpc-address={settings.host}",
