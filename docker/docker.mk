@@ -1,0 +1,19 @@
+# Container targets; included by the Makefile. See docker/README.md.
+#   make docker-config   regenerate the gateway image's config after changing the gateway
+#   make docker-test     build and run the real Dockerfiles and compose.yaml on stand-in bases
+
+# Where docker-test keeps stand-in base images, the engine's data and its build cache.
+LLM_DOCKER_CACHE ?= /var/cache/llm-docker-test
+DOCKER_TEST_ARGS ?=
+
+.PHONY: docker-config docker-test docker-clean
+
+docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env)
+	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
+		$(PY) gateway/render.py --out gateway/envoy.container.yaml
+
+docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~15 min)
+	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)
+
+docker-clean: ## Delete docker-test's cache (stand-in images, engine data)
+	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" --clean

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Entrypoint of the Triton image: start tritonserver exactly as `make serve` does.
+
+  serve [FLAG ...]   (the default) check the model directory, make sure the gateway's key
+                     filter exists, then exec tritonserver with the command line from
+                     tools/runtime.py; extra flags are appended to it
+  health             exit 0 when Triton reports ready (the image's HEALTHCHECK)
+
+Settings are the environment variables of tools/runtime.py (see the README's table). The image
+sets LLM_TRITON_HOME=/opt/tritonserver (NVIDIA's layout instead of the pip wheel's),
+LLM_TRITON_HOST=0.0.0.0 (reachable from the gateway container), LLM_MODEL_DIR=/models/llm and
+LLM_KEYS_DIR=/var/lib/llm/keys (the key volume).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# NVIDIA's images set up CUDA compatibility libraries in their entrypoint; keep that step.
+NVIDIA_ENTRYPOINT = Path("/opt/nvidia/nvidia_entrypoint.sh")
+
+
+def health() -> int:
+    port = os.environ.get("LLM_HTTP_PORT", "8000")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready",
+                                    timeout=4) as reply:
+            return 0 if reply.status == 200 else 1
+    except OSError as exc:
+        print(f"not ready: {exc}", file=sys.stderr)
+        return 1
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Fail at once with the fix, rather than later inside the model's load."""
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(
+            f"{model_dir} holds no config.json: mount a save_pretrained model directory "
+            f"there (compose: LLM_MODEL_HOST_DIR=/path/to/model), or point LLM_MODEL_DIR at one")
+
+
+def serve(extra_flags: list[str]) -> int:
+    sys.path.insert(0, str(ROOT / "tools"))
+    import runtime  # noqa: E402 (needs PyYAML; imported here so `health` stays cheap)
+
+    settings = runtime.Settings.from_env()
+    check_model_dir(settings.model_dir)
+    store = runtime.KeyStore(runtime.GatewaySettings.from_env().keys_dir)
+    if not store.filter_path.exists():
+        # First start on an empty key volume: the gateway needs a (keyless) filter to load.
+        store.sync()
+        print(f"wrote {store.filter_path} (no keys yet: "
+              f"`docker compose run --rm keys issue --name NAME`)", flush=True)
+    command = runtime.triton_command(settings, ROOT / "model_repository") + extra_flags
+    if NVIDIA_ENTRYPOINT.exists():
+        command = [str(NVIDIA_ENTRYPOINT), *command]
+    # exec: tritonserver becomes the container's main process and gets SIGTERM directly.
+    os.execv(command[0], command)
+    return 1  # not reached
+
+
+def main(argv: list[str]) -> int:
+    command, rest = (argv[0], argv[1:]) if argv else ("serve", [])
+    if command == "health":
+        return health()
+    if command == "serve":
+        return serve(rest)
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

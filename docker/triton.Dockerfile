@@ -1,0 +1,55 @@
+# The model server: NVIDIA's Triton 24.10 image (server 2.51, Python backend, PyTorch) plus this
+# project's model repository, the demo model and the key tool. See docker/README.md.
+#
+#   docker build -f docker/triton.Dockerfile -t llm-triton .      (or `docker compose build`)
+#
+# The base is a build argument so another registry, a mirror or a stand-in can be used; the
+# base must provide /opt/tritonserver/{bin/tritonserver,backends/python,caches} and python3
+# with pip and torch, as NVIDIA's image does.
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3
+FROM ${TRITON_IMAGE}
+
+# The model's Python dependencies, exactly pinned (no torch: the base carries it). The check
+# fails the build when transformers would not use the base's PyTorch.
+COPY docker/requirements-triton.txt /opt/llm/docker/requirements-triton.txt
+RUN python3 -m pip install --no-cache-dir --disable-pip-version-check \
+        -r /opt/llm/docker/requirements-triton.txt \
+    && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
+
+# Runs as triton-server (uid 1000), the user NVIDIA's image already has; other bases get it.
+# The gateway container runs as the same uid so both can use the key volume.
+RUN if ! id -u triton-server >/dev/null 2>&1; then \
+        useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin triton-server; \
+    fi \
+    && mkdir -p /var/lib/llm/keys/envoy /var/lib/llm/run \
+    && chown -R 1000:1000 /var/lib/llm \
+    && chmod 0700 /var/lib/llm/keys
+
+# The same files `make serve` runs: the Triton command line comes from tools/runtime.py.
+COPY model_repository /opt/llm/model_repository
+COPY gateway /opt/llm/gateway
+COPY tools /opt/llm/tools
+COPY docker/triton-entrypoint.py /opt/llm/docker/triton-entrypoint.py
+# The bundled demo model; mount your own save_pretrained directory over /models/llm.
+COPY demo_model /models/llm
+
+ENV LLM_TRITON_HOME=/opt/tritonserver \
+    LLM_TRITON_HOST=0.0.0.0 \
+    LLM_MODEL_DIR=/models/llm \
+    LLM_KEYS_DIR=/var/lib/llm/keys \
+    LLM_RUN_DIR=/var/lib/llm/run \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+USER 1000:1000
+WORKDIR /opt/llm
+# HTTP, gRPC and metrics, for the gateway and operators on the internal network only:
+# compose.yaml publishes none of them.
+EXPOSE 8000 8001 8002
+# Ready means the model is loaded; loading a large model can take minutes.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python3", "/opt/llm/docker/triton-entrypoint.py", "health"]
+ENTRYPOINT ["python3", "/opt/llm/docker/triton-entrypoint.py"]
+CMD ["serve"]

