@@ -19,10 +19,12 @@ ENV_OVERRIDES = {
     "device": "LLM_DEVICE",
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
+    "quantization": "LLM_QUANTIZATION",
 }
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULING = ("continuous", "static")
+QUANTIZATIONS = ("none", "int8")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     scheduling: str = "continuous"
+    quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
     max_batch_total_tokens: int = 8192
     limits: Limits = Limits()
@@ -110,6 +113,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         device=_choice(params, "device", DEVICES),
         dtype=_choice(params, "dtype", DTYPES),
         scheduling=_choice(params, "scheduling", SCHEDULING),
+        quantization=_choice(params, "quantization", QUANTIZATIONS),
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
                                              EngineConfig.max_batch_total_tokens),

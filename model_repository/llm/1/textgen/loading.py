@@ -6,6 +6,7 @@ and the model load must say which path and what was wrong instead of a deep stac
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Return (model, tokenizer) in eval mode on `device`."""
+def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
+               quantization: str = "none") -> tuple[Any, Any]:
+    """Return (model, tokenizer) in eval mode on `device`; `int8` quantizes the weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hint = "set parameter `model_dir` in config.pbtxt or export LLM_MODEL_DIR"
@@ -51,8 +53,46 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> tup
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # transformers raises many types; all mean "unusable"
         raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+    extra = _int8_loading_options(device, dtype) if quantization == "int8" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **extra)
     except Exception as exc:
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
-    return model.to(device).eval(), tokenizer
+    if extra:  # bitsandbytes placed the 8-bit model on the GPU already
+        return model.eval(), tokenizer
+    model = model.to(device).eval()
+    if quantization == "int8":
+        model = quantize_linear_int8(model)
+    return model, tokenizer
+
+
+def _int8_loading_options(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """CUDA: bitsandbytes LLM.int8() at load time. CPU: nothing here, see quantize_linear_int8."""
+    if device.type != "cuda":
+        if dtype != torch.float32:
+            raise ModelLoadError(f"quantization `int8` on the CPU quantizes float32 weights; "
+                                 f"use dtype `auto` or `float32`, got {str(dtype)[6:]}")
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401  (optional: only this option needs it)
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ModelLoadError("quantization `int8` on CUDA needs the bitsandbytes package "
+                             "(pip install bitsandbytes); or use quantization `none`") from exc
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+            "device_map": {"": device.index or 0}}
+
+
+def quantize_linear_int8(model: Any) -> Any:
+    """CPU: int8 dynamic quantization of the nn.Linear layers (weights int8, activations
+    quantized per step). An output layer tied to the input embeddings is left alone: quantizing
+    it would add an int8 copy beside the shared float matrix instead of replacing it."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    layers = {name: default_dynamic_qconfig for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and not (tied and module is head)}
+    with warnings.catch_warnings():  # torch.ao.quantization deprecation notices
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        return quantize_dynamic(model, layers, dtype=torch.qint8)

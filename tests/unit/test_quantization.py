@@ -1,0 +1,71 @@
+"""The `quantization` switch: config parsing and the CPU int8 loading path on the demo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from textgen.config import ConfigError, load_engine_config
+from textgen.loading import ModelLoadError, load_model
+
+REPO_MODEL = Path("/srv/project/model_repository/llm")
+CPU = torch.device("cpu")
+
+
+def config(**params: str) -> dict:
+    return {"parameters": {k: {"string_value": v} for k, v in params.items()}}
+
+
+def test_quantization_defaults_to_none():
+    assert load_engine_config(config(model_dir="m"), REPO_MODEL, env={}).quantization == "none"
+
+
+def test_quantization_parameter_and_its_environment_override():
+    assert load_engine_config(config(model_dir="m", quantization="int8"), REPO_MODEL,
+                              env={}).quantization == "int8"
+    assert load_engine_config(config(model_dir="m", quantization="none"), REPO_MODEL,
+                              env={"LLM_QUANTIZATION": "INT8"}).quantization == "int8"
+
+
+def test_unknown_quantization_names_the_choices():
+    with pytest.raises(ConfigError, match="`quantization` must be one of none, int8, got 'int4'"):
+        load_engine_config(config(model_dir="m", quantization="int4"), REPO_MODEL, env={})
+
+
+def _linear_kinds(model) -> set[str]:
+    return {type(m).__module__ + "." + type(m).__name__ for m in model.modules()
+            if "Linear" in type(m).__name__}
+
+
+@pytest.fixture(scope="module")
+def fp32_and_int8(demo_model_dir: Path):
+    fp32, tokenizer = load_model(demo_model_dir, CPU, torch.float32)
+    int8, _ = load_model(demo_model_dir, CPU, torch.float32, quantization="int8")
+    return fp32, int8, tokenizer
+
+
+def test_int8_on_cpu_replaces_the_linear_layers_but_keeps_the_tied_output_layer(fp32_and_int8):
+    fp32, int8, _ = fp32_and_int8
+    assert _linear_kinds(fp32) == {"torch.nn.modules.linear.Linear"}
+    q_proj = int8.model.layers[0].self_attn.q_proj
+    assert "quantized" in type(q_proj).__module__
+    assert q_proj.weight().dtype == torch.qint8
+    # The output layer shares the embedding matrix; it stays a float Linear so no copy appears.
+    assert isinstance(int8.get_output_embeddings(), torch.nn.Linear)
+    assert int8.get_output_embeddings().weight is int8.get_input_embeddings().weight
+
+
+def test_int8_model_predicts_like_the_fp32_model(fp32_and_int8):
+    fp32, int8, tokenizer = fp32_and_int8
+    ids = torch.tensor([tokenizer.encode("The list module provides a number of functions")])
+    with torch.inference_mode():
+        a, b = fp32(input_ids=ids).logits, int8(input_ids=ids).logits
+    agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    assert agreement >= 0.8
+
+
+def test_int8_on_cpu_needs_float32_weights(demo_model_dir: Path):
+    with pytest.raises(ModelLoadError, match="use dtype `auto` or `float32`, got bfloat16"):
+        load_model(demo_model_dir, CPU, torch.bfloat16, quantization="int8")
