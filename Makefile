@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock | cksum | cut -d' ' -f
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
+
+include docker/docker.mk
 .PHONY: help venv serve up down status key keys revoke test unit demo-model lock clean
 
 help: ## List the targets

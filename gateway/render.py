@@ -153,7 +153,7 @@ def render_envoy_config(settings: GatewaySettings, tiers: Mapping[str, Any]) -> 
                                    "prefix_rewrite": "/v2/models/llm/generate",
                                    "timeout": settings.unary_timeout, "retry_policy": retry}),
         "STREAM_ROUTE": json.dumps({"cluster": "triton_http",
-                                    "prefix_rewrite": "/v2/models/llm/generate_stream",
+                                    "prefix_rewrite": "/v2/models/llm_stream/generate_stream",
                                     "timeout": "0s", "retry_policy": retry}),
         "CIRCUIT_BREAKERS": json.dumps({"thresholds": [{
             "priority": "DEFAULT", "max_connections": gateway["max_connections"],

@@ -1,4 +1,4 @@
-"""Triton entry point of `llm`: parse each request, hand it to the engine, answer.
+"""Triton entry point of `llm`: parse each request, hand it to the engine, return at once.
 
 I/O contract (every tensor carries the batch dimension, e.g. shape [1, 1] for one request):
 
@@ -19,55 +19,86 @@ outputs
   num_input_tokens         INT32  [1]   prompt tokens
   num_output_tokens        INT32  [1]   generated tokens
 
-An invalid request fails alone with INVALID_ARG (HTTP 400) and a message naming the input;
-the other requests of its batch are unaffected.
+`execute()` answers through each request's response sender and returns None, so Triton hands
+the next batch over while this one is still generating: the engine admits it between decode
+steps. An invalid request fails alone with INVALID_ARG (HTTP 400) naming the input; a full
+queue answers UNAVAILABLE (HTTP 503). This model owns the engine; `llm_stream` streams tokens
+from the same engine through `textgen.link`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
+from metrics import TritonMetrics
 from textgen.config import ConfigError, load_engine_config
-from textgen.engine import Engine
+from textgen.engine import Engine, Overloaded
+from textgen.link import EngineLinkServer, LinkRefusal, engine_address
 from textgen.loading import ModelLoadError
-from textgen.validation import ValidationError, parse_request
-from triton_io import (UnaryResponse, error_response, log_request, output_dtypes, read_inputs,
-                       request_metadata)
+from textgen.outputs import OutputSink
+from textgen.validation import GenerationRequest, ValidationError, parse_request
+from triton_io import (FINAL, Logged, UnaryResponder, error_response, log_request,
+                       output_dtypes, read_inputs, request_metadata)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model_config = json.loads(args["model_config"])
         self._dtypes = output_dtypes(model_config)
+        self._metrics = TritonMetrics(args["model_name"])
         try:
             config = load_engine_config(model_config, Path(args["model_repository"]))
-            self._engine = Engine(config)
+            self._engine = Engine(config, self._metrics)
         except (ConfigError, ModelLoadError) as exc:
             raise pb_utils.TritonModelException(f"llm: {exc}") from exc
+        self._link = EngineLinkServer(engine_address(os.getppid()), self._submit_streamed)
         pb_utils.Logger.log_info(f"llm: engine ready {json.dumps(self._engine.describe())}")
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        pending = [self._submit(request) for request in requests]
-        return [p.wait() if isinstance(p, UnaryResponse) else p for p in pending]
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            def respond(generation: GenerationRequest, request: Any = request) -> OutputSink:
+                prefix = "" if generation.exclude_input_in_output else generation.prompt
+                return UnaryResponder(request, prefix, self._dtypes)
 
-    def _submit(self, request: Any) -> Any:
-        """Queue one request; a request that fails validation is answered on its own."""
-        meta = request_metadata(request)
+            try:
+                self._submit(read_inputs(request), request_metadata(request), respond,
+                             streamed=False)
+            except (ValidationError, Overloaded) as exc:
+                kind = "invalid" if isinstance(exc, ValidationError) else "unavailable"
+                request.get_response_sender().send(error_response(kind, str(exc)),
+                                                   flags=FINAL)
+        return None
+
+    def _submit(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
+                make_sink: Callable[[GenerationRequest], OutputSink], streamed: bool) -> None:
+        """Validate and queue one request; a refusal is logged and counted, then re-raised."""
         try:
-            parsed = read_inputs(request)
-            generation = parse_request(parsed, self._engine.limits)
-            sink = UnaryResponse(generation.prompt, not generation.exclude_input_in_output,
-                                 self._dtypes, meta)
-            self._engine.submit(generation, sink)
-            return sink
-        except (ValidationError, RuntimeError) as exc:
-            log_request(meta, "invalid" if isinstance(exc, ValidationError) else "error",
-                        error=str(exc))
-            return error_response(exc)
+            generation = parse_request(inputs, self._engine.limits)
+            self._engine.submit(generation, Logged(make_sink(generation), meta, streamed))
+        except ValidationError as exc:
+            self._metrics.on_reject("invalid")
+            log_request(meta, "invalid", error=str(exc))
+            raise
+        except Overloaded as exc:
+            log_request(meta, "unavailable", error=str(exc))
+            raise
+
+    def _submit_streamed(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
+                         sink: OutputSink) -> None:
+        """Requests from `llm_stream`, on the link's thread."""
+        try:
+            self._submit(inputs, meta, lambda _generation: sink, streamed=True)
+        except ValidationError as exc:
+            raise LinkRefusal("invalid", str(exc)) from exc
+        except Overloaded as exc:
+            raise LinkRefusal("unavailable", str(exc)) from exc
 
     def finalize(self) -> None:
+        """Triton calls this after in-flight requests drained; finish what is left."""
+        self._link.close()
         self._engine.shutdown()

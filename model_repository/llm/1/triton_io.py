@@ -1,26 +1,30 @@
-"""Triton-facing I/O for `llm`: read a request's tensors, build its response, log its metadata.
+"""Triton-facing I/O shared by `llm` and `llm_stream`: tensors in and out, errors, the log line.
 
-Why separate from `model.py`: this is the only module that knows tensor names and Triton's
-error codes, so the mapping "ValidationError -> INVALID_ARG (HTTP 400)" lives in one place.
-The per-request log line carries ids, sizes, timings and status, never prompt or completion
-text.
+Why one module: it is the only place that knows tensor names and Triton's error codes, so the
+mapping "client mistake -> INVALID_ARG (HTTP 400), overload -> UNAVAILABLE (HTTP 503)" lives
+here once. The per-request log line carries ids, sizes, timings and status, never prompt or
+completion text.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from textgen.outputs import SequenceOutput
-from textgen.validation import ValidationError
+from textgen.outputs import OutputSink, SequenceOutput
 
 INPUT_NAMES = ("text_input", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
                "exclude_input_in_output", "ignore_eos")
 OUTPUT_NAMES = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+# Error kinds -> Triton codes (HTTP status): invalid 400, unavailable 503, internal 500.
+# Names, not values: pb_utils.TritonError only exists once the stub has started.
+_CODES = {"invalid": "INVALID_ARG", "unavailable": "UNAVAILABLE", "internal": "INTERNAL"}
 
 
 def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
@@ -52,13 +56,31 @@ def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, Any]:
         for name in OUTPUT_NAMES}
 
 
-def error_response(exc: Exception) -> Any:
-    """Client mistakes become INVALID_ARG (HTTP 400); anything else stays a server error."""
-    if isinstance(exc, ValidationError):
-        return pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE))
+def error_response(kind: str, message: str) -> Any:
+    code = getattr(pb_utils.TritonError, _CODES[kind])
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def output_error(output: SequenceOutput) -> Optional[tuple[str, str]]:
+    """(kind, message) when a sequence ended without a usable result."""
+    if output.finish_reason == "rejected":
+        return "unavailable", output.error
+    if output.finish_reason == "error":
+        return "internal", output.error
+    return None
+
+
+def tensors(values: Mapping[str, Any], dtypes: Mapping[str, Any]) -> list[Any]:
+    """Output tensors ([1, 1] each) for the named values."""
+    return [pb_utils.Tensor(name, np.array([[value]], dtype=dtypes[name]))
+            for name, value in values.items()]
+
+
+def final_values(output: SequenceOutput, text: str) -> dict[str, Any]:
+    return {"text_output": text.encode("utf-8"),
+            "finish_reason": output.finish_reason.encode(),
+            "num_input_tokens": output.prompt_tokens,
+            "num_output_tokens": output.completion_tokens}
 
 
 def log_request(meta: Mapping[str, str], status: str,
@@ -76,42 +98,57 @@ def log_request(meta: Mapping[str, str], status: str,
     pb_utils.Logger.log_info(json.dumps(record, separators=(",", ":")))
 
 
-class UnaryResponse:
-    """An OutputSink that collects one sequence and turns it into one InferenceResponse."""
+class Logged:
+    """Wraps an OutputSink to write the request's log line when it ends."""
 
-    def __init__(self, prompt: str, include_prompt: bool, dtypes: Mapping[str, Any],
-                 meta: Mapping[str, str]) -> None:
-        self._prefix = prompt if include_prompt else ""
+    def __init__(self, sink: OutputSink, meta: Mapping[str, str], streamed: bool) -> None:
+        self._sink = sink
+        self._meta = {**meta, "mode": "stream" if streamed else "unary"}
+
+    def on_text(self, delta: str) -> None:
+        self._sink.on_text(delta)
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        failure = output_error(output)
+        log_request(self._meta, failure[0] if failure else "ok", output,
+                    failure[1] if failure else "")
+        self._sink.on_finish(output)
+
+    def is_cancelled(self) -> bool:
+        return self._sink.is_cancelled()
+
+
+class UnaryResponder:
+    """An OutputSink that answers one request with one final response when it ends."""
+
+    # Asking Triton whether the client left is a round trip to the server process; once per
+    # this many seconds per request keeps it off the decode step's critical path.
+    CANCEL_POLL_SECONDS = 0.05
+
+    def __init__(self, request: Any, prompt_prefix: str, dtypes: Mapping[str, Any]) -> None:
+        self._sender = request.get_response_sender()
+        self._request = request
+        self._prefix = prompt_prefix
         self._dtypes = dtypes
-        self._meta = meta
-        self._done = threading.Event()
-        self._output: Optional[SequenceOutput] = None
+        self._next_poll = 0.0
+        self._cancelled = False
 
     def on_text(self, delta: str) -> None:
         """Unary callers get the whole text at the end."""
 
     def on_finish(self, output: SequenceOutput) -> None:
-        self._output = output
-        self._done.set()
+        failure = output_error(output)
+        if failure:
+            self._sender.send(error_response(*failure), flags=FINAL)
+            return
+        response = pb_utils.InferenceResponse(
+            output_tensors=tensors(final_values(output, self._prefix + output.text),
+                                   self._dtypes))
+        self._sender.send(response, flags=FINAL)
 
     def is_cancelled(self) -> bool:
-        return False
-
-    def wait(self) -> Any:
-        self._done.wait()
-        output = self._output
-        if output is None or output.finish_reason == "error":
-            message = output.error if output else "no output"
-            log_request(self._meta, "error", output, message)
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE))
-        log_request(self._meta, "ok", output)
-        values = {
-            "text_output": (self._prefix + output.text).encode("utf-8"),
-            "finish_reason": output.finish_reason.encode(),
-            "num_input_tokens": output.prompt_tokens,
-            "num_output_tokens": output.completion_tokens,
-        }
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(name, np.array([[value]], dtype=self._dtypes[name]))
-            for name, value in values.items()])
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next_poll:
+            self._next_poll = now + self.CANCEL_POLL_SECONDS
+            self._cancelled = self._request.is_cancelled()
+        return self._cancelled

@@ -56,6 +56,8 @@ class EngineConfig:
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
     max_batch_total_tokens: int = 8192
+    max_queue_size: int = 128
+    queue_timeout_s: float = 30.0
     limits: Limits = Limits()
 
 
@@ -117,5 +119,8 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
                                              EngineConfig.max_batch_total_tokens),
+        max_queue_size=_positive_int(params, "max_queue_size", EngineConfig.max_queue_size),
+        queue_timeout_s=float(_positive_int(params, "queue_timeout_seconds",
+                                            int(EngineConfig.queue_timeout_s))),
         limits=limits,
     )

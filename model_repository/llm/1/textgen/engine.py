@@ -19,13 +19,17 @@ import torch
 from .config import EngineConfig, Limits
 from .kv_batch import KVBatch, new_cache, prefill_inputs
 from .loading import load_model, resolve_device, resolve_dtype
-from .outputs import OutputSink, SequenceOutput
+from .outputs import EngineObserver, OutputSink, SequenceOutput
 from .sampling import make_generator, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized
 from .tokenization import TextAssembler
 from .validation import GenerationRequest, ValidationError, check_token_budget
 
 log = logging.getLogger("textgen")
+
+
+class Overloaded(RuntimeError):
+    """The waiting queue is full: the request is refused at once (HTTP 503, retry later)."""
 
 
 @dataclass(eq=False)
@@ -52,11 +56,13 @@ class Sequence(Sized):
 class Engine:
     """Owns the model, the tokenizer and the scheduling loop."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, observer: Optional[EngineObserver] = None) -> None:
         self.config = config
+        self.observer = observer or EngineObserver()
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype)
+        self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
+                                                config.quantization)
         self.limits = self._limits_for_model(config.limits)
         self._eos_id = self.tokenizer.eos_token_id
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -67,7 +73,8 @@ class Engine:
         self._scheduler: Scheduler[Sequence] = Scheduler(Budget(
             config.max_num_seqs, config.max_batch_total_tokens,
             static=config.scheduling == "static"))
-        self._stopping = False
+        self._draining = False  # no new sequences; the queued ones still run
+        self._stopping = False  # the engine thread exits after its current step
 
         # State owned by the engine thread: rows of the running batch, in cache order.
         self._rows: list[Sequence] = []
@@ -85,7 +92,11 @@ class Engine:
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
-        """Tokenise, check the token limits and queue; raises ValidationError at once."""
+        """Tokenise, check the limits and queue.
+
+        Raises ValidationError for a request that can never run and Overloaded when the
+        waiting queue is full; both before anything is queued.
+        """
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
@@ -96,17 +107,26 @@ class Engine:
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
                 f"max_batch_total_tokens ({self.config.max_batch_total_tokens})"))
         with self._wakeup:
-            if self._stopping:
-                raise RuntimeError("the engine is shutting down")
+            if self._draining:
+                raise Overloaded("the server is shutting down; retry on another replica")
+            if len(self._scheduler.waiting) >= self.config.max_queue_size:
+                self.observer.on_reject("queue_full")
+                raise Overloaded(f"the server is at capacity ({self.config.max_queue_size} "
+                                 f"requests waiting); retry later")
             self._scheduler.add(seq)
             self._wakeup.notify()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop after the current step; sequences still unfinished end with an error."""
+    def shutdown(self, drain_timeout: float = 30.0) -> None:
+        """Refuse new work, let admitted and queued sequences finish (up to `drain_timeout`),
+        then stop; whatever is still unfinished then ends with an error."""
+        deadline = time.monotonic() + drain_timeout
         with self._wakeup:
+            self._draining = True
+            while self._scheduler.has_unfinished() and time.monotonic() < deadline:
+                self._wakeup.wait(0.05)
             self._stopping = True
             self._wakeup.notify()
-        self._thread.join(timeout)
+        self._thread.join(drain_timeout)
 
     # ---- the engine thread ------------------------------------------------------------
 
@@ -117,11 +137,17 @@ class Engine:
                     self._wakeup.wait()
                 if self._stopping:
                     break
-                cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
-                self._scheduler.drop_waiting(cancelled)
+                cancelled, expired = self._leaving_the_queue()
+                self._scheduler.drop_waiting(cancelled + expired)
                 admitted = self._scheduler.schedule()
+                self._report_queue()
             for seq in cancelled:
                 self._finish(seq, "cancelled")
+            for seq in expired:
+                self.observer.on_reject("queue_timeout")
+                self._finish(seq, "rejected", f"waited more than {self.config.queue_timeout_s:g}"
+                                              f" s for a slot; the server is overloaded, retry "
+                                              f"later")
             try:
                 with torch.inference_mode():
                     if admitted:
@@ -136,6 +162,18 @@ class Engine:
         with self._wakeup:
             for seq in self._scheduler.waiting:
                 self._finish(seq, "error", "the server is shutting down")
+
+    def _report_queue(self) -> None:
+        """Called with `_wakeup` held."""
+        self.observer.on_queue(len(self._scheduler.running), len(self._scheduler.waiting))
+
+    def _leaving_the_queue(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Waiting sequences whose client left, and those that waited too long."""
+        deadline = time.monotonic() - self.config.queue_timeout_s
+        cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
+        expired = [s for s in self._scheduler.waiting
+                   if s.arrival < deadline and s not in cancelled]
+        return cancelled, expired
 
     def _prefill(self, admitted: list[Sequence]) -> None:
         now = time.monotonic()
@@ -172,7 +210,9 @@ class Engine:
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
             seq.last_token = token
-            seq.first_token_at = seq.first_token_at or now
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                self.observer.on_first_token(now - seq.arrival)
             if token == self._eos_id and not seq.request.ignore_eos:
                 seq.finish_reason = "stop"
             else:
@@ -205,6 +245,7 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
         with self._wakeup:
             self._scheduler.finish(finished)
+            self._report_queue()
         for seq in finished:
             if seq.finish_reason != "cancelled":
                 self._emit(seq, seq.assembler.flush())
@@ -214,6 +255,7 @@ class Engine:
         failed, self._rows, self._batch = self._rows, [], None
         with self._wakeup:
             self._scheduler.finish(failed)
+            self._report_queue()
         for seq in failed:
             self._finish(seq, "error", message)
 
@@ -225,6 +267,7 @@ class Engine:
             queue_seconds=(seq.admitted_at or now) - seq.arrival,
             first_token_seconds=(seq.first_token_at or now) - seq.arrival,
             total_seconds=now - seq.arrival, error=error)
+        self.observer.on_finish(output)
         try:
             seq.sink.on_finish(output)
         except Exception:

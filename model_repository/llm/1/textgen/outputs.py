@@ -11,13 +11,14 @@ class SequenceOutput:
     """The end of one sequence. `text` is the whole completion (never the prompt)."""
 
     text: str
-    finish_reason: str  # "stop" (EOS or stop string), "length", "cancelled", "error"
+    # "stop" (EOS or stop string), "length", "cancelled", "rejected" (queue timeout), "error"
+    finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     queue_seconds: float
     first_token_seconds: float  # from arrival; equals total when no token was produced
     total_seconds: float
-    error: str = ""  # set when finish_reason is "error"
+    error: str = ""  # set when finish_reason is "rejected" or "error"
 
 
 class OutputSink(Protocol):
@@ -32,3 +33,19 @@ class OutputSink(Protocol):
     def on_finish(self, output: SequenceOutput) -> None: ...
 
     def is_cancelled(self) -> bool: ...
+
+
+class EngineObserver:
+    """Hooks for metrics, called from the engine thread; the default records nothing."""
+
+    def on_queue(self, running: int, waiting: int) -> None:
+        """After each scheduling decision: sequences running and waiting."""
+
+    def on_first_token(self, seconds: float) -> None:
+        """A sequence produced its first token `seconds` after it arrived."""
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        """A sequence ended, for any reason."""
+
+    def on_reject(self, reason: str) -> None:
+        """A request was refused: `queue_full` or `queue_timeout`."""

@@ -42,7 +42,6 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     exclude_input_in_output: bool = False
     ignore_eos: bool = False
-    stream: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +94,11 @@ def _integer(name: str, raw: Any, low: int, high: int) -> int:
     return value
 
 
+def parse_flag(name: str, raw: Optional[np.ndarray], default: bool) -> bool:
+    """A boolean input of one element (e.g. `llm_stream`'s `stream`)."""
+    return _flag(name, _scalar(name, raw), default)
+
+
 def _flag(name: str, raw: Any, default: bool) -> bool:
     if raw is None:
         return default
@@ -145,7 +149,6 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
                                       _scalar("exclude_input_in_output",
                                               inputs.get("exclude_input_in_output")), False),
         ignore_eos=_flag("ignore_eos", _scalar("ignore_eos", inputs.get("ignore_eos")), False),
-        stream=_flag("stream", _scalar("stream", inputs.get("stream")), False),
     )
 
 

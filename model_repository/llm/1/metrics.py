@@ -1,0 +1,96 @@
+"""LLM metrics on Triton's metrics endpoint, named as vLLM names them.
+
+Why vLLM's names: Grafana dashboards and alerts written for vLLM (and the Triton vLLM backend,
+which uses the same names) then work unchanged. Two counters vLLM lacks are added under the
+`llm:` prefix: cancellations and rejections by reason.
+
+Triton crashed when metrics were updated from several threads at once (see
+../shared/notes/platform.md), so every update goes through one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import triton_python_backend_utils as pb_utils
+
+from textgen.outputs import EngineObserver, SequenceOutput
+
+LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+                   60.0]
+TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0]
+
+
+class TritonMetrics(EngineObserver):
+    def __init__(self, model_name: str) -> None:
+        self._lock = threading.Lock()
+        self._labels = {"model_name": model_name}
+        family = pb_utils.MetricFamily
+        self._families = {  # referenced for the model's lifetime, or Triton drops them
+            name: family(name=name, description=description, kind=kind)
+            for name, description, kind in (
+                ("vllm:num_requests_running", "Sequences in the running batch", family.GAUGE),
+                ("vllm:num_requests_waiting", "Sequences waiting for a slot", family.GAUGE),
+                ("vllm:time_to_first_token_seconds", "Arrival to first token",
+                 family.HISTOGRAM),
+                ("vllm:time_per_output_token_seconds", "Mean time between output tokens",
+                 family.HISTOGRAM),
+                ("vllm:e2e_request_latency_seconds", "Arrival to last token",
+                 family.HISTOGRAM),
+                ("vllm:prompt_tokens_total", "Prompt tokens processed", family.COUNTER),
+                ("vllm:generation_tokens_total", "Tokens generated", family.COUNTER),
+                ("vllm:request_success_total", "Finished sequences by finish reason",
+                 family.COUNTER),
+                ("llm:request_cancellations_total", "Sequences dropped because the client "
+                                                    "went away", family.COUNTER),
+                ("llm:request_rejections_total", "Requests refused, by reason",
+                 family.COUNTER),
+            )}
+        self._running = self._metric("vllm:num_requests_running")
+        self._waiting = self._metric("vllm:num_requests_waiting")
+        self._ttft = self._metric("vllm:time_to_first_token_seconds", LATENCY_BUCKETS)
+        self._tpot = self._metric("vllm:time_per_output_token_seconds", TOKEN_BUCKETS)
+        self._e2e = self._metric("vllm:e2e_request_latency_seconds", LATENCY_BUCKETS)
+        self._prompt_tokens = self._metric("vllm:prompt_tokens_total")
+        self._generation_tokens = self._metric("vllm:generation_tokens_total")
+        self._cancellations = self._metric("llm:request_cancellations_total")
+        self._by_label: dict[tuple[str, str], object] = {}
+
+    def _metric(self, name: str, buckets: list[float] | None = None, **labels: str) -> object:
+        all_labels = {**self._labels, **labels}
+        if buckets is None:
+            return self._families[name].Metric(labels=all_labels)
+        return self._families[name].Metric(labels=all_labels, buckets=buckets)
+
+    def _labelled(self, name: str, label: str, value: str) -> object:
+        key = (name, value)
+        if key not in self._by_label:
+            self._by_label[key] = self._metric(name, **{label: value})
+        return self._by_label[key]
+
+    def on_queue(self, running: int, waiting: int) -> None:
+        with self._lock:
+            self._running.set(running)
+            self._waiting.set(waiting)
+
+    def on_first_token(self, seconds: float) -> None:
+        with self._lock:
+            self._ttft.observe(seconds)
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        with self._lock:
+            self._prompt_tokens.increment(output.prompt_tokens)
+            self._generation_tokens.increment(output.completion_tokens)
+            if output.finish_reason == "cancelled":
+                self._cancellations.increment(1)
+            if output.finish_reason in ("stop", "length"):
+                self._labelled("vllm:request_success_total", "finished_reason",
+                               output.finish_reason).increment(1)
+                self._e2e.observe(output.total_seconds)
+                if output.completion_tokens > 1:
+                    self._tpot.observe((output.total_seconds - output.first_token_seconds)
+                                       / (output.completion_tokens - 1))
+
+    def on_reject(self, reason: str) -> None:
+        with self._lock:
+            self._labelled("llm:request_rejections_total", "reason", reason).increment(1)

@@ -1,0 +1,171 @@
+"""A local link to the engine, for the token-streaming entry point `llm_stream`.
+
+Why it exists: Triton runs every model in its own process, and the weights must be loaded
+once. The engine lives in `llm` (which answers unary calls directly); `llm_stream`, the
+decoupled model that streams tokens, reaches the same engine over a Unix socket in the
+abstract namespace, named after the Triton server process. Triton's own model-to-model calls
+(BLS) hung under concurrent load on this server (see the README), so this link is plain
+`multiprocessing.connection` with one connection per request. Only processes of the same
+user may connect (checked with SO_PEERCRED).
+
+Messages:
+  stream -> engine  ("generate", inputs, meta)   inputs: the request's tensors by name
+                    ("cancel",)                  the client went away
+  engine -> stream  ("text", delta) ...          then exactly one of
+                    ("final", SequenceOutput) | ("error", kind, message)
+                    kind: "invalid" (a client mistake) | "unavailable" (overloaded, retry)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+from .outputs import OutputSink, SequenceOutput
+
+log = logging.getLogger("textgen.link")
+
+# submit(inputs, meta, sink): validate and queue, or raise LinkRefusal.
+SubmitFn = Callable[[Mapping[str, Any], Mapping[str, str], OutputSink], None]
+
+
+class LinkRefusal(Exception):
+    """Raised by the submit function to refuse a request before it runs."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def engine_address(server_pid: int) -> str:
+    """The socket of the engine serving Triton process `server_pid` (abstract namespace)."""
+    return f"\0llm-engine-{server_pid}"
+
+
+class _ConnectionSink:
+    """OutputSink that forwards to the stream side; the client leaving counts as cancel."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cancelled = threading.Event()
+
+    def on_text(self, delta: str) -> None:
+        try:
+            self._conn.send(("text", delta))
+        except OSError:  # the stream side is gone
+            self._cancelled.set()
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        try:
+            self._conn.send(("final", output))
+        except OSError:
+            pass  # nobody is listening any more; the sequence is over anyway
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def watch_for_cancel(self) -> None:
+        """Block until the client cancels or disconnects (runs on the connection's thread)."""
+        try:
+            while True:
+                if self._conn.recv()[0] == "cancel":
+                    break
+        except (EOFError, OSError):
+            pass
+        self._cancelled.set()
+
+
+class EngineLinkServer:
+    """Accepts stream requests and hands them to `submit`; a thread per open request."""
+
+    def __init__(self, address: str, submit: SubmitFn) -> None:
+        self._listener = Listener(address, family="AF_UNIX")
+        self._submit = submit
+        self._thread = threading.Thread(target=self._accept, name="engine-link", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not _same_user(conn):
+                log.warning("refused an engine-link connection from another user")
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        sink = _ConnectionSink(conn)
+        try:
+            _, inputs, meta = conn.recv()
+            try:
+                self._submit(inputs, meta, sink)
+            except LinkRefusal as exc:
+                conn.send(("error", exc.kind, str(exc)))
+                return
+            sink.watch_for_cancel()
+        except (EOFError, OSError):
+            pass  # the stream side left before sending a request
+        finally:
+            # The stream side closes its end after the final message, which ends
+            # watch_for_cancel; a late send from the engine then fails quietly.
+            conn.close()
+
+
+def _same_user(conn: Connection) -> bool:
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    finally:
+        sock.close()
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[str, str],
+                       is_cancelled: Callable[[], bool], connect_timeout: float = 30.0,
+                       poll_seconds: float = 0.02) -> Iterator[tuple[Any, ...]]:
+    """Send one request and yield the engine's messages until the final one.
+
+    `is_cancelled` is polled every `poll_seconds` while waiting; when it turns true the engine
+    is told, and the sequence ends with finish_reason "cancelled" within one decode step.
+    """
+    conn = _connect(address, connect_timeout)
+    try:
+        conn.send(("generate", dict(inputs), dict(meta)))
+        told = False
+        while True:
+            if conn.poll(poll_seconds):
+                message = conn.recv()
+                yield message
+                if message[0] in ("final", "error"):
+                    return
+            elif not told and is_cancelled():
+                conn.send(("cancel",))
+                told = True
+    finally:
+        conn.close()
+
+
+def _connect(address: str, timeout: float) -> Connection:
+    """Connect, waiting for the engine while `llm` is still loading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(address, family="AF_UNIX")
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise LinkRefusal("unavailable", "the generation engine (model `llm`) is not "
+                                                 "running; check that it loaded") from None
+            time.sleep(0.2)

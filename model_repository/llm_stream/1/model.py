@@ -1,0 +1,93 @@
+"""Triton entry point of `llm_stream`: `llm`'s generation, streamed as it is produced.
+
+Same inputs and outputs as `llm` (see llm/1/model.py) plus `stream` (BOOL, default true).
+With `stream` true every response carries the new text in `text_output` and the last one,
+flagged final, carries `finish_reason` and the token counts (its `text_output` is empty);
+streamed text never repeats the prompt. With `stream` false one response carries the whole
+text, as from `llm`. An error before the first token is an error response (HTTP 400/503);
+after it, the stream ends with an error event (`data: {"error": ...}` under HTTP 200).
+
+The engine and the weights live in `llm`'s process; each request is forwarded over the engine
+link and answered from a forwarding thread, so `execute()` returns at once. When the client
+goes away the engine is told and drops the sequence within one decode step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+# The shared modules live beside `llm`'s model.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "llm" / "1"))
+
+from textgen.link import LinkRefusal, engine_address, stream_from_engine  # noqa: E402
+from textgen.validation import ValidationError, parse_flag  # noqa: E402
+from triton_io import (FINAL, error_response, final_values, output_dtypes,  # noqa: E402
+                       output_error, read_inputs, request_metadata, tensors)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        model_config = json.loads(args["model_config"])
+        self._dtypes = output_dtypes(model_config)
+        params = model_config.get("parameters", {})
+        streams = int(params.get("max_streams", {}).get("string_value", "512"))
+        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="llm-stream")
+        self._engine = engine_address(os.getppid())
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self._pool.submit(self._forward, request)
+        return None
+
+    def _forward(self, request: Any) -> None:
+        """Relay one request's messages from the engine; always ends with one FINAL."""
+        sender = request.get_response_sender()
+        try:
+            inputs = read_inputs(request)
+            stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
+            streaming = parse_flag("stream", None if stream_tensor is None
+                                   else stream_tensor.as_numpy(), True)
+            pieces: list[str] = []
+            for message in stream_from_engine(self._engine, inputs, request_metadata(request),
+                                              sender.is_cancelled):
+                if message[0] == "text" and streaming:
+                    sender.send(pb_utils.InferenceResponse(output_tensors=tensors(
+                        {"text_output": message[1].encode("utf-8")}, self._dtypes)))
+                elif message[0] == "text":
+                    pieces.append(message[1])
+                elif message[0] == "error":
+                    sender.send(error_response(message[1], message[2]), flags=FINAL)
+                else:
+                    sender.send(self._final(message[1], inputs, streaming, pieces), flags=FINAL)
+        except ValidationError as exc:
+            sender.send(error_response("invalid", str(exc)), flags=FINAL)
+        except LinkRefusal as exc:
+            sender.send(error_response(exc.kind, str(exc)), flags=FINAL)
+        except Exception as exc:  # never leave a request without its final response
+            pb_utils.Logger.log_error(f"llm_stream: forwarding failed: {exc!r}")
+            sender.send(error_response("internal", f"streaming failed: {exc}"), flags=FINAL)
+
+    def _final(self, output: Any, inputs: dict[str, Any], streaming: bool,
+               pieces: list[str]) -> Any:
+        failure = output_error(output)
+        if failure:
+            return error_response(*failure)
+        if streaming:
+            text = ""
+        else:
+            exclude = parse_flag("exclude_input_in_output", inputs["exclude_input_in_output"],
+                                 False)
+            prompt = bytes(inputs["text_input"].reshape(-1)[0]).decode("utf-8")
+            text = ("" if exclude else prompt) + "".join(pieces)
+        return pb_utils.InferenceResponse(output_tensors=tensors(final_values(output, text),
+                                                                 self._dtypes))
+
+    def finalize(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
