@@ -8,8 +8,8 @@ import time
 import pytest
 
 from textgen.config import EngineConfig
-from textgen.engine import Engine
-from textgen.outputs import SequenceOutput
+from textgen.engine import Engine, Overloaded
+from textgen.outputs import EngineObserver, SequenceOutput
 from textgen.validation import GenerationRequest, ValidationError
 
 PROMPTS = ["The list", "A function is", "Python is a programming language", "Exceptions"]
@@ -125,3 +125,66 @@ def test_model_limits_come_from_the_loaded_model(engine):
     assert engine.limits.context_length == 512
     assert engine.limits.vocab_size == len(engine.tokenizer)
     assert engine.limits.max_prompt_tokens <= 511
+
+
+class Recorder(EngineObserver):
+    def __init__(self) -> None:
+        self.queue: list[tuple[int, int]] = []
+        self.rejects: list[str] = []
+        self.finished: list[str] = []
+
+    def on_queue(self, running: int, waiting: int) -> None:
+        self.queue.append((running, waiting))
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self.finished.append(output.finish_reason)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejects.append(reason)
+
+
+def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
+    recorder = Recorder()
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, max_queue_size=2),
+                    recorder)
+    try:
+        long = GenerationRequest(prompt="The", max_tokens=120, ignore_eos=True)
+        sinks = [Sink() for _ in range(3)]
+        for sink in sinks:
+            engine.submit(long, sink)  # one runs, two wait
+            time.sleep(0.05)
+        with pytest.raises(Overloaded, match=r"at capacity \(2 requests waiting\)"):
+            engine.submit(long, Sink())
+        assert recorder.rejects == ["queue_full"]
+        assert [s.result().finish_reason for s in sinks] == ["length"] * 3
+    finally:
+        engine.shutdown()
+
+
+def test_request_waiting_past_the_queue_timeout_is_rejected(demo_model_dir):
+    recorder = Recorder()
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, queue_timeout_s=0.2),
+                    recorder)
+    try:
+        blocker = Sink()
+        engine.submit(GenerationRequest(prompt="The", max_tokens=250, ignore_eos=True), blocker)
+        late = Sink()
+        engine.submit(GenerationRequest(prompt="The", max_tokens=5), late)
+        output = late.result()
+        assert output.finish_reason == "rejected" and "waited more than 0.2 s" in output.error
+        assert "queue_timeout" in recorder.rejects
+        blocker.result()
+        assert recorder.queue[-1] == (0, 0)  # gauges end at zero
+    finally:
+        engine.shutdown()
+
+
+def test_shutdown_lets_admitted_and_queued_sequences_finish(demo_model_dir):
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
+    running, queued = Sink(), Sink()
+    engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), running)
+    engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), queued)
+    engine.shutdown(drain_timeout=30)
+    assert running.result().finish_reason == queued.result().finish_reason == "length"
+    with pytest.raises(Overloaded, match="shutting down"):
+        engine.submit(GenerationRequest(prompt="The", max_tokens=1), Sink())

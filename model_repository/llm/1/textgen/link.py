@@ -71,14 +71,16 @@ class _ConnectionSink:
         return self._cancelled.is_set()
 
     def watch_for_cancel(self) -> None:
-        """Block until the client cancels or disconnects (runs on the connection's thread)."""
+        """Block until the stream side closes its end (runs on the connection's thread).
+
+        A "cancel" message marks the sequence cancelled but keeps the connection open, so
+        the engine's final message still arrives."""
         try:
             while True:
                 if self._conn.recv()[0] == "cancel":
-                    break
+                    self._cancelled.set()
         except (EOFError, OSError):
-            pass
-        self._cancelled.set()
+            self._cancelled.set()
 
 
 class EngineLinkServer:
@@ -154,6 +156,8 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
             elif not told and is_cancelled():
                 conn.send(("cancel",))
                 told = True
+    except (EOFError, OSError):
+        yield ("error", "unavailable", "the generation engine went away; retry")
     finally:
         conn.close()
 

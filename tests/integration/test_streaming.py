@@ -1,0 +1,188 @@
+"""Token streaming, cancellation and metrics on the real Triton, straight and through Envoy."""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
+
+from harness import model_log_records
+
+BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
+
+
+def sse_events(url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+               ) -> list[dict[str, Any]]:
+    with requests.post(url, json=body, headers=headers or {}, stream=True, timeout=60) as reply:
+        assert reply.status_code == 200, reply.text
+        return [json.loads(line[5:]) for line in reply.iter_lines(decode_unicode=True)
+                if line.startswith("data:")]
+
+
+def metric(triton, name: str) -> float:
+    text = requests.get(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=5).text
+    values = [float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text,
+                                           re.M)]
+    return sum(values)
+
+
+def wait_for_metric(triton, name: str, value: float, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(triton, name) != value:
+        assert time.monotonic() < deadline, f"{name} = {metric(triton, name)}, not {value}"
+        time.sleep(0.1)
+
+
+def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:
+    arrays = {"text_input": np.array([[prompt.encode()]], dtype=object),
+              "max_tokens": np.array([[max_tokens]], dtype=np.int32)}
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def test_sse_stream_sends_many_events_that_concatenate_to_the_unary_text(triton):
+    events = sse_events(f"{triton.http_url}/v2/models/llm_stream/generate_stream", BODY)
+    unary = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY,
+                          timeout=60).json()
+    assert len(events) > 5
+    assert "".join(e["text_output"] for e in events) == unary["text_output"]
+    final = events[-1]
+    assert final["finish_reason"] == unary["finish_reason"]
+    assert final["num_output_tokens"] == unary["num_output_tokens"]
+    assert final["num_input_tokens"] == unary["num_input_tokens"]
+    assert all("finish_reason" not in e for e in events[:-1])
+
+
+def test_stream_through_the_gateway_uses_the_llm_route(gateway, api_key):
+    events = sse_events(gateway.url + "/v2/models/llm/generate_stream", BODY,
+                        {"X-API-Key": api_key})
+    alias = sse_events(gateway.url + "/generate_stream", BODY, {"X-API-Key": api_key})
+    assert len(events) > 5 and events == alias
+
+
+def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_key):
+    for target, headers in ((triton.grpc_url, None), (gateway.grpc_url, {"x-api-key": api_key})):
+        client = grpcclient.InferenceServerClient(target)
+        results: "queue.Queue[Any]" = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)),
+                            headers=headers)
+        client.async_stream_infer("llm_stream", _grpc_inputs("The list", 12),
+                                  enable_empty_final_response=True)
+        pieces = []
+        while True:
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            pieces.append(result.as_numpy("text_output").reshape(-1)[0].decode())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        client.stop_stream()
+        assert len(pieces) == 13  # 12 tokens, then the final response with the counts
+        assert result.as_numpy("num_output_tokens").reshape(-1)[0] == 12
+        unary = grpcclient.InferenceServerClient(triton.grpc_url).infer(
+            "llm", _grpc_inputs("The list", 12))
+        assert "The list" + "".join(pieces) == unary.as_numpy("text_output")[0][0].decode()
+
+
+def test_stream_false_answers_the_generate_endpoint_in_one_response(triton):
+    reply = requests.post(f"{triton.http_url}/v2/models/llm_stream/generate",
+                          json={**BODY, "stream": False}, timeout=60)
+    unary = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["text_output"] == unary.json()["text_output"]
+
+
+def test_invalid_stream_request_is_a_400_before_any_event(triton):
+    reply = requests.post(f"{triton.http_url}/v2/models/llm_stream/generate_stream",
+                          json={"text_input": "hi", "top_p": 2}, timeout=30)
+    assert reply.status_code == 400
+    assert "`top_p` must be in (0, 1], got 2" in reply.text
+
+
+def test_closing_an_sse_stream_cancels_the_sequence_and_frees_its_slot(triton, triton_log):
+    before = metric(triton, "llm:request_cancellations_total")
+    request_id = f"cancel-me-{time.time_ns()}"
+    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True,
+            "parameters": {"x-request-id": request_id}}
+    with requests.post(f"{triton.http_url}/v2/models/llm_stream/generate_stream", json=body,
+                       stream=True, timeout=60) as reply:
+        lines = reply.iter_lines()
+        for _ in range(3):
+            next(lines)
+    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    wait_for_metric(triton, "vllm:num_requests_running", 0)
+    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+
+
+def test_grpc_stream_cancel_drops_the_sequence(triton):
+    before = metric(triton, "llm:request_cancellations_total")
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    first = threading.Event()
+    client.start_stream(callback=lambda result, error: first.set())
+    inputs = _grpc_inputs("The", 256)
+    flag = grpcclient.InferInput("ignore_eos", [1, 1], "BOOL")
+    flag.set_data_from_numpy(np.array([[True]]))
+    client.async_stream_infer("llm_stream", inputs + [flag])
+    assert first.wait(30)
+    client.stop_stream(cancel_requests=True)
+    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    wait_for_metric(triton, "vllm:num_requests_running", 0)
+
+
+def test_llm_metrics_are_exported_under_vllm_names(triton):
+    requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY, timeout=60)
+    text = requests.get(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=5).text
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                 "vllm:time_to_first_token_seconds_bucket",
+                 "vllm:time_per_output_token_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_bucket", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:request_success_total",
+                 "llm:request_cancellations_total"):
+        assert f"\n{name}{{" in text, name
+    requests.post(f"{triton.http_url}/v2/models/llm/generate",
+                  json={"text_input": "hi", "max_tokens": 0}, timeout=30)
+    assert metric(triton, "llm:request_rejections_total") >= 1
+
+
+def test_hundreds_of_mixed_requests_with_random_disconnects_leave_nothing_behind(triton):
+    rng = random.Random(7)
+    plans = [(rng.choice(["unary", "stream", "drop"]), rng.randint(1, 40)) for _ in range(240)]
+
+    def run(plan: tuple[str, int]) -> str:
+        kind, tokens = plan
+        body = {"text_input": "The list of", "max_tokens": tokens, "ignore_eos": True,
+                "temperature": rng.choice([0.0, 0.8])}
+        if kind == "unary":
+            reply = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=body,
+                                  timeout=120)
+            return "done" if reply.json()["num_output_tokens"] == tokens else "wrong"
+        with requests.post(f"{triton.http_url}/v2/models/llm_stream/generate_stream",
+                           json={**body, "max_tokens": 200 if kind == "drop" else tokens},
+                           stream=True, timeout=120) as reply:
+            events = reply.iter_lines(decode_unicode=True)
+            if kind == "drop":
+                next(events)
+                return "dropped"
+            last = [json.loads(e[5:]) for e in events if e.startswith("data:")][-1]
+            return "done" if last["num_output_tokens"] == tokens else "wrong"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(run, plans))
+    assert "wrong" not in outcomes
+    assert outcomes.count("done") + outcomes.count("dropped") == len(plans)
+    wait_for_metric(triton, "vllm:num_requests_running", 0, timeout=30)
+    wait_for_metric(triton, "vllm:num_requests_waiting", 0)
