@@ -7,7 +7,7 @@
 --
 -- On success the key headers are removed, the caller's identity is set for Triton and the
 -- access log (x-llm-key-id / x-llm-key-name / x-llm-tier; any client copy is dropped).
--- On the way back it adds Retry-After to rate-limited answers.
+-- On the way back it adds Retry-After to rate-limited and overloaded answers.
 --
 -- KEYS is defined above this code by gateway/render.py.
 
@@ -114,9 +114,12 @@ function envoy_on_request(handle)
   headers:add("x-llm-tier", entry.tier)
 end
 
+-- Rate-limited (429) and overloaded (503, from Envoy or from the model's full queue) answers
+-- tell the client when to come back.
 function envoy_on_response(handle)
   local headers = handle:headers()
-  if headers:get(":status") == "429" and headers:get("retry-after") == nil then
+  local status = headers:get(":status")
+  if (status == "429" or status == "503") and headers:get("retry-after") == nil then
     headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
   end
 end
