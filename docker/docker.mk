@@ -12,7 +12,7 @@ docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/ga
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
 		$(PY) gateway/render.py --out gateway/envoy.container.yaml
 
-docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~15 min)
+docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~4 min)
 	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)
 
 docker-clean: ## Delete docker-test's cache (stand-in images, engine data)

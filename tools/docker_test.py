@@ -645,8 +645,8 @@ def summary(engine: Engine) -> None:
              (TRITON_STANDIN, TRITON_IMAGE, ENVOY_STANDIN, GATEWAY_IMAGE)}
     FIGURES["image_size_mb"] = {k: round(v / 1e6) for k, v in sizes.items()}
     FIGURES["added_by_dockerfile_mb"] = {
-        TRITON_IMAGE: round((sizes[TRITON_IMAGE] - sizes[TRITON_STANDIN]) / 1e6),
-        GATEWAY_IMAGE: round((sizes[GATEWAY_IMAGE] - sizes[ENVOY_STANDIN]) / 1e6)}
+        TRITON_IMAGE: round((sizes[TRITON_IMAGE] - sizes[TRITON_STANDIN]) / 1e6, 2),
+        GATEWAY_IMAGE: round((sizes[GATEWAY_IMAGE] - sizes[ENVOY_STANDIN]) / 1e6, 2)}
 
 
 def main() -> int:
