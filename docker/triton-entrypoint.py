@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Entrypoint of the Triton image: start tritonserver exactly as `make serve` does.
 
-  serve [FLAG ...]   (the default) check the model directory, make sure the gateway's key
-                     filter exists, then exec tritonserver with the command line from
-                     tools/runtime.py; extra flags are appended to it
+  serve [FLAG ...]   (the default) check the model directory, (re)write the gateway's key
+                     filter from the key store (`gateway/keys.py sync`), then exec
+                     tritonserver with the command line from tools/runtime.py; extra
+                     flags are appended to it
   health             exit 0 when Triton reports ready (the image's HEALTHCHECK)
 
 Settings are the environment variables of tools/runtime.py (see the README's table). The image
@@ -50,9 +51,11 @@ def serve(extra_flags: list[str]) -> int:
     settings = runtime.Settings.from_env()
     check_model_dir(settings.model_dir)
     store = runtime.KeyStore(runtime.GatewaySettings.from_env().keys_dir)
-    if not store.filter_path.exists():
-        # First start on an empty key volume: the gateway needs a (keyless) filter to load.
-        store.sync()
+    # On an empty key volume the gateway needs a (keyless) filter to start; on every later
+    # start this brings the filter's code (gateway/auth.lua) up to this image's version.
+    first = not store.filter_path.exists()
+    store.sync()
+    if first:
         print(f"wrote {store.filter_path} (no keys yet: "
               f"`docker compose run --rm keys issue --name NAME`)", flush=True)
     command = runtime.triton_command(settings, ROOT / "model_repository") + extra_flags
