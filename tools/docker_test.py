@@ -26,9 +26,10 @@ build the stand-in root filesystems (debootstrap + chroot pip); start a private 
 its own network namespace (`unshare --net`: its bridges, iptables rules and published ports
 exist only there, the host's network settings stay untouched); import the stand-ins; build the
 two images; `docker compose up --wait`; issue a key with the `keys` service; from the engine's
-namespace send an authenticated generate request through the gateway (200 with text), an
-unauthenticated one (401) and try Triton's ports (must be closed); check users, /dev/shm and the
-JSON access log on stdout; `docker compose down`; stop the engine.
+namespace send an authenticated generate request through the gateway (200 with text), one
+without a key (401), read a generate_stream (server-sent events) and try Triton's ports (must
+be closed); check users, /dev/shm and the JSON access log on stdout; `docker compose stop` with
+16 generations in flight (all must answer 200, both services exit 0); `down`; stop the engine.
 
 Cached between runs under --cache (default /var/cache/llm-docker-test): Debian packages, wheels,
 the stand-in root filesystems, and the engine's data (imported images, build cache). Logs go to
@@ -494,6 +495,8 @@ def exercise_stack(engine: Engine) -> None:
           f"generate with the key answers 200 with text: {result['generate']['text']!r} "
           f"({result['generate']['num_output_tokens']} tokens, {result['generate_ms']} ms, "
           f"key active after {result['key_active_after_s']} s)")
+    check(result["stream_events"] > 1, f"generate_stream answers with "
+                                       f"{result['stream_events']} server-sent events")
     for address, port, outcome in result["triton_ports"]:
         check(outcome != "open", f"Triton port {port} not reachable from the host at "
                                  f"{address} ({outcome})")
@@ -579,6 +582,15 @@ def http(method: str, path: str, body: Optional[dict[str, Any]] = None,
         return status, {"raw": raw.decode(errors="replace")}
 
 
+def stream_events(key: str) -> int:
+    """Server-sent events from /generate_stream (Triton's decoupled path through Envoy)."""
+    body = json.dumps({"text_input": "The list", "max_tokens": 16}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{GATEWAY_PORT}/generate_stream",
+                                     data=body, method="POST", headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return sum(1 for line in reply if line.startswith(b"data:"))
+
+
 def port_state(address: str, port: int) -> str:
     try:
         with socket.create_connection((address, port), timeout=3):
@@ -630,6 +642,7 @@ def probe(key: str, container_ips: list[str]) -> int:
     result["key_active_after_s"] = round(t - start, 1)
     result["generate"] = {"status": status, "text": body.get("text_output", ""),
                           "num_output_tokens": body.get("num_output_tokens"), "body": body}
+    result["stream_events"] = stream_events(key)
     result["triton_ports"] = [(address, port, port_state(address, port))
                               for address in local_addresses() for port in TRITON_PORTS]
     result["triton_container_ip"] = [(address, port, port_state(address, port))
