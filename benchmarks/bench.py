@@ -89,10 +89,10 @@ PLANS = {
         mode="full",
         levels={"ours": {"fixed": [1, 4, 8, 16, 32], "mixed": [1, 8, 16, 32]},
                 "static": {"fixed": [1, 8, 32], "mixed": [1, 8, 16, 32]},
-                "baseline": {"fixed": [1, 8, 32], "mixed": [1, 8, 32]},
+                "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
                 "int8": {"mixed": [8, 32]}},
         requests_per_client=4, min_requests=16, max_requests=128, max_seconds=25, grace_s=10,
-        perf_levels=[1, 4, 16], perf_interval_ms=5000, quality_windows=64, quality_repeats=3),
+        perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
         mode="quick",
         levels={"ours": {"fixed": [1, 32], "mixed": [8, 32]},
@@ -331,7 +331,7 @@ class Bench:
         out_dir.mkdir(parents=True, exist_ok=True)
         input_json = workloads.perf_analyzer_input(specs[:16], out_dir / "input_data.json")
         # Four windows plus warm-up and start-up, with room for a slow 2-core machine.
-        timeout = 60 + 8 * (self.plan.perf_interval_ms or 5000) / 1000
+        timeout = 60 + 10 * (self.plan.perf_interval_ms or 5000) / 1000
         start = time.perf_counter()
         self.perf = perf_analyzer.sweep(target, self.plan.protocols, self.plan.perf_levels,
                                         input_json, out_dir, self.plan.perf_interval_ms,

@@ -68,6 +68,9 @@ class LevelResult:
     concurrency: int
     duration_s: float
     requests: list[RequestResult] = field(default_factory=list)
+    # CPU the load generator itself used (all cores), to tell when the client is the bottleneck
+    client_cpu_s: float = 0.0
+    wall_s: float = 0.0
 
     def stats(self) -> dict[str, Any]:
         done = [r for r in self.requests if r.ok]
@@ -83,6 +86,8 @@ class LevelResult:
                                     if self.duration_s > 0 else 0.0),
             "output_tokens": sum(r.output_tokens for r in done),
             "streamed_requests": sum(r.text_events > 1 for r in done),
+            "client_cpu_percent": (round(100 * self.client_cpu_s / self.wall_s, 1)
+                                   if self.wall_s > 0 else None),
         }
         for name, values in (("ttft_ms", [r.ttft for r in done if r.ttft is not None]),
                              ("itl_ms", [r.itl for r in done if r.itl is not None]),
@@ -168,6 +173,7 @@ async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSp
     """Run `specs` (at most) with `concurrency` closed-loop clients; bounded by `max_seconds`."""
     results: list[RequestResult] = []
     cursor = iter(specs)
+    cpu_start = time.process_time()
     start = time.perf_counter()
     deadline = start + max_seconds
     in_flight: dict[int, tuple[RequestSpec, float]] = {}
@@ -198,8 +204,9 @@ async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSp
                                      end=now, prompt_tokens=spec.prompt_tokens))
     finished = [r.end for r in results if r.ok]
     duration = (max(finished) if finished else now) - start
-    return LevelResult(system, workload, concurrency, duration, sorted(results,
-                                                                       key=lambda r: r.start))
+    return LevelResult(system, workload, concurrency, duration,
+                       sorted(results, key=lambda r: r.start),
+                       client_cpu_s=time.process_time() - cpu_start, wall_s=now - start)
 
 
 def request_rows(level: LevelResult) -> list[dict[str, Any]]:

@@ -302,9 +302,12 @@ def markdown(results: dict[str, Any]) -> str:
 
     lines += ["## Load generator (asyncio, SSE `generate_stream`)", "",
               "Latencies in ms as p50 / p95 / p99. ITL: inter-token latency of streamed "
-              "responses (n/a when the server sends the whole text in one event).", "",
+              "responses (n/a when the server sends the whole text in one event). Client CPU: "
+              "what the load generator itself used (100 = one core; the machine has "
+              f"{meta['machine']['cores']}).", "",
               "| system | workload | clients | req/s | out tok/s | TTFT | ITL | end-to-end "
-              "| ok / sent | errors |", "|---|---|---:|---:|---:|---|---|---|---:|---|"]
+              "| ok / sent | errors | client CPU % |",
+              "|---|---|---:|---:|---:|---|---|---|---:|---|---:|"]
     for r in sorted(results["loadgen"], key=lambda r: (SYSTEMS.index(r["system"]),
                                                         r["workload"], r["concurrency"])):
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "-"
@@ -313,7 +316,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['system']} | {r['workload']} | {r['concurrency']} | "
                      f"{r['requests_per_s']:.2f} | {r['output_tokens_per_s']:,.0f} | "
                      f"{_trio(r['ttft_ms'])} | {_trio(r['itl_ms'], ('p50', 'p95'))} | "
-                     f"{_trio(r['e2e_ms'])} | {r['completed']} / {r['sent']} | {errors} |")
+                     f"{_trio(r['e2e_ms'])} | {r['completed']} / {r['sent']} | {errors} | "
+                     f"{_f(r.get('client_cpu_percent'), 0)} |")
     lines.append("")
 
     perf = results.get("perf_analyzer", [])
