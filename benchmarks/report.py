@@ -113,6 +113,8 @@ def _concurrency_axis(ax: Any, results: Optional[dict[str, Any]] = None) -> None
 def _log_y(ax: Any) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(PLAIN)  # short ranges show only minor ticks
+    ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def plot_throughput(results: dict[str, Any], path: Path) -> None:

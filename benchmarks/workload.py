@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,3 @@ def summary(specs: list[RequestSpec]) -> dict[str, Any]:
     return {"requests": len(specs), "prompt_tokens": stats([s.prompt_tokens for s in specs]),
             "output_tokens": stats([s.max_tokens for s in specs])}
 
-
-def as_dicts(specs: list[RequestSpec]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in specs]
