@@ -97,6 +97,9 @@ def _label(results: dict[str, Any], system: str) -> str:
 
 
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
+# Minor ticks of a log axis: label only 2x and 5x, so short ranges still read and long ones
+# stay uncluttered.
+SOME = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
 
 
 def _concurrency_axis(ax: Any, results: Optional[dict[str, Any]] = None) -> None:
@@ -113,7 +116,7 @@ def _concurrency_axis(ax: Any, results: Optional[dict[str, Any]] = None) -> None
 def _log_y(ax: Any) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(PLAIN)
-    ax.yaxis.set_minor_formatter(PLAIN)  # short ranges show only minor ticks
+    ax.yaxis.set_minor_formatter(SOME)
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
