@@ -36,11 +36,12 @@ active_requests() {
         | sed -n 's/^http\.llm_gateway\.downstream_rq_active: *\([0-9]*\).*/\1/p'
 }
 
-# Stop accepting, let requests in flight finish (bounded), then stop Envoy.
+# Refuse new requests with 503 (the drain switch in the gateway config; /readyz fails too),
+# let requests in flight finish (bounded), then stop Envoy. Same steps as tools/serve.py.
 drain_and_stop() {
     local deadline=$((SECONDS + DRAIN_TIMEOUT_S)) active
     echo "llm-gateway: draining (at most ${DRAIN_TIMEOUT_S} s)" >&2
-    http POST "$ADMIN_PORT" '/drain_listeners?graceful' >/dev/null 2>&1 || true
+    http POST "$ADMIN_PORT" '/runtime_modify?llm.draining=100' >/dev/null 2>&1 || true
     while ((SECONDS < deadline)); do
         active=$(active_requests 2>/dev/null || true)
         [[ ${active:-0} == 0 ]] && break

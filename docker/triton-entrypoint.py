@@ -2,9 +2,9 @@
 """Entrypoint of the Triton image: start tritonserver exactly as `make serve` does.
 
   serve [FLAG ...]   (the default) check the model directory, (re)write the gateway's key
-                     filter from the key store (`gateway/keys.py sync`), then exec
-                     tritonserver with the command line from tools/runtime.py; extra
-                     flags are appended to it
+                     filter from the key store (`gateway/keys.py sync`), then run
+                     tritonserver with the command line from tools/runtime.py (extra flags
+                     appended), passing SIGTERM on and exiting if a model process dies
   health             exit 0 when Triton reports ready (the image's HEALTHCHECK)
 
 Settings are the environment variables of tools/runtime.py (see the README's table). The image
@@ -16,9 +16,13 @@ LLM_KEYS_DIR=/var/lib/llm/keys (the key volume).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 # NVIDIA's images set up CUDA compatibility libraries in their entrypoint; keep that step.
@@ -61,9 +65,31 @@ def serve(extra_flags: list[str]) -> int:
     command = runtime.triton_command(settings, ROOT / "model_repository") + extra_flags
     if NVIDIA_ENTRYPOINT.exists():
         command = [str(NVIDIA_ENTRYPOINT), *command]
-    # exec: tritonserver becomes the container's main process and gets SIGTERM directly.
-    os.execv(command[0], command)
-    return 1  # not reached
+    return supervise(command, runtime.python_stubs)
+
+
+def supervise(command: list[str],
+              stubs_of: Callable[[int], tuple[set[int], set[int]]]) -> int:
+    """Run tritonserver, pass SIGTERM on, and exit 1 if one of its model processes dies.
+
+    Triton never restarts a dead Python-backend stub (it keeps answering "Stub process is not
+    healthy"), so the container exits and compose's restart policy brings up a fresh one.
+    """
+    server = subprocess.Popen(command)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: server.send_signal(sig))
+    seen = 0
+    while server.poll() is None:
+        time.sleep(0.5)
+        alive, dead = stubs_of(server.pid)
+        if (dead or len(alive) < seen) and server.poll() is None:
+            print(f"a model process died ({len(alive)} alive, {len(dead)} dead); exiting so "
+                  f"the restart policy starts a fresh server", file=sys.stderr, flush=True)
+            server.kill()
+            server.wait()
+            return 1
+        seen = max(seen, len(alive))
+    return server.returncode
 
 
 def main(argv: list[str]) -> int:

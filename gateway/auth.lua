@@ -119,6 +119,15 @@ end
 function envoy_on_response(handle)
   local headers = handle:headers()
   local status = headers:get(":status")
+  if status == "400" then
+    -- Triton answers 400 when a model's process died ("Stub process ... is not healthy"):
+    -- a server fault, not the client's. The runner restarts Triton within seconds.
+    local body = handle:body()
+    if body ~= nil and body:getBytes(0, body:length()):find("is not healthy", 1, true) then
+      headers:replace(":status", "503")
+      status = "503"
+    end
+  end
   if (status == "429" or status == "503") and headers:get("retry-after") == nil then
     headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
   end

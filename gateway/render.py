@@ -43,7 +43,8 @@ ERRORS: dict[int, tuple[str, str | None]] = {
                           "seconds"),
     431: ("headers_too_large", "the request headers are larger than this gateway accepts"),
     502: ("bad_gateway", "the model server closed the connection"),
-    503: ("unavailable", "the model server is unavailable or overloaded; retry later"),
+    503: ("unavailable", "the model server is unavailable, overloaded or restarting; retry "
+                         "after `Retry-After` seconds"),
     504: ("timeout", "the model server did not answer in time"),
 }
 
@@ -114,6 +115,9 @@ def _error_mappers() -> list[dict[str, Any]]:
         }
         if message:
             mapper["body"] = {"inline_string": message}
+        if code == 503:  # overloaded or draining: come back in a second
+            mapper["headers_to_add"] = [{"header": {"key": "retry-after", "value": "1"},
+                                         "append_action": "ADD_IF_ABSENT"}]
         mappers.append(mapper)
     return mappers
 

@@ -119,3 +119,49 @@ def gateway_process(settings: runtime.Settings, name: str = "envoy",
     process = ServerProcess(name, runtime.envoy_command(config), dict(os.environ),
                             settings.run_dir / name / "envoy.log")
     return process, gateway
+
+
+@dataclass
+class RunnerStack:
+    """The whole service as `make serve` runs it (tools/serve.py), on free ports."""
+
+    runner: ServerProcess
+    settings: runtime.Settings
+    gateway: runtime.GatewaySettings
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.gateway.host}:{self.gateway.port}"
+
+    def triton_pid(self) -> int:
+        """The tritonserver the runner supervises right now."""
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"tritonserver" in cmdline and \
+                        f"--http-port={self.settings.http_port}".encode() in cmdline:
+                    return int(proc.name)
+        raise LookupError("no tritonserver running for this stack")
+
+
+def runner_stack(run_dir: Path, **env: str) -> RunnerStack:
+    """Start tools/serve.py with its own ports, run dir and a premium-tier key."""
+    values = {**os.environ, "LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
+              "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
+              "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
+              "LLM_KEYS_DIR": str(run_dir / "keys"), **env}
+    values.pop("GATEWAY_ACCESS_LOG", None)
+    settings = runtime.Settings.from_env(values)
+    gateway = runtime.gateway_settings(settings, values)
+    key, _ = runtime.KeyStore(gateway.keys_dir).issue("reliability", "premium")
+    runtime.KeyStore(gateway.keys_dir).issue("dev", "standard")  # so the runner prints none
+    runner = ServerProcess("runner", [sys.executable, str(ROOT / "tools" / "serve.py"), "serve"],
+                           values, run_dir / "runner.log")
+    runner.start()
+    stack = RunnerStack(runner, settings, gateway, key)
+    runner.wait_until(lambda: http_ok(f"{stack.url}/readyz"), timeout=120)
+    return stack

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sys
 import sysconfig
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,3 +195,39 @@ def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
     level = {"verbose": "info", "info": "warning"}.get(log_level, log_level)
     return [str(_ENVOY), "-c", str(config), "--log-level", level, "--disable-hot-restart",
             "--drain-time-s", "5", "--file-flush-interval-msec", "500"]
+
+
+def python_stubs(server_pid: int) -> tuple[set[int], set[int]]:
+    """(alive, dead) PIDs of the Python-backend stubs (one per model instance) of a server.
+
+    Triton does not restart a stub that died: it keeps reporting the model ready and answers
+    every request with "Stub process ... is not healthy", and the dead stub stays a zombie
+    child. Supervisors restart Triton when a stub is dead or fewer are alive than before.
+    """
+    alive, dead = set(), set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            state, parent = stat[stat.rindex(")") + 2:].split()[:2]
+            if int(parent) != server_pid or "(triton_python_b" not in stat:
+                continue
+            (dead if state == "Z" else alive).add(int(proc.name))
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+    return alive, dead
+
+
+def set_gateway_draining(gateway: GatewaySettings) -> None:
+    """Flip the gateway's drain switch: new requests and /readyz get 503 from now on."""
+    url = f"http://127.0.0.1:{gateway.admin_port}/runtime_modify?llm.draining=100"
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).close()
+
+
+def gateway_active_requests(gateway: GatewaySettings) -> int:
+    """Requests the gateway is serving right now (streams included)."""
+    url = (f"http://127.0.0.1:{gateway.admin_port}/stats?"
+           f"filter=^http.llm_gateway.downstream_rq_active$")
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return int(reply.read().decode().rsplit(":", 1)[1])

@@ -8,8 +8,10 @@
 
 Settings come from environment variables (see the README, tools/runtime.py and
 gateway/render.py). Triton listens on loopback only; the gateway's port is the public one.
-The runner restarts a process that dies, so a crashed server comes back by itself. On the first
-run it issues a development API key named `dev` and prints it once.
+The runner restarts a process that dies (and Triton when one of its model processes dies), so
+a crashed server comes back by itself. SIGTERM or Ctrl-C drains first: new requests get 503,
+requests in flight finish (up to LLM_DRAIN_TIMEOUT_S, default 60 s), then everything stops. On
+the first run it issues a development API key named `dev` and prints it once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime  # noqa: E402
 
 READY_TIMEOUT_S = 180
+DRAIN_TIMEOUT_S = float(os.environ.get("LLM_DRAIN_TIMEOUT_S", "60"))  # > longest generation
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
 
@@ -51,11 +54,33 @@ class Supervised:
     proc: Optional[subprocess.Popen] = None
     restarts: int = 0
     _due: float = field(default=0.0)
+    _stubs_seen: int = 0
+    was_ready: bool = False  # set by the supervisor once the process served readiness
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._stubs_seen = 0
+        self.was_ready = False
+
+    def check_stubs(self) -> None:
+        """Kill a Triton whose model process died (it would never recover); check() then
+        restarts it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        alive, dead = runtime.python_stubs(self.proc.pid)
+        if dead or len(alive) < self._stubs_seen:
+            self.restart(f"lost a model process ({len(alive)} alive, {len(dead)} dead)")
+            return
+        self._stubs_seen = max(self._stubs_seen, len(alive))
+
+    def restart(self, why: str) -> None:
+        """Kill the process now; check() starts a new one after the back-off."""
+        print(f"==> {self.name} {why}; restarting it", flush=True)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def check(self) -> None:
         """Restart after a back-off if the process died."""
@@ -161,20 +186,53 @@ def serve(settings: runtime.Settings) -> int:
     print(f"==> starting Triton and the gateway (logs under {settings.run_dir})", flush=True)
     for p in procs:
         p.start()
-    wait_ready(lambda: is_ready(f"http://{gateway.host}:{gateway.port}/readyz"), procs,
-               READY_TIMEOUT_S, "the model")
-    print(banner(settings, gateway, key), flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
-    while not stopping:
+    triton, envoy = procs
+    ready_url = f"http://{gateway.host}:{gateway.port}/readyz"
+    live_url = f"{settings.http_url}/v2/health/live"
+    began, announced, misses = time.monotonic(), False, 0
+    while not stopping:  # supervise from the first second: a crash during start-up counts
         time.sleep(0.5)
+        triton.check_stubs()
+        if triton.was_ready:
+            misses = 0 if is_ready(live_url) else misses + 1
+            if misses >= 3:  # alive but no longer answering: e.g. stuck after an abort
+                triton.restart("stopped answering its liveness probe")
+                misses = 0
         for p in procs:
             if not stopping:
                 p.check()
-    print("\n==> stopping: Triton drains in-flight requests, then the gateway stops", flush=True)
-    procs[0].stop(grace=40)
-    procs[1].stop(grace=10)
-    print("==> stopped", flush=True)
+        if not triton.was_ready and is_ready(ready_url):
+            triton.was_ready = True
+            if not announced:
+                print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
+                print(banner(settings, gateway, key), flush=True)
+                print("Press Ctrl-C to stop.", flush=True)
+                announced = True
+    drain(gateway, envoy, triton)
     return 0
+
+
+def drain(gateway: runtime.GatewaySettings, envoy: Supervised, triton: Supervised) -> None:
+    """Graceful stop: refuse new requests (readiness false, 503), let every request in flight
+    finish, then stop the gateway and Triton (which has nothing left to wait for)."""
+    print(f"\n==> draining: new requests get 503; waiting up to {DRAIN_TIMEOUT_S} s for "
+          f"requests in flight", flush=True)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    active = -1
+    try:
+        runtime.set_gateway_draining(gateway)
+        while time.monotonic() < deadline:
+            active = runtime.gateway_active_requests(gateway)
+            if active == 0:
+                break
+            time.sleep(0.2)
+    except OSError as exc:
+        print(f"==> the gateway's admin port did not answer ({exc}); stopping now", flush=True)
+    print(f"==> {max(active, 0)} requests still in flight; stopping the gateway, then Triton",
+          flush=True)
+    envoy.stop(grace=10)
+    triton.stop(grace=40)
+    print("==> stopped", flush=True)
 
 
 def pid_file(settings: runtime.Settings) -> Path:
@@ -217,7 +275,7 @@ def down(settings: runtime.Settings) -> int:
     pid = int(pidf.read_text())
     if _alive(pid):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S + 60  # drain, then stop grace
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
     pidf.unlink(missing_ok=True)

@@ -20,6 +20,9 @@ ENV_OVERRIDES = {
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
     "quantization": "LLM_QUANTIZATION",
+    "max_num_seqs": "LLM_MAX_NUM_SEQS",
+    "max_queue_size": "LLM_MAX_QUEUE_SIZE",
+    "queue_timeout_seconds": "LLM_QUEUE_TIMEOUT_S",
 }
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
