@@ -10,11 +10,13 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 
 include docker/docker.mk
-.PHONY: help venv serve up down status key keys revoke test unit demo-model lock clean
+include benchmarks/bench.mk
+-include tests/robustness/fuzz.mk
+.PHONY: help venv serve up down status key keys revoke test unit soak demo-model lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "} {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock
 	@echo "==> creating $(VENV) with the pinned dependencies (first run: about a minute)"
@@ -50,6 +52,10 @@ test: venv ## Run the whole test suite (unit + integration with real servers)
 
 unit: venv ## Run only the unit tests of the pure modules (seconds)
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+SOAK_MINUTES ?= 10
+soak: venv ## Long streamed run sampling every process's memory (SOAK_MINUTES, default 10)
+	@$(PY) tools/soak.py --minutes $(SOAK_MINUTES)
 
 demo-model: venv ## Retrain the bundled demo model (about 8 minutes on 2 cores)
 	@$(PY) tools/train_demo_model.py --out demo_model
