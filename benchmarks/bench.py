@@ -98,7 +98,9 @@ PLANS = {
         levels={"ours": {"fixed": [1, 32], "mixed": [8, 32]},
                 "static": {"mixed": [8, 32]},
                 "baseline": {"mixed": [8, 32]}},
-        requests_per_client=2, min_requests=8, max_requests=64, max_seconds=6, grace_s=4,
+        # The baseline answers a whole wave of queued requests at once (generate() blocks its
+        # event loop), so the grace must outlast one wave of 32.
+        requests_per_client=2, min_requests=8, max_requests=64, max_seconds=6, grace_s=10,
         perf_levels=[4], perf_interval_ms=0, quality_windows=12, quality_repeats=1),
     "smoke": Plan(
         mode="smoke",
@@ -220,8 +222,9 @@ def machine() -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     return (f"{info.get('cpu', '?')}, {info['cores']} cores, {info.get('memory_gib', '?')} GiB"
             f"{', GPU ' + info['gpu'] if info.get('gpu') else ', no GPU'}; torch "
-            f"{info['torch']}, transformers {info['transformers']}; load average at start "
-            f"{info.get('load_average', '?')}")
+            f"{info['torch']}, transformers {info['transformers']}; load average (1/5/15 min) "
+            f"at start {info.get('load_average', '?')}, at the end "
+            f"{info.get('load_average_end', '?')}")
 
 
 def git_commit() -> str:
@@ -459,6 +462,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in args.systems:
         bench.run_system(name)
 
+    try:
+        info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
     results.update({
         "meta": {"mode": plan.mode, "command": command, "title": title,
                  "started": datetime.fromtimestamp(started, timezone.utc).isoformat(
