@@ -117,17 +117,20 @@ end
 -- Rate-limited (429) and overloaded (503, from Envoy or from the model's full queue) answers
 -- tell the client when to come back.
 function envoy_on_response(handle)
-  local headers = handle:headers()
-  local status = headers:get(":status")
+  local status = handle:headers():get(":status")
   if status == "400" then
-    -- Triton answers 400 when a model's process died ("Stub process ... is not healthy"):
-    -- a server fault, not the client's. The runner restarts Triton within seconds.
-    local body = handle:body()
-    if body ~= nil and body:getBytes(0, body:length()):find("is not healthy", 1, true) then
-      headers:replace(":status", "503")
+    -- Triton's HTTP frontend answers 400 for two server-side conditions: a model process
+    -- died ("Stub process ... is not healthy"; the runner restarts Triton within seconds),
+    -- and the model refusing for lack of capacity (its messages end "; retry later",
+    -- textgen/engine.py). Both are 503s: the client did nothing wrong.
+    local body = handle:body()  -- waits for the (small) error body; re-read headers after
+    local text = body ~= nil and body:getBytes(0, body:length()) or ""
+    if text:find("is not healthy", 1, true) or text:find('; retry later"', 1, true) then
+      handle:headers():replace(":status", "503")
       status = "503"
     end
   end
+  local headers = handle:headers()
   if (status == "429" or status == "503") and headers:get("retry-after") == nil then
     headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
   end

