@@ -91,7 +91,7 @@ PLANS = {
                 "static": {"fixed": [1, 8, 32], "mixed": [1, 8, 16, 32]},
                 "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
                 "int8": {"mixed": [8, 32]}},
-        requests_per_client=4, min_requests=16, max_requests=128, max_seconds=25, grace_s=10,
+        requests_per_client=4, min_requests=16, max_requests=128, max_seconds=25, grace_s=30,
         perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
         mode="quick",
@@ -99,8 +99,8 @@ PLANS = {
                 "static": {"mixed": [8, 32]},
                 "baseline": {"mixed": [8, 32]}},
         # The baseline answers a whole wave of queued requests at once (generate() blocks its
-        # event loop), so the grace must outlast one wave of 32.
-        requests_per_client=2, min_requests=8, max_requests=64, max_seconds=6, grace_s=10,
+        # event loop), so the grace must outlast one wave of 32 (about 8 s on an idle machine).
+        requests_per_client=2, min_requests=8, max_requests=64, max_seconds=6, grace_s=20,
         perf_levels=[4], perf_interval_ms=0, quality_windows=12, quality_repeats=1),
     "smoke": Plan(
         mode="smoke",
