@@ -1,7 +1,9 @@
--- Between API clients and Triton's HTTP frontend: ids into generate bodies on the way in,
--- client mistakes reported as client mistakes on the way out.
+-- Between API clients and Triton's HTTP frontend: bodies checked and ids added on the way
+-- in, client mistakes reported as client mistakes on the way out.
 --
--- Requests: carry the request id and caller identity into the generate extension's JSON body.
+-- Requests: refuse JSON nested deeper than MAX_JSON_DEPTH (Triton's JSON reader recurses
+-- once per level: a 400 KB body of 200,000 `[` overflowed its stack and killed the server),
+-- then carry the request id and caller identity into the generate extension's JSON body.
 -- Why: Triton forwards chosen headers to the model as request parameters on `infer`, but not
 -- on `generate` / `generate_stream`; there only a top-level "parameters" object in the body
 -- reaches the model. The model's per-request log line needs the request id and key id to
@@ -31,20 +33,60 @@ local function add_generate_parameters(handle, request_id, key_id, tier)
   handle:headers():replace("content-length", tostring(#new_body))
 end
 
+-- Deeper than any request of this API needs (an infer body is about 5 levels deep).
+local MAX_JSON_DEPTH = 64
+
+-- Whether the JSON text's arrays and objects nest deeper than `limit` (strings skipped; a
+-- malformed text is left for Triton to refuse).
+local function nests_deeper_than(text, limit)
+  local depth, pos = 0, 1
+  while true do
+    local at, _, ch = text:find('([%[%]{}"])', pos)
+    if at == nil then return false end
+    pos = at + 1
+    if ch == '"' then
+      while true do  -- to the closing quote, stepping over escapes
+        local quote = text:find('["\\]', pos)
+        if quote == nil then return false end
+        if text:byte(quote) == 92 then pos = quote + 2 else pos = quote + 1; break end
+      end
+    elseif ch == "[" or ch == "{" then
+      depth = depth + 1
+      if depth > limit then return true end
+    else
+      depth = depth - 1
+    end
+  end
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local key_id = headers:get("x-llm-key-id")
-  local path = headers:get(":path") or ""
-  if key_id ~= nil and headers:get(":method") == "POST" and path:match("/generate[_%w]*$") then
-    add_generate_parameters(handle, headers:get("x-request-id") or "", key_id,
-                            headers:get("x-llm-tier") or "")
+  local path = (headers:get(":path") or ""):gsub("%?.*$", "")
+  local generate = path:match("/generate[_%w]*$") ~= nil
+  if key_id == nil or headers:get(":method") ~= "POST" or not (generate or path:match("/infer$")) then
+    return
   end
+  local request_id, tier = headers:get("x-request-id") or "", headers:get("x-llm-tier") or ""
+  -- With the binary tensor extension only the first bytes of the body are JSON.
+  local json_length = tonumber(headers:get("inference-header-content-length") or "")
+  local body = handle:body()  -- the whole body (at most the gateway's 1 MiB limit)
+  if body == nil then return end
+  local length = body:length()
+  if json_length ~= nil and json_length >= 0 and json_length < length then length = json_length end
+  if length > 0 and nests_deeper_than(body:getBytes(0, length), MAX_JSON_DEPTH) then
+    handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+      string.format("the JSON body nests arrays and objects deeper than %d levels", MAX_JSON_DEPTH))
+    return
+  end
+  if generate then add_generate_parameters(handle, request_id, key_id, tier) end
 end
 
 -- Answers: Triton reports some client mistakes in a shape API clients cannot use.
 --  * A body its JSON reader rejects (not JSON, not an object, a string where a number
---    belongs, a negative seed, ...) comes back as 500 on `generate`, `generate_stream` and
---    `infer`: Triton files those reader errors under INTERNAL. They become 400.
+--    belongs, a negative seed, a NUL in a field name, ...) comes back as 500 on `generate`,
+--    `generate_stream` and `infer`: Triton files those reader errors under INTERNAL. They
+--    become 400.
 --  * A `generate_stream` request refused before its first event is a 400 or 503 whose body
 --    is a server-sent event (`data: {"error": ...}`). It becomes a plain JSON body.
 --  * A gRPC message that is not a protobuf at all is INTERNAL ("Unable to parse request");
@@ -54,6 +96,7 @@ end
 local JSON_READER_ERRORS = {
   "^failed to parse the request JSON buffer", "^Unable to parse ", "^attempt to ",
   "^Expected JSON object for keyword", "^failed to get request params",
+  "^parameter key .* was not found in the JSON",  -- a NUL inside a parameter's name
 }
 
 local function triton_error_message(text)
