@@ -76,11 +76,19 @@ def supervise(command: list[str],
     healthy"), so the container exits and compose's restart policy brings up a fresh one.
     """
     server = subprocess.Popen(command)
+    stopping = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)  # from now on stubs exit because Triton unloads its models
+        server.send_signal(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, _frame: server.send_signal(sig))
+        signal.signal(signum, forward)
     seen = 0
     while server.poll() is None:
         time.sleep(0.5)
+        if stopping:
+            continue
         alive, dead = stubs_of(server.pid)
         if (dead or len(alive) < seen) and server.poll() is None:
             print(f"a model process died ({len(alive)} alive, {len(dead)} dead); exiting so "
