@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -34,21 +32,8 @@ def http_ok(url: str, headers: Optional[dict[str, str]] = None) -> bool:
         return False
 
 
-@dataclass
-class ServerProcess:
-    """One real server process with its log file."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: Optional[subprocess.Popen] = None
-
-    def start(self) -> "ServerProcess":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
+class ServerProcess(runtime.ManagedProcess):
+    """One real server process for a test, with readiness polling and log dumps."""
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -69,17 +54,6 @@ class ServerProcess:
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
-
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL the whole process group after `grace` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def triton_settings(run_dir: Path, **env: str) -> runtime.Settings:
@@ -136,16 +110,8 @@ class RunnerStack:
 
     def triton_pid(self) -> int:
         """The tritonserver the runner supervises right now."""
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmdline = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"tritonserver" in cmdline and \
-                        f"--http-port={self.settings.http_port}".encode() in cmdline:
-                    return int(proc.name)
-        raise LookupError("no tritonserver running for this stack")
+        return runtime.find_process(b"tritonserver",
+                                    f"--http-port={self.settings.http_port}".encode())
 
 
 def runner_stack(run_dir: Path, **env: str) -> RunnerStack:

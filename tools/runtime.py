@@ -14,8 +14,11 @@ import shutil
 import sys
 import sysconfig
 import urllib.request
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gateway"))
@@ -231,3 +234,54 @@ def gateway_active_requests(gateway: GatewaySettings) -> int:
            f"filter=^http.llm_gateway.downstream_rq_active$")
     with urllib.request.urlopen(url, timeout=5) as reply:
         return int(reply.read().decode().rsplit(":", 1)[1])
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its own log file and process group (runner and tests alike)."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "ManagedProcess":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the server and its model processes)."""
+        if self.running():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds (Triton drains in-flight requests)."""
+        if not self.running():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def find_process(*needles: bytes) -> int:
+    """PID of the first process whose command line contains every needle."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if all(needle in cmdline for needle in needles):
+                return int(proc.name)
+    raise LookupError(f"no process with {needles} in its command line")

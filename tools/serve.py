@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -44,31 +43,26 @@ def is_ready(url: str) -> bool:
 
 
 @dataclass
-class Supervised:
+class Supervised(runtime.ManagedProcess):
     """A child process that is restarted with back-off when it exits unexpectedly."""
 
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: Optional[subprocess.Popen] = None
     restarts: int = 0
     _due: float = field(default=0.0)
     _stubs_seen: int = 0
     was_ready: bool = False  # set by the supervisor once the process served readiness
 
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self) -> "Supervised":
+        super().start()
         self._stubs_seen = 0
         self.was_ready = False
+        return self
 
     def check_stubs(self) -> None:
         """Kill a Triton whose model process died (it would never recover); check() then
         restarts it."""
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.running():
             return
+        assert self.proc is not None
         alive, dead = runtime.python_stubs(self.proc.pid)
         if dead or len(alive) < self._stubs_seen:
             self.restart(f"lost a model process ({len(alive)} alive, {len(dead)} dead)")
@@ -78,13 +72,11 @@ class Supervised:
     def restart(self, why: str) -> None:
         """Kill the process now; check() starts a new one after the back-off."""
         print(f"==> {self.name} {why}; restarting it", flush=True)
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.kill()
 
     def check(self) -> None:
         """Restart after a back-off if the process died."""
-        if self.proc is None or self.proc.poll() is None:
+        if self.proc is None or self.running():
             return
         now = time.monotonic()
         if not self._due:
@@ -96,17 +88,6 @@ class Supervised:
             self._due = 0.0
             self.restarts += 1
             self.start()
-
-    def stop(self, grace: float) -> None:
-        """SIGTERM, then SIGKILL after the grace period (Triton drains in-flight requests)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def wait_ready(check: Callable[[], bool], procs: list[Supervised], timeout: float,

@@ -51,18 +51,6 @@ def rss_by_process(triton_pid: int, envoy_pid: int) -> dict[str, float]:
     return out
 
 
-def find_pid(needle: bytes, port_flag: bytes) -> int:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in cmdline and port_flag in cmdline:
-                return int(proc.name)
-    raise LookupError(needle)
-
-
 def slope_per_thousand(points: list[tuple[int, float]]) -> float:
     """Least-squares MB per 1000 requests."""
     if len(points) < 2:
@@ -102,8 +90,9 @@ def main() -> int:
             if runner.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the service did not start; see {run_dir / 'runner.log'}")
             time.sleep(0.5)
-        triton = find_pid(b"tritonserver", f"--http-port={PORTS['LLM_HTTP_PORT']}".encode())
-        envoy = find_pid(b"envoy", str(run_dir).encode())
+        triton = runtime.find_process(b"tritonserver",
+                                      f"--http-port={PORTS['LLM_HTTP_PORT']}".encode())
+        envoy = runtime.find_process(b"envoy", str(run_dir).encode())
         result = soak(url, key, args, triton, envoy)
     finally:
         runner.send_signal(signal.SIGTERM)

@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping
 
 from .outputs import OutputSink, SequenceOutput
 
