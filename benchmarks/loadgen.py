@@ -1,4 +1,6 @@
-"""An asyncio load generator for LLM servers speaking the generate extension over SSE.
+"""An asyncio load generator for LLM servers speaking Triton's generate extension.
+
+It posts to `generate_stream` (server-sent events) or to `generate` (one JSON reply).
 
 Closed loop: `concurrency` clients each send a request, read its server-sent events to the end,
 then send the next, until the request bound or the time bound of the level is reached. After

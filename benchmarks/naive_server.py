@@ -11,6 +11,8 @@ It answers the two routes the load generator uses, in the shapes Triton's genera
 uses: `POST /v2/models/llm/generate` (one JSON object) and `POST /v2/models/llm/generate_stream`
 (server-sent events; here a single event with the whole text, since `generate()` returns it all
 at once). `ignore_eos` is honoured with `min_new_tokens`, so output lengths match the service's.
+The benchmark uses the JSON route, as the seed design did: the SSE reply is only sent once the
+blocked event loop is free, so under load SSE replies leave in waves.
 
   python benchmarks/naive_server.py --port 8090 [--model-dir demo_model]
 """

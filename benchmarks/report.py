@@ -305,7 +305,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"- {note}")
     lines.append("")
 
-    lines += ["## Load generator (asyncio, SSE `generate_stream`)", "",
+    lines += ["## Load generator (asyncio; SSE `generate_stream`, the baseline's JSON "
+              "`generate`)", "",
               "Latencies in ms as p50 / p95 / p99. ITL: inter-token latency of streamed "
               "responses (n/a when the server sends the whole text in one event). Client CPU: "
               "what the load generator itself used (100 = one core; the machine has "

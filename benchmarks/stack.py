@@ -37,6 +37,9 @@ LABELS = {
     "int8": "ours, int8 weights",
 }
 STREAM_PATH = "/v2/models/llm/generate_stream"
+# The baseline is measured on its JSON route, as the seed design answered: its SSE route would
+# hold every reply until the blocked event loop frees up, which only makes it look worse.
+JSON_PATH = "/v2/models/llm/generate"
 
 
 @dataclass
@@ -53,14 +56,15 @@ class Target:
     # role -> pid, re-evaluated on every memory sample (stub processes appear after start-up)
     processes: Callable[[], dict[str, int]] = lambda: {}
     notes: list[str] = field(default_factory=list)
+    path: str = STREAM_PATH  # what the load generator posts to
 
     @property
     def label(self) -> str:
         return LABELS.get(self.name, self.name)
 
     @property
-    def stream_url(self) -> str:
-        return self.url.rstrip("/") + STREAM_PATH
+    def request_url(self) -> str:
+        return self.url.rstrip("/") + self.path
 
     @property
     def hostport(self) -> str:
@@ -159,7 +163,9 @@ def naive_baseline(run_dir: Path, model_dir: Path) -> Iterator[Target]:
         pid = server.proc.pid
         yield Target("baseline", url, {}, "", via_gateway=False, started=True, run_dir=run_dir,
                      processes=lambda: {"naive_server (uvicorn)": pid},
-                     notes=["direct, no gateway", f"log: {server.log}"])
+                     notes=[f"direct, no gateway, JSON route {JSON_PATH}",
+                            f"log: {server.log}"],
+                     path=JSON_PATH)
     finally:
         server.stop(grace=10)
 

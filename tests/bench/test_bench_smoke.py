@@ -64,6 +64,7 @@ def test_headline_compares_ours_with_the_baseline(results):
     assert head["ratios"]["ours_over_baseline_tokens"] > 0
     assert results["systems"]["ours"]["via_gateway"] is True
     assert results["systems"]["baseline"]["via_gateway"] is False
+    assert any("JSON route" in note for note in results["systems"]["baseline"]["notes"])
 
 
 def test_perf_analyzer_ran_http_grpc_and_grpc_streaming_and_kept_its_csv(smoke, results):
