@@ -89,6 +89,7 @@ end
 --    become 400.
 --  * A `generate_stream` request refused before its first event is a 400 or 503 whose body
 --    is a server-sent event (`data: {"error": ...}`). It becomes a plain JSON body.
+--  * Some JSON error bodies (405, version not ready) are labelled text/plain; relabelled.
 --  * A gRPC message that is not a protobuf at all is INTERNAL ("Unable to parse request");
 --    it becomes INVALID_ARGUMENT.
 -- Error bodies are small, so buffering them costs nothing; successful answers and token
@@ -129,18 +130,22 @@ function envoy_on_response(handle)
     end
     return
   end
-  local event_stream_error = status:match("^[45]%d%d$") and content_type:find("^text/event%-stream")
-  if status ~= "500" and not event_stream_error then return end
+  if not status:match("^[45]%d%d$") then return end
+  -- Triton's errors are JSON, but some come labelled text/plain or as an event.
+  local event_stream = content_type:find("^text/event%-stream") ~= nil
+  if status ~= "500" and not event_stream and not content_type:find("^text/plain") then return end
   local body = handle:body()  -- waits for the whole body; `headers` is stale after this
-  if body == nil then return end
+  if body == nil or body:length() == 0 then return end
   local text = body:getBytes(0, body:length())
-  if event_stream_error then
+  if event_stream then
     local event = text:match("^%s*data:%s*(.-)%s*$")
     if event ~= nil and triton_error_message(event) ~= nil then
-      handle:headers():replace("content-type", "application/json")
       replace_body(handle, event)
       text = event
     end
+  end
+  if triton_error_message(text) ~= nil then
+    handle:headers():replace("content-type", "application/json")
   end
   if status == "500" and is_json_reader_error(text) then
     handle:headers():replace(":status", "400")
