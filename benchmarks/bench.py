@@ -129,7 +129,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, help="override the time bound a level")
     parser.add_argument("--url", help="measure this running gateway as `ours` (with --api-key)")
     parser.add_argument("--api-key", default=os.environ.get("LLM_API_KEY", ""),
-                        help="API key for --url (default: $LLM_API_KEY); use a premium key")
+                        help="API key for --url (default: $LLM_API_KEY); use a benchmark-tier key")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("LLM_MODEL_DIR", ROOT / "demo_model")),
                         help="model directory for the servers the benchmark starts and for "

@@ -113,6 +113,13 @@ def _concurrency_axis(ax: Any, results: Optional[dict[str, Any]] = None) -> None
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _legend(ax: Any, **options: Any) -> None:
+    if ax.has_data():
+        ax.legend(**options)
+    else:
+        ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
+
+
 def _log_y(ax: Any) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(PLAIN)
@@ -131,7 +138,7 @@ def plot_throughput(results: dict[str, Any], path: Path) -> None:
         _concurrency_axis(ax, results)
         ax.set_ylabel("output tokens/s")
         ax.set_title(f"throughput, {workload} workload")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     fig.suptitle(results["meta"]["title"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -156,7 +163,7 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
             _log_y(ax)
             ax.set_ylabel("ms")
             ax.set_title(f"{title}, {workload} workload")
-            ax.legend(fontsize=7, ncol=3)
+            _legend(ax, fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
