@@ -2,8 +2,11 @@
 -- in, client mistakes reported as client mistakes on the way out.
 --
 -- Requests: refuse JSON nested deeper than MAX_JSON_DEPTH (Triton's JSON reader recurses
--- once per level: a 400 KB body of 200,000 `[` overflowed its stack and killed the server),
--- then carry the request id and caller identity into the generate extension's JSON body.
+-- once per level: a 400 KB body of 200,000 `[` overflowed its stack and killed the server)
+-- and infer tensors whose `shape` claims more elements than the body has bytes (Triton
+-- allocates what the shape claims before reading `data`: a 150-byte body claiming [1, 2^40]
+-- INT32 elements threw std::bad_alloc and aborted the server), then carry the request id and
+-- caller identity into the generate extension's JSON body.
 -- Why: Triton forwards chosen headers to the model as request parameters on `infer`, but not
 -- on `generate` / `generate_stream`; there only a top-level "parameters" object in the body
 -- reaches the model. The model's per-request log line needs the request id and key id to
@@ -59,6 +62,21 @@ local function nests_deeper_than(text, limit)
   end
 end
 
+-- Whether any `"shape": [...]` in the JSON text multiplies out to more than `limit`
+-- elements (shapes Triton cannot read, negative or not numbers, are left for it to refuse).
+local function claims_more_elements_than(text, limit)
+  for dims in text:gmatch('"shape"%s*:%s*%[([^%]]*)%]') do
+    local count = 1
+    for dim in dims:gmatch("[^,%s]+") do
+      local value = tonumber(dim)
+      if value == nil or value < 0 then count = 0; break end
+      count = count * value
+    end
+    if count > limit then return true end
+  end
+  return false
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local key_id = headers:get("x-llm-key-id")
@@ -74,9 +92,16 @@ function envoy_on_request(handle)
   if body == nil then return end
   local length = body:length()
   if json_length ~= nil and json_length >= 0 and json_length < length then length = json_length end
-  if length > 0 and nests_deeper_than(body:getBytes(0, length), MAX_JSON_DEPTH) then
+  local text = length > 0 and body:getBytes(0, length) or ""
+  if nests_deeper_than(text, MAX_JSON_DEPTH) then
     handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
       string.format("the JSON body nests arrays and objects deeper than %d levels", MAX_JSON_DEPTH))
+    return
+  end
+  -- Every element takes at least one byte of the body, as JSON or as binary data.
+  if not generate and claims_more_elements_than(text, body:length()) then
+    handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+      "a tensor's `shape` claims more elements than the request body carries")
     return
   end
   if generate then add_generate_parameters(handle, request_id, key_id, tier) end
