@@ -23,6 +23,7 @@ ENV_OVERRIDES = {
     "max_num_seqs": "LLM_MAX_NUM_SEQS",
     "max_queue_size": "LLM_MAX_QUEUE_SIZE",
     "queue_timeout_seconds": "LLM_QUEUE_TIMEOUT_S",
+    "cpu_threads": "LLM_CPU_THREADS",
 }
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -61,6 +62,10 @@ class EngineConfig:
     max_batch_total_tokens: int = 8192
     max_queue_size: int = 128
     queue_timeout_s: float = 30.0
+    # torch's intra-op threads for CPU inference. One by default: the server shares its cores
+    # with Triton's frontend, Envoy and the clients, and OpenMP workers that spin for a busy
+    # core made decode steps ~10x slower on 2 cores (benchmarks/README.md).
+    cpu_threads: int = 1
     limits: Limits = Limits()
 
 
@@ -123,6 +128,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
                                              EngineConfig.max_batch_total_tokens),
         max_queue_size=_positive_int(params, "max_queue_size", EngineConfig.max_queue_size),
+        cpu_threads=_positive_int(params, "cpu_threads", EngineConfig.cpu_threads),
         queue_timeout_s=float(_positive_int(params, "queue_timeout_seconds",
                                             int(EngineConfig.queue_timeout_s))),
         limits=limits,

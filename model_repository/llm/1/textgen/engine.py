@@ -65,6 +65,8 @@ class Engine:
         self.config = config
         self.observer = observer or EngineObserver()
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
@@ -185,8 +187,10 @@ class Engine:
             seq.admitted_at = now
         ids, mask, positions = prefill_inputs([s.prompt_ids for s in admitted], self._pad_id,
                                               self.device)
+        # logits_to_keep=1: only the last position's logits are sampled; computing the
+        # vocabulary projection for every prompt token would dominate the prefill.
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=new_cache(), use_cache=True)
+                         past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
         newcomers = KVBatch(out.past_key_values, mask)
         if self._batch is None:
             self._batch = newcomers
@@ -201,7 +205,7 @@ class Engine:
         mask, positions = self._batch.decode_inputs()
         ids = torch.tensor([[s.last_token] for s in self._rows], device=self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self._batch.cache, use_cache=True)
+                         past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
         self._batch.commit_decode(mask)
         self._advance(range(len(self._rows)), out.logits[:, -1, :])
 
@@ -282,4 +286,5 @@ class Engine:
         return {"model_dir": str(self.config.model_dir), "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "scheduling": self.config.scheduling, "context_length": self.limits.context_length}
+                "scheduling": self.config.scheduling, "context_length": self.limits.context_length,
+                "cpu_threads": torch.get_num_threads()}
