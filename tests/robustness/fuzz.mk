@@ -12,7 +12,7 @@ FUZZ_REPORT ?= .run/fuzz-report.json
 
 .PHONY: fuzz
 
-fuzz: venv ## Long malformed-input campaign against a live gateway (about 5 minutes)
+fuzz: venv ## Long malformed-input campaign against a live gateway (5 to 8 minutes)
 	@mkdir -p "$(dir $(FUZZ_REPORT))"
 	@LLM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LLM_FUZZ_SLOW_CLIENTS=$(FUZZ_SLOW_CLIENTS) \
 		LLM_FUZZ_SEED=$(FUZZ_SEED) LLM_FUZZ_REPORT="$(FUZZ_REPORT)" \
