@@ -41,12 +41,19 @@ ERRORS: dict[int, tuple[str, str | None]] = {
     413: ("payload_too_large", "the request body is larger than this gateway accepts"),
     429: ("rate_limited", "rate limit exceeded for this API key; retry after `Retry-After` "
                           "seconds"),
+    426: ("upgrade_required", "HTTP/1.0 is not supported; use HTTP/1.1 or HTTP/2"),
     431: ("headers_too_large", "the request headers are larger than this gateway accepts"),
+    # Envoy's HTTP/1 codec answers 501 for a Transfer-Encoding it does not implement: that is
+    # the client's mistake, so it goes out as a 400 (see STATUS_REWRITES).
+    501: ("invalid_request", "unsupported Transfer-Encoding; send chunked or a Content-Length"),
     502: ("bad_gateway", "the model server closed the connection"),
     503: ("unavailable", "the model server is unavailable, overloaded or restarting; retry "
                          "after `Retry-After` seconds"),
     504: ("timeout", "the model server did not answer in time"),
 }
+
+
+STATUS_REWRITES = {501: 400}
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,9 @@ def _error_mappers() -> list[dict[str, Any]]:
         }
         if message:
             mapper["body"] = {"inline_string": message}
+        if code in STATUS_REWRITES:
+            mapper["status_code"] = STATUS_REWRITES[code]
+            mapper["body_format_override"]["json_format"]["error"]["code"] = STATUS_REWRITES[code]
         if code == 503:  # overloaded or draining: come back in a second
             mapper["headers_to_add"] = [{"header": {"key": "retry-after", "value": "1"},
                                          "append_action": "ADD_IF_ABSENT"}]

@@ -319,10 +319,6 @@ def test_broken_http_framing_gets_a_json_400(gateway, fuzz_key, campaign, name):
     check_documented_error(reply.status, reply.content_type, reply.body, {400, 404})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Envoy's HTTP/1 codec answers these before any filter: 501 (unknown transfer coding) and "
-    "426 (HTTP/1.0) with plain-text bodies; gateway/render.py's ERRORS table has no mapper "
-    "for 426/501 (a 501 -> 400 status rewrite is needed). Reported, not in this change."))
 @pytest.mark.parametrize("data", [
     b"POST /generate HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
     b"2\r\n{}\r\n0\r\n\r\n",
@@ -332,7 +328,7 @@ def test_broken_http_framing_gets_a_json_400(gateway, fuzz_key, campaign, name):
 ], ids=["unknown-transfer-coding", "transfer-coding-typo", "http-1.0"])
 def test_unsupported_http_features_get_a_json_4xx(gateway, data):
     reply = _raw(gateway, data)
-    TALLY.record("http-unsupported (xfail)", reply.status)
+    TALLY.record("http-unsupported", reply.status)
     check_documented_error(reply.status, reply.content_type, reply.body, {400, 426})
 
 

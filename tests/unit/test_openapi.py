@@ -68,10 +68,14 @@ def test_keys_are_documented_as_header_and_bearer_and_health_needs_none():
 
 def test_every_error_the_gateway_makes_is_documented():
     kinds = SCHEMAS["GatewayError"]["properties"]["error"]["properties"]["type"]["enum"]
-    assert sorted(kinds) == sorted(kind for kind, _ in ERRORS.values())
+    assert set(kinds) == {kind for kind, _ in ERRORS.values()}
     documented = {code for item in DOCUMENT["paths"].values() for operation in item.values()
                   for code in operation["responses"]}
-    assert {str(code) for code in ERRORS if code != 404} <= documented
+    # 404 is the NotFound response of paths outside the document; 426 (HTTP/1.0) and 501
+    # (sent as 400) come from Envoy's codec before any route, described in the introduction.
+    before_routing = {404, 426, 501}
+    assert {str(code) for code in ERRORS if code not in before_routing} <= documented
+    assert "426" in DOCUMENT["info"]["description"]
     assert "NotFound" in DOCUMENT["components"]["responses"]  # paths outside the document
     for path in ("/generate", "/v2/models/llm/infer"):
         responses = DOCUMENT["paths"][path]["post"]["responses"]

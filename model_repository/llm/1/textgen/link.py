@@ -147,15 +147,20 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
     try:
         conn.send(("generate", dict(inputs), dict(meta)))
         told = False
+        next_check = time.monotonic() + poll_seconds
         while True:
+            # Ask about cancellation on a clock, not only when idle: a fast token stream
+            # always has a message waiting.
+            if not told and time.monotonic() >= next_check:
+                next_check = time.monotonic() + poll_seconds
+                if is_cancelled():
+                    conn.send(("cancel",))
+                    told = True
             if conn.poll(poll_seconds):
                 message = conn.recv()
                 yield message
                 if message[0] in ("final", "error"):
                     return
-            elif not told and is_cancelled():
-                conn.send(("cancel",))
-                told = True
     except (EOFError, OSError):
         yield ("error", "unavailable", "the generation engine went away; retry later")
     finally:
