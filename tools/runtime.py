@@ -258,9 +258,7 @@ class ManagedProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group (the server and its model processes)."""
         if self.running():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.kill_group()
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds (Triton drains in-flight requests)."""
@@ -271,7 +269,19 @@ class ManagedProcess:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.kill()
+            pass
+        self.kill_group()
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the process group, e.g. model processes a server left
+        behind when it ended."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing left
+        self.proc.wait()
 
 
 def find_process(*needles: bytes) -> int:

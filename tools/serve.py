@@ -80,10 +80,7 @@ class Supervised(runtime.ManagedProcess):
             return
         now = time.monotonic()
         if not self._due:
-            try:  # a crashed server leaves its model processes behind: end them too
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.kill_group()  # a crashed server leaves its model processes behind
             delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
             print(f"==> {self.name} exited with code {self.proc.returncode}; restarting in "
                   f"{delay} s (log: {self.log})", flush=True)
