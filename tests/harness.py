@@ -10,7 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -131,3 +131,29 @@ def runner_stack(run_dir: Path, **env: str) -> RunnerStack:
     stack = RunnerStack(runner, settings, gateway, key)
     runner.wait_until(lambda: http_ok(f"{stack.url}/readyz"), timeout=120)
     return stack
+
+
+_INPUT_DTYPES = {"max_tokens": "int32", "temperature": "float32", "top_p": "float32",
+                 "top_k": "int32", "seed": "uint64", "exclude_input_in_output": "bool",
+                 "ignore_eos": "bool"}
+
+
+def infer_inputs(module: Any, prompt: Any, **params: Any) -> list[Any]:
+    """tritonclient (http or grpc) inputs for `llm`, batch dimension included; `prompt` may
+    be raw bytes (to send invalid UTF-8)."""
+    import numpy as np
+    from tritonclient.utils import np_to_triton_dtype
+
+    arrays = {"text_input": np.array([[prompt if isinstance(prompt, bytes)
+                                       else prompt.encode()]], dtype=object)}
+    for name, value in params.items():
+        if name == "stop":
+            arrays[name] = np.array([[s.encode() for s in value]], dtype=object)
+        else:
+            arrays[name] = np.array([[value]], dtype=_INPUT_DTYPES[name])
+    inputs = []
+    for name, array in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
 
-from harness import model_log_records
+from harness import infer_inputs, model_log_records
 
 BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
 
@@ -44,14 +43,7 @@ def wait_for_metric(triton, name: str, value: float, timeout: float = 10) -> Non
 
 
 def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:
-    arrays = {"text_input": np.array([[prompt.encode()]], dtype=object),
-              "max_tokens": np.array([[max_tokens]], dtype=np.int32)}
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+    return infer_inputs(grpcclient, prompt, max_tokens=max_tokens)
 
 
 def test_sse_stream_sends_many_events_that_concatenate_to_the_unary_text(triton):

@@ -5,43 +5,21 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
-import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from harness import model_log_records
+from harness import infer_inputs, model_log_records
 
 PROMPTS = ["The list", "A function is", "Python is a programming language",
            "The module provides", "Exceptions are"]
 
-_DTYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32,
-           "top_k": np.int32, "seed": np.uint64, "exclude_input_in_output": np.bool_,
-           "ignore_eos": np.bool_}
-
-
-def _inputs(module: Any, prompt: Any, **params: Any) -> list[Any]:
-    """Build tritonclient inputs; `prompt` may be raw bytes to send invalid UTF-8."""
-    arrays = {"text_input": np.array([[prompt if isinstance(prompt, bytes)
-                                       else prompt.encode()]], dtype=object)}
-    for name, value in params.items():
-        if name == "stop":
-            arrays[name] = np.array([[s.encode() for s in value]], dtype=object)
-        else:
-            arrays[name] = np.array([[value]], dtype=_DTYPES[name])
-    inputs = []
-    for name, array in arrays.items():
-        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
 
 def http_generate(url: str, prompt: Any, **params: Any) -> dict[str, Any]:
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
-    result = client.infer("llm", _inputs(httpclient, prompt, **params))
+    result = client.infer("llm", infer_inputs(httpclient, prompt, **params))
     return _decode(result)
 
 
@@ -82,7 +60,7 @@ def test_http_infer_includes_prompt_unless_excluded(triton):
 
 def test_grpc_infer_matches_http_infer_for_greedy(triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    result = _decode(client.infer("llm", _inputs(grpcclient, "A function is", max_tokens=12)))
+    result = _decode(client.infer("llm", infer_inputs(grpcclient, "A function is", max_tokens=12)))
     assert result == http_generate(triton.http_url, "A function is", max_tokens=12)
 
 
@@ -168,7 +146,7 @@ def test_invalid_generate_request_gets_400_naming_the_parameter(triton, body, me
 def test_nan_temperature_is_rejected_over_grpc(triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     with pytest.raises(InferenceServerException) as info:
-        client.infer("llm", _inputs(grpcclient, "hi", temperature=float("nan")))
+        client.infer("llm", infer_inputs(grpcclient, "hi", temperature=float("nan")))
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "`temperature` must be a finite number, got nan" in info.value.message()
 
