@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 include docker/docker.mk
 include benchmarks/bench.mk
--include tests/robustness/fuzz.mk
+include tests/robustness/fuzz.mk
 .PHONY: help venv serve up down status key keys revoke test unit soak demo-model lock clean
 
 help: ## List the targets
