@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import torch
 
-from textgen.sampling import _filter_top_k_top_p, make_generator, sample_next_tokens
+from textgen.sampling import filter_top_k_top_p, make_rng, sample_next_tokens
 from textgen.validation import GenerationRequest
 
-CPU = torch.device("cpu")
 
-
-def test_greedy_rows_take_the_argmax_and_need_no_generator():
+def test_greedy_rows_take_the_argmax_and_need_no_random_stream():
     request = GenerationRequest(prompt="x", max_tokens=1)
     logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
-    assert make_generator(request, CPU) is None
+    assert make_rng(request) is None
     assert sample_next_tokens(logits, [request, request], [None, None], None) == [1, 0]
 
 
@@ -25,28 +26,56 @@ def test_ignore_eos_never_picks_the_eos_token():
 
 def test_same_seed_gives_the_same_tokens_whatever_the_neighbours():
     seeded = GenerationRequest(prompt="x", max_tokens=1, temperature=1.0, seed=42)
-    other = GenerationRequest(prompt="x", max_tokens=1, temperature=1.0, seed=1)
-    logits = torch.randn(2, 50)
+    other = GenerationRequest(prompt="x", max_tokens=1, temperature=0.5, top_k=3, seed=1)
+    greedy = GenerationRequest(prompt="x", max_tokens=1)
+    logits = torch.randn(3, 50)
 
     def draw(requests):
-        generators = [make_generator(r, CPU) for r in requests]
-        return [sample_next_tokens(logits[:len(requests)], requests, generators, None)
+        rngs = [make_rng(r) for r in requests]
+        return [sample_next_tokens(logits[:len(requests)], requests, rngs, None)
                 for _ in range(10)]
 
     alone = [row[0] for row in draw([seeded])]
-    paired = [row[0] for row in draw([seeded, other])]
-    assert alone == paired
+    in_company = [row[0] for row in draw([seeded, other, greedy])]
+    assert alone == in_company
+
+
+def test_draws_follow_the_softmax_distribution_at_the_requested_temperature():
+    # Probabilities 0.6 / 0.3 / 0.1 at temperature 1; at temperature 0.5 they sharpen to
+    # p^2 / sum(p^2) = 0.783 / 0.196 / 0.022.
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    for temperature, expected in ((1.0, [0.6, 0.3, 0.1]), (0.5, [0.783, 0.196, 0.022])):
+        request = GenerationRequest(prompt="x", max_tokens=1, temperature=temperature)
+        rng = random.Random(7)
+        counts = Counter(sample_next_tokens(logits, [request], [rng], None)[0]
+                         for _ in range(4000))
+        for token, probability in enumerate(expected):
+            assert abs(counts[token] / 4000 - probability) < 0.03, (temperature, counts)
 
 
 def test_top_k_keeps_only_the_k_best_tokens():
-    logits = torch.tensor([1.0, 4.0, 3.0, 2.0])
-    kept = torch.isfinite(_filter_top_k_top_p(logits, top_k=2, top_p=1.0))
-    assert kept.tolist() == [False, True, True, False]
+    sorted_logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    kept = torch.isfinite(filter_top_k_top_p(sorted_logits, torch.tensor([2]),
+                                             torch.tensor([1.0])))
+    assert kept.tolist() == [[True, True, False, False]]
 
 
 def test_top_p_keeps_the_smallest_nucleus_and_always_the_best_token():
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    kept = torch.isfinite(_filter_top_k_top_p(logits, top_k=0, top_p=0.8))
-    assert kept.tolist() == [True, True, False, False]
-    tiny = torch.isfinite(_filter_top_k_top_p(logits, top_k=0, top_p=0.01))
-    assert tiny.tolist() == [True, False, False, False]
+    sorted_logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_top_k_top_p(sorted_logits, torch.tensor([0, 0]),
+                                             torch.tensor([0.8, 0.01])))
+    assert kept.tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def test_sampled_tokens_stay_inside_each_rows_own_cut():
+    logits = torch.randn(2, 100)
+    top2 = GenerationRequest(prompt="x", max_tokens=1, temperature=2.0, top_k=2, seed=3)
+    free = GenerationRequest(prompt="x", max_tokens=1, temperature=2.0, seed=4)
+    best_two = set(torch.topk(logits[0], 2).indices.tolist())
+    rngs = [make_rng(top2), make_rng(free)]
+    seen_free = set()
+    for _ in range(200):
+        first, second = sample_next_tokens(logits, [top2, free], rngs, None)
+        assert first in best_two
+        seen_free.add(second)
+    assert len(seen_free) > 2  # the uncut neighbour really samples from the whole vocabulary

@@ -9,6 +9,7 @@ ones. Everything here works without Triton and is driven directly by the unit te
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from .config import EngineConfig, Limits
 from .kv_batch import KVBatch, new_cache, prefill_inputs
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import EngineObserver, OutputSink, SequenceOutput
-from .sampling import make_generator, sample_next_tokens
+from .sampling import make_rng, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized
 from .tokenization import TextAssembler
 from .validation import GenerationRequest, ValidationError, check_token_budget
@@ -45,7 +46,7 @@ class Sequence(Sized):
     prompt_ids: list[int]
     sink: OutputSink
     assembler: TextAssembler
-    generator: Optional[torch.Generator]
+    rng: Optional[random.Random]
     arrival: float = field(default_factory=time.monotonic)
     admitted_at: Optional[float] = None
     first_token_at: Optional[float] = None
@@ -108,7 +109,7 @@ class Engine:
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
                        assembler=TextAssembler(self.tokenizer, request.stop),
-                       generator=make_generator(request, self.device))
+                       rng=make_rng(request))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
@@ -191,11 +192,9 @@ class Engine:
         # vocabulary projection for every prompt token would dominate the prefill.
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
-        newcomers = KVBatch(out.past_key_values, mask)
         if self._batch is None:
-            self._batch = newcomers
-        else:
-            self._batch.join(newcomers)
+            self._batch = KVBatch()
+        self._batch.join(out.past_key_values, mask)
         first_row = len(self._rows)
         self._rows.extend(admitted)
         self._advance(range(first_row, len(self._rows)), out.logits[:, -1, :])
@@ -206,14 +205,14 @@ class Engine:
         ids = torch.tensor([[s.last_token] for s in self._rows], device=self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
-        self._batch.commit_decode(mask)
+        self._batch.commit_decode()
         self._advance(range(len(self._rows)), out.logits[:, -1, :])
 
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
         seqs = [self._rows[r] for r in rows]
         tokens = sample_next_tokens(logits, [s.request for s in seqs],
-                                    [s.generator for s in seqs], self._eos_id)
+                                    [s.rng for s in seqs], self._eos_id)
         now = time.monotonic()
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
@@ -245,12 +244,10 @@ class Engine:
         finished = [s for s in self._rows if s.finish_reason is not None]
         if not finished:
             return
-        keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
-        if keep and self._batch is not None:
-            self._batch.keep(keep)
-        else:
-            self._batch = None
-        self._rows = [self._rows[i] for i in keep]
+        assert self._batch is not None  # invariant: rows exist only with a batch
+        order = self._batch.drop([i for i, s in enumerate(self._rows)
+                                  if s.finish_reason is not None])
+        self._rows = [self._rows[i] for i in order]
         with self._wakeup:
             self._scheduler.finish(finished)
             self._report_queue()

@@ -1,9 +1,16 @@
-"""The running batch's key/value cache: left-padded rows that can be joined and dropped.
+"""The running batch's key/value cache: rows that join and leave between decode steps.
 
-Why left padding: every row's next token sits in the last column, so one forward pass decodes
-all rows at once. Rows that join are prefilled on their own and then concatenated after padding
-both sides to the same length; rows that finish are removed by index, and columns that have
-become padding for every row are trimmed so the cache never grows for nobody.
+Layout: per layer one key and one value buffer of [row capacity, heads, column capacity,
+head_dim], allocated once and reused. Live rows are `0..rows-1`, the columns in use
+`start..end-1`, and every row is right-aligned at `end` (left padding, masked out), so one
+forward pass decodes all rows at once and each step writes one column.
+
+Why this shape: concatenating at each step (transformers' DynamicCache) or re-packing the
+whole cache whenever a row joins or leaves copied the entire cache several times per step at
+32 rows, more than the attention itself read. Here a decode step writes one column, a joining
+row copies only its own prefill into the rows below, and a leaving row is replaced by the last
+row (one row copied). The buffers are re-laid out (trimming padding columns) only when the
+columns or rows run out, every `HEADROOM` steps at most.
 """
 
 from __future__ import annotations
@@ -12,58 +19,143 @@ from typing import Any, Optional
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+HEADROOM = 64  # free columns to the right after a re-layout: decode steps before the next
 
 
-def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+class SlotLayer(DynamicLayer):
+    """One layer's view of the batch buffers; the model appends through `update`."""
+
+    def bind(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, rows: int, start: int,
+             end: int) -> None:
+        self.is_initialized = True
+        self.key_buffer, self.value_buffer = key_buffer, value_buffer
+        self._rows, self._start, self._end = rows, start, end
+        self.keys = key_buffer[:rows, :, start:end]
+        self.values = value_buffer[:rows, :, start:end]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new columns after `end` (room was reserved by `KVBatch.decode_inputs`)."""
+        end = self._end + key_states.shape[-2]
+        self.key_buffer[:self._rows, :, self._end:end] = key_states
+        self.value_buffer[:self._rows, :, self._end:end] = value_states
+        self.bind(self.key_buffer, self.value_buffer, self._rows, self._start, end)
+        return self.keys, self.values
+
+
+def new_cache() -> DynamicCache:
+    """The cache a group of newcomers is prefilled into before it joins the batch."""
+    return DynamicCache()
 
 
 class KVBatch:
-    """Cache tensors ([rows, heads, length, head_dim] per layer) plus the attention mask."""
+    """The running rows' cache and attention mask."""
 
-    def __init__(self, cache: Any, attention_mask: torch.Tensor) -> None:
-        self.cache = cache
-        self.attention_mask = attention_mask  # [rows, length], 1 for real tokens
-
-    @property
-    def rows(self) -> int:
-        return self.attention_mask.shape[0]
+    def __init__(self) -> None:
+        self.cache: Optional[Cache] = None  # created at the first join
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._shapes: list[tuple[int, int]] = []  # (heads, head_dim) per layer
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # [row capacity, column capacity]
+        self.rows = 0
+        self._start = self._end = 0
 
     def decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention mask and position ids for one more token per row."""
-        mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(self.rows, 1)], 1)
-        positions = self.attention_mask.sum(dim=1, keepdim=True)
-        return mask, positions
+        if self._end >= self._mask.shape[1]:
+            self._relayout(self._mask.shape[0], left=0)
+        self._mask[:self.rows, self._end] = 1
+        positions = self._mask[:self.rows, self._start:self._end].sum(dim=1, keepdim=True)
+        return self._mask[:self.rows, self._start:self._end + 1], positions
 
-    def commit_decode(self, mask: torch.Tensor) -> None:
-        self.attention_mask = mask
+    def commit_decode(self) -> None:
+        """After the forward pass: the layers have written column `end`."""
+        self._end += 1
 
-    def join(self, other: "KVBatch") -> None:
-        """Append `other`'s rows below ours."""
-        length = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, length, 2),
-                                   _pad_left(theirs.keys, length, 2)], 0)
-            mine.values = torch.cat([_pad_left(mine.values, length, 2),
-                                     _pad_left(theirs.values, length, 2)], 0)
-        self.attention_mask = torch.cat([_pad_left(self.attention_mask, length, 1),
-                                         _pad_left(other.attention_mask, length, 1)], 0)
+    def join(self, cache: Any, mask: torch.Tensor) -> None:
+        """Add prefilled newcomers (their cache and [n, P] left-padded mask) below our rows."""
+        newcomers, length = mask.shape
+        if self.cache is None:
+            self._allocate(cache, newcomers, length)
+        if self.rows + newcomers > self._mask.shape[0] or self._end < length:
+            self._relayout(max(self.rows + newcomers, self._mask.shape[0]),
+                           left=max(0, length - (self._end - self._start)))
+        rows = slice(self.rows, self.rows + newcomers)
+        first = self._end - length
+        for layer, keys, values in zip(cache.layers, self._keys, self._values):
+            keys[rows, :, first:self._end] = layer.keys
+            values[rows, :, first:self._end] = layer.values
+        self._mask[rows] = 0
+        self._mask[rows, first:self._end] = mask
+        self.rows += newcomers
+        self._start = min(self._start, first)
+        self._bind()
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in that order) and trim columns that are padding in all of them."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.attention_mask.device)
-        mask = self.attention_mask.index_select(0, index)
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if used.numel() else mask.shape[1]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
-        self.attention_mask = mask[:, start:]
+    def drop(self, finished: list[int]) -> list[int]:
+        """Remove the `finished` rows; returns the old row indices in their new order.
+
+        Each removed row is overwritten by the current last row, so only that row moves."""
+        order = list(range(self.rows))
+        columns = slice(self._start, self._end)
+        for row in sorted(finished, reverse=True):
+            last = self.rows - 1
+            if row != last:
+                for buffer in (*self._keys, *self._values):
+                    buffer[row, :, columns] = buffer[last, :, columns]
+                self._mask[row, columns] = self._mask[last, columns]
+                order[row] = order[last]
+            order.pop()
+            self.rows -= 1
+        self._trim()
+        self._bind()
+        return order
+
+    # ---- layout ------------------------------------------------------------------------
+
+    def _allocate(self, cache: Any, rows: int, length: int) -> None:
+        """First join: buffers shaped like the prefill's cache, sized for its rows."""
+        self._keys = [layer.keys.new_zeros(0) for layer in cache.layers]
+        self._values = [layer.values.new_zeros(0) for layer in cache.layers]
+        self._mask = torch.zeros((0, 0), dtype=torch.long, device=cache.layers[0].keys.device)
+        self.cache = Cache(layers=[SlotLayer() for _ in cache.layers])
+        self._shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
+        self._relayout(rows, left=length)
+
+    def _relayout(self, row_capacity: int, left: int) -> None:
+        """New buffers for `row_capacity` rows: `left` free columns, the columns in use, then
+        HEADROOM free columns; copies the live rows and drops padding columns."""
+        self._trim()
+        used = self._end - self._start
+        columns = left + used + HEADROOM
+        old = slice(self._start, self._end)
+        new = slice(left, left + used)
+        for buffers in (self._keys, self._values):
+            for i, ((heads, dim), buffer) in enumerate(zip(self._shapes, buffers)):
+                grown = buffer.new_zeros((row_capacity, heads, columns, dim))
+                if self.rows:
+                    grown[:self.rows, :, new] = buffer[:self.rows, :, old]
+                buffers[i] = grown
+        mask = self._mask.new_zeros((row_capacity, columns))
+        mask[:self.rows, new] = self._mask[:self.rows, old]
+        self._mask = mask
+        self._start, self._end = left, left + used
+        self._bind()
+
+    def _trim(self) -> None:
+        """Move `start` past the columns that are padding in every live row."""
+        if self.rows == 0:
+            # An empty batch: keep the buffers, leave room for the next prefill on the left.
+            self._start = self._end = max(0, self._mask.shape[1] - HEADROOM)
+            return
+        used = self._mask[:self.rows, self._start:self._end].any(dim=0).nonzero()
+        self._start += int(used[0]) if used.numel() else self._end - self._start
+
+    def _bind(self) -> None:
+        if self.cache is not None:
+            for layer, keys, values in zip(self.cache.layers, self._keys, self._values):
+                layer.bind(keys, values, self.rows, self._start, self._end)
 
 
 def prefill_inputs(prompts: list[list[int]], pad_id: int,
@@ -77,7 +169,3 @@ def prefill_inputs(prompts: list[list[int]], pad_id: int,
         mask[row, length - len(prompt):] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
-
-
-def new_cache(model_config: Optional[Any] = None) -> Any:
-    return DynamicCache(config=model_config) if model_config is not None else DynamicCache()

@@ -1,12 +1,18 @@
-"""Choose each row's next token with that row's own sampling parameters.
+"""Choose each row's next token with that row's own sampling parameters, in one batched pass.
 
-Why per row: requests batched together must never share parameters or randomness. Each
-sampled sequence owns a `torch.Generator` seeded from its request, so a seeded request gives
-the same text whatever else is in the batch.
+Why batched: at 32 running rows a per-row softmax + `torch.multinomial` cost more than the
+model's own decode step on the CPU. Here temperature, top-k and top-p are applied to all sampled
+rows at once and each row draws by inverting its cumulative distribution.
+
+Why each sequence owns a `random.Random`: requests batched together must never share
+randomness. A row's draw is one uniform number from its own seeded stream, so a seeded request
+gives the same text whatever else is in the batch (and on any device: the number is drawn on
+the host, only the distribution lives on the device).
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 from typing import Optional, Sequence
 
@@ -15,45 +21,100 @@ import torch
 from .validation import GenerationRequest
 
 
-def make_generator(request: GenerationRequest, device: torch.device) -> Optional[torch.Generator]:
+def make_rng(request: GenerationRequest) -> Optional[random.Random]:
     """A private random stream for a sampled request; greedy requests need none."""
     if request.greedy:
         return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
-    return generator
+    return random.Random(request.seed if request.seed is not None else secrets.randbits(63))
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask (to -inf) tokens outside the top-k and outside the nucleus of mass top_p."""
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # Drop a token when the mass before it already reaches top_p; the first always stays.
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def filter_top_k_top_p(sorted_logits: torch.Tensor, top_k: torch.Tensor,
+                       top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) what each row's top-k and nucleus cut away.
+
+    `sorted_logits` is [rows, vocab] in descending order; `top_k` ([rows], 0 = no cut) and
+    `top_p` ([rows], 1.0 = no cut) are per row. The best token always stays.
+    """
+    vocab = sorted_logits.shape[-1]
+    rank = torch.arange(vocab, device=sorted_logits.device).expand_as(sorted_logits)
+    k = torch.where(top_k > 0, top_k, vocab).unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Drop a token when the mass before it already reaches top_p.
+    mass_before = probs.cumsum(dim=-1) - probs
+    return sorted_logits.masked_fill(mass_before >= top_p.unsqueeze(1), float("-inf"))
 
 
 def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationRequest],
-                       generators: Sequence[Optional[torch.Generator]],
+                       rngs: Sequence[Optional[random.Random]],
                        eos_token_id: Optional[int]) -> list[int]:
     """Next token per row of `logits` ([rows, vocab]), following each row's own request."""
     logits = logits.float()
     if eos_token_id is not None:
-        for row, request in enumerate(requests):
-            if request.ignore_eos:
-                logits[row, eos_token_id] = float("-inf")
+        banned = [row for row, request in enumerate(requests) if request.ignore_eos]
+        if banned:
+            logits[banned, eos_token_id] = float("-inf")
     chosen = torch.argmax(logits, dim=-1).tolist()
-    for row, (request, generator) in enumerate(zip(requests, generators)):
-        if request.greedy:
-            continue
-        row_logits = _filter_top_k_top_p(logits[row] / request.temperature, request.top_k,
-                                         request.top_p)
-        probs = torch.softmax(row_logits, dim=-1)
-        chosen[row] = int(torch.multinomial(probs, 1, generator=generator).item())
+    sampled = [row for row, request in enumerate(requests) if not request.greedy]
+    if not sampled:
+        return chosen
+
+    draws = {}
+    for row in sampled:
+        rng = rngs[row]
+        if rng is None:
+            raise ValueError("every sampled row needs its random stream (make_rng)")
+        draws[row] = rng.random()
+    # Rows with a top-k/top-p cut draw in sorted order, the others in vocabulary order: two
+    # groups, so that a row's token depends only on its own parameters and draw.
+    for cut in (False, True):
+        rows = [row for row in sampled if _has_cut(requests[row]) == cut]
+        if rows:
+            found = _draw(logits[rows], [requests[row] for row in rows],
+                          [draws[row] for row in rows], cut)
+            for row, token in zip(rows, found):
+                chosen[row] = token
     return chosen
+
+    draws = [rng.random() for rng in (rngs[row] for row in sampled) if rng is not None]
+    if len(draws) != len(sampled):
+        raise ValueError("every sampled row needs its random stream (make_rng)")
+    # Rows with a top-k/top-p cut draw in sorted order, the others in vocabulary order: two
+    # groups, so that a row's token depends only on its own parameters and draw.
+    cut = [i for i, row in enumerate(sampled) if requests[row].top_k > 0
+           or requests[row].top_p < 1.0]
+    plain = [i for i in range(len(sampled)) if i not in set(cut)]
+    tokens = [0] * len(sampled)
+    for group, is_cut in ((plain, False), (cut, True)):
+        if group:
+            picked = [requests[sampled[i]] for i in group]
+            found = _draw(logits[[sampled[i] for i in group]], picked,
+                          [draws[i] for i in group], is_cut)
+            for i, token in zip(group, found):
+                tokens[i] = token
+    for row, token in zip(sampled, tokens):
+        chosen[row] = token
+    return chosen
+
+
+def _has_cut(request: GenerationRequest) -> bool:
+    return request.top_k > 0 or request.top_p < 1.0
+
+
+def _draw(logits: torch.Tensor, requests: Sequence[GenerationRequest], draws: Sequence[float],
+          cut: bool) -> list[int]:
+    """One token per row by inverting the row's cumulative distribution at its draw."""
+    device = logits.device
+    scaled = logits / torch.tensor([r.temperature for r in requests], device=device).unsqueeze(1)
+    order: Optional[torch.Tensor] = None
+    if cut:
+        scaled, order = torch.sort(scaled, dim=-1, descending=True)
+        scaled = filter_top_k_top_p(
+            scaled, torch.tensor([r.top_k for r in requests], device=device),
+            torch.tensor([r.top_p for r in requests], device=device))
+    cdf = torch.softmax(scaled, dim=-1).cumsum(dim=-1)
+    uniform = torch.tensor(draws, device=device, dtype=cdf.dtype).unsqueeze(1)
+    # The first token whose cumulative mass exceeds the draw; clamped against rounding at 1.0.
+    index = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)
+    tokens = order.gather(1, index) if order is not None else index
+    return tokens.squeeze(1).tolist()

@@ -1,0 +1,112 @@
+"""The running batch's cache layout: rows join, decode, leave, and the buffers get re-laid out,
+and every live row still sees exactly its own keys and values, right-aligned and masked."""
+
+from __future__ import annotations
+
+import torch
+
+from textgen.kv_batch import HEADROOM, KVBatch, new_cache
+
+HEADS, DIM, LAYERS = 2, 3, 2
+
+
+def prefilled(lengths: list[int], tag: float) -> tuple[object, torch.Tensor, list[torch.Tensor]]:
+    """A prefill cache for prompts of `lengths` (left-padded), and each row's real keys."""
+    width = max(lengths)
+    cache = new_cache()
+    keys = torch.stack([torch.arange(width * HEADS * DIM, dtype=torch.float32)
+                        .reshape(HEADS, width, DIM) + tag + row * 1000
+                        for row in range(len(lengths))])
+    for layer in range(LAYERS):
+        cache.update(keys + layer, -(keys + layer), layer)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, width - length:] = 1
+    return cache, mask, [keys[row, :, width - n:] for row, n in enumerate(lengths)]
+
+
+def decode_step(batch: KVBatch, value: float) -> None:
+    """What the model does in one step: append one column per row through the cache."""
+    mask, _ = batch.decode_inputs()
+    assert batch.cache is not None
+    for layer in range(LAYERS):
+        column = torch.full((batch.rows, HEADS, 1, DIM), value + layer)
+        keys, values = batch.cache.update(column, -column, layer)
+        assert keys.shape[2] == mask.shape[1]
+    batch.commit_decode()
+
+
+def row_history(batch: KVBatch, row: int, layer: int = 0) -> torch.Tensor:
+    """The keys that row `row` attends to (its masked-in columns)."""
+    assert batch.cache is not None
+    mask, _ = batch.decode_inputs()
+    keys = batch.cache.layers[layer].keys[row]
+    return keys[:, mask[row, :-1].bool()]
+
+
+def test_rows_that_join_later_keep_their_own_prefill_and_all_decode_together():
+    batch = KVBatch()
+    cache, mask, first = prefilled([5, 3], tag=0.0)
+    batch.join(cache, mask)
+    decode_step(batch, 7.0)
+    cache, mask, later = prefilled([9], tag=0.5)  # longer than the batch's history
+    batch.join(cache, mask)
+    decode_step(batch, 8.0)
+
+    assert batch.rows == 3
+    step7, step8 = torch.full((HEADS, 1, DIM), 7.0), torch.full((HEADS, 1, DIM), 8.0)
+    # Rows 0 and 1 saw their prefill then steps 7 and 8; row 2 its prefill then step 8.
+    assert torch.equal(row_history(batch, 0), torch.cat([first[0], step7, step8], 1))
+    assert torch.equal(row_history(batch, 1), torch.cat([first[1], step7, step8], 1))
+    assert torch.equal(row_history(batch, 2), torch.cat([later[0], step8], 1))
+    _, positions = batch.decode_inputs()
+    assert positions.squeeze(1).tolist() == [7, 5, 10]
+
+
+def test_a_leaving_row_is_replaced_by_the_last_row_and_the_others_are_untouched():
+    batch = KVBatch()
+    cache, mask, _ = prefilled([4, 6, 2], tag=0.0)
+    batch.join(cache, mask)
+    decode_step(batch, 1.0)
+    before = {row: row_history(batch, row) for row in range(3)}
+
+    order = batch.drop([0])
+
+    assert order == [2, 1]  # the last row moved into the hole
+    assert batch.rows == 2
+    for new_row, old_row in enumerate(order):
+        assert torch.equal(row_history(batch, new_row), before[old_row])
+
+
+def test_padding_columns_are_trimmed_when_the_long_row_leaves():
+    batch = KVBatch()
+    cache, mask, _ = prefilled([20, 2], tag=0.0)
+    batch.join(cache, mask)
+    decode_step(batch, 1.0)
+    assert batch.decode_inputs()[0].shape[1] == 22
+    batch.drop([0])
+    assert batch.decode_inputs()[0].shape[1] == 4  # 2 prompt + 1 decoded + the next
+
+
+def test_decoding_past_the_headroom_re_lays_out_without_losing_history():
+    batch = KVBatch()
+    cache, mask, first = prefilled([3, 1], tag=0.0)
+    batch.join(cache, mask)
+    for step in range(HEADROOM + 5):
+        decode_step(batch, float(step))
+    history = row_history(batch, 1)
+    assert history.shape[1] == 1 + HEADROOM + 5
+    assert torch.equal(history[:, :1], first[1])
+    assert torch.equal(history[:, 1:, 0], torch.arange(HEADROOM + 5.0).expand(HEADS, -1))
+
+
+def test_an_emptied_batch_takes_new_rows_again():
+    batch = KVBatch()
+    cache, mask, _ = prefilled([3], tag=0.0)
+    batch.join(cache, mask)
+    batch.drop([0])
+    assert batch.rows == 0
+    cache, mask, second = prefilled([4, 2], tag=0.25)
+    batch.join(cache, mask)
+    assert torch.equal(row_history(batch, 0), second[0])
+    assert torch.equal(row_history(batch, 1), second[1])
