@@ -22,7 +22,7 @@ def serve(submit) -> str:
     return address
 
 
-def test_text_then_final_arrive_in_order():
+def test_text_then_final_arrive_in_order_pieces_merged_at_most():
     def submit(inputs: Mapping[str, Any], meta: Mapping[str, str], sink: OutputSink) -> None:
         assert inputs["text_input"].tolist() == [[b"hi"]] and meta == {"request_id": "r1"}
         sink.on_text("a")
@@ -31,7 +31,10 @@ def test_text_then_final_arrive_in_order():
 
     messages = list(stream_from_engine(serve(submit), {"text_input": np.array([[b"hi"]])},
                                        {"request_id": "r1"}, lambda: False))
-    assert messages == [("text", "a"), ("text", "b"), ("final", DONE)]
+    # Pieces queued faster than the sender writes may arrive merged, never reordered.
+    assert messages[-1] == ("final", DONE)
+    assert all(kind == "text" for kind, _ in messages[:-1])
+    assert "".join(text for _, text in messages[:-1]) == "ab"
 
 
 def test_refusal_reaches_the_stream_side_with_its_kind():
@@ -70,7 +73,7 @@ def test_connecting_to_a_missing_engine_fails_with_a_clear_refusal():
 def test_engine_going_away_mid_stream_ends_with_an_unavailable_error():
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
         sink.on_text("a")
-        sink._conn.close()  # what a crashed engine process looks like from the stream side
+        sink.close()  # what a crashed engine process looks like from the stream side
 
     messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
     assert messages[0] == ("text", "a")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from textgen.tokenization import TextAssembler
+from textgen.tokenization import TextAssembler, fast_decoder
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def feed(assembler: TextAssembler, ids: list[int]) -> list[str]:
 
 def test_streamed_pieces_concatenate_to_the_decoded_text(tokenizer):
     text = "The list module provides functions, and 42 more!"
-    assembler = TextAssembler(tokenizer)
+    assembler = TextAssembler(fast_decoder(tokenizer))
     pieces = feed(assembler, tokenizer.encode(text)) + [assembler.flush()]
     assert "".join(pieces) == text == assembler.text
 
@@ -28,21 +28,21 @@ def test_multibyte_characters_are_never_split(tokenizer):
     text = "caf\u00e9 \u2603 \U0001f600 na\u00efve"
     ids = tokenizer.encode(text)
     assert len(ids) > len(text.split())  # emoji and accents span several byte tokens
-    assembler = TextAssembler(tokenizer)
+    assembler = TextAssembler(fast_decoder(tokenizer))
     pieces = feed(assembler, ids)
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) + assembler.flush() == text
 
 
 def test_text_stops_right_before_the_stop_string(tokenizer):
-    assembler = TextAssembler(tokenizer, stop=["module"])
+    assembler = TextAssembler(fast_decoder(tokenizer), stop=["module"])
     pieces = feed(assembler, tokenizer.encode("The list module provides"))
     assert assembler.stopped
     assert "".join(pieces) == assembler.text == "The list "
 
 
 def test_a_possible_stop_prefix_is_held_back_until_it_resolves(tokenizer):
-    assembler = TextAssembler(tokenizer, stop=["\n\nEND"])
+    assembler = TextAssembler(fast_decoder(tokenizer), stop=["\n\nEND"])
     released = "".join(feed(assembler, tokenizer.encode("one\n\nEN")))
     assert released == "one"  # "\n\nEN" might become the stop string
     released += "".join(feed(assembler, tokenizer.encode("VY, no")))
@@ -51,6 +51,11 @@ def test_a_possible_stop_prefix_is_held_back_until_it_resolves(tokenizer):
 
 
 def test_stop_string_spanning_tokens_is_found(tokenizer):
-    assembler = TextAssembler(tokenizer, stop=["st mod"])
+    assembler = TextAssembler(fast_decoder(tokenizer), stop=["st mod"])
     feed(assembler, tokenizer.encode("The list module"))
     assert assembler.stopped and assembler.text == "The li"
+
+
+def test_fast_decoder_gives_what_the_tokenizer_itself_decodes(tokenizer):
+    ids = tokenizer.encode("caf\u00e9 \U0001f600 The list module") + [tokenizer.eos_token_id]
+    assert fast_decoder(tokenizer)(ids) == tokenizer.decode(ids, skip_special_tokens=True)

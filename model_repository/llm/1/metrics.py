@@ -55,6 +55,9 @@ class TritonMetrics(EngineObserver):
         self._generation_tokens = self._metric("vllm:generation_tokens_total")
         self._cancellations = self._metric("llm:request_cancellations_total")
         self._by_label: dict[tuple[str, str], object] = {}
+        # Each update is a round trip to the server process, so the gauges (reported before
+        # every decode step) are only set when they change.
+        self._queue_state = (-1, -1)
 
     def _metric(self, name: str, buckets: list[float] | None = None, **labels: str) -> object:
         all_labels = {**self._labels, **labels}
@@ -69,6 +72,9 @@ class TritonMetrics(EngineObserver):
         return self._by_label[key]
 
     def on_queue(self, running: int, waiting: int) -> None:
+        if (running, waiting) == self._queue_state:
+            return
+        self._queue_state = (running, waiting)
         with self._lock:
             self._running.set(running)
             self._waiting.set(waiting)

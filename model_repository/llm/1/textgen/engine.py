@@ -23,7 +23,7 @@ from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import EngineObserver, OutputSink, SequenceOutput
 from .sampling import make_rng, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized
-from .tokenization import TextAssembler
+from .tokenization import TextAssembler, fast_decoder
 from .validation import GenerationRequest, ValidationError, check_token_budget
 
 log = logging.getLogger("textgen")
@@ -72,6 +72,7 @@ class Engine:
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
         self.limits = self._limits_for_model(config.limits)
+        self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
@@ -108,7 +109,7 @@ class Engine:
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
-                       assembler=TextAssembler(self.tokenizer, request.stop),
+                       assembler=TextAssembler(self._detokenize, request.stop),
                        rng=make_rng(request))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from .outputs import OutputSink, SequenceOutput
 
@@ -48,24 +49,80 @@ def engine_address(server_pid: int) -> str:
     return f"\0llm-engine-{server_pid}"
 
 
+class _Sender:
+    """One thread that writes every engine -> stream message.
+
+    Why: a socket write that wakes the reader costs tens of microseconds, paid per token per
+    sequence; on the engine thread that stalled every decode step. The engine only queues.
+    When the writer falls behind, consecutive text pieces for one sequence go out as one
+    message (as vLLM's output collector merges them), so a slow moment never builds a backlog.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Optional[tuple[_ConnectionSink, tuple[Any, ...]]]] = \
+            queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="engine-link-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, sink: "_ConnectionSink", message: tuple[Any, ...]) -> None:
+        self._queue.put((sink, message))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            pending = [self._queue.get()]
+            while True:
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._deliver([item for item in pending if item is not None])
+            if None in pending:
+                return
+
+    @staticmethod
+    def _deliver(pending: list[Any]) -> None:
+        by_sink: dict[_ConnectionSink, list[tuple[Any, ...]]] = {}
+        for sink, message in pending:
+            messages = by_sink.setdefault(sink, [])
+            if message[0] == "text" and messages and messages[-1][0] == "text":
+                messages[-1] = ("text", messages[-1][1] + message[1])
+            else:
+                messages.append(message)
+        for sink, messages in by_sink.items():
+            for message in messages:
+                sink.write(message)
+
+
 class _ConnectionSink:
     """OutputSink that forwards to the stream side; the client leaving counts as cancel."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, sender: _Sender) -> None:
         self._conn = conn
+        self._sender = sender
         self._cancelled = threading.Event()
 
     def on_text(self, delta: str) -> None:
-        try:
-            self._conn.send(("text", delta))
-        except OSError:  # the stream side is gone
-            self._cancelled.set()
+        self._sender.send(self, ("text", delta))
 
     def on_finish(self, output: SequenceOutput) -> None:
+        self._sender.send(self, ("final", output))
+
+    def close(self) -> None:
+        """Close the connection after everything queued for it was written."""
+        self._sender.send(self, ("close",))
+
+    def write(self, message: tuple[Any, ...]) -> None:
+        """On the sender's thread, the only one that writes to or closes the connection."""
+        if message[0] == "close":
+            self._conn.close()
+            return
         try:
-            self._conn.send(("final", output))
-        except OSError:
-            pass  # nobody is listening any more; the sequence is over anyway
+            self._conn.send(message)
+        except OSError:  # the stream side is gone; after "final" nobody listens any more
+            self._cancelled.set()
 
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
@@ -89,11 +146,13 @@ class EngineLinkServer:
     def __init__(self, address: str, submit: SubmitFn) -> None:
         self._listener = Listener(address, family="AF_UNIX")
         self._submit = submit
+        self._sender = _Sender()
         self._thread = threading.Thread(target=self._accept, name="engine-link", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._listener.close()
+        self._sender.close()
 
     def _accept(self) -> None:
         while True:
@@ -108,7 +167,7 @@ class EngineLinkServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
-        sink = _ConnectionSink(conn)
+        sink = _ConnectionSink(conn, self._sender)
         try:
             _, inputs, meta = conn.recv()
             try:
@@ -122,7 +181,7 @@ class EngineLinkServer:
         finally:
             # The stream side closes its end after the final message, which ends
             # watch_for_cancel; a late send from the engine then fails quietly.
-            conn.close()
+            sink.close()
 
 
 def _same_user(conn: Connection) -> bool:
