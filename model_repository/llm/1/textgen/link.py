@@ -117,7 +117,15 @@ class _ConnectionSink:
     def write(self, message: tuple[Any, ...]) -> None:
         """On the sender's thread, the only one that writes to or closes the connection."""
         if message[0] == "close":
-            self._conn.close()
+            if not self._conn.closed:
+                # Shut the socket down first: that wakes a reader blocked in recv on another
+                # thread (a plain close would not), and the stream side sees the end at once.
+                with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # the stream side already hung up
+                self._conn.close()
             return
         try:
             self._conn.send(message)
