@@ -91,7 +91,7 @@ PLANS = {
                 "static": {"fixed": [1, 8, 32], "mixed": [1, 8, 16, 32]},
                 "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
                 "int8": {"mixed": [8, 32]}},
-        requests_per_client=4, min_requests=16, max_requests=128, max_seconds=25, grace_s=15,
+        requests_per_client=8, min_requests=16, max_requests=256, max_seconds=40, grace_s=15,
         perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
         mode="quick",
