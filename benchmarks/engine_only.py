@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The engine alone, in-process: continuous vs static scheduling on `make bench`'s workload.
+
+Why: through the gateway every token also costs Triton, the stream model, Envoy and the
+client, all on the same two cores, which blurs what the scheduler and the cache do. This
+drives `textgen.engine.Engine` directly with N closed-loop clients (each submits its next
+request when the last one finishes) on the same seeded workload, one policy after the other,
+and prints output tokens/s and TTFT for each, median of `--repeats`.
+
+  .venv/bin/python benchmarks/engine_only.py                  # mixed, 32 clients, 192 requests
+  .venv/bin/python benchmarks/engine_only.py --clients 8 --workload fixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import workload  # noqa: E402
+from textgen.config import EngineConfig  # noqa: E402
+from textgen.engine import Engine  # noqa: E402
+from textgen.outputs import SequenceOutput  # noqa: E402
+from textgen.validation import GenerationRequest  # noqa: E402
+
+
+class _Client:
+    """An OutputSink that records when the first text and the end arrive."""
+
+    def __init__(self) -> None:
+        self.sent = time.monotonic()
+        self.first: float | None = None
+        self.done = threading.Event()
+        self.tokens = 0
+
+    def on_text(self, delta: str) -> None:
+        if self.first is None:
+            self.first = time.monotonic() - self.sent
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self.tokens = output.completion_tokens
+        self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def run(engine: Engine, specs: list[workload.RequestSpec], clients: int) -> tuple[float, float]:
+    """(output tokens/s, TTFT p50 in ms) of one closed-loop pass over `specs`."""
+    pending = iter(specs)
+    lock = threading.Lock()
+    finished: list[_Client] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                spec = next(pending, None)
+            if spec is None:
+                return
+            sink = _Client()
+            engine.submit(GenerationRequest(prompt=spec.prompt, max_tokens=spec.max_tokens,
+                                            temperature=workload.TEMPERATURE, seed=spec.seed,
+                                            ignore_eos=True), sink)
+            sink.done.wait()
+            finished.append(sink)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    ttft = statistics.median(s.first for s in finished if s.first is not None) * 1e3
+    return sum(s.tokens for s in finished) / elapsed, ttft
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=192)
+    parser.add_argument("--workload", choices=("fixed", "mixed"), default="mixed")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "demo_model")
+    parser.add_argument("--seed", type=int, default=2024)
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    source = workload.PromptSource(AutoTokenizer.from_pretrained(args.model_dir),
+                                   (ROOT / "demo_model" / "heldout.txt").read_text())
+    specs = workload.build(args.workload, args.requests, source, args.seed)
+    print(f"{args.workload} workload, {args.requests} requests, {args.clients} clients, "
+          f"median of {args.repeats}", flush=True)
+    for policy in ("continuous", "static"):
+        engine = Engine(EngineConfig(model_dir=args.model_dir, scheduling=policy))
+        try:
+            run(engine, specs[:4], 4)  # warm-up
+            passes = [run(engine, specs, args.clients) for _ in range(args.repeats)]
+        finally:
+            engine.shutdown()
+        tps = [p[0] for p in passes]
+        print(f"  {policy:<10} {statistics.median(tps):7,.0f} tokens/s "
+              f"(min {min(tps):,.0f}, max {max(tps):,.0f})   TTFT p50 "
+              f"{statistics.median(p[1] for p in passes):6.0f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
