@@ -50,6 +50,8 @@ def test_sse_stream_sends_many_events_that_concatenate_to_the_unary_text(triton)
     events = sse_events(f"{triton.http_url}/v2/models/llm_stream/generate_stream", BODY)
     unary = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY,
                           timeout=60).json()
+    # One event per token, except that pieces produced while the engine's sender was behind
+    # go out merged; with one stream that is rare, so most of the 24 tokens come one by one.
     assert len(events) > 5
     assert "".join(e["text_output"] for e in events) == unary["text_output"]
     final = events[-1]
@@ -63,7 +65,9 @@ def test_stream_through_the_gateway_uses_the_llm_route(gateway, api_key):
     events = sse_events(gateway.url + "/v2/models/llm/generate_stream", BODY,
                         {"X-API-Key": api_key})
     alias = sse_events(gateway.url + "/generate_stream", BODY, {"X-API-Key": api_key})
-    assert len(events) > 5 and events == alias
+    assert len(events) > 5 and len(alias) > 5
+    assert "".join(e["text_output"] for e in events) == "".join(e["text_output"] for e in alias)
+    assert events[-1] == alias[-1]  # the final event: finish reason and token counts
 
 
 def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_key):
@@ -82,7 +86,9 @@ def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_ke
             if result.get_response().parameters["triton_final_response"].bool_param:
                 break
         client.stop_stream()
-        assert len(pieces) == 13  # 12 tokens, then the final response with the counts
+        # Text responses (one per token, merged only when the engine's sender falls behind),
+        # then the final response with the counts and no text.
+        assert len(pieces) > 2 and pieces[-1] == ""
         assert result.as_numpy("num_output_tokens").reshape(-1)[0] == 12
         unary = grpcclient.InferenceServerClient(triton.grpc_url).infer(
             "llm", _grpc_inputs("The list", 12))
