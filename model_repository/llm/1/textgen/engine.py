@@ -242,13 +242,12 @@ class Engine:
                 seq.finish_reason = "cancelled"
 
     def _retire(self) -> None:
-        finished = [s for s in self._rows if s.finish_reason is not None]
-        if not finished:
+        gone = [i for i, s in enumerate(self._rows) if s.finish_reason is not None]
+        if not gone:
             return
         assert self._batch is not None  # invariant: rows exist only with a batch
-        order = self._batch.drop([i for i, s in enumerate(self._rows)
-                                  if s.finish_reason is not None])
-        self._rows = [self._rows[i] for i in order]
+        finished = [self._rows[i] for i in gone]
+        self._rows = [self._rows[i] for i in self._batch.drop(gone)]
         with self._wakeup:
             self._scheduler.finish(finished)
             self._report_queue()

@@ -1,8 +1,9 @@
-"""Choose each row's next token with that row's own sampling parameters, in one batched pass.
+"""Choose each row's next token with that row's own sampling parameters, in batched passes.
 
 Why batched: at 32 running rows a per-row softmax + `torch.multinomial` cost more than the
 model's own decode step on the CPU. Here temperature, top-k and top-p are applied to all sampled
-rows at once and each row draws by inverting its cumulative distribution.
+rows at once (one pass for rows with a top-k/top-p cut, one for the rest) and each row draws
+by inverting its cumulative distribution.
 
 Why each sequence owns a `random.Random`: requests batched together must never share
 randomness. A row's draw is one uniform number from its own seeded stream, so a seeded request
@@ -74,26 +75,6 @@ def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationReques
                           [draws[row] for row in rows], cut)
             for row, token in zip(rows, found):
                 chosen[row] = token
-    return chosen
-
-    draws = [rng.random() for rng in (rngs[row] for row in sampled) if rng is not None]
-    if len(draws) != len(sampled):
-        raise ValueError("every sampled row needs its random stream (make_rng)")
-    # Rows with a top-k/top-p cut draw in sorted order, the others in vocabulary order: two
-    # groups, so that a row's token depends only on its own parameters and draw.
-    cut = [i for i, row in enumerate(sampled) if requests[row].top_k > 0
-           or requests[row].top_p < 1.0]
-    plain = [i for i in range(len(sampled)) if i not in set(cut)]
-    tokens = [0] * len(sampled)
-    for group, is_cut in ((plain, False), (cut, True)):
-        if group:
-            picked = [requests[sampled[i]] for i in group]
-            found = _draw(logits[[sampled[i] for i in group]], picked,
-                          [draws[i] for i in group], is_cut)
-            for i, token in zip(group, found):
-                tokens[i] = token
-    for row, token in zip(sampled, tokens):
-        chosen[row] = token
     return chosen
 
 
