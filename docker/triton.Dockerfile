@@ -9,10 +9,12 @@
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3
 FROM ${TRITON_IMAGE}
 
-# The model's Python dependencies, exactly pinned (no torch: the base carries it). The check
-# fails the build when transformers would not use the base's PyTorch.
+# The model's Python dependencies, exactly pinned (no torch: the base carries it). The file is
+# the complete closure (`make docker-test` proves it with a resolver for the image's Python),
+# so it is installed as it is: --no-deps, nothing re-resolved, each wheel downloaded once. The
+# check fails the build when transformers would not use the base's PyTorch.
 COPY docker/requirements-triton.txt /opt/llm/docker/requirements-triton.txt
-RUN python3 -m pip install --no-cache-dir --disable-pip-version-check \
+RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
         -r /opt/llm/docker/requirements-triton.txt \
     && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
 
