@@ -7,7 +7,6 @@
 --
 -- On success the key headers are removed, the caller's identity is set for Triton and the
 -- access log (x-llm-key-id / x-llm-key-name / x-llm-tier; any client copy is dropped).
--- On the way back it adds Retry-After to rate-limited and overloaded answers.
 --
 -- KEYS is defined above this code by gateway/render.py.
 
@@ -61,8 +60,6 @@ local function sha256(message)
   return table.concat(out)
 end
 
-math.randomseed(os.time() + math.floor(os.clock() * 1e6))
-
 local IDENTITY_HEADERS = {"x-llm-key-id", "x-llm-key-name", "x-llm-tier"}
 
 local function presented_key(headers)
@@ -78,22 +75,9 @@ local function presented_key(headers)
   return key
 end
 
--- A client's request id is kept when it is short and plain; anything else is replaced.
-local function ensure_request_id(headers)
-  local id = headers:get("x-request-id")
-  if id == nil or #id > 128 or not id:match("^[%w%-_.:]+$") then
-    local parts = {}
-    for i = 1, 4 do parts[i] = tohex(math.random(0, 0x7fffffff), 8) end
-    id = table.concat(parts)
-    headers:replace("x-request-id", id)
-  end
-  return id
-end
-
 function envoy_on_request(handle)
   local headers = handle:headers()
   for _, name in ipairs(IDENTITY_HEADERS) do headers:remove(name) end
-  ensure_request_id(headers)
   local key = presented_key(headers)
   headers:remove("x-api-key")
   headers:remove("authorization")
@@ -112,26 +96,4 @@ function envoy_on_request(handle)
   headers:add("x-llm-key-id", entry.id)
   headers:add("x-llm-key-name", entry.name)
   headers:add("x-llm-tier", entry.tier)
-end
-
--- Rate-limited (429) and overloaded (503, from Envoy or from the model's full queue) answers
--- tell the client when to come back.
-function envoy_on_response(handle)
-  local status = handle:headers():get(":status")
-  if status == "400" then
-    -- Triton's HTTP frontend answers 400 for two server-side conditions: a model process
-    -- died ("Stub process ... is not healthy"; the runner restarts Triton within seconds),
-    -- and the model refusing for lack of capacity (its messages end "; retry later",
-    -- textgen/engine.py). Both are 503s: the client did nothing wrong.
-    local body = handle:body()  -- waits for the (small) error body; re-read headers after
-    local text = body ~= nil and body:getBytes(0, body:length()) or ""
-    if text:find("is not healthy", 1, true) or text:find('; retry later"', 1, true) then
-      handle:headers():replace(":status", "503")
-      status = "503"
-    end
-  end
-  local headers = handle:headers()
-  if (status == "429" or status == "503") and headers:get("retry-after") == nil then
-    headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
-  end
 end

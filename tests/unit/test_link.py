@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import pytest
 
+from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, stream_from_engine
 from textgen.outputs import OutputSink, SequenceOutput
 
@@ -39,10 +40,10 @@ def test_text_then_final_arrive_in_order_pieces_merged_at_most():
 
 def test_refusal_reaches_the_stream_side_with_its_kind():
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
-        raise LinkRefusal("invalid", "`top_p` must be in (0, 1], got 2")
+        raise LinkRefusal(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
 
     messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
-    assert messages == [("error", "invalid", "`top_p` must be in (0, 1], got 2")]
+    assert messages == [("error", ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
 
 
 def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
@@ -77,4 +78,4 @@ def test_engine_going_away_mid_stream_ends_with_an_unavailable_error():
 
     messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
     assert messages[0] == ("text", "a")
-    assert messages[-1][:2] == ("error", "unavailable")
+    assert messages[-1][:2] == ("error", ErrorKind.UNAVAILABLE)

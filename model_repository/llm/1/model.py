@@ -22,7 +22,7 @@ outputs
 `execute()` answers through each request's response sender and returns None, so Triton hands
 the next batch over while this one is still generating: the engine admits it between decode
 steps. An invalid request fails alone with INVALID_ARG (HTTP 400) naming the input; a full
-queue answers UNAVAILABLE (HTTP 503). This model owns the engine; `llm_stream` streams tokens
+queue answers UNAVAILABLE, typed `overloaded` (HTTP 503 through the gateway). This model owns the engine; `llm_stream` streams tokens
 from the same engine through `textgen.link`.
 """
 
@@ -38,12 +38,18 @@ import triton_python_backend_utils as pb_utils
 from metrics import TritonMetrics
 from textgen.config import ConfigError, load_engine_config
 from textgen.engine import Engine, Overloaded
+from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, engine_address
 from textgen.loading import ModelLoadError
 from textgen.outputs import OutputSink
 from textgen.validation import GenerationRequest, ValidationError, parse_request
 from triton_io import (FINAL, Logged, UnaryResponder, error_response, log_request,
                        output_dtypes, read_inputs, request_metadata)
+
+
+def refusal_kind(exc: Exception) -> ErrorKind:
+    """A request refused before it ran: the client's mistake, or no capacity for it now."""
+    return ErrorKind.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorKind.OVERLOADED
 
 
 class TritonPythonModel:
@@ -69,8 +75,7 @@ class TritonPythonModel:
                 self._submit(read_inputs(request), request_metadata(request), respond,
                              streamed=False)
             except (ValidationError, Overloaded) as exc:
-                kind = "invalid" if isinstance(exc, ValidationError) else "unavailable"
-                request.get_response_sender().send(error_response(kind, str(exc)),
+                request.get_response_sender().send(error_response(refusal_kind(exc), str(exc)),
                                                    flags=FINAL)
         return None
 
@@ -82,10 +87,10 @@ class TritonPythonModel:
             self._engine.submit(generation, Logged(make_sink(generation), meta, streamed))
         except ValidationError as exc:
             self._metrics.on_reject("invalid")
-            log_request(meta, "invalid", error=str(exc))
+            log_request(meta, ErrorKind.INVALID_REQUEST.value, error=str(exc))
             raise
         except Overloaded as exc:
-            log_request(meta, "unavailable", error=str(exc))
+            log_request(meta, ErrorKind.OVERLOADED.value, error=str(exc))
             raise
 
     def _submit_streamed(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
@@ -93,10 +98,8 @@ class TritonPythonModel:
         """Requests from `llm_stream`, on the link's thread."""
         try:
             self._submit(inputs, meta, lambda _generation: sink, streamed=True)
-        except ValidationError as exc:
-            raise LinkRefusal("invalid", str(exc)) from exc
-        except Overloaded as exc:
-            raise LinkRefusal("unavailable", str(exc)) from exc
+        except (ValidationError, Overloaded) as exc:
+            raise LinkRefusal(refusal_kind(exc), str(exc)) from exc
 
     def finalize(self) -> None:
         """Triton calls this after in-flight requests drained; finish what is left."""

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from textgen.errors import ErrorKind, wire_message
 from textgen.outputs import OutputSink, SequenceOutput
 
 INPUT_NAMES = ("text_input", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
@@ -22,9 +23,10 @@ INPUT_NAMES = ("text_input", "max_tokens", "temperature", "top_p", "top_k", "see
 OUTPUT_NAMES = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
-# Error kinds -> Triton codes (HTTP status): invalid 400, unavailable 503, internal 500.
+# Error kinds -> Triton codes, for gRPC callers (the gateway sets HTTP statuses from the kind).
 # Names, not values: pb_utils.TritonError only exists once the stub has started.
-_CODES = {"invalid": "INVALID_ARG", "unavailable": "UNAVAILABLE", "internal": "INTERNAL"}
+_CODES = {ErrorKind.INVALID_REQUEST: "INVALID_ARG", ErrorKind.OVERLOADED: "UNAVAILABLE",
+          ErrorKind.UNAVAILABLE: "UNAVAILABLE", ErrorKind.INTERNAL: "INTERNAL"}
 
 
 def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
@@ -56,17 +58,18 @@ def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, Any]:
         for name in OUTPUT_NAMES}
 
 
-def error_response(kind: str, message: str) -> Any:
+def error_response(kind: ErrorKind, message: str) -> Any:
     code = getattr(pb_utils.TritonError, _CODES[kind])
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(wire_message(kind, message),
+                                                                 code))
 
 
-def output_error(output: SequenceOutput) -> Optional[tuple[str, str]]:
+def output_error(output: SequenceOutput) -> Optional[tuple[ErrorKind, str]]:
     """(kind, message) when a sequence ended without a usable result."""
     if output.finish_reason == "rejected":
-        return "unavailable", output.error
+        return ErrorKind.OVERLOADED, output.error
     if output.finish_reason == "error":
-        return "internal", output.error
+        return ErrorKind.INTERNAL, output.error
     return None
 
 
@@ -110,7 +113,7 @@ class Logged:
 
     def on_finish(self, output: SequenceOutput) -> None:
         failure = output_error(output)
-        log_request(self._meta, failure[0] if failure else "ok", output,
+        log_request(self._meta, failure[0].value if failure else "ok", output,
                     failure[1] if failure else "")
         self._sink.on_finish(output)
 

@@ -26,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 # The shared modules live beside `llm`'s model.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "llm" / "1"))
 
+from textgen.errors import ErrorKind  # noqa: E402
 from textgen.link import LinkRefusal, engine_address, stream_from_engine  # noqa: E402
 from textgen.validation import ValidationError, parse_flag  # noqa: E402
 from triton_io import (FINAL, error_response, final_values, output_dtypes,  # noqa: E402
@@ -67,12 +68,12 @@ class TritonPythonModel:
                 else:
                     sender.send(self._final(message[1], inputs, streaming, pieces), flags=FINAL)
         except ValidationError as exc:
-            sender.send(error_response("invalid", str(exc)), flags=FINAL)
+            sender.send(error_response(ErrorKind.INVALID_REQUEST, str(exc)), flags=FINAL)
         except LinkRefusal as exc:
             sender.send(error_response(exc.kind, str(exc)), flags=FINAL)
         except Exception as exc:  # never leave a request without its final response
             pb_utils.Logger.log_error(f"llm_stream: forwarding failed: {exc!r}")
-            sender.send(error_response("internal", f"streaming failed: {exc}"), flags=FINAL)
+            sender.send(error_response(ErrorKind.INTERNAL, f"streaming failed: {exc}"), flags=FINAL)
 
     def _final(self, output: Any, inputs: dict[str, Any], streaming: bool,
                pieces: list[str]) -> Any:

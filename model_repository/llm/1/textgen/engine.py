@@ -29,13 +29,9 @@ from .validation import GenerationRequest, ValidationError, check_token_budget
 log = logging.getLogger("textgen")
 
 
-# Every refusal for lack of capacity ends with this, the mark by which the gateway answers
-# 503 (Triton's HTTP frontend reports the Python backend's UNAVAILABLE as 400).
-RETRY_LATER = "; retry later"
-
-
 class Overloaded(RuntimeError):
-    """The waiting queue is full: the request is refused at once (HTTP 503, retry later)."""
+    """No capacity for the request now (queue full, shutting down): refused at once; the
+    caller answers with error type `overloaded` (HTTP 503, retry later)."""
 
 
 @dataclass(eq=False)
@@ -117,11 +113,11 @@ class Engine:
                 f"max_batch_total_tokens ({self.config.max_batch_total_tokens})"))
         with self._wakeup:
             if self._draining:
-                raise Overloaded(f"the server is shutting down{RETRY_LATER}")
+                raise Overloaded("the server is shutting down; retry later")
             if len(self._scheduler.waiting) >= self.config.max_queue_size:
                 self.observer.on_reject("queue_full")
                 raise Overloaded(f"the server is at capacity ({self.config.max_queue_size} "
-                                 f"requests waiting){RETRY_LATER}")
+                                 f"requests waiting); retry later")
             self._scheduler.add(seq)
             self._wakeup.notify()
 
@@ -155,7 +151,7 @@ class Engine:
             for seq in expired:
                 self.observer.on_reject("queue_timeout")
                 self._finish(seq, "rejected", f"waited more than {self.config.queue_timeout_s:g}"
-                                              f" s for a slot{RETRY_LATER}")
+                                              f" s for a slot; retry later")
             try:
                 with torch.inference_mode():
                     if admitted:

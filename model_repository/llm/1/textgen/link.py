@@ -12,8 +12,7 @@ Messages:
   stream -> engine  ("generate", inputs, meta)   inputs: the request's tensors by name
                     ("cancel",)                  the client went away
   engine -> stream  ("text", delta) ...          then exactly one of
-                    ("final", SequenceOutput) | ("error", kind, message)
-                    kind: "invalid" (a client mistake) | "unavailable" (overloaded, retry)
+                    ("final", SequenceOutput) | ("error", ErrorKind, message)
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import time
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from .errors import ErrorKind
 from .outputs import OutputSink, SequenceOutput
 
 log = logging.getLogger("textgen.link")
@@ -39,7 +39,7 @@ SubmitFn = Callable[[Mapping[str, Any], Mapping[str, str], OutputSink], None]
 class LinkRefusal(Exception):
     """Raised by the submit function to refuse a request before it runs."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -229,7 +229,7 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
                 if message[0] in ("final", "error"):
                     return
     except (EOFError, OSError):
-        yield ("error", "unavailable", "the generation engine went away; retry later")
+        yield ("error", ErrorKind.UNAVAILABLE, "the generation engine went away; retry later")
     finally:
         conn.close()
 
@@ -242,6 +242,6 @@ def _connect(address: str, timeout: float) -> Connection:
             return Client(address, family="AF_UNIX")
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
-                raise LinkRefusal("unavailable", "the generation engine (model `llm`) is not "
-                                                 "running; retry later") from None
+                raise LinkRefusal(ErrorKind.UNAVAILABLE, "the generation engine (model `llm`) "
+                                                         "is not running; retry later") from None
             time.sleep(0.2)
