@@ -7,8 +7,9 @@ Examples:
   python clients/llm_cli.py --stream "The list"     # HTTP server-sent events, tokens as made
   python clients/llm_cli.py --grpc --stream "The list" --max-tokens 64 --temperature 0.7
 
-Errors are printed with their HTTP status or gRPC code and the request id to quote when
-reporting a problem; the exit status is 1 for a rejected request and 2 for a usage error.
+Errors are printed with their HTTP status and error type (or gRPC code) and the request id
+to quote when reporting a problem; the exit status is 1 for a rejected request and 2 for a
+usage error.
 """
 
 from __future__ import annotations
@@ -51,14 +52,13 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _http_error(reply: requests.Response) -> RequestFailed:
-    request_id = reply.headers.get("x-request-id", "")
+    """An error answer in the gateway's contract: `error` already ends with the request id."""
     try:
         body = reply.json()
-        error = body.get("error")
-        message = error.get("message") if isinstance(error, dict) else str(error)
-    except ValueError:
-        message = reply.text.strip() or reply.reason
-    return RequestFailed(str(reply.status_code), message, request_id)
+        return RequestFailed(f"{reply.status_code} {body['type']}", body["error"])
+    except (ValueError, KeyError, TypeError):  # not from the gateway (a proxy in between?)
+        return RequestFailed(str(reply.status_code), reply.text.strip() or reply.reason,
+                             reply.headers.get("x-request-id", ""))
 
 
 def http_generate(url: str, key: str, params: dict[str, Any], stream: bool,

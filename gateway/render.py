@@ -111,9 +111,10 @@ def _error_mappers() -> list[dict[str, Any]]:
             "prefix": "application/grpc"}}}}
         no_id = {"header_filter": {"header": {"name": "x-request-id", "present_match": True,
                                               "invert_match": True}}}
+        plain = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
         mappers += [
             {"filter": {"and_filter": {"filters": [status_is, grpc]}}, **common,
-             "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}},
+             "body_format_override": plain},
             {"filter": {"and_filter": {"filters": [status_is, no_id]}}, **common,
              "headers_to_add": [{"header": {"key": "x-request-id", "value": "%UNIQUE_ID%"},
                                  "append_action": "ADD_IF_ABSENT"}],

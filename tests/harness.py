@@ -12,9 +12,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
+from jsonschema import Draft202012Validator
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import runtime  # noqa: E402
+
+OPENAPI = yaml.safe_load((ROOT / "gateway" / "openapi.yaml").read_text())
+# The one error body of every error answer (gateway/error_contract.py), from the OpenAPI
+# document so the tests check what is published.
+ERROR_SCHEMA = Draft202012Validator({"$ref": "#/components/schemas/Error",
+                                     "components": OPENAPI["components"]})
+
+
+def check_error_body(payload: Any, status: int, request_id: Optional[str] = None,
+                     kind: Optional[str] = None) -> dict[str, Any]:
+    """`payload` is the contract's error body for `status` (and `kind`), whose message ends
+    with its request id (the one in `x-request-id` when given)."""
+    problems = sorted(ERROR_SCHEMA.iter_errors(payload), key=str)
+    assert not problems, f"{payload} is not the error contract: {problems[0].message}"
+    assert payload["code"] == status, payload
+    if kind is not None:
+        assert payload["type"] == kind, payload
+    if request_id is not None:
+        assert payload["request_id"] == request_id, payload
+    assert payload["error"].endswith(f" (request id {payload['request_id']})"), payload
+    return payload
+
+
+def assert_error_contract(reply: Any, status: int, kind: Optional[str] = None) -> dict[str, Any]:
+    """A `requests` reply is the contract's JSON error, with the request id of its header."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    return check_error_body(reply.json(), status, reply.headers["x-request-id"], kind)
 
 
 def free_port() -> int:

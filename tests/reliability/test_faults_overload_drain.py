@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import pytest
 import requests
 
-from harness import ROOT, RunnerStack, http_ok, runner_stack, runtime
+from harness import ROOT, RunnerStack, assert_error_contract, http_ok, runner_stack, runtime
 
 REPORT = ROOT / ".run" / "reports" / "reliability.jsonl"
 LONG = {"text_input": "The", "max_tokens": 256, "ignore_eos": True}
@@ -82,9 +82,10 @@ def generate(stack: RunnerStack, body: dict[str, Any], timeout: float = 120
 
 
 def assert_json_503(reply: requests.Response) -> None:
-    assert reply.status_code == 503, (reply.status_code, reply.text)
+    """A refusal the client can act on: the error contract's 503 with Retry-After."""
+    body = assert_error_contract(reply, 503)
+    assert body["type"] in ("unavailable", "overloaded"), body
     assert "retry-after" in reply.headers
-    assert reply.json()["error"]  # a JSON body saying what happened
 
 
 def wait_for_recovery(stack: RunnerStack, since: float, limit: float = 90) -> float:
@@ -182,6 +183,7 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
     lock = threading.Lock()
 
     samples: dict[int, str] = {}
+    refusals: list[requests.Response] = []
 
     def one() -> None:
         reply, took = generate(stack, body, timeout=60)
@@ -190,6 +192,7 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
             results.append((status, took))
             if reply is not None and status != 200:
                 samples.setdefault(status, reply.text[:300])
+                refusals.append(reply)
 
     with ThreadPoolExecutor(256) as pool:
         start = time.monotonic()
@@ -200,6 +203,8 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
     refused = sorted(t for s, t in results if s in (429, 503))
     others = dict(Counter(s for s, _ in results if s not in (200, 429, 503)))
     rss_after = rss_mb(stack.triton_pid())
+    refusal_types = Counter(assert_error_contract(reply, reply.status_code)["type"]
+                            for reply in refusals if reply.status_code in (429, 503))
     figures = dict(
         capacity_rps=round(capacity, 1), offered_rps=round(offered, 1),
         requests=len(results), admitted=len(admitted), refused=len(refused),
@@ -207,10 +212,12 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
         admitted_p50_s=round(statistics.median(admitted), 2) if admitted else None,
         admitted_p99_s=round(admitted[int(0.99 * (len(admitted) - 1))], 2) if admitted else None,
         refused_p95_s=round(refused[int(0.95 * (len(refused) - 1))], 3) if refused else None,
-        rss_before_mb=round(rss_before), rss_after_mb=round(rss_after), bodies=samples)
+        rss_before_mb=round(rss_before), rss_after_mb=round(rss_after), bodies=samples,
+        refusal_types=dict(+refusal_types))
     report("overload at 4x capacity", **figures)
     assert not others, figures
     assert refused, f"nothing was refused at 4x capacity: {figures}"
+    assert refusal_types["overloaded"], figures  # the model's full queue, typed as such
     assert figures["refused_p95_s"] < 1.5, figures  # refusals are quick (2 busy cores)
     assert figures["admitted_p99_s"] < 5 + 15, figures  # queue timeout + a generation
     assert rss_after < rss_before + 200, figures  # memory stays bounded

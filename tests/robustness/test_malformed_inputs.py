@@ -25,7 +25,6 @@ import schemathesis
 import tritonclient.grpc as grpcclient
 import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
-from jsonschema import Draft202012Validator
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
@@ -37,7 +36,7 @@ from tritonclient.utils import InferenceServerException
 
 from fuzz_corpus import GENERATE, INFER, Case, fill
 from fuzz_tally import TALLY
-from integration.test_gateway import assert_json_error
+from harness import assert_error_contract, check_error_body
 from raw_http import RawReply, exchange, request
 
 OPENAPI = Path(__file__).resolve().parents[2] / "gateway" / "openapi.yaml"
@@ -46,27 +45,13 @@ GENERATE_ROUTES = ["/generate", "/generate_stream", "/v2/models/llm/generate",
                    "/v2/models/llm/generate_stream"]
 
 
-def _component(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}", "components": DOCUMENT["components"]}
-
-
-ERROR_BODY = Draft202012Validator({"oneOf": [_component("TritonError"),
-                                             _component("GatewayError")],
-                                   "components": DOCUMENT["components"]})
-
-
 def check_documented_error(status: Optional[int], content_type: str, body: bytes,
                            expected: int | set[int]) -> dict[str, Any]:
     """The answer is the expected 4xx, labelled JSON, with a documented error body."""
     wanted = {expected} if isinstance(expected, int) else expected
     assert status in wanted, f"expected {sorted(wanted)}, got {status}: {body[:300]!r}"
     assert content_type.startswith("application/json"), (content_type, body[:300])
-    payload = json.loads(body)
-    errors = sorted(ERROR_BODY.iter_errors(payload), key=str)
-    assert not errors, f"{payload} is not a documented error body: {errors[0].message}"
-    if isinstance(payload["error"], dict):
-        assert payload["error"]["code"] == status
-    return payload
+    return check_error_body(json.loads(body), status)
 
 
 def _headers(key: str, **extra: str) -> dict[str, str]:
@@ -227,7 +212,7 @@ def test_wrong_methods_and_paths_get_a_documented_4xx(gateway, fuzz_key, method,
         data=b'{"inputs": []}' if method != "GET" else None))
     TALLY.record("method-path", reply.status_code)
     if status == 404:
-        assert_json_error(reply, 404, "not_found")
+        assert_error_contract(reply, 404, "not_found")
     else:
         check_documented_error(reply.status_code, reply.headers.get("content-type", ""),
                                reply.content, status)
@@ -244,14 +229,14 @@ def test_oversized_headers_get_431_json(gateway, fuzz_key, name, headers):
     reply = requests.post(gateway.url + "/generate", json={"text_input": "x", "max_tokens": 1},
                           headers=_headers(fuzz_key, **headers), timeout=30)
     TALLY.record("headers", reply.status_code)
-    assert_json_error(reply, 431, "headers_too_large")
+    assert_error_contract(reply, 431, "headers_too_large")
 
 
 def test_an_oversized_url_gets_431_json(gateway, fuzz_key):
     reply = requests.get(gateway.url + "/v2/models/llm?" + "q" * 70_000,
                          headers=_headers(fuzz_key), timeout=30)
     TALLY.record("headers", reply.status_code)
-    assert_json_error(reply, 431, "headers_too_large")
+    assert_error_contract(reply, 431, "headers_too_large")
 
 
 @pytest.mark.parametrize("value", ["llmk_" + "0" * 40 + "\t", "Bearer", "é" * 10, "x" * 5000])

@@ -22,8 +22,9 @@ outputs
 `execute()` answers through each request's response sender and returns None, so Triton hands
 the next batch over while this one is still generating: the engine admits it between decode
 steps. An invalid request fails alone with INVALID_ARG (HTTP 400) naming the input; a full
-queue answers UNAVAILABLE, typed `overloaded` (HTTP 503 through the gateway). This model owns the engine; `llm_stream` streams tokens
-from the same engine through `textgen.link`.
+queue answers UNAVAILABLE. Each error message starts with its type (`textgen.errors`), which
+the gateway turns into the status (`overloaded`: HTTP 503). This model owns the engine;
+`llm_stream` streams tokens from the same engine through `textgen.link`.
 """
 
 from __future__ import annotations
