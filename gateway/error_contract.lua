@@ -14,8 +14,9 @@
 --    "request_id": "<id>"}
 -- and a gRPC error keeps a proper status with `<message> (request id <id>)` as grpc-message.
 --
--- STATUS (type -> HTTP status), TYPE_OF_STATUS (status -> type) and GRPC_STATUS
--- (type -> gRPC code) are defined above this code by gateway/render.py from error_contract.py.
+-- STATUS (type -> HTTP status), TYPE_OF_STATUS (status -> type), GRPC_STATUS (type -> gRPC
+-- code) and OPENAI_PATH_PREFIX are defined above this code by gateway/render.py from
+-- error_contract.py.
 
 -- A client's request id is kept when it is short and plain; anything else is replaced.
 local function ensure_request_id(headers)
@@ -32,8 +33,12 @@ end
 math.randomseed(os.time() + math.floor(os.clock() * 1e6))
 
 function envoy_on_request(handle)
-  local id = ensure_request_id(handle:headers())
-  handle:streamInfo():dynamicMetadata():set("llm.gateway", "request_id", id)
+  local headers = handle:headers()
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set("llm.gateway", "request_id", ensure_request_id(headers))
+  -- The OpenAI-compatible routes answer in OpenAI's own error shape (openai_frontend/).
+  local path = headers:get(":path") or ""
+  metadata:set("llm.gateway", "openai", path:sub(1, #OPENAI_PATH_PREFIX) == OPENAI_PATH_PREFIX)
 end
 
 -- Triton's own messages that name a condition other than their status says. Its JSON reader
@@ -91,9 +96,19 @@ local function json_escape(text)
   return (text:gsub('[%c"\\]', function(ch) return string.format("\\u%04x", ch:byte()) end))
 end
 
-local function request_id(handle)
+local function request_metadata(handle, key)
   local meta = handle:streamInfo():dynamicMetadata():get("llm.gateway")
-  return meta ~= nil and meta["request_id"] or ""
+  return meta ~= nil and meta[key] or nil
+end
+
+local function request_id(handle)
+  return request_metadata(handle, "request_id") or ""
+end
+
+local function add_retry_after(headers, status)
+  if (status == 429 or status == 503) and headers:get("retry-after") == nil then
+    headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
+  end
 end
 
 -- gRPC (status and message in headers or trailers): the status from the model's error type,
@@ -121,14 +136,16 @@ function envoy_on_response(handle)
     return
   end
   if status < 400 then return end
+  if request_metadata(handle, "openai") then  -- already in OpenAI's shape
+    add_retry_after(headers, status)
+    return
+  end
   local body = handle:body()  -- waits for the (small) error body; `headers` is stale after
   if body == nil then return end  -- no body to rewrite (Triton's readiness answers)
   local text = body:length() > 0 and body:getBytes(0, body:length()) or ""
   headers = handle:headers()
   if text:find('^{"code":%d+,"error":') then  -- Envoy's own reply: already in the contract
-    if (status == 429 or status == 503) and headers:get("retry-after") == nil then
-      headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
-    end
+    add_retry_after(headers, status)
     return
   end
   local message = triton_message(text)
@@ -147,7 +164,5 @@ function envoy_on_response(handle)
   headers:replace("content-type", "application/json")
   headers:remove("transfer-encoding")
   headers:replace("content-length", tostring(#answer))
-  if (status == 429 or status == 503) and headers:get("retry-after") == nil then
-    headers:add("retry-after", "1")
-  end
+  add_retry_after(headers, status)
 end

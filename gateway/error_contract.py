@@ -110,3 +110,30 @@ GRPC_STATUS: dict[ErrorType, int] = {
 def error_text(message: str, request_id: str) -> str:
     """The `error` string: the message, then the request id a support ticket needs."""
     return f"{message} (request id {request_id})"
+
+
+# The OpenAI-compatible routes (/v1/...) answer in OpenAI's own shape,
+#   {"error": {"message": "...", "type": "<OpenAI type>", "param": <name or null>,
+#              "code": "<ErrorType>"}},
+# with statuses the `openai` SDKs turn into their exception classes. A full queue is a 429
+# there (the SDKs retry a RateLimitError), as OpenAI and vLLM answer it.
+OPENAI: dict[ErrorType, tuple[int, str]] = {
+    ErrorType.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorType.UNAUTHENTICATED: (401, "authentication_error"),
+    ErrorType.FORBIDDEN: (403, "permission_error"),
+    ErrorType.NOT_FOUND: (404, "not_found_error"),
+    ErrorType.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
+    ErrorType.REQUEST_TIMEOUT: (408, "invalid_request_error"),
+    ErrorType.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorType.UPGRADE_REQUIRED: (426, "invalid_request_error"),
+    ErrorType.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorType.HEADERS_TOO_LARGE: (431, "invalid_request_error"),
+    ErrorType.INTERNAL: (500, "server_error"),
+    ErrorType.BAD_GATEWAY: (502, "server_error"),
+    ErrorType.OVERLOADED: (429, "rate_limit_error"),
+    ErrorType.UNAVAILABLE: (503, "server_error"),
+    ErrorType.TIMEOUT: (504, "server_error"),
+}
+
+# Where the OpenAI shape applies instead of the contract's.
+OPENAI_PATH_PREFIX = "/v1/"

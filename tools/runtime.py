@@ -43,6 +43,7 @@ class Settings:
     http_port: int = 8000  # LLM_HTTP_PORT
     grpc_port: int = 8001  # LLM_GRPC_PORT
     metrics_port: int = 8002  # LLM_METRICS_PORT
+    openai_port: int = 8003  # LLM_OPENAI_PORT: the OpenAI-compatible frontend, loopback
     model_dir: Path = DEMO_MODEL  # LLM_MODEL_DIR: any save_pretrained causal-LM directory
     log_level: str = "info"  # LLM_LOG_LEVEL: error | warning | info | verbose
     run_dir: Path = RUN_DIR  # LLM_RUN_DIR: pid files, logs, backend layout
@@ -70,6 +71,7 @@ class Settings:
             http_port=port("LLM_HTTP_PORT", default.http_port),
             grpc_port=port("LLM_GRPC_PORT", default.grpc_port),
             metrics_port=port("LLM_METRICS_PORT", default.metrics_port),
+            openai_port=port("LLM_OPENAI_PORT", default.openai_port),
             model_dir=Path(env.get("LLM_MODEL_DIR", str(default.model_dir))).resolve(),
             log_level=level,
             run_dir=Path(env.get("LLM_RUN_DIR", str(default.run_dir))).resolve(),
@@ -175,7 +177,8 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
 def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> GatewaySettings:
     """Gateway settings for this Triton; the environment may still point it elsewhere."""
     values = {"LLM_TRITON_HOST": settings.host, "LLM_HTTP_PORT": str(settings.http_port),
-              "LLM_GRPC_PORT": str(settings.grpc_port)}
+              "LLM_GRPC_PORT": str(settings.grpc_port),
+              "LLM_OPENAI_PORT": str(settings.openai_port)}
     values.update(os.environ if env is None else env)
     values["LLM_RUN_DIR"] = str(settings.run_dir)
     return GatewaySettings.from_env(values)
@@ -191,6 +194,13 @@ def prepare_gateway(gateway: GatewaySettings, run_dir: Path) -> Path:
     if not store.filter_path.exists():
         store.sync()
     return config
+
+
+def openai_command(settings: Settings) -> list[str]:
+    """The OpenAI-compatible frontend (openai_frontend/), on loopback, calling Triton's gRPC."""
+    return [sys.executable, "-m", "openai_frontend", "--host", "127.0.0.1",
+            "--port", str(settings.openai_port), "--triton", settings.grpc_url,
+            "--model-dir", str(settings.model_dir)]
 
 
 def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
@@ -245,11 +255,13 @@ class ManagedProcess:
     env: dict[str, str]
     log: Path
     proc: Optional[subprocess.Popen] = None
+    cwd: Optional[Path] = None  # for `python -m <package of this project>`
 
     def start(self) -> "ManagedProcess":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.cwd)
         return self
 
     def running(self) -> bool:

@@ -128,6 +128,7 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
     return f"""
 The LLM service is up (model: {settings.model_dir}).
   gateway       {url}   HTTP + gRPC + SSE, API key required
+  OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
   Triton        {settings.http_url} / {settings.grpc_url} / metrics :{settings.metrics_port}
                 (loopback only, no key: for operators)
   access log    {gateway.access_log}
@@ -149,6 +150,8 @@ def build(settings: runtime.Settings) -> tuple[list[Supervised], runtime.Gateway
                    settings.run_dir / "triton.log"),
         Supervised("envoy", runtime.envoy_command(envoy_config, settings.log_level),
                    dict(os.environ), settings.run_dir / "gateway" / "envoy.log"),
+        Supervised("openai", runtime.openai_command(settings), dict(os.environ),
+                   settings.run_dir / "openai.log", cwd=runtime.ROOT),
     ]
     return procs, gateway
 
@@ -168,7 +171,7 @@ def serve(settings: runtime.Settings) -> int:
     print(f"==> starting Triton and the gateway (logs under {settings.run_dir})", flush=True)
     for p in procs:
         p.start()
-    triton, envoy = procs
+    triton, envoy, openai = procs
     ready_url = f"http://{gateway.host}:{gateway.port}/readyz"
     live_url = f"{settings.http_url}/v2/health/live"
     began, announced, misses = time.monotonic(), False, 0
@@ -190,11 +193,12 @@ def serve(settings: runtime.Settings) -> int:
                 print(banner(settings, gateway, key), flush=True)
                 print("Press Ctrl-C to stop.", flush=True)
                 announced = True
-    drain(gateway, envoy, triton)
+    drain(gateway, envoy, openai, triton)
     return 0
 
 
-def drain(gateway: runtime.GatewaySettings, envoy: Supervised, triton: Supervised) -> None:
+def drain(gateway: runtime.GatewaySettings, envoy: Supervised, openai: Supervised,
+          triton: Supervised) -> None:
     """Graceful stop: refuse new requests (readiness false, 503), let every request in flight
     finish, then stop the gateway and Triton (which has nothing left to wait for)."""
     print(f"\n==> draining: new requests get 503; waiting up to {DRAIN_TIMEOUT_S} s for "
@@ -210,9 +214,10 @@ def drain(gateway: runtime.GatewaySettings, envoy: Supervised, triton: Supervise
             time.sleep(0.2)
     except OSError as exc:
         print(f"==> the gateway's admin port did not answer ({exc}); stopping now", flush=True)
-    print(f"==> {max(active, 0)} requests still in flight; stopping the gateway, then Triton",
-          flush=True)
+    print(f"==> {max(active, 0)} requests still in flight; stopping the gateway, the OpenAI "
+          "frontend, then Triton", flush=True)
     envoy.stop(grace=10)
+    openai.stop(grace=10)
     triton.stop(grace=40)
     print("==> stopped", flush=True)
 

@@ -33,6 +33,26 @@ SOURCES_DIR = "usr/share/doc/python3.11/html/_sources"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 HELD_OUT_FILES = ("tutorial/controlflow.rst.txt", "tutorial/datastructures.rst.txt")
 
+# A small chat format, so /v1/chat/completions works with the demo model out of the box; the
+# trailing space after "Assistant:" is what gets this documentation-trained model talking.
+CHAT_TEMPLATE = """\
+{#- A plain-text chat format for the demo model (trained on documentation, not on chats):
+    system text first, then "User:" / "Assistant:" turns, each ended by the EOS token. -#}
+{%- for message in messages -%}
+{%- if message['role'] == 'system' -%}
+{{ message['content'] }}
+
+{% elif message['role'] == 'user' -%}
+User: {{ message['content'] }}
+{% else -%}
+Assistant: {{ message['content'] }}{{ eos_token }}
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{ 'Assistant: ' }}
+{%- endif -%}
+"""
+
 NOTICE = """\
 Demo model for this repository: a small Llama-architecture causal language model trained from
 scratch by tools/train_demo_model.py.
@@ -178,6 +198,7 @@ def main() -> int:
                                                pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    (args.out / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
     (args.out / "heldout.txt").write_text("\n\n".join(held) + "\n", encoding="utf-8")
     (args.out / "NOTICE").write_text(NOTICE.format(package=DOC_PACKAGE, version=version,
                                                    held_out=", ".join(HELD_OUT_FILES)))

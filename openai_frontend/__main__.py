@@ -1,0 +1,54 @@
+"""Run the OpenAI-compatible frontend: `python -m openai_frontend --help`.
+
+Started by `make serve` beside Triton and the gateway, and by its own container in compose.
+It listens on loopback (or the internal network) only: the gateway is its one client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from .app import OpenAIFrontend, create_app
+from .served_model import ServedModel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="python -m openai_frontend", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default=env.get("LLM_OPENAI_HOST", "127.0.0.1"),
+                        help="address to bind (env LLM_OPENAI_HOST); never a public one")
+    parser.add_argument("--port", type=int, default=int(env.get("LLM_OPENAI_PORT", "8003")),
+                        help="port (env LLM_OPENAI_PORT)")
+    parser.add_argument("--triton", default=env.get("LLM_TRITON_GRPC", "127.0.0.1:8001"),
+                        help="Triton's gRPC address (env LLM_TRITON_GRPC)")
+    parser.add_argument("--model-dir", type=Path,
+                        default=Path(env.get("LLM_MODEL_DIR", str(ROOT / "demo_model"))),
+                        help="the served model's directory, for its tokenizer and chat "
+                             "template (env LLM_MODEL_DIR)")
+    parser.add_argument("--served-model-name", default=env.get("LLM_SERVED_MODEL_NAME", ""),
+                        help="the model id clients use (env LLM_SERVED_MODEL_NAME; default: "
+                             "the model directory's name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    model = ServedModel.load(args.model_dir.resolve(), args.served_model_name)
+    app = create_app(OpenAIFrontend(model, args.triton))
+    print(f"openai_frontend: serving `{model.id}` on http://{args.host}:{args.port}/v1 "
+          f"(Triton gRPC {args.triton})", flush=True)
+    # No access log here: the gateway writes it (ids and timings only, never text).
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

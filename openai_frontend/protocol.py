@@ -1,0 +1,200 @@
+"""OpenAI request bodies parsed once into what the model is asked (parse, don't validate).
+
+Only what this API implements is read; unknown fields are ignored, as vLLM does, so clients
+that send newer fields keep working. Fields that would change the answer and are not
+implemented are refused with a 400 naming them, never silently dropped. Ranges (`max_tokens`
+against the context, `top_p` in (0, 1], ...) are the model's to check: it knows its limits and
+its messages name the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import invalid
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The generation parameters, under the model's input names; None: the model's default."""
+
+    max_tokens: Optional[int] = None
+    temperature: float = 1.0  # OpenAI's default (the model's own default is greedy)
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    seed: Optional[int] = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated /v1/completions or /v1/chat/completions request."""
+
+    model: str
+    sampling: Sampling
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False  # completions only: the answer starts with the prompt
+    prompt: str = ""  # completions
+    messages: tuple[dict[str, str], ...] = field(default_factory=tuple)  # chat
+
+
+# Parameters this API does not implement, refused when set to anything but their neutral
+# value, with the reason a client needs.
+_REFUSED = {
+    "n": (lambda v: v not in (None, 1), "only `n: 1` is supported"),
+    "best_of": (lambda v: v not in (None, 1), "only `best_of: 1` is supported"),
+    "logprobs": (lambda v: v not in (None, False, 0), "`logprobs` is not supported"),
+    "top_logprobs": (lambda v: v not in (None, 0), "`top_logprobs` is not supported"),
+    "tools": (lambda v: v not in (None, []), "tool calling is not supported"),
+    "tool_choice": (lambda v: v not in (None, "none", "auto"), "tool calling is not supported"),
+    "functions": (lambda v: v not in (None, []), "function calling is not supported"),
+    "response_format": (lambda v: v not in (None, {"type": "text"}),
+                        "only `response_format: {\"type\": \"text\"}` is supported"),
+    "logit_bias": (lambda v: v not in (None, {}), "`logit_bias` is not supported"),
+    "suffix": (lambda v: v not in (None, ""), "`suffix` (insertion) is not supported"),
+    "presence_penalty": (lambda v: v not in (None, 0, 0.0), "`presence_penalty` is not "
+                         "supported"),
+    "frequency_penalty": (lambda v: v not in (None, 0, 0.0), "`frequency_penalty` is not "
+                          "supported"),
+}
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    for name, (refused, why) in _REFUSED.items():
+        if refused(body.get(name)):
+            raise invalid(f"{why}; got `{name}`: {body.get(name)!r:.80}", name)
+    return body
+
+
+def _number(body: dict[str, Any], name: str) -> Optional[float]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise invalid(f"`{name}` must be a number, got {value!r:.40}", name)
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, minimum: int,
+             maximum: Optional[int] = None) -> Optional[int]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        limit = f"an integer >= {minimum}" if maximum is None else (
+            f"an integer in [{minimum}, {maximum}]")
+        raise invalid(f"`{name}` must be {limit}, got {value!r:.40}", name)
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(f"`{name}` must be true or false, got {value!r:.40}", name)
+    return value
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise invalid("`stop` must be a string or a list of strings", "stop")
+    return tuple(s for s in items if s)
+
+
+def _sampling(body: dict[str, Any]) -> Sampling:
+    # `max_completion_tokens` is the newer name and wins, as in OpenAI's API.
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1)
+    temperature = _number(body, "temperature")
+    top_k = _integer(body, "top_k", -1)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=_number(body, "top_p"),
+        top_k=None if top_k in (None, -1) else top_k,  # vLLM's -1 means off
+        seed=_integer(body, "seed", 0, MAX_SEED),
+        stop=_stop(body),
+        ignore_eos=_flag(body, "ignore_eos"),
+    )
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise invalid("`stream_options` must be an object", "stream_options")
+    if not stream:
+        raise invalid("`stream_options` is only allowed with `stream: true`", "stream_options")
+    return _flag(options, "include_usage")
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("`model` is required: the id from GET /v1/models", "model")
+    return model
+
+
+def parse_completion(body: Any) -> Request:
+    body = _object(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise invalid("`prompt` must be a string (one prompt per request)", "prompt")
+    stream = _flag(body, "stream")
+    return Request(model=_model(body), sampling=_sampling(body), stream=stream,
+                   include_usage=_stream_options(body, stream), echo=_flag(body, "echo"),
+                   prompt=prompt)
+
+
+def _content(message: dict[str, Any], index: int) -> str:
+    """A message's text: a string, or text parts joined."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(
+                    part.get("text"), str):
+                raise invalid("only text content parts (`{\"type\": \"text\", \"text\": ...}`)"
+                              " are supported", f"messages[{index}].content")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise invalid("`content` must be a string or a list of text parts",
+                  f"messages[{index}].content")
+
+
+def parse_chat(body: Any) -> Request:
+    body = _object(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("`messages` must be a non-empty list of {role, content} objects",
+                      "messages")
+    parsed = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise invalid("each message needs a string `role`", f"messages[{index}]")
+        parsed.append({"role": message["role"], "content": _content(message, index)})
+    stream = _flag(body, "stream")
+    return Request(model=_model(body), sampling=_sampling(body), stream=stream,
+                   include_usage=_stream_options(body, stream), messages=tuple(parsed))

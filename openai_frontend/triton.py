@@ -1,0 +1,144 @@
+"""Generation through Triton: one gRPC stream per request to the decoupled `llm_stream` model.
+
+Why gRPC streaming: it is the one Triton transport that streams a decoupled model's responses
+and propagates cancellation: when a client disconnects the call is cancelled, Triton marks the
+request cancelled and the engine drops the sequence within one decode step. All requests share
+one HTTP/2 connection. Per token this reads the raw output bytes directly, without building
+numpy arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping, Optional, Union
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from gateway.error_contract import ErrorType
+
+from .errors import OpenAIError, from_model
+from .protocol import Sampling
+
+STREAM_MODEL = "llm_stream"
+# Headers the gateway sets that the model's log line needs (Triton forwards them as request
+# parameters); the frontend never sees API keys.
+FORWARDED = ("x-request-id", "x-llm-key-id", "x-llm-key-name", "x-llm-tier")
+# OpenAI parameter names for the model's input names, so errors name what the client sent.
+OPENAI_NAMES = {"text_input": "prompt"}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a generation, with the model's own counts."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Union[str, Finished]  # new text, or the end
+
+
+def _tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def model_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[grpcclient.InferInput]:
+    """The `llm_stream` tensors for one request (batch dimension included)."""
+    inputs = [
+        _tensor("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
+        _tensor("temperature", np.array([[sampling.temperature]], dtype=np.float32), "FP32"),
+        _tensor("exclude_input_in_output", np.array([[True]]), "BOOL"),
+        _tensor("stream", np.array([[stream]]), "BOOL"),
+    ]
+    if sampling.max_tokens is not None:
+        inputs.append(_tensor("max_tokens", np.array([[min(sampling.max_tokens, 2**31 - 1)]],
+                                                     dtype=np.int32), "INT32"))
+    if sampling.top_p is not None:
+        inputs.append(_tensor("top_p", np.array([[sampling.top_p]], dtype=np.float32), "FP32"))
+    if sampling.top_k is not None:
+        inputs.append(_tensor("top_k", np.array([[min(sampling.top_k, 2**31 - 1)]],
+                                                dtype=np.int32), "INT32"))
+    if sampling.seed is not None:
+        inputs.append(_tensor("seed", np.array([[sampling.seed]], dtype=np.uint64), "UINT64"))
+    if sampling.stop:
+        inputs.append(_tensor("stop", np.array([[s.encode() for s in sampling.stop]],
+                                               dtype=object), "BYTES"))
+    if sampling.ignore_eos:
+        inputs.append(_tensor("ignore_eos", np.array([[True]]), "BOOL"))
+    return inputs
+
+
+def _read(result: Any) -> tuple[str, Optional[Finished]]:
+    """The new text and, on the last response, the end; read from the raw bytes (one element
+    per output: BYTES are a 4-byte length then the bytes, INT32 four bytes, little-endian)."""
+    response = result.get_response()
+    raw = {out.name: data for out, data in zip(response.outputs, response.raw_output_contents)}
+    text = raw["text_output"][4:].decode("utf-8") if "text_output" in raw else ""
+    if "finish_reason" not in raw:
+        return text, None
+    return text, Finished(raw["finish_reason"][4:].decode(),
+                          int.from_bytes(raw["num_input_tokens"][:4], "little"),
+                          int.from_bytes(raw["num_output_tokens"][:4], "little"))
+
+
+class Triton:
+    """Generation on Triton's gRPC endpoint; create inside the server's event loop."""
+
+    def __init__(self, url: str) -> None:
+        self._client = grpcaio.InferenceServerClient(url)
+
+    async def ready(self) -> bool:
+        try:
+            return await self._client.is_model_ready(STREAM_MODEL)
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def generate(self, prompt: str, sampling: Sampling, stream: bool,
+                       headers: Mapping[str, str]) -> AsyncIterator[Event]:
+        """Text pieces, then one `Finished`; raises OpenAIError. Closing the iterator early
+        (the client left) cancels the generation."""
+        done = asyncio.Event()
+        request = {"model_name": STREAM_MODEL, "inputs": model_inputs(prompt, sampling, stream)}
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+            await done.wait()  # keep the stream open until the last response
+
+        call = self._client.stream_infer(requests(), headers=dict(headers))
+        finished = False
+        try:
+            async for result, error in call:
+                if error is not None:
+                    raise from_model(error.message(), OPENAI_NAMES)
+                text, final = _read(result)
+                if text:
+                    yield text
+                if final is not None:
+                    finished = True
+                    yield final
+                    return
+            raise OpenAIError(ErrorType.UNAVAILABLE, "the model server ended the stream "
+                              "before the generation finished; retry later")
+        except grpc.RpcError as exc:
+            raise OpenAIError(ErrorType.UNAVAILABLE, "the model server is unavailable or "
+                              f"restarting ({_code(exc)}); retry later") from None
+        finally:
+            done.set()
+            if not finished:
+                call.cancel()  # the client left or the call failed: stop the generation
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _code(exc: grpc.RpcError) -> Optional[str]:
+    code = getattr(exc, "code", None)
+    return code().name if callable(code) else None
