@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import gateway_process, http_ok, triton_process, triton_settings  # noqa: E402
+from harness import (gateway_process, http_ok, openai_process, triton_process,  # noqa: E402
+                     triton_settings)
 import runtime  # noqa: E402
 
 
@@ -93,7 +94,20 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway(triton: runtime.Settings) -> Iterator[Gateway]:
+def openai_frontend(triton: runtime.Settings) -> Iterator[str]:
+    """The OpenAI-compatible frontend in front of the session's Triton; its direct URL."""
+    process = openai_process(triton)
+    process.start()
+    url = f"http://127.0.0.1:{triton.openai_port}"
+    try:
+        process.wait_until(lambda: http_ok(url + "/health"), timeout=60)
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: runtime.Settings, openai_frontend: str) -> Iterator[Gateway]:
     process, settings = gateway_process(triton)
     process.start()
     try:

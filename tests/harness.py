@@ -91,7 +91,7 @@ def triton_settings(run_dir: Path, **env: str) -> runtime.Settings:
     """Settings on free loopback ports, writing everything under `run_dir`."""
     values = {"LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
               "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
-              "LLM_LOG_LEVEL": "info", **env}
+              "LLM_OPENAI_PORT": str(free_port()), "LLM_LOG_LEVEL": "info", **env}
     return runtime.Settings.from_env(values)
 
 
@@ -101,6 +101,31 @@ def triton_process(settings: runtime.Settings, name: str = "tritonserver",
     process_env.update({"LLM_MODEL_DIR": str(settings.model_dir), **env})
     return ServerProcess(name, runtime.triton_command(settings), process_env,
                          settings.run_dir / f"{name}.log")
+
+
+def openai_process(settings: runtime.Settings, name: str = "openai") -> ServerProcess:
+    """The OpenAI-compatible frontend as `make serve` runs it, in front of `settings`' Triton."""
+    return ServerProcess(name, runtime.openai_command(settings), dict(os.environ),
+                         settings.run_dir / f"{name}.log", cwd=ROOT)
+
+
+def metric(triton: runtime.Settings, name: str) -> float:
+    """The sum over labels of one metric on Triton's metrics port."""
+    import re
+
+    import requests
+
+    text = requests.get(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text,
+                                            re.M))
+
+
+def wait_for_metric(triton: runtime.Settings, name: str, value: float,
+                    timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(triton, name) != value:
+        assert time.monotonic() < deadline, f"{name} = {metric(triton, name)}, not {value}"
+        time.sleep(0.1)
 
 
 def model_log_records(log: Path, event: str = "llm_request") -> list[dict]:
@@ -149,6 +174,7 @@ def runner_stack(run_dir: Path, **env: str) -> RunnerStack:
     """Start tools/serve.py with its own ports, run dir and a premium-tier key."""
     values = {**os.environ, "LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
               "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
+              "LLM_OPENAI_PORT": str(free_port()),
               "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
               "LLM_KEYS_DIR": str(run_dir / "keys"), **env}
     values.pop("GATEWAY_ACCESS_LOG", None)

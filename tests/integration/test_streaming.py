@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import infer_inputs, model_log_records
+from harness import infer_inputs, metric, model_log_records, wait_for_metric
 
 BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
 
@@ -26,20 +25,6 @@ def sse_events(url: str, body: dict[str, Any], headers: dict[str, str] | None = 
         assert reply.status_code == 200, reply.text
         return [json.loads(line[5:]) for line in reply.iter_lines(decode_unicode=True)
                 if line.startswith("data:")]
-
-
-def metric(triton, name: str) -> float:
-    text = requests.get(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=5).text
-    values = [float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text,
-                                           re.M)]
-    return sum(values)
-
-
-def wait_for_metric(triton, name: str, value: float, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while metric(triton, name) != value:
-        assert time.monotonic() < deadline, f"{name} = {metric(triton, name)}, not {value}"
-        time.sleep(0.1)
 
 
 def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:

@@ -1,0 +1,281 @@
+"""The OpenAI-compatible API through the real gateway, frontend and Triton, driven by the
+official `openai` SDK (sync and async), as the LLM ecosystem's clients call it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from harness import metric, model_log_records, wait_for_metric
+
+MODEL = "demo_model"
+QUESTION = [{"role": "user", "content": "What is a list?"}]
+
+
+@pytest.fixture(scope="module")
+def client(gateway, api_key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def async_client(gateway, api_key) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+
+
+def model_counts(gateway, api_key: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """What the model itself reports for a prompt, through the generate route."""
+    reply = requests.post(gateway.url + "/generate", headers={"X-API-Key": api_key},
+                          json={"text_input": prompt, "max_tokens": max_tokens,
+                                "exclude_input_in_output": True}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+# ---- models --------------------------------------------------------------------------------
+
+def test_models_list_and_object_name_the_served_model_and_its_context(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object, model.model_extra["max_model_len"]) == (MODEL, "model", 512)
+
+
+# ---- completions -----------------------------------------------------------------------------
+
+def test_completion_text_and_usage_are_the_models_own(client, gateway, api_key):
+    reply = client.completions.create(model=MODEL, prompt="The list", max_tokens=12,
+                                      temperature=0)
+    expected = model_counts(gateway, api_key, "The list", 12)
+    choice = reply.choices[0]
+    assert choice.text == expected["text_output"]
+    assert choice.finish_reason == expected["finish_reason"] == "length"
+    assert reply.usage.prompt_tokens == expected["num_input_tokens"]
+    assert reply.usage.completion_tokens == expected["num_output_tokens"] == 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
+    assert reply.object == "text_completion" and reply.id.startswith("cmpl-")
+
+
+def test_streamed_completion_concatenates_to_the_whole_answer(client):
+    whole = client.completions.create(model=MODEL, prompt="The list", max_tokens=16,
+                                      temperature=0)
+    chunks = list(client.completions.create(model=MODEL, prompt="The list", max_tokens=16,
+                                            temperature=0, stream=True))
+    assert len(chunks) > 3 and all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in chunks)  # no usage unless asked for
+
+
+def test_echo_puts_the_prompt_first(client):
+    plain = client.completions.create(model=MODEL, prompt="The list", max_tokens=6,
+                                      temperature=0)
+    echoed = client.completions.create(model=MODEL, prompt="The list", max_tokens=6,
+                                       temperature=0, echo=True)
+    assert echoed.choices[0].text == "The list" + plain.choices[0].text
+
+
+def test_stop_string_ends_the_text_before_it_with_finish_reason_stop(client):
+    full = client.completions.create(model=MODEL, prompt="The list", max_tokens=20,
+                                     temperature=0).choices[0].text
+    word = full.split()[3]
+    stopped = client.completions.create(model=MODEL, prompt="The list", max_tokens=20,
+                                        temperature=0, stop=[word]).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full[:full.index(word)]
+
+
+def test_max_completion_tokens_wins_over_max_tokens_and_the_default_is_the_models(client):
+    chat = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                          max_tokens=30, max_completion_tokens=5,
+                                          extra_body={"ignore_eos": True})
+    assert chat.usage.completion_tokens == 5
+    default = client.completions.create(model=MODEL, prompt="The", temperature=0,
+                                        extra_body={"ignore_eos": True})
+    assert default.usage.completion_tokens == 64  # default_max_tokens, never a silent 16
+
+
+def test_seed_makes_sampling_reproducible(client):
+    def sample(seed: int) -> str:
+        return client.completions.create(model=MODEL, prompt="The list", max_tokens=16,
+                                         temperature=1.0, top_p=0.95, seed=seed,
+                                         extra_body={"top_k": 50}).choices[0].text
+    assert sample(7) == sample(7)
+    assert len({sample(7), sample(8), sample(9)}) > 1
+
+
+def test_unknown_fields_are_ignored_as_vllm_does(gateway, api_key):
+    reply = requests.post(gateway.url + "/v1/completions", headers={"X-API-Key": api_key},
+                          json={"model": MODEL, "prompt": "The", "max_tokens": 2,
+                                "some_future_field": {"x": 1}, "user": "alice"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+
+
+# ---- chat ------------------------------------------------------------------------------------
+
+def test_chat_uses_the_models_template_and_reports_usage(client, gateway, api_key):
+    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12,
+                                           temperature=0)
+    rendered = "User: What is a list?\nAssistant: "  # demo_model/chat_template.jinja
+    expected = model_counts(gateway, api_key, rendered, 12)
+    message = reply.choices[0].message
+    assert (message.role, message.content) == ("assistant", expected["text_output"])
+    assert reply.usage.prompt_tokens == expected["num_input_tokens"]
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+
+
+def test_text_parts_are_read_as_their_joined_text(client):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is "},
+                                          {"type": "text", "text": "a list?"}]}]
+    as_parts = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=8,
+                                              temperature=0)
+    as_text = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8,
+                                             temperature=0)
+    assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+
+
+def test_streamed_chat_has_role_first_then_content_then_one_usage_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    usage = [c for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].choices == []
+    assert usage[0].usage.completion_tokens == 10
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finals[-1] == "length" and not any(finals[:-1])
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10,
+                                           temperature=0, extra_body={"ignore_eos": True})
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+
+
+def test_async_client_streams_and_answers(async_client):
+    async def run() -> tuple[str, str]:
+        whole = await async_client.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
+        stream = await async_client.completions.create(model=MODEL, prompt="The list",
+                                                       max_tokens=8, temperature=0,
+                                                       stream=True)
+        pieces = [chunk.choices[0].text async for chunk in stream]
+        return whole.choices[0].message.content, "".join(pieces)
+
+    chat_text, completion_text = asyncio.run(run())
+    assert chat_text and completion_text
+
+
+# ---- errors, as the SDK raises them -----------------------------------------------------------
+
+@pytest.mark.parametrize("params,param", [
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 100000}, "max_tokens"),
+    ({"temperature": 5}, "temperature"),
+    ({"n": 2}, "n"),
+    ({"logprobs": True}, "logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"1": 5}}, "logit_bias"),
+])
+def test_invalid_or_unsupported_parameters_raise_bad_request_naming_them(client, params, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, **params)
+    error = info.value
+    assert error.status_code == 400 and error.body["param"] == param, error.body
+    assert error.body["type"] == "invalid_request_error"
+    assert error.response.headers["x-request-id"]
+
+
+def test_suffix_is_refused_clearly(client):
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        client.completions.create(model=MODEL, prompt="The", suffix="end")
+
+
+def test_no_key_raises_authentication_error(gateway):
+    # The SDK insists on a key; a request hook takes its Authorization header away.
+    def strip_key(request: Any) -> None:
+        del request.headers["authorization"]
+
+    bare = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0,
+                         http_client=openai.DefaultHttpxClient(
+                             event_hooks={"request": [strip_key]}))
+    with pytest.raises(openai.AuthenticationError) as info:
+        bare.models.list()
+    assert info.value.body["code"] == "unauthenticated"
+    assert info.value.response.headers["x-request-id"]
+
+
+def test_unknown_key_raises_permission_denied(gateway):
+    stranger = openai.OpenAI(base_url=gateway.url + "/v1", api_key="llmk_" + "2" * 40,
+                             max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        stranger.models.list()
+
+
+def test_unknown_model_and_route_raise_not_found(client, gateway, api_key):
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    reply = requests.get(gateway.url + "/v1/embeddings", headers={"X-API-Key": api_key},
+                         timeout=30)
+    assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error"
+
+
+def test_rate_limited_key_raises_rate_limit_error_with_retry_after(gateway):
+    key = gateway.issue("openai-limited", "test")  # burst 3
+    limited = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(10):
+            limited.models.list()
+    assert info.value.response.headers["retry-after"]
+    assert info.value.body["code"] == "rate_limited"
+
+
+def test_bad_json_body_is_a_400_in_openai_shape(gateway, api_key):
+    reply = requests.post(gateway.url + "/v1/chat/completions", data=b"{not json",
+                          headers={"X-API-Key": api_key}, timeout=30)
+    assert reply.status_code == 400
+    assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# ---- cancellation and logs --------------------------------------------------------------------
+
+def test_client_that_disconnects_cancels_its_generation(gateway, api_key, triton, triton_log):
+    before = metric(triton, "llm:request_cancellations_total")
+    request_id = f"openai-cancel-{time.time_ns()}"
+    body = {"model": MODEL, "prompt": "The", "max_tokens": 256, "ignore_eos": True,
+            "stream": True}
+    with requests.post(gateway.url + "/v1/completions", json=body, stream=True, timeout=60,
+                       headers={"X-API-Key": api_key, "x-request-id": request_id}) as reply:
+        lines = reply.iter_lines()
+        for _ in range(3):
+            next(lines)
+    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    wait_for_metric(triton, "vllm:num_requests_running", 0)
+    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+
+
+def test_openai_requests_are_logged_with_ids_but_no_key_or_text(gateway, triton, triton_log):
+    key = gateway.issue("openai-logs")
+    prompt = "Cerulean axolotl madrigal"
+    request_id = f"openai-log-{time.time_ns()}"
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0,
+                       default_headers={"x-request-id": request_id})
+    answer = oa.chat.completions.create(model=MODEL, messages=[{"role": "user",
+                                                                "content": prompt}],
+                                        max_tokens=8, temperature=0).choices[0].message.content
+    time.sleep(1.0)
+    access = [json.loads(line) for line in gateway.access_log.read_text().splitlines()]
+    assert any(r["request_id"] == request_id and r["path"] == "/v1/chat/completions"
+               and r["key_name"] == "openai-logs" for r in access)
+    assert any(r["request_id"] == request_id for r in model_log_records(triton_log))
+    logs = (gateway.access_log, triton_log, triton.run_dir / "openai.log")
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert key not in text and key[5:] not in text
+        assert prompt not in text and (not answer.strip() or answer.strip() not in text)
