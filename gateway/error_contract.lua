@@ -105,10 +105,12 @@ local function request_id(handle)
   return request_metadata(handle, "request_id") or ""
 end
 
+-- 429 and 503 say when to come back: a rate limit when the key's bucket refills (at least
+-- a second), anything else in a second.
 local function add_retry_after(headers, status)
-  if (status == 429 or status == 503) and headers:get("retry-after") == nil then
-    headers:add("retry-after", headers:get("x-ratelimit-reset") or "1")
-  end
+  if (status ~= 429 and status ~= 503) or headers:get("retry-after") ~= nil then return end
+  local reset = status == 429 and tonumber(headers:get("x-ratelimit-reset") or "") or 0
+  headers:add("retry-after", tostring(math.max(reset, 1)))
 end
 
 -- gRPC (status and message in headers or trailers): the status from the model's error type,

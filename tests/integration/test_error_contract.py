@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import openai
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
@@ -24,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from harness import (ROOT, assert_error_contract, gateway_process, http_ok, infer_inputs,
-                     triton_process, triton_settings)
+                     openai_process, triton_process, triton_settings)
 import runtime
 
 REQUEST_ID = re.compile(r"\(request id ([\w\-.:]+)\)$")
@@ -169,9 +170,12 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]
     settings = triton_settings(tmp_path_factory.mktemp("small"))
     server = triton_process(settings, LLM_MAX_NUM_SEQS="1", LLM_MAX_QUEUE_SIZE="1")
     server.start()
+    frontend = openai_process(settings)
     gateway, gateway_settings = gateway_process(settings, name="envoy-small")
     try:
         server.wait_until(lambda: http_ok(f"{settings.http_url}/v2/models/llm/ready"))
+        frontend.start()
+        frontend.wait_until(lambda: http_ok(f"http://127.0.0.1:{settings.openai_port}/health"))
         gateway.start()
         url = f"http://{gateway_settings.host}:{gateway_settings.port}"
         gateway.wait_until(lambda: http_ok(url + "/readyz"), timeout=30)
@@ -181,6 +185,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]
                      gateway_settings.admin_port), key
     finally:
         gateway.stop()
+        frontend.stop()
         server.stop()
 
 
@@ -200,19 +205,33 @@ def _until_refused(call: Callable[[], Any], timeout: float = 30) -> InferenceSer
         assert time.monotonic() < deadline, "never refused for capacity"
 
 
-def test_full_queue_is_a_503_overloaded_in_every_client(small):
-    gateway, key = small
-    stop = threading.Event()
+class _Busy:
+    """Clients that keep the one-sequence engine and its one queue slot full."""
 
-    def keep_busy() -> None:
-        while not stop.is_set():
+    def __init__(self, gateway: _Small, key: str) -> None:
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._loop, args=(gateway, key))
+                         for _ in range(3)]
+
+    def _loop(self, gateway: _Small, key: str) -> None:
+        while not self._stop.is_set():
             requests.post(gateway.url + "/generate", json=LONG, headers={"X-API-Key": key},
                           timeout=60)
 
-    workers = [threading.Thread(target=keep_busy) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    try:
+    def __enter__(self) -> "_Busy":
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(120)
+
+
+def test_full_queue_is_a_503_overloaded_in_every_client(small):
+    gateway, key = small
+    with _Busy(gateway, key):
         headers = {"x-api-key": key}
         by_http = _until_refused(lambda: http_client(gateway.url).infer(
             "llm", infer_inputs(httpclient, "The list", max_tokens=4), headers=dict(headers)))
@@ -225,15 +244,24 @@ def test_full_queue_is_a_503_overloaded_in_every_client(small):
                                   headers={"X-API-Key": key}, timeout=60)
             if reply.status_code != 200:
                 break
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(120)
     assert_readable(by_http, "503", "the server is at capacity")
     assert_readable(by_grpc, "StatusCode.UNAVAILABLE", "the server is at capacity")
     body = assert_error_contract(reply, 503, "overloaded")
     assert reply.headers["retry-after"] == "1"
     assert "retry later" in body["error"]
+
+
+def test_full_queue_on_the_openai_api_is_a_rate_limit_error_with_retry_after(small):
+    gateway, key = small
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    with _Busy(gateway, key):
+        deadline = time.monotonic() + 30
+        with pytest.raises(openai.RateLimitError) as info:
+            while time.monotonic() < deadline:
+                client.completions.create(model="demo_model", prompt="The", max_tokens=4)
+    error = info.value
+    assert error.body["code"] == "overloaded" and "at capacity" in error.body["message"]
+    assert error.response.headers["retry-after"] == "1"
 
 
 def test_draining_gateway_is_a_readable_503_in_tritonclient(small):
@@ -249,8 +277,14 @@ def test_draining_gateway_is_a_readable_503_in_tritonclient(small):
         by_http, by_grpc = infer_both(gateway, {"x-api-key": key})
         reply = requests.post(gateway.url + "/generate", json={"text_input": "x"},
                               headers={"X-API-Key": key}, timeout=30)
+        with pytest.raises(openai.InternalServerError) as by_openai:
+            openai.OpenAI(base_url=gateway.url + "/v1", api_key=key,
+                          max_retries=0).models.list()
     finally:
         drain(0)
+    assert by_openai.value.status_code == 503
+    assert by_openai.value.body["code"] == "unavailable"
+    assert by_openai.value.response.headers["retry-after"]
     assert_readable(by_http, "503", "unavailable")
     assert_readable(by_grpc, "StatusCode.UNAVAILABLE", "unavailable")
     assert_error_contract(reply, 503, "unavailable")

@@ -1,0 +1,163 @@
+"""The OpenAI frontend's pure parts: request parsing, error mapping, chunk building."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from typing import AsyncIterator
+
+import pytest
+
+from gateway.error_contract import OPENAI, ErrorType
+from openai_frontend import responses
+from openai_frontend.app import _stream
+from openai_frontend.errors import OpenAIError, from_model
+from openai_frontend.protocol import parse_chat, parse_completion
+from openai_frontend.served_model import ServedModel
+from openai_frontend.triton import Finished
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _refused(parse, body) -> OpenAIError:
+    with pytest.raises(OpenAIError) as info:
+        parse(body)
+    return info.value
+
+
+def test_defaults_are_openais_and_the_models():
+    request = parse_chat(CHAT)
+    assert request.sampling.temperature == 1.0
+    assert request.sampling.max_tokens is None  # the model's default_max_tokens, never 16
+    assert not request.stream and not request.include_usage
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert parse_chat({**CHAT, "max_tokens": 9, "max_completion_tokens": 3}
+                      ).sampling.max_tokens == 3
+    assert parse_chat({**CHAT, "max_tokens": 9}).sampling.max_tokens == 9
+
+
+def test_vllm_extras_and_stop_forms_are_read():
+    request = parse_completion({"model": "m", "prompt": "p", "top_k": -1, "ignore_eos": True,
+                                "stop": "x", "seed": 3})
+    assert request.sampling.top_k is None  # -1 means off
+    assert request.sampling.ignore_eos and request.sampling.stop == ("x",)
+    assert parse_completion({"model": "m", "prompt": "p", "stop": ["a", "b"]}
+                            ).sampling.stop == ("a", "b")
+
+
+def test_unknown_fields_are_ignored():
+    assert parse_chat({**CHAT, "user": "u", "metadata": {"a": 1}, "store": False}).model == "m"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
+    ("response_format", {"type": "json_object"}), ("logit_bias", {"5": 1}),
+    ("presence_penalty", 0.5), ("frequency_penalty", 1)])
+def test_unimplemented_parameters_are_refused_by_name(field, value):
+    error = _refused(parse_chat, {**CHAT, field: value})
+    assert (error.status, error.param) == (400, field)
+
+
+@pytest.mark.parametrize("field,value", [("n", 1), ("logprobs", False), ("tools", []),
+                                         ("response_format", {"type": "text"})])
+def test_their_neutral_values_are_accepted(field, value):
+    parse_chat({**CHAT, field: value})
+
+
+@pytest.mark.parametrize("body,param", [
+    ({**CHAT, "max_tokens": 0}, "max_tokens"),
+    ({**CHAT, "max_tokens": True}, "max_tokens"),
+    ({**CHAT, "temperature": "hot"}, "temperature"),
+    ({**CHAT, "seed": -1}, "seed"),
+    ({**CHAT, "stop": [1]}, "stop"),
+    ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m", "messages": [{"content": "x"}]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content"),
+    ({"messages": CHAT["messages"]}, "model"),
+])
+def test_malformed_chat_requests_name_the_parameter(body, param):
+    assert _refused(parse_chat, body).param == param
+
+
+def test_completions_take_one_string_prompt_and_refuse_suffix():
+    assert parse_completion({"model": "m", "prompt": ["one"]}).prompt == "one"
+    assert _refused(parse_completion, {"model": "m", "prompt": ["a", "b"]}).param == "prompt"
+    assert _refused(parse_completion, {"model": "m", "prompt": "a", "suffix": "z"}
+                    ).param == "suffix"
+
+
+def test_text_parts_are_joined():
+    body = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    assert parse_chat(body).messages[0]["content"] == "ab"
+
+
+@pytest.mark.parametrize("message,kind,status,param", [
+    ("invalid_request: `top_p` must be in (0, 1], got 2", ErrorType.INVALID_REQUEST, 400,
+     "top_p"),
+    ("invalid_request: `text_input` must not be empty", ErrorType.INVALID_REQUEST, 400,
+     "prompt"),
+    ("overloaded: the server is at capacity (1 requests waiting); retry later",
+     ErrorType.OVERLOADED, 429, None),
+    ("unavailable: the generation engine went away; retry later", ErrorType.UNAVAILABLE, 503,
+     None),
+    ("Stub process 'llm_stream_0_0' is not healthy.", ErrorType.INTERNAL, 500, None),
+])
+def test_model_errors_map_to_openai_statuses_and_params(message, kind, status, param):
+    error = from_model(message, {"text_input": "prompt"})
+    assert (error.kind, error.status, error.param) == (kind, status, param)
+    body = error.body()["error"]
+    assert body["type"] == OPENAI[kind][1] and body["code"] == kind.value
+    assert error.headers() == ({"retry-after": "1"} if status in (429, 503) else {})
+
+
+def test_chat_chunks_are_valid_json_with_the_role_first_and_usage_last():
+    final = Finished("length", 3, 2)
+    writer = responses.ChunkWriter(True, "chatcmpl-1", 7, "m", include_usage=True)
+    events = [writer.first(), writer.text('a "quoted"\n piece'), writer.finish(final)]
+    chunks = [json.loads(line[6:]) for blob in events for line in blob.decode().split("\n\n")
+              if line]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[1]["choices"][0]["delta"]["content"] == 'a "quoted"\n piece'
+    assert chunks[2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[3]["choices"] == [] and chunks[3]["usage"]["total_tokens"] == 5
+    assert [c["usage"] for c in chunks[:3]] == [None, None, None]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+
+
+def test_completion_chunks_carry_text_and_no_usage_unless_asked():
+    writer = responses.ChunkWriter(False, "cmpl-1", 7, "m", include_usage=False)
+    assert writer.first() == b""
+    chunk = json.loads(writer.text("x").decode()[6:])
+    assert chunk["object"] == "text_completion" and chunk["choices"][0]["text"] == "x"
+    assert "usage" not in chunk
+
+
+def test_an_error_after_the_stream_started_is_a_final_error_event():
+    async def events() -> AsyncIterator[object]:
+        yield "more"
+        raise OpenAIError(ErrorType.UNAVAILABLE, "the model server went away")
+
+    async def body() -> bytes:
+        writer = responses.ChunkWriter(True, "c", 1, "m", include_usage=False)
+        return b"".join([part async for part in _stream(writer, "", "first", events())])
+
+    text = asyncio.run(body()).decode()
+    blocks = [b for b in text.split("\n\n") if b]
+    assert blocks[-1] == "data: [DONE]"
+    error = json.loads(blocks[-2][6:])["error"]
+    assert error["code"] == "unavailable" and error["type"] == "server_error"
+
+
+def test_a_model_without_a_chat_template_is_a_clear_400(demo_model_dir):
+    model = ServedModel.load(demo_model_dir)
+    assert "Assistant: " in model.chat_prompt([{"role": "user", "content": "hi"}])
+    model.tokenizer.chat_template = None
+    error = pytest.raises(OpenAIError, model.chat_prompt, [{"role": "user", "content": "x"}])
+    assert error.value.status == 400 and "no chat template" in error.value.message
+    assert replace(model, id="x").card()["max_model_len"] == 512
