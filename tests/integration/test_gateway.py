@@ -288,11 +288,13 @@ class _HeaderEcho(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def echo_gateway(triton, gateway) -> Iterator[str]:
-    """A second real Envoy, same config and key store, whose upstream echoes the request."""
+    """A second real Envoy, same config and key store, whose upstreams (Triton's HTTP port and
+    the OpenAI frontend) echo the request."""
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _HeaderEcho)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     process, settings = gateway_process(triton, name="envoy-echo",
-                                        LLM_HTTP_PORT=str(server.server_address[1]))
+                                        LLM_HTTP_PORT=str(server.server_address[1]),
+                                        LLM_OPENAI_PORT=str(server.server_address[1]))
     process.start()
     url = f"http://127.0.0.1:{settings.port}"
     try:
@@ -303,9 +305,10 @@ def echo_gateway(triton, gateway) -> Iterator[str]:
         server.shutdown()
 
 
-def test_key_headers_never_reach_triton_and_spoofed_identity_is_replaced(echo_gateway, gateway,
-                                                                        api_key):
-    reply = requests.post(echo_gateway + "/v2/models/llm/infer", json={}, timeout=10, headers={
+@pytest.mark.parametrize("path", ["/v2/models/llm/infer", "/v1/chat/completions"])
+def test_key_headers_never_reach_triton_or_the_frontend_and_spoofed_identity_is_replaced(
+        echo_gateway, gateway, api_key, path):
+    reply = requests.post(echo_gateway + path, json={}, timeout=10, headers={
         "X-API-Key": api_key, "Authorization": "Bearer other", "X-LLM-Key-Id": "key_spoofed",
         "X-LLM-Tier": "premium-plus", "X-LLM-Key-Name": "admin"})
     seen = reply.json()["headers"]

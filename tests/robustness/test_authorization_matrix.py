@@ -37,6 +37,11 @@ INFER_BODY = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1
                           "data": [PROMPT]}]}
 
 
+OPENAI_COMPLETION = {"model": "demo_model", "prompt": PROMPT, "max_tokens": 1}
+OPENAI_CHAT = {"model": "demo_model", "max_tokens": 1,
+               "messages": [{"role": "user", "content": PROMPT}]}
+
+
 class Route(NamedTuple):
     method: str
     path: str
@@ -67,6 +72,14 @@ HTTP_ROUTES = [
     Route("POST", "/v2/models/llm/generate_stream", "key", GENERATE_BODY),
     Route("GET", "/v2/models/llm_stream", "key"),
     Route("GET", "/v2/models/llm_stream/ready", "key"),
+    # The OpenAI-compatible API (errors in OpenAI's shape); other /v1 paths are the
+    # frontend's 404s.
+    Route("GET", "/v1/models", "key"),
+    Route("GET", "/v1/models/demo_model", "key"),
+    Route("POST", "/v1/completions", "key", OPENAI_COMPLETION),
+    Route("POST", "/v1/chat/completions", "key", OPENAI_CHAT),
+    Route("POST", "/v1/embeddings", "hidden", {"model": "demo_model", "input": PROMPT}),
+    Route("GET", "/v1/files", "hidden"),
     # The rest of Triton's HTTP API: model repository, statistics of every model, shared
     # memory, tracing, logging, metrics, other models, unary infer of the streaming model.
     Route("GET", "/v2/models/stats", "hidden"),
@@ -182,11 +195,23 @@ def test_http_route_answers_by_policy(gateway, keys, route: Route, state: str):
     if expected == 200:
         assert reply.status_code == 200, reply.text[:300]
         return
-    body = assert_error_contract(reply, expected, ERROR_TYPES[expected])
+    if route.path.startswith("/v1/"):
+        message = assert_openai_error(reply, expected, ERROR_TYPES[expected])
+    else:
+        message = assert_error_contract(reply, expected, ERROR_TYPES[expected])["error"]
     if expected == 401:
         assert reply.headers["www-authenticate"] == 'Bearer realm="llm"'
     if expected == 403:
-        assert body["error"].startswith("the API key is not valid (request id")
+        assert message.startswith("the API key is not valid")
+
+
+def assert_openai_error(reply: requests.Response, status: int, code: str) -> str:
+    """OpenAI's error shape, the contract's type as its `code`, the request id in the header."""
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code, error
+    assert reply.headers["x-request-id"]
+    return error["message"]
 
 
 @pytest.fixture(scope="module")

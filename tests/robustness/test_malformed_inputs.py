@@ -86,6 +86,10 @@ def _cheap(case: Any) -> Any:
     body = case.body
     if isinstance(body, dict) and "text_input" in body:
         body["max_tokens"] = _cap(body.get("max_tokens", 4))
+    if isinstance(body, dict) and "model" in body:  # the OpenAI routes
+        body["max_tokens"] = _cap(body.get("max_tokens", 4))
+        if "max_completion_tokens" in body:
+            body["max_completion_tokens"] = _cap(body["max_completion_tokens"])
     if isinstance(body, dict) and isinstance(body.get("inputs"), list):
         for tensor in body["inputs"]:
             if isinstance(tensor, dict) and tensor.get("name") == "max_tokens" and \
