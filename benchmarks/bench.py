@@ -7,6 +7,8 @@ Runs, in one go and on the same workloads:
                concurrency sweep over SSE, then perf_analyzer over HTTP and gRPC
   3. static    the same Triton with LLM_SCHEDULING=static, behind a gateway
   4. baseline  the naive FastAPI server (one model.generate per request), direct
+  5. openai    ours through the OpenAI-compatible API (/v1/chat/completions, streamed, with
+               usage): what the OpenAI path costs next to generate_stream
 with peak RSS sampled for every process it started, and writes raw JSON/CSV, PNG plots and a
 Markdown summary under benchmarks/results/<time>-<mode>/ (`latest` links to the last run).
 
@@ -52,7 +54,7 @@ import report  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai")
 WORKLOADS = ("fixed", "mixed")
 
 
@@ -90,21 +92,24 @@ PLANS = {
         levels={"ours": {"fixed": [1, 4, 8, 16, 32], "mixed": [1, 8, 16, 32]},
                 "static": {"fixed": [1, 8, 32], "mixed": [1, 8, 16, 32]},
                 "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
-                "int8": {"mixed": [8, 32]}},
+                "int8": {"mixed": [8, 32]},
+                "openai": {"fixed": [1, 8, 32], "mixed": [8, 32]}},
         requests_per_client=8, min_requests=16, max_requests=256, max_seconds=40, grace_s=15,
         perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
         mode="quick",
         levels={"ours": {"fixed": [1, 32], "mixed": [8, 32]},
                 "static": {"mixed": [8, 32]},
-                "baseline": {"mixed": [8, 32]}},
+                "baseline": {"mixed": [8, 32]},
+                "openai": {"fixed": [1, 32], "mixed": [8, 32]}},
         requests_per_client=2, min_requests=8, max_requests=64, max_seconds=6, grace_s=10,
         perf_levels=[4], perf_interval_ms=0, quality_windows=12, quality_repeats=1),
     "smoke": Plan(
         mode="smoke",
         levels={"ours": {"fixed": [1, 2], "mixed": [2]},
                 "static": {"mixed": [2]},
-                "baseline": {"mixed": [2]}},
+                "baseline": {"mixed": [2]},
+                "openai": {"fixed": [2]}},
         requests_per_client=2, min_requests=3, max_requests=4, max_seconds=5, grace_s=5,
         perf_levels=[1], perf_interval_ms=0, quality_windows=2, quality_repeats=1,
         quality_new_tokens=8,
@@ -120,8 +125,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true",
                       help="a few requests per level: checks the harness, not the server")
     parser.add_argument("--systems",
-                        help="comma-separated subset of ours,static,baseline,int8 (default: "
-                             "all four in the full run, the first three otherwise)")
+                        help="comma-separated subset of ours,static,baseline,int8,openai "
+                             "(default: all in the full run, all but int8 otherwise)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated subset of fixed,mixed (default: both)")
     parser.add_argument("--concurrency", help="override every system's levels, e.g. 1,8,32")
@@ -288,11 +293,11 @@ class Bench:
     def _target(self, name: str, run_dir: Path) -> Iterator[stack.Target]:
         if name == "ours" and self.args.url:
             yield stack.external(self.args.url, self.args.api_key)
-        elif name in ("ours", "static", "int8"):
+        elif name in ("ours", "static", "int8", "openai"):
             scheduling = "static" if name == "static" else "continuous"
             env = {"LLM_QUANTIZATION": "int8"} if name == "int8" else {}
-            with stack.triton_stack(name, run_dir, scheduling, self.args.model_dir,
-                                    env) as target:
+            with stack.triton_stack(name, run_dir, scheduling, self.args.model_dir, env,
+                                    openai=name == "openai") as target:
                 yield target
         else:
             with stack.naive_baseline(run_dir, self.args.model_dir) as target:
@@ -302,7 +307,7 @@ class Bench:
         specs = self.specs.get("fixed") or next(iter(self.specs.values()))
         asyncio.run(loadgen.run_level(target.request_url, target.headers, specs[:2], 2,
                                       max_seconds=60, grace_s=30, system=target.name,
-                                      workload="warm-up"))
+                                      workload="warm-up", body=target.body))
 
     def _level(self, target: stack.Target, wl: str, concurrency: int) -> None:
         from tqdm import tqdm
@@ -314,7 +319,7 @@ class Bench:
             result = asyncio.run(loadgen.run_level(
                 target.request_url, target.headers, specs, concurrency,
                 max_seconds=self.plan.max_seconds, grace_s=self.plan.grace_s,
-                system=target.name, workload=wl, progress=bar))
+                system=target.name, workload=wl, progress=bar, body=target.body))
         stats = result.stats()
         self.loadgen_rows.append(stats)
         self.request_rows.extend(loadgen.request_rows(result))

@@ -1,6 +1,8 @@
-"""An asyncio load generator for LLM servers speaking Triton's generate extension.
+"""An asyncio load generator for LLM servers speaking Triton's generate extension or OpenAI's
+chat API.
 
-It posts to `generate_stream` (server-sent events) or to `generate` (one JSON reply).
+It posts to `generate_stream` (server-sent events), to `generate` (one JSON reply) or to
+`/v1/chat/completions` with `stream: true` (chunks, a usage chunk, then `data: [DONE]`).
 
 Closed loop: `concurrency` clients each send a request, read its server-sent events to the end,
 then send the next, until the request bound or the time bound of the level is reached. After
@@ -27,7 +29,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import aiohttp
 import numpy as np
@@ -107,14 +109,27 @@ def _distribution(seconds: Sequence[float]) -> Optional[dict[str, float]]:
     return result
 
 
+def _read(event: dict[str, Any]) -> tuple[str, Optional[int], Optional[int]]:
+    """(new text, output tokens, prompt tokens) of one event, in either API's shape."""
+    if "choices" in event:  # an OpenAI chunk; the usage chunk has no choices
+        choices = event["choices"]
+        text = (choices[0].get("delta") or {}).get("content") or choices[0].get("text") or "" \
+            if choices else ""
+        usage = event.get("usage") or {}
+        return text, usage.get("completion_tokens"), usage.get("prompt_tokens")
+    return (event.get("text_output") or "", event.get("num_output_tokens"),
+            event.get("num_input_tokens"))
+
+
 async def _one(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-               spec: RequestSpec) -> RequestResult:
+               spec: RequestSpec, body: Callable[[RequestSpec], dict[str, Any]]
+               ) -> RequestResult:
     start = time.perf_counter()
     result = RequestResult(spec.index, ok=False, status="", start=start, end=start,
                            prompt_tokens=spec.prompt_tokens)
     counted: Optional[int] = None
     try:
-        async with session.post(url, json=spec.body(), headers=headers) as reply:
+        async with session.post(url, json=body(spec), headers=headers) as reply:
             if reply.status != 200:
                 result.status = str(reply.status)
                 result.error = (await reply.text())[:300]
@@ -126,14 +141,15 @@ async def _one(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
                     result.status, result.error = "stream_error", str(event["error"])[:300]
                     result.end = now
                     return result
-                if event.get("text_output"):
+                text, output_tokens, prompt_tokens = _read(event)
+                if text:
                     result.text_events += 1
                     if result.ttft is None:
                         result.ttft = now - start
-                if event.get("num_output_tokens") is not None:
-                    counted = int(event["num_output_tokens"])
-                if event.get("num_input_tokens") is not None:
-                    result.prompt_tokens = int(event["num_input_tokens"])
+                if output_tokens is not None:
+                    counted = int(output_tokens)
+                if prompt_tokens is not None:
+                    result.prompt_tokens = int(prompt_tokens)
         result.end = time.perf_counter()
         result.ok, result.status = True, "200"
         # Token count: the server's own; else one token per streamed event; else the request's
@@ -161,6 +177,8 @@ async def _events(reply: aiohttp.ClientResponse):
         line = raw.decode("utf-8").rstrip("\r\n")
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
+            if data == ["[DONE]"]:  # the OpenAI API's end of stream
+                return
         elif not line and data:
             yield json.loads("\n".join(data))
             data = []
@@ -171,7 +189,9 @@ async def _events(reply: aiohttp.ClientResponse):
 async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSpec],
                     concurrency: int, max_seconds: float, grace_s: float,
                     system: str, workload: str, progress: Any = None,
-                    request_timeout_s: float = 300.0) -> LevelResult:
+                    request_timeout_s: float = 300.0,
+                    body: Callable[[RequestSpec], dict[str, Any]] = RequestSpec.body
+                    ) -> LevelResult:
     """Run `specs` (at most) with `concurrency` closed-loop clients; bounded by `max_seconds`."""
     results: list[RequestResult] = []
     cursor = iter(specs)
@@ -185,7 +205,7 @@ async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSp
             if time.perf_counter() >= deadline:
                 return
             in_flight[slot] = (spec, time.perf_counter())
-            result = await _one(session, url, headers, spec)
+            result = await _one(session, url, headers, spec, body)
             del in_flight[slot]
             results.append(result)
             if progress is not None:

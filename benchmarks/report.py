@@ -11,9 +11,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai")
 COLORS = {"ours": "tab:green", "static": "tab:orange", "baseline": "tab:red",
-          "int8": "tab:purple"}
+          "int8": "tab:purple", "openai": "tab:blue"}
 HEADLINE = ("ours", "static", "baseline")  # what issue 7's targets compare
 PLOTS = ("throughput.png", "latency.png", "headline.png", "perf_analyzer.png")
 
@@ -73,7 +73,32 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     if ours.get("ttft_p50_ms") is not None:
         targets[f"TTFT p50 at {c_ttft} streams < 100 ms"] = ours["ttft_p50_ms"] < 100
     out["targets"] = targets
+    out["openai_overhead"] = openai_overhead(results)
     return out
+
+
+def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI path (/v1/chat/completions) against generate_stream, level by level: the
+    share of output tokens/s it keeps and the TTFT p50 it adds (issue 12: >= 0.9x, <= +3 ms
+    at 32 streams)."""
+    rows = []
+    for row in results["loadgen"]:
+        if row["system"] != "openai":
+            continue
+        ours = level(results, "ours", row["workload"], row["concurrency"])
+        if ours is None or not ours["output_tokens_per_s"]:
+            continue
+        ttft, ours_ttft = _pct(row, "ttft_ms", "p50"), _pct(ours, "ttft_ms", "p50")
+        rows.append({"workload": row["workload"], "concurrency": row["concurrency"],
+                     "tokens_per_s": round(row["output_tokens_per_s"], 1),
+                     "generate_stream_tokens_per_s": round(ours["output_tokens_per_s"], 1),
+                     "tokens_ratio": round(row["output_tokens_per_s"]
+                                           / ours["output_tokens_per_s"], 3),
+                     "ttft_p50_ms": ttft, "generate_stream_ttft_p50_ms": ours_ttft,
+                     "ttft_p50_added_ms": (round(ttft - ours_ttft, 2)
+                                           if ttft is not None and ours_ttft is not None
+                                           else None)})
+    return sorted(rows, key=lambda r: (r["workload"], r["concurrency"]))
 
 
 # ---- plots ----------------------------------------------------------------------------
@@ -304,6 +329,18 @@ def markdown(results: dict[str, Any]) -> str:
                   "output_tokens_per_s", True),
               row(f"TTFT p50 (ms), {head['ttft_concurrency']} streams", "ttft_p50_ms", True),
               row(f"TTFT p95 (ms), {head['ttft_concurrency']} streams", "ttft_p95_ms", True), ""]
+    if head.get("openai_overhead"):
+        lines += ["## The OpenAI API against generate_stream (same workload, same run)", "",
+                  "| workload | clients | OpenAI tok/s | generate_stream tok/s | kept | "
+                  "TTFT p50 OpenAI | TTFT p50 generate_stream | added |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in head["openai_overhead"]:
+            lines.append(f"| {r['workload']} | {r['concurrency']} | {r['tokens_per_s']:,.0f} | "
+                         f"{r['generate_stream_tokens_per_s']:,.0f} | "
+                         f"{r['tokens_ratio']:.2f}x | {_f(r['ttft_p50_ms'])} | "
+                         f"{_f(r['generate_stream_ttft_p50_ms'])} | "
+                         f"{_f(r['ttft_p50_added_ms'])} ms |")
+        lines.append("")
     if head["targets"]:
         lines.append("Targets (issue 7): " + "; ".join(
             f"{name}: **{_f(ok)}**" for name, ok in head["targets"].items()) + ".")

@@ -21,13 +21,14 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 from harness import (ServerProcess, free_port, gateway_process, http_ok,  # noqa: E402
-                     triton_process, triton_settings)
+                     openai_process, triton_process, triton_settings)
+from workload import RequestSpec  # noqa: E402
 import runtime  # noqa: E402
 
 LABELS = {
@@ -35,8 +36,10 @@ LABELS = {
     "static": "static batching",
     "baseline": "naive baseline (FastAPI + generate)",
     "int8": "ours, int8 weights",
+    "openai": "ours via the OpenAI API (/v1/chat/completions)",
 }
 STREAM_PATH = "/v2/models/llm/generate_stream"
+CHAT_PATH = "/v1/chat/completions"
 # The baseline is measured on its JSON route, as the seed design answered: its SSE route would
 # hold every reply until the blocked event loop frees up, which only makes it look worse.
 JSON_PATH = "/v2/models/llm/generate"
@@ -57,6 +60,7 @@ class Target:
     processes: Callable[[], dict[str, int]] = lambda: {}
     notes: list[str] = field(default_factory=list)
     path: str = STREAM_PATH  # what the load generator posts to
+    body: Callable[[RequestSpec], dict[str, Any]] = RequestSpec.body  # ... and what
 
     @property
     def label(self) -> str:
@@ -114,18 +118,25 @@ def _wait_for_key(url: str, key: str, timeout: float = 20.0) -> None:
 
 @contextmanager
 def triton_stack(name: str, run_dir: Path, scheduling: str, model_dir: Path,
-                 extra_env: Optional[dict[str, str]] = None) -> Iterator[Target]:
-    """Triton with `scheduling` behind its own Envoy gateway; both stopped on exit."""
+                 extra_env: Optional[dict[str, str]] = None,
+                 openai: bool = False) -> Iterator[Target]:
+    """Triton with `scheduling` behind its own Envoy gateway (and, with `openai`, the OpenAI
+    frontend, which the load generator then calls); all stopped on exit."""
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = triton_settings(run_dir, LLM_MODEL_DIR=str(model_dir))
     env = {"LLM_SCHEDULING": scheduling, **(extra_env or {})}
     triton = triton_process(settings, **env)
+    frontend = openai_process(settings)
     envoy, gateway = gateway_process(settings)
     started: list[ServerProcess] = []
     try:
         started.append(triton.start())
         triton.wait_until(lambda: http_ok(f"{settings.http_url}/v2/models/llm/ready"),
                           timeout=180)
+        if openai:
+            started.append(frontend.start())
+            frontend.wait_until(
+                lambda: http_ok(f"http://127.0.0.1:{settings.openai_port}/health"), timeout=60)
         started.append(envoy.start())
         url = f"http://{gateway.host}:{gateway.port}"
         envoy.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
@@ -137,14 +148,23 @@ def triton_stack(name: str, run_dir: Path, scheduling: str, model_dir: Path,
         backend_dir = settings.run_dir / "triton" / "backends"
         assert triton.proc is not None and envoy.proc is not None
         triton_pid, envoy_pid = triton.proc.pid, envoy.proc.pid
+        frontend_pid = frontend.proc.pid if openai and frontend.proc else None
 
         def processes() -> dict[str, int]:
             return {"tritonserver": triton_pid, **_children_stubs(triton_pid, backend_dir),
-                    "envoy": envoy_pid}
+                    "envoy": envoy_pid,
+                    **({"openai_frontend": frontend_pid} if frontend_pid else {})}
 
+        notes = [f"LLM_SCHEDULING={scheduling}", f"Triton log: {triton.log}"]
+        if openai:
+            model = model_dir.name  # the frontend's model id: the directory's name
+            yield Target(name, url, {"Authorization": f"Bearer {key}"}, key, via_gateway=True,
+                         started=True, run_dir=run_dir, processes=processes,
+                         notes=notes + [f"OpenAI API {CHAT_PATH}, model `{model}`"],
+                         path=CHAT_PATH, body=lambda spec: spec.chat_body(model))
+            return
         yield Target(name, url, {"X-API-Key": key}, key, via_gateway=True, started=True,
-                     run_dir=run_dir, processes=processes,
-                     notes=[f"LLM_SCHEDULING={scheduling}", f"Triton log: {triton.log}"])
+                     run_dir=run_dir, processes=processes, notes=notes)
     finally:
         for process in reversed(started):
             process.stop(grace=30)

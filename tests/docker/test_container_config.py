@@ -70,8 +70,9 @@ def config() -> dict[str, Any]:
 
 # --- Dockerfiles --------------------------------------------------------------------------
 
-def test_there_is_a_triton_and_a_gateway_dockerfile() -> None:
-    assert [p.name for p in DOCKERFILES] == ["envoy.Dockerfile", "triton.Dockerfile"]
+def test_there_is_a_triton_a_gateway_and_an_openai_dockerfile() -> None:
+    assert [p.name for p in DOCKERFILES] == ["envoy.Dockerfile", "openai.Dockerfile",
+                                             "triton.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -83,6 +84,7 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
 @pytest.mark.parametrize("dockerfile, arg, default", [
     ("triton.Dockerfile", "TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"),
     ("envoy.Dockerfile", "ENVOY_IMAGE", "envoyproxy/envoy:v1.40.0"),
+    ("openai.Dockerfile", "PYTHON_IMAGE", "python:3.11.7-slim-bookworm"),
 ])
 def test_base_image_is_a_build_argument(dockerfile: str, arg: str, default: str) -> None:
     text = (ROOT / "docker" / dockerfile).read_text()
@@ -176,8 +178,10 @@ def test_only_the_gateway_publishes_a_port(config: dict[str, Any]) -> None:
     assert [p["target"] for p in published["gateway"]] == [8080]
 
 
-def test_triton_is_only_on_an_internal_network(config: dict[str, Any]) -> None:
-    networks = config["services"]["triton"]["networks"]
+@pytest.mark.parametrize("service", ["triton", "openai"])
+def test_triton_and_the_openai_frontend_are_only_on_an_internal_network(
+        config: dict[str, Any], service: str) -> None:
+    networks = config["services"][service]["networks"]
     assert list(networks) == ["backend"]
     assert config["networks"]["backend"].get("internal") is True
     assert "backend" in config["services"]["gateway"]["networks"]
@@ -189,12 +193,13 @@ def test_triton_has_enough_shared_memory_for_the_python_backend(
 
 
 def test_services_have_healthchecks_and_start_in_order(config: dict[str, Any]) -> None:
-    for name in ("triton", "gateway"):
+    for name in ("triton", "openai", "gateway"):
         svc = config["services"][name]
         assert svc["healthcheck"]["test"][0] == "CMD", name
         assert svc["restart"] in {"unless-stopped", "always"}, name
-    depends = config["services"]["gateway"]["depends_on"]["triton"]
-    assert depends["condition"] == "service_healthy"
+    for name, needs in (("gateway", "triton"), ("gateway", "openai"), ("openai", "triton")):
+        depends = config["services"][name]["depends_on"][needs]
+        assert depends["condition"] == "service_healthy", (name, needs)
 
 
 def test_stop_grace_outlasts_tritons_drain(config: dict[str, Any]) -> None:
@@ -204,6 +209,30 @@ def test_stop_grace_outlasts_tritons_drain(config: dict[str, Any]) -> None:
     for name in ("triton", "gateway"):
         grace = seconds(config["services"][name]["stop_grace_period"])
         assert grace > exit_timeout, f"{name}: {grace} s <= Triton's {exit_timeout} s"
+
+
+def test_openai_frontend_pins_are_the_locks_and_carry_no_torch() -> None:
+    def pins(path: Path) -> dict[str, str]:
+        lines = [line for line in path.read_text().splitlines()
+                 if line and not line.startswith("#")]
+        return {name.lower().replace("_", "-"): version
+                for name, version in (line.split("==") for line in lines)}
+    frontend = pins(ROOT / "openai_frontend" / "requirements.txt")
+    lock = pins(ROOT / "requirements.lock")
+    assert "torch" not in frontend and {"transformers", "starlette", "uvicorn"} <= frontend.keys()
+    assert {name: lock.get(name) for name in frontend} == frontend
+
+
+def test_openai_image_serves_the_same_model_directory_as_triton(config: dict[str, Any]) -> None:
+    openai = {v["target"]: v for v in config["services"]["openai"]["volumes"]}
+    triton = {v["target"]: v for v in config["services"]["triton"]["volumes"]}
+    assert openai["/models/llm"]["source"] == triton["/models/llm"]["source"]
+    assert openai["/models/llm"]["read_only"]
+    env = dockerfile_env(ROOT / "docker" / "openai.Dockerfile")
+    gateway = env_file(ROOT / "docker" / "gateway.env")
+    assert (env["LLM_MODEL_DIR"], env["LLM_OPENAI_PORT"]) == ("/models/llm",
+                                                              gateway["LLM_OPENAI_PORT"])
+    assert gateway["LLM_OPENAI_HOST"] == "openai" and env["LLM_TRITON_GRPC"] == "triton:8001"
 
 
 def test_model_and_keys_are_volumes(config: dict[str, Any]) -> None:
