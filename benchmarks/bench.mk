@@ -2,10 +2,23 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick aiperf
+
+AIPERF_VENV ?= .venv-aiperf
+AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
 
 bench: venv ## Benchmark ours vs static batching vs the naive baseline (~10 min); see benchmarks/results/latest
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 bench-quick: venv ## The same benchmark, fewer levels and requests (~90 s on 2 cores)
 	@$(PY) benchmarks/bench.py --quick $(BENCH_ARGS)
+
+$(AIPERF_STAMP): benchmarks/aiperf.lock
+	@echo "==> creating $(AIPERF_VENV) with AIPerf 0.13 (its own pins: numpy 2, no torch)"
+	@test -x $(AIPERF_VENV)/bin/python || $(PYTHON) -m venv $(AIPERF_VENV)
+	@$(AIPERF_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+		--no-deps -r benchmarks/aiperf.lock
+	@$(AIPERF_VENV)/bin/python -m pip check --disable-pip-version-check
+	@rm -f $(AIPERF_VENV)/.installed-* && touch $@
+
+aiperf: $(AIPERF_STAMP) ## Install AIPerf in .venv-aiperf; `make bench` then drives the OpenAI API with it

@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import aiperf_run  # noqa: E402
 import loadgen  # noqa: E402
 import memory  # noqa: E402
 import perf_analyzer  # noqa: E402
@@ -248,6 +249,7 @@ class Bench:
         self.request_rows: list[dict[str, Any]] = []
         self.systems: dict[str, Any] = {}
         self.perf: list[dict[str, Any]] = []
+        self.aiperf: dict[str, Any] = {}
         self.specs: dict[str, list[workloads.RequestSpec]] = {}
         self.phases: dict[str, float] = {}
 
@@ -283,6 +285,8 @@ class Bench:
                         self._level(target, wl, concurrency)
                 if name == "ours" and not self.args.skip_perf_analyzer:
                     self._perf_analyzer(target)
+                if name == "openai":
+                    self._aiperf(target)
             self.systems[name] = {"label": target.label, "url": target.url,
                                   "via_gateway": target.via_gateway,
                                   "notes": target.notes,
@@ -330,6 +334,28 @@ class Bench:
                  f"{stats['requests_per_s']:7.2f} req/s {stats['output_tokens_per_s']:8.0f} "
                  f"tok/s  TTFT p50 {ttft.get('p50', float('nan')):7.0f} ms  "
                  f"p95 {ttft.get('p95', float('nan')):7.0f} ms{errors}{cut}")
+
+    def _aiperf(self, target: stack.Target) -> None:
+        """AIPerf on the OpenAI path at the headline concurrency (32 + 64 tokens)."""
+        missing = aiperf_run.available()
+        if missing:
+            self.aiperf = {"skipped": missing}
+            self.log(f"  aiperf   skipped: {missing}")
+            return
+        concurrency = self.plan.headline_concurrency
+        requests = self.plan.requests_for(concurrency)
+        start = time.perf_counter()
+        self.aiperf = aiperf_run.run(target, self.args.model_dir.name, self.args.model_dir,
+                                     concurrency, requests, self.out / "aiperf")
+        self.phases["aiperf"] = round(time.perf_counter() - start, 1)
+        figures = self.aiperf
+        if "error" in figures:
+            self.log(f"  aiperf   FAILED: {figures['error']}")
+            return
+        self.log(f"  aiperf   chat c={concurrency:<3d} {figures['completed']:3d} req "
+                 f"{figures['output_tokens_per_s']:8.0f} tok/s  TTFT p50 "
+                 f"{figures['ttft_p50_ms']:7.1f} ms  ITL p50 {figures['itl_p50_ms']:.2f} ms  "
+                 f"errors {figures['errors']}")
 
     def _perf_analyzer(self, target: stack.Target) -> None:
         specs = self.specs.get("fixed") or next(iter(self.specs.values()))
@@ -483,6 +509,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                           f"{plan.requests_per_client} x clients) capped at "
                                           f"{plan.max_requests}"}},
         "systems": bench.systems, "loadgen": bench.loadgen_rows, "perf_analyzer": bench.perf,
+        "aiperf": bench.aiperf,
     })
     results["headline"] = report.headline(results)
     results["notes"] = _notes(bench, plan)

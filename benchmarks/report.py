@@ -341,6 +341,15 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_f(r['generate_stream_ttft_p50_ms'])} | "
                          f"{_f(r['ttft_p50_added_ms'])} ms |")
         lines.append("")
+    aiperf = results.get("aiperf") or {}
+    if aiperf.get("output_tokens_per_s") is not None:
+        lines += [f"AIPerf 0.13 on `/v1/chat/completions` (streamed, {aiperf['concurrency']} "
+                  f"clients, 32 prompt + 64 output tokens, {aiperf['completed']} requests): "
+                  f"{aiperf['output_tokens_per_s']:,.0f} output tokens/s, TTFT p50 "
+                  f"{aiperf['ttft_p50_ms']:.1f} ms, inter-token p50 {aiperf['itl_p50_ms']:.2f} "
+                  f"ms, {aiperf['errors']} errors.", ""]
+    elif aiperf:
+        lines += [f"AIPerf: {aiperf.get('skipped') or aiperf.get('error')}", ""]
     if head["targets"]:
         lines.append("Targets (issue 7): " + "; ".join(
             f"{name}: **{_f(ok)}**" for name, ok in head["targets"].items()) + ".")

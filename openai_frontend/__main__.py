@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(OpenAIFrontend(model, args.triton))
     print(f"openai_frontend: serving `{model.id}` on http://{args.host}:{args.port}/v1 "
           f"(Triton gRPC {args.triton})", flush=True)
+    # uvicorn finishes requests in flight on SIGTERM, then raises the signal again with the
+    # handler it found: an ignoring one lets a graceful stop end with exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     # No access log here: the gateway writes it (ids and timings only, never text).
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30)
