@@ -8,6 +8,9 @@ the median of at least three runs, and the spread shows how far to trust it.
   python benchmarks/median.py                      # the last 3 full runs in benchmarks/results
   python benchmarks/median.py --last 5
   python benchmarks/median.py benchmarks/results/20261126-0920-full ...
+
+It also prints the OpenAI API's cost against generate_stream, level by level, for the runs
+that measured the `openai` system.
 """
 
 from __future__ import annotations
@@ -79,6 +82,29 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def openai_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: the OpenAI path against generate_stream per level, median (min-max) over the
+    runs of each run's own ratio and TTFT difference; empty when no run measured it."""
+    levels: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run["headline"].get("openai_overhead") or []:
+            levels.setdefault((row["workload"], row["concurrency"]), []).append(row)
+    if not levels:
+        return ""
+    lines = ["| workload | clients | OpenAI tok/s | generate_stream tok/s | kept | TTFT p50 "
+             "OpenAI (ms) | TTFT p50 generate_stream (ms) | added (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (workload, clients), rows in sorted(levels.items()):
+        def cells(key: str, digits: int, unit: str = "") -> str:
+            return spread([r[key] for r in rows], digits, unit)
+        lines.append(f"| {workload} | {clients} | {cells('tokens_per_s', 0)} | "
+                     f"{cells('generate_stream_tokens_per_s', 0)} | "
+                     f"{cells('tokens_ratio', 2, 'x')} | {cells('ttft_p50_ms', 1)} | "
+                     f"{cells('generate_stream_ttft_p50_ms', 1)} | "
+                     f"{cells('ttft_p50_added_ms', 1)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +118,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"{p.name} (commit {r['meta'].get('commit', '?')})" for p, r in zip(run_dirs, runs)))
     print(f"Machine: {runs[-1]['meta']['machine_line']}\n")
     print(table(runs))
+    overhead = openai_table(runs)
+    if overhead:
+        print("\nThe OpenAI API (/v1/chat/completions) against generate_stream:\n")
+        print(overhead)
     return 0
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import openai
 import pytest
 import requests
+from jsonschema import Draft202012Validator
 
-from harness import metric, model_log_records, wait_for_metric
+from harness import OPENAPI, metric, model_log_records, wait_for_metric
 
 MODEL = "demo_model"
 QUESTION = [{"role": "user", "content": "What is a list?"}]
@@ -279,3 +280,26 @@ def test_openai_requests_are_logged_with_ids_but_no_key_or_text(gateway, triton,
         text = log.read_text(errors="replace")
         assert key not in text and key[5:] not in text
         assert prompt not in text and (not answer.strip() or answer.strip() not in text)
+
+
+# ---- the published contract ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": QUESTION}),
+    ("/v1/completions", {"prompt": "The list"}),
+])
+def test_every_streamed_chunk_matches_the_openapi_document(gateway, api_key, path, body):
+    """schemathesis cannot read `data: [DONE]` as JSON, so the chunks are checked here."""
+    chunk_schema = Draft202012Validator({"$ref": "#/components/schemas/OpenAIStreamChunk",
+                                         "components": OPENAPI["components"]})
+    request = {"model": MODEL, "max_tokens": 6, "stream": True,
+               "stream_options": {"include_usage": True}, **body}
+    with requests.post(gateway.url + path, json=request, headers={"X-API-Key": api_key},
+                       stream=True, timeout=60) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in reply.iter_lines(decode_unicode=True)
+                  if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        problems = list(chunk_schema.iter_errors(json.loads(event)))
+        assert not problems, (event, problems[0].message)

@@ -73,7 +73,8 @@ class TritonPythonModel:
             sender.send(error_response(exc.kind, str(exc)), flags=FINAL)
         except Exception as exc:  # never leave a request without its final response
             pb_utils.Logger.log_error(f"llm_stream: forwarding failed: {exc!r}")
-            sender.send(error_response(ErrorKind.INTERNAL, f"streaming failed: {exc}"), flags=FINAL)
+            sender.send(error_response(ErrorKind.INTERNAL, f"streaming failed: {exc}"),
+                        flags=FINAL)
 
     def _final(self, output: Any, inputs: dict[str, Any], streaming: bool,
                pieces: list[str]) -> Any:
