@@ -46,12 +46,15 @@ GENERATE_ROUTES = ["/generate", "/generate_stream", "/v2/models/llm/generate",
 
 
 def check_documented_error(status: Optional[int], content_type: str, body: bytes,
-                           expected: int | set[int]) -> dict[str, Any]:
-    """The answer is the expected 4xx, labelled JSON, with a documented error body."""
+                           expected: int | set[int],
+                           headers: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The answer is the expected 4xx, labelled JSON, with a documented error body (and, when
+    the headers are given, the body's request id in `x-request-id`)."""
     wanted = {expected} if isinstance(expected, int) else expected
     assert status in wanted, f"expected {sorted(wanted)}, got {status}: {body[:300]!r}"
     assert content_type.startswith("application/json"), (content_type, body[:300])
-    return check_error_body(json.loads(body), status)
+    request_id = None if headers is None else headers.get("x-request-id", "<no header>")
+    return check_error_body(json.loads(body), status, request_id)
 
 
 def _headers(key: str, **extra: str) -> dict[str, str]:
@@ -305,7 +308,8 @@ FRAMING = list(_framing_cases("k", "p"))
 def test_broken_http_framing_gets_a_json_400(gateway, fuzz_key, campaign, name):
     reply = _raw(gateway, _framing_cases(fuzz_key, campaign.canary)[name])
     TALLY.record("http-framing", reply.status)
-    check_documented_error(reply.status, reply.content_type, reply.body, {400, 404})
+    check_documented_error(reply.status, reply.content_type, reply.body, {400, 404},
+                           reply.headers)
 
 
 @pytest.mark.parametrize("data", [
@@ -318,7 +322,8 @@ def test_broken_http_framing_gets_a_json_400(gateway, fuzz_key, campaign, name):
 def test_unsupported_http_features_get_a_json_4xx(gateway, data):
     reply = _raw(gateway, data)
     TALLY.record("http-unsupported", reply.status)
-    check_documented_error(reply.status, reply.content_type, reply.body, {400, 426})
+    check_documented_error(reply.status, reply.content_type, reply.body, {400, 426},
+                           reply.headers)
 
 
 # ---- slow clients -----------------------------------------------------------------------
@@ -356,10 +361,9 @@ def _slow_client(gateway: Any, opening: bytes, trickle: Optional[bytes],
                 break
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
     head, _, body = data.partition(b"\r\n\r\n")
-    content_type = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
-                         if line.lower().startswith(b"content-type:")), "")
-    out.append(RawReply(status, {"content-type": content_type}, body,
-                        time.monotonic() - start))
+    headers = {name.strip().lower().decode(): value.strip().decode()
+               for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    out.append(RawReply(status, headers, body, time.monotonic() - start))
 
 
 def test_slow_clients_get_408_within_12_s_and_do_not_block_others(gateway, fuzz_key, campaign):
@@ -389,7 +393,8 @@ def test_slow_clients_get_408_within_12_s_and_do_not_block_others(gateway, fuzz_
         # Cut off after request_headers_timeout (10 s), with a JSON 408 or a plain close.
         assert reply.seconds < 13, f"a slow client was held {reply.seconds:.1f} s"
         if reply.status is not None:
-            check_documented_error(reply.status, reply.content_type, reply.body, 408)
+            check_documented_error(reply.status, reply.content_type, reply.body, 408,
+                                   reply.headers)
     assert max(latencies) < 5, f"normal requests slowed down: {max(latencies):.2f} s"
 
 
