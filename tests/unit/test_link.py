@@ -11,6 +11,7 @@ import pytest
 
 from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, stream_from_engine
+from textgen.link_messages import Finished, Refused, Text
 from textgen.outputs import OutputSink, SequenceOutput
 
 DONE = SequenceOutput(text="ab", finish_reason="length", prompt_tokens=1, completion_tokens=2,
@@ -23,7 +24,7 @@ def serve(submit) -> str:
     return address
 
 
-def test_text_then_final_arrive_in_order_pieces_merged_at_most():
+def test_text_then_finished_arrive_in_order_pieces_merged_at_most():
     def submit(inputs: Mapping[str, Any], meta: Mapping[str, str], sink: OutputSink) -> None:
         assert inputs["text_input"].tolist() == [[b"hi"]] and meta == {"request_id": "r1"}
         sink.on_text("a")
@@ -33,9 +34,9 @@ def test_text_then_final_arrive_in_order_pieces_merged_at_most():
     messages = list(stream_from_engine(serve(submit), {"text_input": np.array([[b"hi"]])},
                                        {"request_id": "r1"}, lambda: False))
     # Pieces queued faster than the sender writes may arrive merged, never reordered.
-    assert messages[-1] == ("final", DONE)
-    assert all(kind == "text" for kind, _ in messages[:-1])
-    assert "".join(text for _, text in messages[:-1]) == "ab"
+    assert messages[-1] == Finished(DONE)
+    assert all(isinstance(message, Text) for message in messages[:-1])
+    assert "".join(message.delta for message in messages[:-1]) == "ab"
 
 
 def test_refusal_reaches_the_stream_side_with_its_kind():
@@ -43,7 +44,7 @@ def test_refusal_reaches_the_stream_side_with_its_kind():
         raise LinkRefusal(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
 
     messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
-    assert messages == [("error", ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
+    assert messages == [Refused(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
 
 
 def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
@@ -62,7 +63,7 @@ def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
     messages = list(stream_from_engine(serve(submit), {}, {},
                                        lambda: time.monotonic() > cancel_after))
     assert seen.wait(5)
-    assert messages[-1] == ("final", DONE)
+    assert messages[-1] == Finished(DONE)
 
 
 def test_connecting_to_a_missing_engine_fails_with_a_clear_refusal():
@@ -77,5 +78,5 @@ def test_engine_going_away_mid_stream_ends_with_an_unavailable_error():
         sink.close()  # what a crashed engine process looks like from the stream side
 
     messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
-    assert messages[0] == ("text", "a")
-    assert messages[-1][:2] == ("error", ErrorKind.UNAVAILABLE)
+    assert messages[0] == Text("a")
+    assert isinstance(messages[-1], Refused) and messages[-1].kind is ErrorKind.UNAVAILABLE

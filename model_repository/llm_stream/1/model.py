@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "llm" / "1"))
 
 from textgen.errors import ErrorKind  # noqa: E402
 from textgen.link import LinkRefusal, engine_address, stream_from_engine  # noqa: E402
+from textgen.link_messages import Refused, Text  # noqa: E402
 from textgen.validation import ValidationError, parse_flag  # noqa: E402
 from triton_io import (FINAL, error_response, final_values, output_dtypes,  # noqa: E402
                        output_error, read_inputs, request_metadata, tensors)
@@ -58,15 +59,16 @@ class TritonPythonModel:
             pieces: list[str] = []
             for message in stream_from_engine(self._engine, inputs, request_metadata(request),
                                               sender.is_cancelled):
-                if message[0] == "text" and streaming:
+                if isinstance(message, Text) and streaming:
                     sender.send(pb_utils.InferenceResponse(output_tensors=tensors(
-                        {"text_output": message[1].encode("utf-8")}, self._dtypes)))
-                elif message[0] == "text":
-                    pieces.append(message[1])
-                elif message[0] == "error":
-                    sender.send(error_response(message[1], message[2]), flags=FINAL)
+                        {"text_output": message.delta.encode("utf-8")}, self._dtypes)))
+                elif isinstance(message, Text):
+                    pieces.append(message.delta)
+                elif isinstance(message, Refused):
+                    sender.send(error_response(message.kind, message.message), flags=FINAL)
                 else:
-                    sender.send(self._final(message[1], inputs, streaming, pieces), flags=FINAL)
+                    sender.send(self._final(message.output, inputs, streaming, pieces),
+                                flags=FINAL)
         except ValidationError as exc:
             sender.send(error_response(ErrorKind.INVALID_REQUEST, str(exc)), flags=FINAL)
         except LinkRefusal as exc:

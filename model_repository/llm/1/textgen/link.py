@@ -8,11 +8,7 @@ abstract namespace, named after the Triton server process. Triton's own model-to
 `multiprocessing.connection` with one connection per request. Only processes of the same
 user may connect (checked with SO_PEERCRED).
 
-Messages:
-  stream -> engine  ("generate", inputs, meta)   inputs: the request's tensors by name
-                    ("cancel",)                  the client went away
-  engine -> stream  ("text", delta) ...          then exactly one of
-                    ("final", SequenceOutput) | ("error", ErrorKind, message)
+The messages are typed records defined once in `link_messages.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +24,8 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from .errors import ErrorKind
+from .link_messages import (Cancel, Finished, FromEngine, Generate, Refused, Text,
+                            ToEngine)
 from .outputs import OutputSink, SequenceOutput
 
 log = logging.getLogger("textgen.link")
@@ -49,6 +47,13 @@ def engine_address(server_pid: int) -> str:
     return f"\0llm-engine-{server_pid}"
 
 
+class _Close:
+    """Internal to the engine side: close the connection once what was queued is written."""
+
+
+_CLOSE = _Close()
+
+
 class _Sender:
     """One thread that writes every engine -> stream message.
 
@@ -59,12 +64,12 @@ class _Sender:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Optional[tuple[_ConnectionSink, tuple[Any, ...]]]] = \
-            queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Optional[tuple[_ConnectionSink, FromEngine | _Close]]] \
+            = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine-link-sender", daemon=True)
         self._thread.start()
 
-    def send(self, sink: "_ConnectionSink", message: tuple[Any, ...]) -> None:
+    def send(self, sink: "_ConnectionSink", message: FromEngine | _Close) -> None:
         self._queue.put((sink, message))
 
     def close(self) -> None:
@@ -84,11 +89,12 @@ class _Sender:
 
     @staticmethod
     def _deliver(pending: list[Any]) -> None:
-        by_sink: dict[_ConnectionSink, list[tuple[Any, ...]]] = {}
+        by_sink: dict[_ConnectionSink, list[FromEngine | _Close]] = {}
         for sink, message in pending:
             messages = by_sink.setdefault(sink, [])
-            if message[0] == "text" and messages and messages[-1][0] == "text":
-                messages[-1] = ("text", messages[-1][1] + message[1])
+            last = messages[-1] if messages else None
+            if isinstance(message, Text) and isinstance(last, Text):
+                messages[-1] = Text(last.delta + message.delta)
             else:
                 messages.append(message)
         for sink, messages in by_sink.items():
@@ -105,18 +111,18 @@ class _ConnectionSink:
         self._cancelled = threading.Event()
 
     def on_text(self, delta: str) -> None:
-        self._sender.send(self, ("text", delta))
+        self._sender.send(self, Text(delta))
 
     def on_finish(self, output: SequenceOutput) -> None:
-        self._sender.send(self, ("final", output))
+        self._sender.send(self, Finished(output))
 
     def close(self) -> None:
         """Close the connection after everything queued for it was written."""
-        self._sender.send(self, ("close",))
+        self._sender.send(self, _CLOSE)
 
-    def write(self, message: tuple[Any, ...]) -> None:
+    def write(self, message: FromEngine | _Close) -> None:
         """On the sender's thread, the only one that writes to or closes the connection."""
-        if message[0] == "close":
+        if message is _CLOSE:
             if not self._conn.closed:
                 # Shut the socket down first: that wakes a reader blocked in recv on another
                 # thread (a plain close would not), and the stream side sees the end at once.
@@ -129,7 +135,7 @@ class _ConnectionSink:
             return
         try:
             self._conn.send(message)
-        except OSError:  # the stream side is gone; after "final" nobody listens any more
+        except OSError:  # the stream side is gone; after Finished nobody listens any more
             self._cancelled.set()
 
     def is_cancelled(self) -> bool:
@@ -138,11 +144,11 @@ class _ConnectionSink:
     def watch_for_cancel(self) -> None:
         """Block until the stream side closes its end (runs on the connection's thread).
 
-        A "cancel" message marks the sequence cancelled but keeps the connection open, so
-        the engine's final message still arrives."""
+        Cancel marks the sequence cancelled but keeps the connection open, so the engine's
+        Finished still arrives."""
         try:
             while True:
-                if self._conn.recv()[0] == "cancel":
+                if isinstance(self._conn.recv(), Cancel):
                     self._cancelled.set()
         except (EOFError, OSError):
             self._cancelled.set()
@@ -177,11 +183,13 @@ class EngineLinkServer:
     def _serve(self, conn: Connection) -> None:
         sink = _ConnectionSink(conn, self._sender)
         try:
-            _, inputs, meta = conn.recv()
+            request: ToEngine = conn.recv()
+            if not isinstance(request, Generate):
+                return  # a stream side that cancelled before it asked for anything
             try:
-                self._submit(inputs, meta, sink)
+                self._submit(request.inputs, request.meta, sink)
             except LinkRefusal as exc:
-                conn.send(("error", exc.kind, str(exc)))
+                conn.send(Refused(exc.kind, str(exc)))
                 return
             sink.watch_for_cancel()
         except (EOFError, OSError):
@@ -204,15 +212,15 @@ def _same_user(conn: Connection) -> bool:
 
 def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[str, str],
                        is_cancelled: Callable[[], bool], connect_timeout: float = 30.0,
-                       poll_seconds: float = 0.02) -> Iterator[tuple[Any, ...]]:
-    """Send one request and yield the engine's messages until the final one.
+                       poll_seconds: float = 0.02) -> Iterator[FromEngine]:
+    """Send one request and yield the engine's messages: Text ..., then Finished or Refused.
 
     `is_cancelled` is polled every `poll_seconds` while waiting; when it turns true the engine
-    is told, and the sequence ends with finish_reason "cancelled" within one decode step.
+    is told, and the sequence ends with finish reason "cancelled" within one decode step.
     """
     conn = _connect(address, connect_timeout)
     try:
-        conn.send(("generate", dict(inputs), dict(meta)))
+        conn.send(Generate(dict(inputs), dict(meta)))
         told = False
         next_check = time.monotonic() + poll_seconds
         while True:
@@ -221,15 +229,15 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
             if not told and time.monotonic() >= next_check:
                 next_check = time.monotonic() + poll_seconds
                 if is_cancelled():
-                    conn.send(("cancel",))
+                    conn.send(Cancel())
                     told = True
             if conn.poll(poll_seconds):
-                message = conn.recv()
+                message: FromEngine = conn.recv()
                 yield message
-                if message[0] in ("final", "error"):
+                if not isinstance(message, Text):
                     return
     except (EOFError, OSError):
-        yield ("error", ErrorKind.UNAVAILABLE, "the generation engine went away; retry later")
+        yield Refused(ErrorKind.UNAVAILABLE, "the generation engine went away; retry later")
     finally:
         conn.close()
 
