@@ -9,7 +9,7 @@ import pytest
 
 from textgen.config import EngineConfig
 from textgen.engine import Engine, Overloaded
-from textgen.outputs import EngineObserver, SequenceOutput
+from textgen.outputs import EngineObserver, FinishReason, SequenceOutput
 from textgen.validation import GenerationRequest, ValidationError
 
 PROMPTS = ["The list", "A function is", "Python is a programming language", "Exceptions"]
@@ -92,7 +92,7 @@ def test_cancelled_sequence_stops_within_a_step_and_frees_its_row(engine):
     sink = Sink(cancel_after=3)
     engine.submit(GenerationRequest(prompt="The", max_tokens=200, ignore_eos=True), sink)
     output = sink.result()
-    assert output.finish_reason == "cancelled"
+    assert output.finish_reason is FinishReason.CANCELLED
     assert output.completion_tokens <= 4
     assert run(engine, [GenerationRequest(prompt="The", max_tokens=3)])[0].completion_tokens == 3
     assert engine._rows == []  # nothing leaked
@@ -105,7 +105,7 @@ def test_request_cancelled_while_queued_never_runs(demo_model_dir):
         engine.submit(GenerationRequest(prompt="The", max_tokens=60, ignore_eos=True), blocker)
         queued = Sink(cancelled=True)
         engine.submit(GenerationRequest(prompt="The", max_tokens=60), queued)
-        assert queued.result().finish_reason == "cancelled"
+        assert queued.result().finish_reason is FinishReason.CANCELLED
         assert queued.result().completion_tokens == 0
         assert blocker.result().completion_tokens == 60
     finally:
@@ -156,7 +156,7 @@ def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
         with pytest.raises(Overloaded, match=r"at capacity \(2 requests waiting\)"):
             engine.submit(long, Sink())
         assert recorder.rejects == ["queue_full"]
-        assert [s.result().finish_reason for s in sinks] == ["length"] * 3
+        assert [s.result().finish_reason for s in sinks] == [FinishReason.LENGTH] * 3
     finally:
         engine.shutdown()
 
@@ -171,7 +171,7 @@ def test_request_waiting_past_the_queue_timeout_is_rejected(demo_model_dir):
         late = Sink()
         engine.submit(GenerationRequest(prompt="The", max_tokens=5), late)
         output = late.result()
-        assert output.finish_reason == "rejected" and "waited more than 0.2 s" in output.error
+        assert output.finish_reason is FinishReason.REJECTED and "waited more than 0.2 s" in output.error
         assert "queue_timeout" in recorder.rejects
         blocker.result()
         assert recorder.queue[-1] == (0, 0)  # gauges end at zero
@@ -185,6 +185,6 @@ def test_shutdown_lets_admitted_and_queued_sequences_finish(demo_model_dir):
     engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), running)
     engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), queued)
     engine.shutdown(drain_timeout=30)
-    assert running.result().finish_reason == queued.result().finish_reason == "length"
+    assert running.result().finish_reason is queued.result().finish_reason is FinishReason.LENGTH
     with pytest.raises(Overloaded, match="shutting down"):
         engine.submit(GenerationRequest(prompt="The", max_tokens=1), Sink())

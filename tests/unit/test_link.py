@@ -12,9 +12,9 @@ import pytest
 from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, stream_from_engine
 from textgen.link_messages import Finished, Refused, Text
-from textgen.outputs import OutputSink, SequenceOutput
+from textgen.outputs import FinishReason, OutputSink, SequenceOutput
 
-DONE = SequenceOutput(text="ab", finish_reason="length", prompt_tokens=1, completion_tokens=2,
+DONE = SequenceOutput(text="ab", finish_reason=FinishReason.LENGTH, prompt_tokens=1, completion_tokens=2,
                       queue_seconds=0, first_token_seconds=0, total_seconds=0)
 
 

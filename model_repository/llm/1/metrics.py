@@ -14,7 +14,7 @@ import threading
 
 import triton_python_backend_utils as pb_utils
 
-from textgen.outputs import EngineObserver, SequenceOutput
+from textgen.outputs import EngineObserver, FinishReason, SequenceOutput
 
 LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0]
@@ -87,11 +87,11 @@ class TritonMetrics(EngineObserver):
         with self._lock:
             self._prompt_tokens.increment(output.prompt_tokens)
             self._generation_tokens.increment(output.completion_tokens)
-            if output.finish_reason == "cancelled":
+            if output.finish_reason is FinishReason.CANCELLED:
                 self._cancellations.increment(1)
-            if output.finish_reason in ("stop", "length"):
+            if output.finish_reason.answered:
                 self._labelled("vllm:request_success_total", "finished_reason",
-                               output.finish_reason).increment(1)
+                               output.finish_reason.value).increment(1)
                 self._e2e.observe(output.total_seconds)
                 if output.completion_tokens > 1:
                     self._tpot.observe((output.total_seconds - output.first_token_seconds)

@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from textgen.errors import ErrorKind, wire_message
-from textgen.outputs import OutputSink, SequenceOutput
+from textgen.outputs import FinishReason, OutputSink, SequenceOutput
 
 INPUT_NAMES = ("text_input", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
                "exclude_input_in_output", "ignore_eos")
@@ -66,9 +66,9 @@ def error_response(kind: ErrorKind, message: str) -> Any:
 
 def output_error(output: SequenceOutput) -> Optional[tuple[ErrorKind, str]]:
     """(kind, message) when a sequence ended without a usable result."""
-    if output.finish_reason == "rejected":
+    if output.finish_reason is FinishReason.REJECTED:
         return ErrorKind.OVERLOADED, output.error
-    if output.finish_reason == "error":
+    if output.finish_reason is FinishReason.ERROR:
         return ErrorKind.INTERNAL, output.error
     return None
 
@@ -81,7 +81,7 @@ def tensors(values: Mapping[str, Any], dtypes: Mapping[str, Any]) -> list[Any]:
 
 def final_values(output: SequenceOutput, text: str) -> dict[str, Any]:
     return {"text_output": text.encode("utf-8"),
-            "finish_reason": output.finish_reason.encode(),
+            "finish_reason": output.finish_reason.value.encode(),
             "num_input_tokens": output.prompt_tokens,
             "num_output_tokens": output.completion_tokens}
 
@@ -92,7 +92,7 @@ def log_request(meta: Mapping[str, str], status: str,
     if output is not None:
         record.update(
             prompt_tokens=output.prompt_tokens, completion_tokens=output.completion_tokens,
-            finish_reason=output.finish_reason,
+            finish_reason=output.finish_reason.value,
             queue_ms=round(output.queue_seconds * 1e3, 2),
             first_token_ms=round(output.first_token_seconds * 1e3, 2),
             total_ms=round(output.total_seconds * 1e3, 2))

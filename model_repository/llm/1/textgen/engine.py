@@ -20,7 +20,7 @@ import torch
 from .config import EngineConfig, Limits
 from .kv_batch import KVBatch, new_cache, prefill_inputs
 from .loading import load_model, resolve_device, resolve_dtype
-from .outputs import EngineObserver, OutputSink, SequenceOutput
+from .outputs import EngineObserver, FinishReason, OutputSink, SequenceOutput
 from .sampling import make_rng, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized
 from .tokenization import TextAssembler, fast_decoder
@@ -48,7 +48,7 @@ class Sequence(Sized):
     first_token_at: Optional[float] = None
     generated: int = 0
     last_token: int = -1
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[FinishReason] = None
 
     @property
     def token_budget(self) -> int:
@@ -147,10 +147,10 @@ class Engine:
                 admitted = self._scheduler.schedule()
                 self._report_queue()
             for seq in cancelled:
-                self._finish(seq, "cancelled")
+                self._finish(seq, FinishReason.CANCELLED)
             for seq in expired:
                 self.observer.on_reject("queue_timeout")
-                self._finish(seq, "rejected", f"waited more than {self.config.queue_timeout_s:g}"
+                self._finish(seq, FinishReason.REJECTED, f"waited more than {self.config.queue_timeout_s:g}"
                                               f" s for a slot; retry later")
             try:
                 with torch.inference_mode():
@@ -165,7 +165,7 @@ class Engine:
         self._fail_running("the server is shutting down")
         with self._wakeup:
             for seq in self._scheduler.waiting:
-                self._finish(seq, "error", "the server is shutting down")
+                self._finish(seq, FinishReason.ERROR, "the server is shutting down")
 
     def _report_queue(self) -> None:
         """Called with `_wakeup` held."""
@@ -218,15 +218,15 @@ class Engine:
                 seq.first_token_at = now
                 self.observer.on_first_token(now - seq.arrival)
             if token == self._eos_id and not seq.request.ignore_eos:
-                seq.finish_reason = "stop"
+                seq.finish_reason = FinishReason.STOP
             else:
                 self._emit(seq, seq.assembler.add(token))
                 if seq.assembler.stopped:
-                    seq.finish_reason = "stop"
+                    seq.finish_reason = FinishReason.STOP
             if seq.finish_reason is None and seq.generated >= seq.request.max_tokens:
-                seq.finish_reason = "length"
+                seq.finish_reason = FinishReason.LENGTH
             if seq.finish_reason is None and seq.sink.is_cancelled():
-                seq.finish_reason = "cancelled"
+                seq.finish_reason = FinishReason.CANCELLED
         self._retire()
 
     def _emit(self, seq: Sequence, delta: str) -> None:
@@ -235,7 +235,7 @@ class Engine:
                 seq.sink.on_text(delta)
             except Exception:  # the client is gone; treat as a cancellation
                 log.warning("sending a token failed; cancelling the sequence", exc_info=True)
-                seq.finish_reason = "cancelled"
+                seq.finish_reason = FinishReason.CANCELLED
 
     def _retire(self) -> None:
         gone = [i for i, s in enumerate(self._rows) if s.finish_reason is not None]
@@ -248,9 +248,9 @@ class Engine:
             self._scheduler.finish(finished)
             self._report_queue()
         for seq in finished:
-            if seq.finish_reason != "cancelled":
+            if seq.finish_reason is not FinishReason.CANCELLED:
                 self._emit(seq, seq.assembler.flush())
-            self._finish(seq, seq.finish_reason or "error")
+            self._finish(seq, seq.finish_reason or FinishReason.ERROR)
 
     def _fail_running(self, message: str) -> None:
         failed, self._rows, self._batch = self._rows, [], None
@@ -258,9 +258,9 @@ class Engine:
             self._scheduler.finish(failed)
             self._report_queue()
         for seq in failed:
-            self._finish(seq, "error", message)
+            self._finish(seq, FinishReason.ERROR, message)
 
-    def _finish(self, seq: Sequence, reason: str, error: str = "") -> None:
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str = "") -> None:
         now = time.monotonic()
         output = SequenceOutput(
             text=seq.assembler.text, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),

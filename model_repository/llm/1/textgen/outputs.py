@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
+
+
+class FinishReason(str, Enum):
+    """Why a sequence ended. Clients see only `stop` and `length`; the others end in an error
+    answer (`rejected`, `error`) or in nobody listening (`cancelled`). Write `.value` where
+    it leaves the process (f-strings of str enums differ between Python 3.10 and 3.11)."""
+
+    STOP = "stop"            # EOS or a stop string
+    LENGTH = "length"        # max_tokens reached
+    CANCELLED = "cancelled"  # the client went away
+    REJECTED = "rejected"    # waited in the queue longer than queue_timeout_seconds
+    ERROR = "error"          # generation failed or the server shut down under it
+
+    @property
+    def answered(self) -> bool:
+        """The client got a completion (not an error, not a cancellation)."""
+        return self in (FinishReason.STOP, FinishReason.LENGTH)
 
 
 @dataclass(frozen=True)
@@ -11,14 +29,13 @@ class SequenceOutput:
     """The end of one sequence. `text` is the whole completion (never the prompt)."""
 
     text: str
-    # "stop" (EOS or stop string), "length", "cancelled", "rejected" (queue timeout), "error"
-    finish_reason: str
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     queue_seconds: float
     first_token_seconds: float  # from arrival; equals total when no token was produced
     total_seconds: float
-    error: str = ""  # set when finish_reason is "rejected" or "error"
+    error: str = ""  # set when finish_reason is REJECTED or ERROR
 
 
 class OutputSink(Protocol):
