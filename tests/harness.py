@@ -128,6 +128,24 @@ def wait_for_metric(triton: runtime.Settings, name: str, value: float,
         time.sleep(0.1)
 
 
+def assert_disconnect_cancels(triton: runtime.Settings, triton_log: Path, url: str,
+                              body: dict[str, Any], headers: dict[str, str],
+                              request_id: str) -> None:
+    """Read the first events of a long SSE stream, hang up, and see the engine drop it: one
+    more cancellation counted, nothing left running, its log line saying `cancelled`."""
+    import requests
+
+    before = metric(triton, "llm:request_cancellations_total")
+    with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as reply:
+        lines = reply.iter_lines()
+        for _ in range(3):
+            next(lines)
+    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    wait_for_metric(triton, "vllm:num_requests_running", 0)
+    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+
+
 def model_log_records(log: Path, event: str = "llm_request") -> list[dict]:
     """The model's JSON log records; Triton wraps each message in a quoted string."""
     records = []

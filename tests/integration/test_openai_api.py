@@ -13,7 +13,7 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator
 
-from harness import OPENAPI, metric, model_log_records, wait_for_metric
+from harness import OPENAPI, assert_disconnect_cancels, model_log_records
 
 MODEL = "demo_model"
 QUESTION = [{"role": "user", "content": "What is a list?"}]
@@ -246,19 +246,11 @@ def test_bad_json_body_is_a_400_in_openai_shape(gateway, api_key):
 # ---- cancellation and logs --------------------------------------------------------------------
 
 def test_client_that_disconnects_cancels_its_generation(gateway, api_key, triton, triton_log):
-    before = metric(triton, "llm:request_cancellations_total")
     request_id = f"openai-cancel-{time.time_ns()}"
     body = {"model": MODEL, "prompt": "The", "max_tokens": 256, "ignore_eos": True,
             "stream": True}
-    with requests.post(gateway.url + "/v1/completions", json=body, stream=True, timeout=60,
-                       headers={"X-API-Key": api_key, "x-request-id": request_id}) as reply:
-        lines = reply.iter_lines()
-        for _ in range(3):
-            next(lines)
-    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
-    wait_for_metric(triton, "vllm:num_requests_running", 0)
-    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
-    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+    assert_disconnect_cancels(triton, triton_log, gateway.url + "/v1/completions", body,
+                              {"X-API-Key": api_key, "x-request-id": request_id}, request_id)
 
 
 def test_openai_requests_are_logged_with_ids_but_no_key_or_text(gateway, triton, triton_log):

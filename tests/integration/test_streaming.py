@@ -14,7 +14,7 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import infer_inputs, metric, model_log_records, wait_for_metric
+from harness import assert_disconnect_cancels, infer_inputs, metric, wait_for_metric
 
 BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
 
@@ -96,19 +96,12 @@ def test_invalid_stream_request_is_a_400_before_any_event(triton):
 
 
 def test_closing_an_sse_stream_cancels_the_sequence_and_frees_its_slot(triton, triton_log):
-    before = metric(triton, "llm:request_cancellations_total")
     request_id = f"cancel-me-{time.time_ns()}"
     body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True,
             "parameters": {"x-request-id": request_id}}
-    with requests.post(f"{triton.http_url}/v2/models/llm_stream/generate_stream", json=body,
-                       stream=True, timeout=60) as reply:
-        lines = reply.iter_lines()
-        for _ in range(3):
-            next(lines)
-    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
-    wait_for_metric(triton, "vllm:num_requests_running", 0)
-    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
-    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+    assert_disconnect_cancels(triton, triton_log,
+                              f"{triton.http_url}/v2/models/llm_stream/generate_stream", body,
+                              {}, request_id)
 
 
 def test_grpc_stream_cancel_drops_the_sequence(triton):
