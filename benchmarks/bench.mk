@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
 
-bench: venv ## Benchmark ours vs static batching vs the naive baseline (~10 min); see benchmarks/results/latest
+bench: venv ## Benchmark ours vs static batching vs the naive baseline, and the OpenAI path (~12 min)
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 bench-quick: venv ## The same benchmark, fewer levels and requests (~90 s on 2 cores)
