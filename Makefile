@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -18,13 +18,15 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "} {printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@echo "==> creating $(VENV) with the pinned dependencies (first run: about a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# The lock is the complete set: install it as it is (--no-deps: nothing is re-resolved,
 	@# so pip never backtracks through other releases), then prove it is closed.
 	@$(PY) -m pip install --disable-pip-version-check --progress-bar on --no-deps -r requirements.lock
 	@$(PY) -m pip check --disable-pip-version-check || { echo "requirements.lock is not a closed set: run \`make lock\`" >&2; exit 1; }
+	@# The project's own packages (pyproject.toml), editable: Triton's models import them.
+	@$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP) ## Create the virtual environment (idempotent; fast when up to date)

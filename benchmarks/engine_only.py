@@ -20,15 +20,15 @@ import threading
 import time
 from pathlib import Path
 
+from textgen.config import EngineConfig
+from textgen.engine import Engine
+from textgen.outputs import SequenceOutput
+from textgen.validation import GenerationRequest
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import workload  # noqa: E402
-from textgen.config import EngineConfig  # noqa: E402
-from textgen.engine import Engine  # noqa: E402
-from textgen.outputs import SequenceOutput  # noqa: E402
-from textgen.validation import GenerationRequest  # noqa: E402
 
 
 class _Client:

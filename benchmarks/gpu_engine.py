@@ -30,13 +30,12 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
+from textgen.config import EngineConfig, Limits
+from textgen.engine import Engine
+from textgen.outputs import SequenceOutput
+from textgen.validation import GenerationRequest
 
-from textgen.config import EngineConfig, Limits  # noqa: E402
-from textgen.engine import Engine  # noqa: E402
-from textgen.outputs import SequenceOutput  # noqa: E402
-from textgen.validation import GenerationRequest  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_model(out: Path, tiny: bool) -> None:

@@ -59,9 +59,6 @@ def tokens_per_second(model: Any, tokenizer: Any, prompt_ids: list[int], batch: 
 def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int = 256,
             new_tokens: int = 64, repeats: int = 2) -> dict[str, Any]:
     """fp32 vs int8 on the CPU, one after the other in this process."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
     from textgen.loading import load_model
 
     cpu = torch.device("cpu")

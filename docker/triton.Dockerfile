@@ -18,6 +18,15 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
         -r /opt/llm/docker/requirements-triton.txt \
     && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
 
+# The project's own packages (pyproject.toml): the engine (`textgen`) and the Triton side
+# (`triton_llm`) that the models import by name.
+COPY pyproject.toml /opt/llm/src/pyproject.toml
+COPY textgen /opt/llm/src/textgen
+COPY triton_llm /opt/llm/src/triton_llm
+RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        --no-build-isolation /opt/llm/src \
+    && rm -rf /opt/llm/src
+
 # Runs as triton-server (uid 1000), the user NVIDIA's image already has; other bases get it.
 # The gateway container runs as the same uid so both can use the key volume.
 RUN if ! id -u triton-server >/dev/null 2>&1; then \

@@ -13,7 +13,7 @@ gRPC callers get the status code of `GRPC_STATUS` and the same message as `grpc-
 Who reads this module:
   * gateway/render.py: Envoy's local-reply bodies (`LOCAL_REPLIES`) and the Lua table by
     which gateway/error_contract.lua gives Triton's errors a type and a status (`STATUS`);
-  * the model: `model_repository/llm/1/textgen/errors.py` names the types it sets (a unit
+  * the model: `textgen/errors.py` names the types it sets (a unit
     test keeps the two in step);
   * gateway/openapi.yaml documents `ErrorType` (a unit test checks it).
 """

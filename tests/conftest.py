@@ -12,8 +12,6 @@ from typing import Any, Callable, Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# The model's own modules, importable without Triton for the unit tests.
-sys.path.insert(0, str(ROOT / "model_repository" / "llm" / "1"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (gateway_process, http_ok, openai_process, triton_process,  # noqa: E402

@@ -36,7 +36,6 @@ from typing import Any, Callable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
-from metrics import TritonMetrics
 from textgen.config import ConfigError, load_engine_config
 from textgen.engine import Engine, Overloaded
 from textgen.errors import ErrorKind
@@ -44,8 +43,9 @@ from textgen.link import EngineLinkServer, LinkRefusal, engine_address
 from textgen.loading import ModelLoadError
 from textgen.outputs import OutputSink
 from textgen.validation import GenerationRequest, ValidationError, parse_request
-from triton_io import (FINAL, Logged, UnaryResponder, error_response, log_request,
-                       output_dtypes, read_inputs, request_metadata)
+from triton_llm.metrics import TritonMetrics
+from triton_llm.triton_io import (FINAL, Logged, UnaryResponder, error_response,
+                                  log_request, output_dtypes, read_inputs, request_metadata)
 
 
 def refusal_kind(exc: Exception) -> ErrorKind:

@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-# The shared modules live beside `llm`'s model.py.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "llm" / "1"))
-
-from textgen.errors import ErrorKind  # noqa: E402
-from textgen.link import LinkRefusal, engine_address, stream_from_engine  # noqa: E402
-from textgen.link_messages import Refused, Text  # noqa: E402
-from textgen.validation import ValidationError, parse_flag  # noqa: E402
-from triton_io import (FINAL, error_response, final_values, output_dtypes,  # noqa: E402
-                       output_error, read_inputs, request_metadata, tensors)
+from textgen.errors import ErrorKind
+from textgen.link import LinkRefusal, engine_address, stream_from_engine
+from textgen.link_messages import Refused, Text
+from textgen.validation import ValidationError, parse_flag
+from triton_llm.triton_io import (FINAL, error_response, final_values, output_dtypes,
+                                  output_error, read_inputs, request_metadata, tensors)
 
 
 class TritonPythonModel:
