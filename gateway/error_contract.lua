@@ -15,8 +15,8 @@
 -- and a gRPC error keeps a proper status with `<message> (request id <id>)` as grpc-message.
 --
 -- STATUS (type -> HTTP status), TYPE_OF_STATUS (status -> type), GRPC_STATUS (type -> gRPC
--- code) and OPENAI_PATH_PREFIX are defined above this code by gateway/render.py from
--- error_contract.py.
+-- code), OPENAI_PATH_PREFIX and ERROR_TEXT (the `error` string's format) are defined above
+-- this code by gateway/render.py from error_contract.py.
 
 -- A client's request id is kept when it is short and plain; anything else is replaced.
 local function ensure_request_id(headers)
@@ -125,7 +125,7 @@ local function rewrite_grpc(handle, fields)
   elseif kind == "invalid_request" and code == "13" then
     fields:replace("grpc-status", "3")
   end
-  fields:replace("grpc-message", rest .. " (request id " .. request_id(handle) .. ")")
+  fields:replace("grpc-message", string.format(ERROR_TEXT, rest, request_id(handle)))
 end
 
 function envoy_on_response(handle)
@@ -158,9 +158,8 @@ function envoy_on_response(handle)
   local kind, rest = classify(message, status)
   status = STATUS[kind]
   local id = json_escape(request_id(handle))
-  local answer = string.format(
-      '{"code":%d,"error":"%s (request id %s)","request_id":"%s","type":"%s"}',
-      status, rest, id, id, kind)
+  local answer = string.format('{"code":%d,"error":"%s","request_id":"%s","type":"%s"}',
+                               status, string.format(ERROR_TEXT, rest, id), id, kind)
   body:setBytes(answer)
   headers:replace(":status", tostring(status))
   headers:replace("content-type", "application/json")

@@ -44,6 +44,7 @@ def test_the_lua_filter_gets_its_tables_from_the_python_definition():
     assert code.startswith("-- GENERATED")
     assert '["overloaded"] = 503' in code and '[429] = "rate_limited"' in code
     assert '["invalid_request"] = 3' in code  # gRPC INVALID_ARGUMENT
+    assert 'ERROR_TEXT = "%s (request id %s)"' in code
     assert "function envoy_on_response" in code
 
 
