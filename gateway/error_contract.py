@@ -93,17 +93,14 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     504: (504, "the model server did not answer in time"),
 }
 
-# gRPC status codes (numbers, as in `grpc-status`) of the types a gRPC call can meet.
+# gRPC status codes (numbers, as in `grpc-status`) of the types the model sets, which the
+# gateway applies to the model's errors on gRPC calls. (Envoy's own replies to gRPC calls get
+# their code from Envoy's HTTP-to-gRPC mapping: 401 UNAUTHENTICATED, 429 RESOURCE_EXHAUSTED...)
 GRPC_STATUS: dict[ErrorType, int] = {
     ErrorType.INVALID_REQUEST: 3,    # INVALID_ARGUMENT
-    ErrorType.UNAUTHENTICATED: 16,   # UNAUTHENTICATED
-    ErrorType.FORBIDDEN: 7,          # PERMISSION_DENIED
-    ErrorType.NOT_FOUND: 12,         # UNIMPLEMENTED (an RPC the gateway does not route)
-    ErrorType.RATE_LIMITED: 8,       # RESOURCE_EXHAUSTED
     ErrorType.INTERNAL: 13,          # INTERNAL
     ErrorType.OVERLOADED: 14,        # UNAVAILABLE
     ErrorType.UNAVAILABLE: 14,       # UNAVAILABLE
-    ErrorType.TIMEOUT: 4,            # DEADLINE_EXCEEDED
 }
 
 
