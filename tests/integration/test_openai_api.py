@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator
 
-from harness import OPENAPI, assert_disconnect_cancels, model_log_records
+from harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
+                     wait_for_metric)
 
 MODEL = "demo_model"
 QUESTION = [{"role": "user", "content": "What is a list?"}]
@@ -251,6 +253,25 @@ def test_client_that_disconnects_cancels_its_generation(gateway, api_key, triton
             "stream": True}
     assert_disconnect_cancels(triton, triton_log, gateway.url + "/v1/completions", body,
                               {"X-API-Key": api_key, "x-request-id": request_id}, request_id)
+
+
+def test_client_that_leaves_before_a_whole_answer_cancels_it_too(gateway, api_key, triton,
+                                                                 triton_log):
+    """Not streamed: the frontend notices the hang-up while it waits for the whole text."""
+    before = metric(triton, "llm:request_cancellations_total")
+    request_id = f"openai-unary-cancel-{time.time_ns()}"
+    body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 256,
+                       "ignore_eos": True}).encode()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"X-API-Key: {api_key}\r\nx-request-id: {request_id}\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.15)  # the generation has started (256 tokens take over half a second)
+    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
 
 
 def test_openai_requests_are_logged_with_ids_but_no_key_or_text(gateway, triton, triton_log):
