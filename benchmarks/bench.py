@@ -9,6 +9,8 @@ Runs, in one go and on the same workloads:
   4. baseline  the naive FastAPI server (one model.generate per request), direct
   5. openai    ours through the OpenAI-compatible API (/v1/chat/completions, streamed, with
                usage): what the OpenAI path costs next to generate_stream
+  6. llamacpp  (full run, or --systems) llama.cpp's own server on the same model, built from
+               the llama-cpp-python sdist's sources on first use (cached): the CPU peer
 with peak RSS sampled for every process it started, and writes raw JSON/CSV, PNG plots and a
 Markdown summary under benchmarks/results/<time>-<mode>/ (`latest` links to the last run).
 
@@ -48,6 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import aiperf_run  # noqa: E402
+import llamacpp  # noqa: E402
 import loadgen  # noqa: E402
 import memory  # noqa: E402
 import perf_analyzer  # noqa: E402
@@ -55,7 +58,7 @@ import report  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8", "openai")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp")
 WORKLOADS = ("fixed", "mixed")
 
 
@@ -94,7 +97,8 @@ PLANS = {
                 "static": {"fixed": [1, 8, 32], "mixed": [1, 8, 16, 32]},
                 "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
                 "int8": {"mixed": [8, 32]},
-                "openai": {"fixed": [1, 8, 32], "mixed": [8, 32]}},
+                "openai": {"fixed": [1, 8, 32], "mixed": [8, 32]},
+                "llamacpp": {"fixed": [1, 8, 32], "mixed": [8, 32]}},
         requests_per_client=8, min_requests=16, max_requests=256, max_seconds=40, grace_s=15,
         perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
@@ -126,8 +130,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true",
                       help="a few requests per level: checks the harness, not the server")
     parser.add_argument("--systems",
-                        help="comma-separated subset of ours,static,baseline,int8,openai "
-                             "(default: all in the full run, all but int8 otherwise)")
+                        help="comma-separated subset of ours,static,baseline,int8,openai,"
+                             "llamacpp (default: all in the full run; quick and smoke runs "
+                             "leave out int8 and llamacpp)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated subset of fixed,mixed (default: both)")
     parser.add_argument("--concurrency", help="override every system's levels, e.g. 1,8,32")
@@ -273,6 +278,10 @@ class Bench:
     def run_system(self, name: str) -> None:
         if not any(self.plan.levels.get(name, {}).values()):
             return
+        if name == "llamacpp" and llamacpp.unavailable():
+            self.log(f"==> {llamacpp.unavailable()}")
+            self.systems[name] = {"label": "llama.cpp server", "skipped": llamacpp.unavailable()}
+            return
         self.log(f"==> {stack.LABELS[name]}")
         run_dir = self.out / "run" / name
         start = time.perf_counter()
@@ -302,6 +311,9 @@ class Bench:
             env = {"LLM_QUANTIZATION": "int8"} if name == "int8" else {}
             with stack.triton_stack(name, run_dir, scheduling, self.args.model_dir, env,
                                     openai=name == "openai") as target:
+                yield target
+        elif name == "llamacpp":
+            with llamacpp.server(run_dir, self.args.model_dir, self.log) as target:
                 yield target
         else:
             with stack.naive_baseline(run_dir, self.args.model_dir) as target:

@@ -11,9 +11,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8", "openai")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp")
 COLORS = {"ours": "tab:green", "static": "tab:orange", "baseline": "tab:red",
-          "int8": "tab:purple", "openai": "tab:blue"}
+          "int8": "tab:purple", "openai": "tab:blue", "llamacpp": "tab:gray"}
 HEADLINE = ("ours", "static", "baseline")  # what issue 7's targets compare
 PLOTS = ("throughput.png", "latency.png", "headline.png", "perf_analyzer.png")
 
@@ -74,7 +74,28 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         targets[f"TTFT p50 at {c_ttft} streams < 100 ms"] = ours["ttft_p50_ms"] < 100
     out["targets"] = targets
     out["openai_overhead"] = openai_overhead(results)
+    out["llamacpp"] = llamacpp_comparison(results)
     return out
+
+
+def llamacpp_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ours through the gateway against llama.cpp's own server, level by level."""
+    rows = []
+    for row in results["loadgen"]:
+        if row["system"] != "llamacpp":
+            continue
+        ours = level(results, "ours", row["workload"], row["concurrency"])
+        if ours is None or not row["output_tokens_per_s"]:
+            continue
+        rows.append({"workload": row["workload"], "concurrency": row["concurrency"],
+                     "ours_tokens_per_s": round(ours["output_tokens_per_s"], 1),
+                     "llamacpp_tokens_per_s": round(row["output_tokens_per_s"], 1),
+                     "ours_over_llamacpp": round(ours["output_tokens_per_s"]
+                                                 / row["output_tokens_per_s"], 3),
+                     **{f"{who}_{metric}_{p}": _pct(r, f"{metric}_ms", p)
+                        for who, r in (("ours", ours), ("llamacpp", row))
+                        for metric in ("ttft", "itl") for p in ("p50", "p95")}})
+    return sorted(rows, key=lambda r: (r["workload"], r["concurrency"]))
 
 
 def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -341,6 +362,21 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_f(r['generate_stream_ttft_p50_ms'])} | "
                          f"{_f(r['ttft_p50_added_ms'])} ms |")
         lines.append("")
+    if head.get("llamacpp"):
+        lines += ["## Against llama.cpp's server (same model as GGUF f32, same workload)", "",
+                  "Latencies in ms as p50 / p95; ours through the gateway, llama.cpp direct.", "",
+                  "| workload | clients | ours tok/s | llama.cpp tok/s | ours/llama.cpp | "
+                  "TTFT ours | TTFT llama.cpp | ITL ours | ITL llama.cpp |",
+                  "|---|---:|---:|---:|---:|---|---|---|---|"]
+        for r in head["llamacpp"]:
+            def pair(who: str, metric: str) -> str:
+                return f"{_f(r[f'{who}_{metric}_p50'])} / {_f(r[f'{who}_{metric}_p95'])}"
+            lines.append(f"| {r['workload']} | {r['concurrency']} | "
+                         f"{r['ours_tokens_per_s']:,.0f} | {r['llamacpp_tokens_per_s']:,.0f} | "
+                         f"{r['ours_over_llamacpp']:.2f}x | {pair('ours', 'ttft')} | "
+                         f"{pair('llamacpp', 'ttft')} | {pair('ours', 'itl')} | "
+                         f"{pair('llamacpp', 'itl')} |")
+        lines.append("")
     aiperf = results.get("aiperf") or {}
     if aiperf.get("output_tokens_per_s") is not None:
         lines += [f"AIPerf 0.13 on `/v1/chat/completions` (streamed, {aiperf['concurrency']} "
@@ -406,7 +442,9 @@ def markdown(results: dict[str, Any]) -> str:
         if memory.get("gpu_peak_used_mib") is not None:
             lines.append(f"| {name} | GPU memory used (all processes) | "
                          f"{memory['gpu_peak_used_mib']:,} |")
-        if not memory:
+        if info.get("skipped"):
+            lines.append(f"| {name} | {info['skipped']} | |")
+        elif not memory:
             lines.append(f"| {name} | not sampled (stack not started by the benchmark) | |")
     weights = results.get("weights")
     if weights:

@@ -37,6 +37,7 @@ LABELS = {
     "baseline": "naive baseline (FastAPI + generate)",
     "int8": "ours, int8 weights",
     "openai": "ours via the OpenAI API (/v1/chat/completions)",
+    "llamacpp": "llama.cpp server (same model, GGUF f32)",
 }
 STREAM_PATH = "/v2/models/llm/generate_stream"
 CHAT_PATH = "/v1/chat/completions"

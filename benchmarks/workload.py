@@ -42,6 +42,12 @@ class RequestSpec:
         return {"text_input": self.prompt, "max_tokens": self.max_tokens, "ignore_eos": True,
                 "exclude_input_in_output": True, "temperature": TEMPERATURE, "seed": self.seed}
 
+    def completion_body(self, model: str) -> dict[str, Any]:
+        """The same request on an OpenAI-compatible /v1/completions route, streamed with usage."""
+        return {"model": model, "prompt": self.prompt, "max_tokens": self.max_tokens,
+                "ignore_eos": True, "temperature": TEMPERATURE, "seed": self.seed,
+                "stream": True, "stream_options": {"include_usage": True}}
+
     def chat_body(self, model: str) -> dict[str, Any]:
         """The same request on the OpenAI API's /v1/chat/completions, streamed with usage (the
         chat template adds a few prompt tokens: `User: `, `Assistant: `)."""
