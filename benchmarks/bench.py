@@ -323,7 +323,8 @@ class Bench:
         specs = self.specs.get("fixed") or next(iter(self.specs.values()))
         asyncio.run(loadgen.run_level(target.request_url, target.headers, specs[:2], 2,
                                       max_seconds=60, grace_s=30, system=target.name,
-                                      workload="warm-up", body=target.body))
+                                      workload="warm-up", body=target.body,
+                                      keep_alive=target.keep_alive))
 
     def _level(self, target: stack.Target, wl: str, concurrency: int) -> None:
         from tqdm import tqdm
@@ -335,7 +336,8 @@ class Bench:
             result = asyncio.run(loadgen.run_level(
                 target.request_url, target.headers, specs, concurrency,
                 max_seconds=self.plan.max_seconds, grace_s=self.plan.grace_s,
-                system=target.name, workload=wl, progress=bar, body=target.body))
+                system=target.name, workload=wl, progress=bar, body=target.body,
+                keep_alive=target.keep_alive))
         stats = result.stats()
         self.loadgen_rows.append(stats)
         self.request_rows.extend(loadgen.request_rows(result))

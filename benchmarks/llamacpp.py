@@ -166,8 +166,9 @@ def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
                            run_dir=run_dir, processes=lambda: {"llama-server": pid},
                            notes=[f"llama.cpp server ({SDIST} sources), {gguf.name}, "
                                   f"--parallel {PARALLEL} -t 1, direct (no gateway), "
-                                  f"OpenAI {COMPLETIONS_PATH}"],
+                                  f"OpenAI {COMPLETIONS_PATH}, a new connection per request "
+                                  f"(it closes kept-alive connections after a stream)"],
                            path=COMPLETIONS_PATH,
-                           body=lambda spec: spec.completion_body(model))
+                           body=lambda spec: spec.completion_body(model), keep_alive=False)
     finally:
         process.stop(grace=10)

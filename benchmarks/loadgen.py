@@ -190,8 +190,8 @@ async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSp
                     concurrency: int, max_seconds: float, grace_s: float,
                     system: str, workload: str, progress: Any = None,
                     request_timeout_s: float = 300.0,
-                    body: Callable[[RequestSpec], dict[str, Any]] = RequestSpec.body
-                    ) -> LevelResult:
+                    body: Callable[[RequestSpec], dict[str, Any]] = RequestSpec.body,
+                    keep_alive: bool = True) -> LevelResult:
     """Run `specs` (at most) with `concurrency` closed-loop clients; bounded by `max_seconds`."""
     results: list[RequestResult] = []
     cursor = iter(specs)
@@ -212,7 +212,7 @@ async def run_level(url: str, headers: dict[str, str], specs: Sequence[RequestSp
                 progress.update(1)
 
     timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=not keep_alive)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         tasks = [asyncio.create_task(client(session, i)) for i in range(concurrency)]
         remaining = max(0.0, deadline - time.perf_counter()) + grace_s

@@ -62,6 +62,9 @@ class Target:
     notes: list[str] = field(default_factory=list)
     path: str = STREAM_PATH  # what the load generator posts to
     body: Callable[[RequestSpec], dict[str, Any]] = RequestSpec.body  # ... and what
+    # False: a new connection per request, for servers that close idle keep-alive connections
+    # under the client's feet (llama-server after a stream: "Can not write request body").
+    keep_alive: bool = True
 
     @property
     def label(self) -> str:
