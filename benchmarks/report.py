@@ -78,15 +78,22 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _beside_ours(results: dict[str, Any], system: str) -> list[tuple[dict, dict]]:
+    """(the system's row, ours at the same workload and concurrency), where both produced."""
+    pairs = []
+    for row in results["loadgen"]:
+        if row["system"] != system:
+            continue
+        ours = level(results, "ours", row["workload"], row["concurrency"])
+        if ours is not None and ours["output_tokens_per_s"] and row["output_tokens_per_s"]:
+            pairs.append((row, ours))
+    return sorted(pairs, key=lambda pair: (pair[0]["workload"], pair[0]["concurrency"]))
+
+
 def llamacpp_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Ours through the gateway against llama.cpp's own server, level by level."""
     rows = []
-    for row in results["loadgen"]:
-        if row["system"] != "llamacpp":
-            continue
-        ours = level(results, "ours", row["workload"], row["concurrency"])
-        if ours is None or not row["output_tokens_per_s"]:
-            continue
+    for row, ours in _beside_ours(results, "llamacpp"):
         rows.append({"workload": row["workload"], "concurrency": row["concurrency"],
                      "ours_tokens_per_s": round(ours["output_tokens_per_s"], 1),
                      "llamacpp_tokens_per_s": round(row["output_tokens_per_s"], 1),
@@ -95,7 +102,7 @@ def llamacpp_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
                      **{f"{who}_{metric}_{p}": _pct(r, f"{metric}_ms", p)
                         for who, r in (("ours", ours), ("llamacpp", row))
                         for metric in ("ttft", "itl") for p in ("p50", "p95")}})
-    return sorted(rows, key=lambda r: (r["workload"], r["concurrency"]))
+    return rows
 
 
 def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,12 +110,7 @@ def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
     share of output tokens/s it keeps and the TTFT p50 it adds (issue 12: >= 0.9x, <= +3 ms
     at 32 streams)."""
     rows = []
-    for row in results["loadgen"]:
-        if row["system"] != "openai":
-            continue
-        ours = level(results, "ours", row["workload"], row["concurrency"])
-        if ours is None or not ours["output_tokens_per_s"]:
-            continue
+    for row, ours in _beside_ours(results, "openai"):
         ttft, ours_ttft = _pct(row, "ttft_ms", "p50"), _pct(ours, "ttft_ms", "p50")
         rows.append({"workload": row["workload"], "concurrency": row["concurrency"],
                      "tokens_per_s": round(row["output_tokens_per_s"], 1),
@@ -119,7 +121,7 @@ def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "ttft_p50_added_ms": (round(ttft - ours_ttft, 2)
                                            if ttft is not None and ours_ttft is not None
                                            else None)})
-    return sorted(rows, key=lambda r: (r["workload"], r["concurrency"]))
+    return rows
 
 
 # ---- plots ----------------------------------------------------------------------------
