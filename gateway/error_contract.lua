@@ -119,10 +119,10 @@ local function rewrite_grpc(handle, fields)
   local code = fields:get("grpc-status")
   if code == nil or code == "0" then return end
   local message = fields:get("grpc-message") or ""
-  local kind, rest = classify(message, 0)
-  if model_type(message) ~= nil and GRPC_STATUS[kind] ~= nil then
-    fields:replace("grpc-status", tostring(GRPC_STATUS[kind]))
-  elseif kind == "invalid_request" and code == "13" then
+  local kind, rest = model_type(message)
+  if kind ~= nil then
+    if GRPC_STATUS[kind] ~= nil then fields:replace("grpc-status", tostring(GRPC_STATUS[kind])) end
+  elseif classify(message, 0) == "invalid_request" and code == "13" then
     fields:replace("grpc-status", "3")
   end
   fields:replace("grpc-message", string.format(ERROR_TEXT, rest, request_id(handle)))

@@ -135,9 +135,6 @@ class Triton:
             if not finished:
                 call.cancel()  # the client left or the call failed: stop the generation
 
-    async def close(self) -> None:
-        await self._client.close()
-
 
 def _code(exc: grpc.RpcError) -> Optional[str]:
     code = getattr(exc, "code", None)
