@@ -19,6 +19,7 @@ ENV_OVERRIDES = {
     "device": "LLM_DEVICE",
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
+    "executor": "LLM_EXECUTOR",
     "quantization": "LLM_QUANTIZATION",
     "max_num_seqs": "LLM_MAX_NUM_SEQS",
     "max_queue_size": "LLM_MAX_QUEUE_SIZE",
@@ -28,6 +29,7 @@ ENV_OVERRIDES = {
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULING = ("continuous", "static")
+EXECUTORS = ("auto", "hf", "llama")  # see executor.py
 QUANTIZATIONS = ("none", "int8")
 
 
@@ -57,6 +59,9 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     scheduling: str = "continuous"
+    # auto: the lean Llama-family forward where it computes exactly what the HF module does,
+    # else the HF module (hf); llama insists on the lean one and fails the load otherwise.
+    executor: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
     max_batch_total_tokens: int = 8192
@@ -123,6 +128,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         device=_choice(params, "device", DEVICES),
         dtype=_choice(params, "dtype", DTYPES),
         scheduling=_choice(params, "scheduling", SCHEDULING),
+        executor=_choice(params, "executor", EXECUTORS),
         quantization=_choice(params, "quantization", QUANTIZATIONS),
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from .config import EngineConfig, Limits
-from .kv_batch import KVBatch, new_cache, prefill_inputs
+from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import EngineObserver, FinishReason, OutputSink, SequenceOutput
 from .sampling import make_rng, sample_next_tokens
@@ -70,8 +70,10 @@ class Engine:
         self.limits = self._limits_for_model(config.limits)
         self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
+        self.executor = select_executor(config.executor, self.model, pad_id, self.device,
+                                        self.limits.context_length)
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._wakeup = threading.Condition()
@@ -81,9 +83,8 @@ class Engine:
         self._draining = False  # no new sequences; the queued ones still run
         self._stopping = False  # the engine thread exits after its current step
 
-        # State owned by the engine thread: rows of the running batch, in cache order.
+        # State owned by the engine thread: rows of the running batch, in the executor's order.
         self._rows: list[Sequence] = []
-        self._batch: Optional[KVBatch] = None
 
         self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
         self._thread.start()
@@ -183,27 +184,14 @@ class Engine:
         now = time.monotonic()
         for seq in admitted:
             seq.admitted_at = now
-        ids, mask, positions = prefill_inputs([s.prompt_ids for s in admitted], self._pad_id,
-                                              self.device)
-        # logits_to_keep=1: only the last position's logits are sampled; computing the
-        # vocabulary projection for every prompt token would dominate the prefill.
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
-        if self._batch is None:
-            self._batch = KVBatch()
-        self._batch.join(out.past_key_values, mask)
+        logits = self.executor.prefill([s.prompt_ids for s in admitted])
         first_row = len(self._rows)
         self._rows.extend(admitted)
-        self._advance(range(first_row, len(self._rows)), out.logits[:, -1, :])
+        self._advance(range(first_row, len(self._rows)), logits)
 
     def _decode(self) -> None:
-        assert self._batch is not None  # invariant: rows exist only with a batch
-        mask, positions = self._batch.decode_inputs()
-        ids = torch.tensor([[s.last_token] for s in self._rows], device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
-        self._batch.commit_decode()
-        self._advance(range(len(self._rows)), out.logits[:, -1, :])
+        logits = self.executor.decode([s.last_token for s in self._rows])
+        self._advance(range(len(self._rows)), logits)
 
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
@@ -241,9 +229,8 @@ class Engine:
         gone = [i for i, s in enumerate(self._rows) if s.finish_reason is not None]
         if not gone:
             return
-        assert self._batch is not None  # invariant: rows exist only with a batch
         finished = [self._rows[i] for i in gone]
-        self._rows = [self._rows[i] for i in self._batch.drop(gone)]
+        self._rows = [self._rows[i] for i in self.executor.drop(gone)]
         with self._wakeup:
             self._scheduler.finish(finished)
             self._report_queue()
@@ -253,7 +240,8 @@ class Engine:
             self._finish(seq, seq.finish_reason or FinishReason.ERROR)
 
     def _fail_running(self, message: str) -> None:
-        failed, self._rows, self._batch = self._rows, [], None
+        failed, self._rows = self._rows, []
+        self.executor.reset()
         with self._wakeup:
             self._scheduler.finish(failed)
             self._report_queue()
@@ -279,5 +267,6 @@ class Engine:
         return {"model_dir": str(self.config.model_dir), "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
-                "scheduling": self.config.scheduling, "context_length": self.limits.context_length,
+                "scheduling": self.config.scheduling, "executor": self.executor.name,
+                "context_length": self.limits.context_length,
                 "cpu_threads": torch.get_num_threads()}

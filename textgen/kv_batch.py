@@ -15,7 +15,7 @@ columns or rows run out, every `HEADROOM` steps at most.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -74,19 +74,34 @@ class KVBatch:
         """After the forward pass: the layers have written column `end`."""
         self._end += 1
 
-    def join(self, cache: Any, mask: torch.Tensor) -> None:
-        """Add prefilled newcomers (their cache and [n, P] left-padded mask) below our rows."""
+    @property
+    def start(self) -> int:
+        """First column any live row attends to."""
+        return self._start
+
+    @property
+    def end(self) -> int:
+        """The column the next decode step writes (one past the last written)."""
+        return self._end
+
+    def buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s key and value buffers, [row capacity, heads, columns, head_dim]."""
+        return self._keys[layer], self._values[layer]
+
+    def join(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+        """Add prefilled newcomers below our rows: per layer their keys and values
+        ([n, heads, P, head_dim]) and their [n, P] left-padded mask."""
         newcomers, length = mask.shape
-        if self.cache is None:
-            self._allocate(cache, newcomers, length)
+        if not self._keys:
+            self._allocate(layers, newcomers, length)
         if self.rows + newcomers > self._mask.shape[0] or self._end < length:
             self._relayout(max(self.rows + newcomers, self._mask.shape[0]),
                            left=max(0, length - (self._end - self._start)))
         rows = slice(self.rows, self.rows + newcomers)
         first = self._end - length
-        for layer, keys, values in zip(cache.layers, self._keys, self._values):
-            keys[rows, :, first:self._end] = layer.keys
-            values[rows, :, first:self._end] = layer.values
+        for (new_keys, new_values), keys, values in zip(layers, self._keys, self._values):
+            keys[rows, :, first:self._end] = new_keys
+            values[rows, :, first:self._end] = new_values
         self._mask[rows] = 0
         self._mask[rows, first:self._end] = mask
         self.rows += newcomers
@@ -114,13 +129,14 @@ class KVBatch:
 
     # ---- layout ------------------------------------------------------------------------
 
-    def _allocate(self, cache: Any, rows: int, length: int) -> None:
-        """First join: buffers shaped like the prefill's cache, sized for its rows."""
-        self._keys = [layer.keys.new_zeros(0) for layer in cache.layers]
-        self._values = [layer.values.new_zeros(0) for layer in cache.layers]
-        self._mask = torch.zeros((0, 0), dtype=torch.long, device=cache.layers[0].keys.device)
-        self.cache = Cache(layers=[SlotLayer() for _ in cache.layers])
-        self._shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
+    def _allocate(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], rows: int,
+                  length: int) -> None:
+        """First join: buffers shaped like the prefill's keys and values, sized for its rows."""
+        self._keys = [keys.new_zeros(0) for keys, _ in layers]
+        self._values = [values.new_zeros(0) for _, values in layers]
+        self._mask = torch.zeros((0, 0), dtype=torch.long, device=layers[0][0].device)
+        self.cache = Cache(layers=[SlotLayer() for _ in layers])
+        self._shapes = [(keys.shape[1], keys.shape[3]) for keys, _ in layers]
         self._relayout(rows, left=length)
 
     def _relayout(self, row_capacity: int, left: int) -> None:

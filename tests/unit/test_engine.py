@@ -42,6 +42,21 @@ class Sink:
         return self.output
 
 
+class GateSink(Sink):
+    """Holds the engine thread at its first piece of text until `release` is set: the running
+    batch is then known to be full, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def on_text(self, delta: str) -> None:
+        self.started.set()
+        self.release.wait(30)
+        super().on_text(delta)
+
+
 def run(engine: Engine, requests: list[GenerationRequest]) -> list[SequenceOutput]:
     sinks = [Sink() for _ in requests]
     for request, sink in zip(requests, sinks):
@@ -49,10 +64,13 @@ def run(engine: Engine, requests: list[GenerationRequest]) -> list[SequenceOutpu
     return [sink.result() for sink in sinks]
 
 
-@pytest.fixture(scope="module", params=["continuous", "static"])
+@pytest.fixture(scope="module", params=[("continuous", "llama"), ("static", "llama"),
+                                        ("continuous", "hf")], ids="-".join)
 def engine(request, demo_model_dir):
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, scheduling=request.param,
-                                 max_num_seqs=8))
+    """Both schedulers, and both executors (the lean Llama forward and the HF module)."""
+    scheduling, executor = request.param
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, scheduling=scheduling,
+                                 executor=executor, max_num_seqs=8))
     yield engine
     engine.shutdown()
 
@@ -149,12 +167,15 @@ def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
                     recorder)
     try:
         long = GenerationRequest(prompt="The", max_tokens=120, ignore_eos=True)
-        sinks = [Sink() for _ in range(3)]
-        for sink in sinks:
-            engine.submit(long, sink)  # one runs, two wait
-            time.sleep(0.05)
+        running = GateSink()
+        engine.submit(long, running)
+        assert running.started.wait(30)  # it runs, holding the engine at its first token
+        sinks = [running, Sink(), Sink()]
+        for sink in sinks[1:]:
+            engine.submit(long, sink)  # two wait
         with pytest.raises(Overloaded, match=r"at capacity \(2 requests waiting\)"):
             engine.submit(long, Sink())
+        running.release.set()
         assert recorder.rejects == ["queue_full"]
         assert [s.result().finish_reason for s in sinks] == [FinishReason.LENGTH] * 3
     finally:

@@ -25,6 +25,10 @@ def prefilled(lengths: list[int], tag: float) -> tuple[object, torch.Tensor, lis
     return cache, mask, [keys[row, :, width - n:] for row, n in enumerate(lengths)]
 
 
+def layers_of(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 def decode_step(batch: KVBatch, value: float) -> None:
     """What the model does in one step: append one column per row through the cache."""
     mask, _ = batch.decode_inputs()
@@ -47,10 +51,10 @@ def row_history(batch: KVBatch, row: int, layer: int = 0) -> torch.Tensor:
 def test_rows_that_join_later_keep_their_own_prefill_and_all_decode_together():
     batch = KVBatch()
     cache, mask, first = prefilled([5, 3], tag=0.0)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     decode_step(batch, 7.0)
     cache, mask, later = prefilled([9], tag=0.5)  # longer than the batch's history
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     decode_step(batch, 8.0)
 
     assert batch.rows == 3
@@ -66,7 +70,7 @@ def test_rows_that_join_later_keep_their_own_prefill_and_all_decode_together():
 def test_a_leaving_row_is_replaced_by_the_last_row_and_the_others_are_untouched():
     batch = KVBatch()
     cache, mask, _ = prefilled([4, 6, 2], tag=0.0)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     decode_step(batch, 1.0)
     before = {row: row_history(batch, row) for row in range(3)}
 
@@ -81,7 +85,7 @@ def test_a_leaving_row_is_replaced_by_the_last_row_and_the_others_are_untouched(
 def test_padding_columns_are_trimmed_when_the_long_row_leaves():
     batch = KVBatch()
     cache, mask, _ = prefilled([20, 2], tag=0.0)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     decode_step(batch, 1.0)
     assert batch.decode_inputs()[0].shape[1] == 22
     batch.drop([0])
@@ -91,7 +95,7 @@ def test_padding_columns_are_trimmed_when_the_long_row_leaves():
 def test_decoding_past_the_headroom_re_lays_out_without_losing_history():
     batch = KVBatch()
     cache, mask, first = prefilled([3, 1], tag=0.0)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     for step in range(HEADROOM + 5):
         decode_step(batch, float(step))
     history = row_history(batch, 1)
@@ -103,10 +107,10 @@ def test_decoding_past_the_headroom_re_lays_out_without_losing_history():
 def test_an_emptied_batch_takes_new_rows_again():
     batch = KVBatch()
     cache, mask, _ = prefilled([3], tag=0.0)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     batch.drop([0])
     assert batch.rows == 0
     cache, mask, second = prefilled([4, 2], tag=0.25)
-    batch.join(cache, mask)
+    batch.join(layers_of(cache), mask)
     assert torch.equal(row_history(batch, 0), second[0])
     assert torch.equal(row_history(batch, 1), second[1])

@@ -1,0 +1,113 @@
+"""The lean Llama-family forward computes what Hugging Face computes: greedy tokens identical to
+HF `generate`, on the demo model and on randomly initialised Llama (grouped-query attention),
+Mistral and Qwen2 (q/k/v biases) models; rows joining mid-generation and left padding included.
+What it cannot run exactly goes to the HF executor, or fails the load when insisted on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
+                          Qwen2Config)
+
+from textgen.executor import HFExecutor, select_executor
+from textgen.llama_executor import LlamaExecutor
+from textgen.loading import ModelLoadError, quantize_linear_int8
+
+CPU = torch.device("cpu")
+NEW_TOKENS = 24
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def random_model(config_class, **extra):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config_class(**TINY, **extra)).eval()
+
+
+def hf_greedy(model, prompt: list[int]) -> list[int]:
+    """HF `generate` alone on one prompt: the reference (EOS banned so lengths match)."""
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                             min_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=model.config.pad_token_id)
+    return out[0, len(prompt):].tolist()
+
+
+def executor_greedy(executor, prompts: list[list[int]], late: list[list[int]],
+                    eos: int) -> list[list[int]]:
+    """Greedy decoding of `prompts` together (left-padded), `late` joining after 5 steps."""
+
+    def pick(logits: torch.Tensor) -> list[int]:
+        logits[:, eos] = float("-inf")
+        return logits.argmax(dim=-1).tolist()
+
+    outputs: list[list[int]] = [[] for _ in prompts + late]
+    with torch.inference_mode():
+        tokens = pick(executor.prefill(prompts))
+        for step in range(NEW_TOKENS + 5):
+            live = len(tokens)
+            for row, token in enumerate(tokens):
+                outputs[row].append(token)
+            if step == 4:
+                tokens += pick(executor.prefill(late))
+                for row, token in enumerate(tokens[live:], start=live):
+                    outputs[row].append(token)
+            tokens = pick(executor.decode(tokens))
+    return [o[:NEW_TOKENS] for o in outputs]
+
+
+PROMPTS = [[5, 17, 99, 3, 250, 31, 8], [44], [7, 7, 300, 12]]
+LATE = [[101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111], [9, 10]]
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_greedy_tokens_match_hf_generate_on_random_models_of_each_family(family):
+    model = {"llama": lambda: random_model(LlamaConfig),
+             "mistral": lambda: random_model(MistralConfig, sliding_window=None),
+             "qwen2": lambda: random_model(Qwen2Config)}[family]()
+    expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
+    executor = select_executor("auto", model, 0, CPU, 256)
+    assert isinstance(executor, LlamaExecutor)
+    assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+
+
+def test_greedy_tokens_match_hf_generate_on_the_demo_model(demo_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir).eval()
+    prompts = [tokenizer.encode(t) for t in ("The list", "A function is", "Exceptions")]
+    late = [tokenizer.encode("Python is a programming language that")]
+    expected = [hf_greedy(model, p) for p in prompts + late]
+    for executor in (LlamaExecutor(model, 1, CPU, 512), HFExecutor(model, 1, CPU)):
+        assert executor_greedy(executor, prompts, late, tokenizer.eos_token_id) == expected, \
+            executor.name
+
+
+def test_fusing_the_projections_leaves_the_hf_module_computing_the_same():
+    model = random_model(LlamaConfig)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.inference_mode():
+        before = model(ids).logits
+        LlamaExecutor(model, 0, CPU, 256)
+        after = model(ids).logits
+    assert torch.equal(before, after)
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == \
+        attn.q_proj.weight.untyped_storage().data_ptr()  # views: no weight held twice
+
+
+@pytest.mark.parametrize("model_factory, reason", [
+    (lambda: random_model(MistralConfig, sliding_window=16), "sliding-window"),
+    (lambda: quantize_linear_int8(random_model(LlamaConfig)), "quantized"),
+    (lambda: AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2)),
+     "architecture `gpt2`"),
+])
+def test_models_it_cannot_run_exactly_go_to_the_hf_executor(model_factory, reason):
+    model = model_factory().eval()
+    assert reason in LlamaExecutor.unsupported_reason(model)
+    assert isinstance(select_executor("auto", model, 0, CPU, 128), HFExecutor)
+    with pytest.raises(ModelLoadError, match=f"executor `llama` cannot run this model: .*{reason}"):
+        select_executor("llama", model, 0, CPU, 128)

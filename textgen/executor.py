@@ -1,0 +1,102 @@
+"""Running the model over the batch: the one part of the engine that differs per executor.
+
+Why an interface: the engine (scheduling, sampling, stop strings, detokenising, outputs) is the
+same whatever computes the logits, as in vLLM, where the scheduler and output processing sit
+apart from the model runner. An executor owns the model and the running rows' key/value cache:
+it prefills newcomers into the rows below the running ones, decodes one token for every row,
+and forgets the rows that finished. Two exist:
+
+- `HFExecutor` calls the Hugging Face module (any causal LM transformers can load);
+- `LlamaExecutor` (llama_executor.py) runs the Llama family's forward from the same weights in
+  a few fused tensor operations per layer: a decode step costs a fraction of the HF modules'
+  Python, which is what bounds a lone stream on a CPU.
+
+`select_executor` picks the lean one where it applies (see `LlamaExecutor.unsupported_reason`)
+and says why not otherwise, in the start-up log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Protocol
+
+import torch
+
+from .kv_batch import KVBatch, new_cache, prefill_inputs
+from .loading import ModelLoadError
+
+log = logging.getLogger("textgen")
+
+
+class Executor(Protocol):
+    """Rows are numbered in cache order: newcomers join below the running rows."""
+
+    name: str
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Run the prompts, add them as new rows; returns their next-token logits [n, vocab]."""
+        ...
+
+    def decode(self, last_tokens: list[int]) -> torch.Tensor:
+        """One token per running row (in row order); returns the logits [rows, vocab]."""
+        ...
+
+    def drop(self, rows: list[int]) -> list[int]:
+        """Forget `rows`; returns the remaining rows' old indices in their new order."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every row (after a failed step)."""
+        ...
+
+
+class HFExecutor:
+    """The Hugging Face module's own forward over the slot cache of `KVBatch`."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, pad_id: int, device: torch.device) -> None:
+        self.model = model
+        self._pad_id = pad_id
+        self._device = device
+        self._batch = KVBatch()
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
+        # logits_to_keep=1: only the last position's logits are sampled; computing the
+        # vocabulary projection for every prompt token would dominate the prefill.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
+        self._batch.join([(layer.keys, layer.values) for layer in out.past_key_values.layers],
+                         mask)
+        return out.logits[:, -1, :]
+
+    def decode(self, last_tokens: list[int]) -> torch.Tensor:
+        mask, positions = self._batch.decode_inputs()
+        ids = torch.tensor(last_tokens, device=self._device).unsqueeze(1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
+        self._batch.commit_decode()
+        return out.logits[:, -1, :]
+
+    def drop(self, rows: list[int]) -> list[int]:
+        return self._batch.drop(rows)
+
+    def reset(self) -> None:
+        self._batch = KVBatch()
+
+
+def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
+                    context_length: int) -> Executor:
+    """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's."""
+    from .llama_executor import LlamaExecutor
+
+    reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
+    if requested == "llama" and reason:
+        raise ModelLoadError(f"executor `llama` cannot run this model: {reason}; "
+                             f"use executor `auto` or `hf`")
+    if requested == "hf" or reason:
+        if requested == "auto":
+            log.info("using the Hugging Face executor: %s", reason)
+        return HFExecutor(model, pad_id, device)
+    return LlamaExecutor(model, pad_id, device, context_length)
