@@ -232,14 +232,36 @@ def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[st
                     conn.send(Cancel())
                     told = True
             if conn.poll(poll_seconds):
-                message: FromEngine = conn.recv()
-                yield message
-                if not isinstance(message, Text):
-                    return
+                for message in _coalesced(conn):
+                    yield message
+                    if not isinstance(message, Text):
+                        return
     except (EOFError, OSError):
         yield Refused(ErrorKind.UNAVAILABLE, "the generation engine went away; retry later")
     finally:
         conn.close()
+
+
+def _coalesced(conn: Connection) -> list[FromEngine]:
+    """The message waiting on `conn` and every one already behind it, consecutive text merged.
+
+    Why: each response the stream side sends is a round trip to Triton's server process that
+    blocks its sender, so when the engine is ahead the text of several decode steps would
+    queue up here one response at a time, the client would fall behind the engine, and the
+    engine would run out of sequences. Merging only what is already waiting never delays a
+    token: when the stream keeps up, each message still goes out alone (as vLLM's output
+    processor merges the deltas a slow client has not taken yet)."""
+    messages: list[FromEngine] = [conn.recv()]
+    while isinstance(messages[-1], Text) and conn.poll(0):
+        try:
+            message: FromEngine = conn.recv()
+        except (EOFError, OSError):
+            break  # the engine went away: deliver what came, the next read reports it
+        if isinstance(message, Text) and isinstance(messages[-1], Text):
+            messages[-1] = Text(messages[-1].delta + message.delta)
+        else:
+            messages.append(message)
+    return messages
 
 
 def _connect(address: str, timeout: float) -> Connection:

@@ -42,6 +42,9 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "max_new_tokens": "-5"}, "`max_new_tokens` must be a positive integer"),
     ({"model_dir": "m", "max_new_tokens": "8", "default_max_tokens": "9"},
      "`default_max_tokens` \\(9\\) must not exceed `max_new_tokens` \\(8\\)"),
+    ({"model_dir": "m", "executor": "onnx"}, "`executor` must be one of auto, hf, llama"),
+    ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be a nice value from -20"),
+    ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be a nice value from -20"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_parameter(params, message):
     with pytest.raises(ConfigError, match=message):

@@ -161,6 +161,18 @@ class Recorder(EngineObserver):
         self.rejects.append(reason)
 
 
+def test_engine_thread_runs_at_the_configured_priority(demo_model_dir):
+    import os
+
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, engine_nice=7))
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, engine._thread.native_id) == 7
+        assert engine.describe()["engine_nice"] == 7
+        assert os.getpriority(os.PRIO_PROCESS, 0) != 7  # the caller's thread is untouched
+    finally:
+        engine.shutdown()
+
+
 def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
     recorder = Recorder()
     engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, max_queue_size=2),

@@ -39,6 +39,21 @@ def test_text_then_finished_arrive_in_order_pieces_merged_at_most():
     assert "".join(message.delta for message in messages[:-1]) == "ab"
 
 
+def test_text_waiting_on_the_link_goes_out_as_one_message_and_nothing_waits_for_more():
+    """The stream side merges what already queued up behind a piece (one Triton response
+    instead of several) but never holds a piece back to wait for the next."""
+    from multiprocessing import Pipe
+
+    from textgen.link import _coalesced
+
+    engine_end, stream_end = Pipe()
+    engine_end.send(Text("a"))
+    assert _coalesced(stream_end) == [Text("a")]  # alone: sent at once
+    for message in (Text("b"), Text("c"), Finished(DONE), Text("late")):
+        engine_end.send(message)
+    assert _coalesced(stream_end) == [Text("bc"), Finished(DONE)]  # stops at the end
+
+
 def test_refusal_reaches_the_stream_side_with_its_kind():
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
         raise LinkRefusal(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
