@@ -18,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from textgen.config import EngineConfig
@@ -39,6 +40,7 @@ class _Client:
         self.first: float | None = None
         self.done = threading.Event()
         self.tokens = 0
+        self.total = 0.0
 
     def on_text(self, delta: str) -> None:
         if self.first is None:
@@ -46,14 +48,29 @@ class _Client:
 
     def on_finish(self, output: SequenceOutput) -> None:
         self.tokens = output.completion_tokens
+        self.total = time.monotonic() - self.sent
         self.done.set()
+
+    @property
+    def itl(self) -> float | None:
+        """As the load generator defines it: (end-to-end - TTFT) / (tokens - 1)."""
+        if self.first is None or self.tokens < 2:
+            return None
+        return (self.total - self.first) / (self.tokens - 1)
 
     def is_cancelled(self) -> bool:
         return False
 
 
-def run(engine: Engine, specs: list[workload.RequestSpec], clients: int) -> tuple[float, float]:
-    """(output tokens/s, TTFT p50 in ms) of one closed-loop pass over `specs`."""
+@dataclass(frozen=True)
+class Pass:
+    tokens_per_s: float
+    ttft_p50_ms: float
+    itl_p50_ms: float | None
+
+
+def run(engine: Engine, specs: list[workload.RequestSpec], clients: int) -> Pass:
+    """One closed-loop pass over `specs` with `clients` clients."""
     pending = iter(specs)
     lock = threading.Lock()
     finished: list[_Client] = []
@@ -79,7 +96,9 @@ def run(engine: Engine, specs: list[workload.RequestSpec], clients: int) -> tupl
         thread.join()
     elapsed = time.monotonic() - start
     ttft = statistics.median(s.first for s in finished if s.first is not None) * 1e3
-    return sum(s.tokens for s in finished) / elapsed, ttft
+    itls = [s.itl for s in finished if s.itl is not None]
+    return Pass(sum(s.tokens for s in finished) / elapsed, ttft,
+                statistics.median(itls) * 1e3 if itls else None)
 
 
 def main() -> int:
@@ -107,10 +126,10 @@ def main() -> int:
             passes = [run(engine, specs, args.clients) for _ in range(args.repeats)]
         finally:
             engine.shutdown()
-        tps = [p[0] for p in passes]
+        tps = [p.tokens_per_s for p in passes]
         print(f"  {policy:<10} {statistics.median(tps):7,.0f} tokens/s "
               f"(min {min(tps):,.0f}, max {max(tps):,.0f})   TTFT p50 "
-              f"{statistics.median(p[1] for p in passes):6.0f} ms", flush=True)
+              f"{statistics.median(p.ttft_p50_ms for p in passes):6.0f} ms", flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ ENV_OVERRIDES = {
     "queue_timeout_seconds": "LLM_QUEUE_TIMEOUT_S",
     "cpu_threads": "LLM_CPU_THREADS",
     "engine_nice": "LLM_ENGINE_NICE",
+    "stream_interval_ms": "LLM_STREAM_INTERVAL_MS",
 }
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -79,6 +80,9 @@ class EngineConfig:
     # sets it) or CAP_SYS_NICE (root); without either the engine keeps the process's
     # priority and logs how to allow it.
     engine_nice: int = -10
+    # A streamed sequence hands its text on at most once per this many milliseconds (the
+    # first token at once; what comes in between goes out as one piece). 0: every token.
+    stream_interval_ms: int = 0
     limits: Limits = Limits()
 
 
@@ -96,16 +100,17 @@ def _positive_int(params: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _nice(params: Mapping[str, str], name: str, default: int) -> int:
+def _int_in(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = params.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        value = 99
-    if not -20 <= value <= 19:
-        raise ConfigError(f"parameter `{name}` must be a nice value from -20 to 19, got {raw!r}")
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"parameter `{name}` must be an integer from {low} to {high}, "
+                          f"got {raw!r}")
     return value
 
 
@@ -156,7 +161,9 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
                                              EngineConfig.max_batch_total_tokens),
         max_queue_size=_positive_int(params, "max_queue_size", EngineConfig.max_queue_size),
         cpu_threads=_positive_int(params, "cpu_threads", EngineConfig.cpu_threads),
-        engine_nice=_nice(params, "engine_nice", EngineConfig.engine_nice),
+        engine_nice=_int_in(params, "engine_nice", EngineConfig.engine_nice, -20, 19),
+        stream_interval_ms=_int_in(params, "stream_interval_ms", EngineConfig.stream_interval_ms,
+                                   0, 1000),
         queue_timeout_s=float(_positive_int(params, "queue_timeout_seconds",
                                             int(EngineConfig.queue_timeout_s))),
         limits=limits,

@@ -43,8 +43,10 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "max_new_tokens": "8", "default_max_tokens": "9"},
      "`default_max_tokens` \\(9\\) must not exceed `max_new_tokens` \\(8\\)"),
     ({"model_dir": "m", "executor": "onnx"}, "`executor` must be one of auto, hf, llama"),
-    ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be a nice value from -20"),
-    ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be a nice value from -20"),
+    ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be an integer from -20 to 19"),
+    ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be an integer from -20"),
+    ({"model_dir": "m", "stream_interval_ms": "-1"}, "`stream_interval_ms` must be an integer "
+                                                     "from 0 to 1000"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_parameter(params, message):
     with pytest.raises(ConfigError, match=message):

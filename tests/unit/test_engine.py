@@ -161,6 +161,33 @@ class Recorder(EngineObserver):
         self.rejects.append(reason)
 
 
+def test_stream_interval_sends_the_first_piece_at_once_and_merges_the_rest(demo_model_dir):
+    engine = Engine(EngineConfig(model_dir=demo_model_dir, stream_interval_ms=1000))
+    try:
+        sink = Sink()
+        engine.submit(GenerationRequest(prompt="The list", max_tokens=20, ignore_eos=True), sink)
+        output = sink.result()
+        # 20 steps take far less than 1 s: the first piece, then everything else at the end.
+        assert len(sink.pieces) == 2
+        assert "".join(sink.pieces) == output.text and output.completion_tokens == 20
+    finally:
+        engine.shutdown()
+
+
+def test_text_held_back_for_a_stop_string_is_streamed_when_the_length_limit_ends_it(engine):
+    # "e" could start the stop string, so a text ending in "e" is held back until the end;
+    # the stop string itself never occurs.
+    stop = ("e\u0000",)
+    for max_tokens in range(1, 40):
+        sink = Sink()
+        engine.submit(GenerationRequest(prompt="The list", max_tokens=max_tokens, stop=stop), sink)
+        output = sink.result()
+        if output.finish_reason is FinishReason.LENGTH and output.text.endswith("e"):
+            assert "".join(sink.pieces) == output.text
+            return
+    pytest.fail("no greedy completion of 1..39 tokens ended in 'e'")
+
+
 def test_engine_thread_runs_at_the_configured_priority(demo_model_dir):
     import os
 

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Against the CPU peer, in one run: this stack through its gateway, its engine in-process, and
+llama.cpp's own server, on the same model and workload, interleaved round by round.
+
+Why a script of its own: `make bench` starts one system after the other, so on this noisy
+2-core machine two systems never share a moment. Here the stack (Triton + gateway) and
+`llama-server` are started once and stay up (idle while the other is measured), and every
+round measures each level on every system, in alternating order; figures are the median over
+rounds, ratios taken within each round. The in-process engine runs in this process with both
+executors (`llama`: the lean forward the stack uses by default; `hf`: the Hugging Face module,
+what the stack used before), so the table also shows what the serving stack costs on top of
+its own engine.
+
+  .venv/bin/python benchmarks/cpu_peer.py                   # 3 rounds, c = 1, 8, 32
+  .venv/bin/python benchmarks/cpu_peer.py --rounds 5 --concurrency 1,32
+
+Workload: `fixed` (64 prompt + 64 output tokens, ignore_eos, temperature 0.7 seeded).
+llama.cpp: built on first use from the llama-cpp-python sdist (benchmarks/llamacpp.py, ~7 min
+on 2 cores, cached); where it cannot be built the table leaves it out and says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import engine_only  # noqa: E402
+import llamacpp  # noqa: E402
+import loadgen  # noqa: E402
+import stack  # noqa: E402
+import workload as workloads  # noqa: E402
+
+SERVED = ("ours", "llamacpp")  # measured over HTTP with the load generator
+IN_PROCESS = ("engine", "engine_hf")  # textgen.engine.Engine in this process
+LABELS = {"ours": "ours (gateway)", "engine": "engine in-process",
+          "engine_hf": "engine in-process, HF executor", "llamacpp": "llama.cpp server"}
+
+
+def measure_served(target: stack.Target, specs: list[workloads.RequestSpec], concurrency: int,
+                   max_seconds: float) -> dict[str, Any]:
+    result = asyncio.run(loadgen.run_level(
+        target.request_url, target.headers, specs, concurrency, max_seconds, 15, target.name,
+        "fixed", body=target.body, keep_alive=target.keep_alive))
+    stats = result.stats()
+    return {"tokens_per_s": stats["output_tokens_per_s"],
+            "ttft_p50_ms": (stats["ttft_ms"] or {}).get("p50"),
+            "itl_p50_ms": (stats["itl_ms"] or {}).get("p50"),
+            "itl_p95_ms": (stats["itl_ms"] or {}).get("p95"), "errors": stats["errors"]}
+
+
+def measure_in_process(engine: Any, specs: list[workloads.RequestSpec],
+                       concurrency: int) -> dict[str, Any]:
+    result = engine_only.run(engine, specs, concurrency)
+    return {"tokens_per_s": result.tokens_per_s, "ttft_p50_ms": result.ttft_p50_ms,
+            "itl_p50_ms": result.itl_p50_ms, "itl_p95_ms": None, "errors": 0}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=6)
+    parser.add_argument("--max-seconds", type=float, default=30)
+    parser.add_argument("--model-dir", type=Path, default=HERE.parent / "demo_model")
+    parser.add_argument("--out", type=Path, help="write the raw rows as JSON here")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    model_dir = args.model_dir.resolve()
+
+    from transformers import AutoTokenizer
+
+    from textgen.config import EngineConfig
+    from textgen.engine import Engine
+
+    source = workloads.PromptSource(AutoTokenizer.from_pretrained(model_dir),
+                                    (model_dir / "heldout.txt").read_text())
+    specs = workloads.build("fixed", max(levels) * args.requests_per_client, source, 2024)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cpu-peer-") as run_dir, ExitStack() as started:
+        targets = {"ours": started.enter_context(stack.triton_stack(
+            "ours", Path(run_dir) / "ours", "continuous", model_dir, {}))}
+        skipped = llamacpp.unavailable()
+        if skipped:
+            print(f"==> llama.cpp left out: {skipped}", flush=True)
+        else:
+            targets["llamacpp"] = started.enter_context(
+                llamacpp.server(Path(run_dir) / "llamacpp", model_dir))
+        engines = {name: Engine(EngineConfig(model_dir=model_dir, executor=executor))
+                   for name, executor in (("engine", "llama"), ("engine_hf", "hf"))}
+        for engine in engines.values():
+            started.callback(engine.shutdown)
+        systems = [s for s in (*SERVED, *IN_PROCESS) if s in targets or s in engines]
+        for name in systems:  # warm-up
+            if name in targets:
+                measure_served(targets[name], specs[:4], 2, 60)
+            else:
+                measure_in_process(engines[name], specs[:4], 2)
+        for round_ in range(args.rounds):
+            for concurrency in levels:
+                order = systems if round_ % 2 == 0 else list(reversed(systems))
+                count = max(16, args.requests_per_client * concurrency)
+                for name in order:
+                    row = (measure_served(targets[name], specs[:count], concurrency,
+                                          args.max_seconds) if name in targets
+                           else measure_in_process(engines[name], specs[:count], concurrency))
+                    rows.append({"round": round_, "system": name, "concurrency": concurrency,
+                                 **row})
+                    print(f"  round {round_ + 1} c={concurrency:<3d} {LABELS[name]:32s} "
+                          f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 {row['ttft_p50_ms']:7.1f}"
+                          f" ms  ITL p50 {row['itl_p50_ms'] or float('nan'):5.2f} ms  "
+                          f"errors {row['errors'] or 0}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n" + table(rows))
+    return 0
+
+
+def _spread(values: list[float], digits: int, unit: str = "") -> str:
+    if not values:
+        return "n/a"
+    fmt = f"{{:,.{digits}f}}{unit}"
+    middle = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per level and system, median (min-max) over rounds; ratios within rounds."""
+    systems = [s for s in (*SERVED, *IN_PROCESS) if any(r["system"] == s for r in rows)]
+    lines = ["| clients | system | tok/s | TTFT p50 (ms) | ITL p50 (ms) | ITL p95 (ms) |",
+             "|---:|---|---:|---:|---:|---:|"]
+    ratios: list[str] = []
+    for concurrency in sorted({r["concurrency"] for r in rows}):
+        level = [r for r in rows if r["concurrency"] == concurrency]
+        for system in systems:
+            mine = [r for r in level if r["system"] == system]
+            lines.append(
+                f"| {concurrency} | {LABELS[system]} | "
+                f"{_spread([r['tokens_per_s'] for r in mine], 0)} | "
+                f"{_spread([r['ttft_p50_ms'] for r in mine if r['ttft_p50_ms']], 1)} | "
+                f"{_spread([r['itl_p50_ms'] for r in mine if r['itl_p50_ms']], 2)} | "
+                f"{_spread([r['itl_p95_ms'] for r in mine if r['itl_p95_ms']], 2)} |")
+        for mine, theirs in (("ours", "llamacpp"), ("ours", "engine"),
+                             ("engine", "engine_hf")):
+            per_round = []
+            for round_ in sorted({r["round"] for r in level}):
+                pair = {r["system"]: r["tokens_per_s"] for r in level if r["round"] == round_}
+                if pair.get(mine) and pair.get(theirs):
+                    per_round.append(pair[mine] / pair[theirs])
+            if per_round:
+                ratios.append(f"| {concurrency} | {LABELS[mine]} / {LABELS[theirs]} | "
+                              f"{_spread(per_round, 2, 'x')} |")
+    return "\n".join(lines + ["", "| clients | output tokens/s ratio | median (min-max) |",
+                              "|---:|---|---:|"] + ratios)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
