@@ -82,7 +82,10 @@ class EngineConfig:
     engine_nice: int = -10
     # A streamed sequence hands its text on at most once per this many milliseconds (the
     # first token at once; what comes in between goes out as one piece). 0: every token.
-    stream_interval_ms: int = 0
+    # 25 ms is below what a reader of a streamed answer notices (40 updates a second) and,
+    # measured at 32 streams on 2 cores, carried ~3.7 tokens per response and raised output
+    # tokens/s through the gateway by ~1.4x (README, Performance).
+    stream_interval_ms: int = 25
     limits: Limits = Limits()
 
 

@@ -65,10 +65,11 @@ def test_completion_text_and_usage_are_the_models_own(client, gateway, api_key):
 
 
 def test_streamed_completion_concatenates_to_the_whole_answer(client):
-    whole = client.completions.create(model=MODEL, prompt="The list", max_tokens=16,
-                                      temperature=0)
-    chunks = list(client.completions.create(model=MODEL, prompt="The list", max_tokens=16,
-                                            temperature=0, stream=True))
+    whole = client.completions.create(model=MODEL, prompt="The list", max_tokens=120,
+                                      temperature=0, extra_body={"ignore_eos": True})
+    chunks = list(client.completions.create(model=MODEL, prompt="The list", max_tokens=120,
+                                            temperature=0, stream=True,
+                                            extra_body={"ignore_eos": True}))
     assert len(chunks) > 3 and all(c.object == "text_completion" for c in chunks)
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "length"

@@ -31,26 +31,33 @@ def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:
     return infer_inputs(grpcclient, prompt, max_tokens=max_tokens)
 
 
-def test_sse_stream_sends_many_events_that_concatenate_to_the_unary_text(triton):
-    events = sse_events(f"{triton.http_url}/v2/models/llm_stream/generate_stream", BODY)
-    unary = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY,
+# Long enough (ignore_eos) to span several stream intervals (25 ms by default).
+LONG = {**BODY, "max_tokens": 200, "ignore_eos": True}
+
+
+def test_sse_stream_sends_the_first_token_at_once_then_pieces_that_make_the_unary_text(triton):
+    events = sse_events(f"{triton.http_url}/v2/models/llm_stream/generate_stream", LONG)
+    unary = requests.post(f"{triton.http_url}/v2/models/llm/generate", json=LONG,
                           timeout=60).json()
-    # One event per token, except that pieces produced while the engine's sender was behind
-    # go out merged; with one stream that is rare, so most of the 24 tokens come one by one.
-    assert len(events) > 5
+    first = requests.post(f"{triton.http_url}/v2/models/llm/generate",
+                          json={**LONG, "max_tokens": 1}, timeout=60).json()
+    # The first event is the first token alone; later ones carry what the engine made in one
+    # stream interval; the last one has the counts and no text.
+    assert events[0]["text_output"] == first["text_output"]
+    assert len(events) > 3
     assert "".join(e["text_output"] for e in events) == unary["text_output"]
     final = events[-1]
     assert final["finish_reason"] == unary["finish_reason"]
-    assert final["num_output_tokens"] == unary["num_output_tokens"]
+    assert final["num_output_tokens"] == unary["num_output_tokens"] == 200
     assert final["num_input_tokens"] == unary["num_input_tokens"]
     assert all("finish_reason" not in e for e in events[:-1])
 
 
 def test_stream_through_the_gateway_uses_the_llm_route(gateway, api_key):
-    events = sse_events(gateway.url + "/v2/models/llm/generate_stream", BODY,
+    events = sse_events(gateway.url + "/v2/models/llm/generate_stream", LONG,
                         {"X-API-Key": api_key})
-    alias = sse_events(gateway.url + "/generate_stream", BODY, {"X-API-Key": api_key})
-    assert len(events) > 5 and len(alias) > 5
+    alias = sse_events(gateway.url + "/generate_stream", LONG, {"X-API-Key": api_key})
+    assert len(events) > 3 and len(alias) > 3
     assert "".join(e["text_output"] for e in events) == "".join(e["text_output"] for e in alias)
     assert events[-1] == alias[-1]  # the final event: finish reason and token counts
 
@@ -71,7 +78,7 @@ def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_ke
             if result.get_response().parameters["triton_final_response"].bool_param:
                 break
         client.stop_stream()
-        # Text responses (one per token, merged only when the engine's sender falls behind),
+        # Text responses (the first token alone, then what each stream interval gathered),
         # then the final response with the counts and no text.
         assert len(pieces) > 2 and pieces[-1] == ""
         assert result.as_numpy("num_output_tokens").reshape(-1)[0] == 12

@@ -67,10 +67,11 @@ def run(engine: Engine, requests: list[GenerationRequest]) -> list[SequenceOutpu
 @pytest.fixture(scope="module", params=[("continuous", "llama"), ("static", "llama"),
                                         ("continuous", "hf")], ids="-".join)
 def engine(request, demo_model_dir):
-    """Both schedulers, and both executors (the lean Llama forward and the HF module)."""
+    """Both schedulers, and both executors (the lean Llama forward and the HF module). Every
+    token is its own piece (stream interval 0), so tests can count steps by pieces."""
     scheduling, executor = request.param
     engine = Engine(EngineConfig(model_dir=demo_model_dir, scheduling=scheduling,
-                                 executor=executor, max_num_seqs=8))
+                                 executor=executor, max_num_seqs=8, stream_interval_ms=0))
     yield engine
     engine.shutdown()
 
@@ -81,8 +82,9 @@ def test_greedy_text_is_identical_alone_and_when_joining_a_running_batch(engine)
     long_sink = Sink()
     engine.submit(GenerationRequest(prompt="The module", max_tokens=80, ignore_eos=True),
                   long_sink)
-    while len(long_sink.pieces) < 5:  # joiners arrive while it is mid-generation
-        time.sleep(0.005)
+    deadline = time.monotonic() + 30
+    while len(long_sink.pieces) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)  # joiners arrive while it is mid-generation
     joined = run(engine, [GenerationRequest(prompt=p, max_tokens=24 + i, temperature=1.2 * (i % 2),
                                             seed=i) for i, p in enumerate(PROMPTS)])
     for i in (0, 2):
@@ -172,6 +174,14 @@ def test_stream_interval_sends_the_first_piece_at_once_and_merges_the_rest(demo_
         assert "".join(sink.pieces) == output.text and output.completion_tokens == 20
     finally:
         engine.shutdown()
+
+
+def test_stream_interval_zero_hands_on_each_token_as_it_comes(engine):
+    sink = Sink()
+    engine.submit(GenerationRequest(prompt="The list", max_tokens=20, ignore_eos=True), sink)
+    output = sink.result()
+    # A token that ends inside a multi-byte character waits for the next one; no other merge.
+    assert len(sink.pieces) >= 15 and "".join(sink.pieces) == output.text
 
 
 def test_text_held_back_for_a_stop_string_is_streamed_when_the_length_limit_ends_it(engine):
