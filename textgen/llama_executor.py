@@ -151,7 +151,8 @@ class LlamaExecutor:
     def decode(self, last_tokens: list[int]) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()
         rows, start, end = len(last_tokens), self._batch.start, self._batch.end
-        attn_mask = mask.bool()[:, None, None, :]
+        # One row has no padding (the cache trims it): the kernel's unmasked path is cheaper.
+        attn_mask = None if rows == 1 else mask.bool()[:, None, None, :]
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = self._batch.buffers(i)
@@ -187,7 +188,7 @@ class LlamaExecutor:
             h = F.rms_norm(x, self._hidden, layer.input_norm, self._eps)
             qkv = F.linear(h, layer.qkv, layer.qkv_bias)
             qk = qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim).transpose(1, 2)
-            qk = qk * cos + qk[..., self._swap] * sin
+            qk = torch.addcmul(qk * cos, qk[..., self._swap], sin)
             v = qkv[..., qk_width:].view(rows, tokens, kv_heads, dim).transpose(1, 2)
             out = attend(i, qk[:, :heads], qk[:, heads:], v)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, tokens, heads * dim), layer.out,

@@ -253,7 +253,11 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
     env = {**os.environ, "LLM_RUN_DIR": str(tmp_path), "LLM_HTTP_PORT": str(free_port()),
            "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
            "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
-           "LLM_KEYS_DIR": str(tmp_path / "keys"), "LLM_DRAIN_TIMEOUT_S": "60"}
+           "LLM_KEYS_DIR": str(tmp_path / "keys"), "LLM_DRAIN_TIMEOUT_S": "60",
+           # One sequence at a time: the eight requests in flight then take seconds whatever
+           # the machine's speed, so the drain is surely still running when the refusal is
+           # checked.
+           "LLM_MAX_NUM_SEQS": "1"}
     key, _ = runtime.KeyStore(tmp_path / "keys").issue("drain", "premium")
     runtime.KeyStore(tmp_path / "keys").issue("dev", "standard")
     runner = ServerProcess("runner", [os.sys.executable, str(ROOT / "tools" / "serve.py"),
