@@ -76,9 +76,9 @@ class EngineConfig:
     # Scheduling priority (nice, -20..19) of the engine thread. Every token wakes Triton, the
     # stream model, Envoy and the client; at the same priority they preempt the decode step
     # (measured at 32 streams on 2 cores: the engine thread waited for a core 42% of the time
-    # and a step took 3x its unloaded time). Below 0 needs RLIMIT_NICE (`ulimit -e 30`, compose
-    # sets it) or CAP_SYS_NICE (root); without either the engine keeps the process's
-    # priority and logs how to allow it.
+    # and a step took 3x its unloaded time). Below 0 needs RLIMIT_NICE (`ulimit -e 30`) or
+    # CAP_SYS_NICE (root); without either the engine keeps the process's priority and logs
+    # how to allow it.
     engine_nice: int = -10
     # A streamed sequence hands its text on at most once per this many milliseconds (the
     # first token at once; what comes in between goes out as one piece). 0: every token.
