@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import engine_only  # noqa: E402
 import llamacpp  # noqa: E402
 import loadgen  # noqa: E402
+from median import spread  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
@@ -126,16 +127,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _spread(values: list[float], digits: int, unit: str = "") -> str:
-    if not values:
-        return "n/a"
-    fmt = f"{{:,.{digits}f}}{unit}"
-    middle = fmt.format(statistics.median(values))
-    if len(values) == 1:
-        return middle
-    return f"{middle} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per level and system, median (min-max) over rounds; ratios within rounds."""
     systems = [s for s in (*SERVED, *IN_PROCESS) if any(r["system"] == s for r in rows)]
@@ -148,10 +139,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             mine = [r for r in level if r["system"] == system]
             lines.append(
                 f"| {concurrency} | {LABELS[system]} | "
-                f"{_spread([r['tokens_per_s'] for r in mine], 0)} | "
-                f"{_spread([r['ttft_p50_ms'] for r in mine if r['ttft_p50_ms']], 1)} | "
-                f"{_spread([r['itl_p50_ms'] for r in mine if r['itl_p50_ms']], 2)} | "
-                f"{_spread([r['itl_p95_ms'] for r in mine if r['itl_p95_ms']], 2)} |")
+                f"{spread([r['tokens_per_s'] for r in mine], 0)} | "
+                f"{spread([r['ttft_p50_ms'] for r in mine if r['ttft_p50_ms']], 1)} | "
+                f"{spread([r['itl_p50_ms'] for r in mine if r['itl_p50_ms']], 2)} | "
+                f"{spread([r['itl_p95_ms'] for r in mine if r['itl_p95_ms']], 2)} |")
         for mine, theirs in (("ours", "llamacpp"), ("ours", "engine"),
                              ("engine", "engine_hf")):
             per_round = []
@@ -161,7 +152,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                     per_round.append(pair[mine] / pair[theirs])
             if per_round:
                 ratios.append(f"| {concurrency} | {LABELS[mine]} / {LABELS[theirs]} | "
-                              f"{_spread(per_round, 2, 'x')} |")
+                              f"{spread(per_round, 2, 'x')} |")
     return "\n".join(lines + ["", "| clients | output tokens/s ratio | median (min-max) |",
                               "|---:|---|---:|"] + ratios)
 
