@@ -26,6 +26,9 @@ FIXED_OUTPUT_TOKENS = 64
 MIXED_PROMPT = {"median": 64, "sigma": 1.0, "min": 4, "max": 384}
 MIXED_OUTPUT = {"median": 48, "sigma": 1.0, "min": 4, "max": 256}
 CONTEXT = 512
+# Left free in every request for the chat template's tokens (`User: `, `Assistant: `), so the
+# same request fits the context on the OpenAI path too (otherwise a correct 400 there).
+TEMPLATE_ROOM = 16
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def build(name: str, count: int, source: PromptSource, seed: int) -> list[Reques
             prompt_tokens, max_tokens = FIXED_PROMPT_TOKENS, FIXED_OUTPUT_TOKENS
         elif name == "mixed":
             prompt_tokens = _lognormal(rng, MIXED_PROMPT)
-            max_tokens = min(_lognormal(rng, MIXED_OUTPUT), CONTEXT - prompt_tokens)
+            max_tokens = min(_lognormal(rng, MIXED_OUTPUT),
+                             CONTEXT - TEMPLATE_ROOM - prompt_tokens)
         else:
             raise ValueError(f"unknown workload {name!r}; use fixed or mixed")
         specs.append(RequestSpec(i, source.prompt(prompt_tokens, rng), prompt_tokens,
