@@ -23,7 +23,7 @@ from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import EngineObserver, FinishReason, OutputSink, SequenceOutput
 from .sampling import make_rng, sample_next_tokens
-from .scheduler import Budget, Scheduler, Sized
+from .scheduler import Budget, Scheduler, Sized, prefill_groups
 from .tokenization import TextAssembler, fast_decoder
 from .validation import GenerationRequest, ValidationError, check_token_budget
 
@@ -201,10 +201,11 @@ class Engine:
         now = time.monotonic()
         for seq in admitted:
             seq.admitted_at = now
-        logits = self.executor.prefill([s.prompt_ids for s in admitted])
-        first_row = len(self._rows)
-        self._rows.extend(admitted)
-        self._advance(range(first_row, len(self._rows)), logits)
+        for group in prefill_groups(admitted, lambda s: len(s.prompt_ids)):
+            logits = self.executor.prefill([s.prompt_ids for s in group])
+            first_row = len(self._rows)
+            self._rows.extend(group)
+            self._advance(range(first_row, len(self._rows)), logits)
 
     def _decode(self) -> None:
         logits = self.executor.decode([s.last_token for s in self._rows])

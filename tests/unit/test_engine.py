@@ -236,10 +236,12 @@ def test_request_waiting_past_the_queue_timeout_is_rejected(demo_model_dir):
     engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, queue_timeout_s=0.2),
                     recorder)
     try:
-        blocker = Sink()
+        blocker = GateSink()  # holds the only slot (and the engine) for 0.5 s, any CPU speed
         engine.submit(GenerationRequest(prompt="The", max_tokens=250, ignore_eos=True), blocker)
+        assert blocker.started.wait(30)
         late = Sink()
         engine.submit(GenerationRequest(prompt="The", max_tokens=5), late)
+        threading.Timer(0.5, blocker.release.set).start()
         output = late.result()
         assert output.finish_reason is FinishReason.REJECTED and "waited more than 0.2 s" in output.error
         assert "queue_timeout" in recorder.rejects

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textgen.scheduler import Budget, Scheduler, Sized
+from textgen.scheduler import Budget, Scheduler, Sized, prefill_groups
 
 
 @dataclass(eq=False)
@@ -75,3 +75,16 @@ def test_finishing_frees_budget_and_dropping_removes_from_the_queue():
 def test_a_sequence_larger_than_the_total_budget_never_fits():
     scheduler = Scheduler(Budget(4, 100))
     assert scheduler.fits_ever(Seq(100)) and not scheduler.fits_ever(Seq(101))
+
+
+def test_prefill_groups_bound_padding_and_put_short_prompts_first():
+    lengths = [384, 40, 100, 10, 12, 36, 390]
+    groups = prefill_groups(lengths, length=lambda n: n)
+    assert [n for group in groups for n in group] == sorted(lengths)
+    for group in groups:  # padded to the longest, within 25% of the real tokens
+        assert max(group) * len(group) <= 1.25 * sum(group)
+    assert groups[0] == [10, 12] and groups[-1] == [384, 390]
+
+
+def test_prompts_of_one_length_prefill_in_one_pass():
+    assert prefill_groups([64] * 8, length=lambda n: n) == [[64] * 8]
