@@ -21,7 +21,6 @@ on 2 cores, cached); where it cannot be built the table leaves it out and says w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -67,15 +66,8 @@ def measure_in_process(engine: Any, specs: list[workloads.RequestSpec],
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=6)
-    parser.add_argument("--max-seconds", type=float, default=30)
-    parser.add_argument("--model-dir", type=Path, default=HERE.parent / "demo_model")
-    parser.add_argument("--out", type=Path, help="write the raw rows as JSON here")
-    args = parser.parse_args(argv)
+    args = workloads.rounds_parser(__doc__, requests_per_client=6,
+                                   max_seconds=30).parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model_dir.resolve()
 

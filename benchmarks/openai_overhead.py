@@ -16,7 +16,6 @@ prompt tokens on the OpenAI path (`User: `, `Assistant: `).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -33,15 +32,8 @@ import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests-per-client", type=int, default=8)
-    parser.add_argument("--max-seconds", type=float, default=40)
-    parser.add_argument("--model-dir", type=Path, default=HERE.parent / "demo_model")
-    parser.add_argument("--out", type=Path, help="write the raw rows as JSON here")
-    args = parser.parse_args(argv)
+    args = workloads.rounds_parser(__doc__, requests_per_client=8,
+                                   max_seconds=40).parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     from transformers import AutoTokenizer
 

@@ -12,6 +12,7 @@ length is exactly `max_tokens` and all systems do the same amount of work.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from dataclasses import dataclass
@@ -151,3 +152,19 @@ def summary(specs: list[RequestSpec]) -> dict[str, Any]:
     return {"requests": len(specs), "prompt_tokens": stats([s.prompt_tokens for s in specs]),
             "output_tokens": stats([s.max_tokens for s in specs])}
 
+
+
+def rounds_parser(description: str, requests_per_client: int,
+                  max_seconds: float) -> argparse.ArgumentParser:
+    """The options of the scripts that compare systems round by round on the fixed workload
+    (openai_overhead.py, cpu_peer.py)."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=requests_per_client)
+    parser.add_argument("--max-seconds", type=float, default=max_seconds)
+    parser.add_argument("--model-dir", type=Path, default=Path(__file__).resolve().parent.parent
+                        / "demo_model")
+    parser.add_argument("--out", type=Path, help="write the raw rows as JSON here")
+    return parser

@@ -77,9 +77,13 @@ class LlamaExecutor:
                 config.model_type == "mistral" and window is not None
                 and window < config.max_position_embeddings):
             return "sliding-window attention"
-        linears = [m for m in model.modules() if "Linear" in type(m).__name__]
-        if any(type(m) is not torch.nn.Linear for m in linears):
-            return "quantized linear layers"
+        projections = [model.get_output_embeddings()]
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            projections += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                            mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear for m in projections):
+            return "quantized linear layers"  # e.g. torch's dynamic int8 modules
         return None
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
@@ -108,6 +112,9 @@ class LlamaExecutor:
                 post_norm=layer.post_attention_layernorm.weight.detach(),
                 gate_up=gate_up, down=mlp.down_proj.weight.detach()))
         self._cos, self._sin = self._rope_tables(base, context_length)
+        half = self._head_dim // 2  # rotate_half as an index: the second half, then the first
+        self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
+            .to(device)
         self._batch = KVBatch()
 
     def _rope_tables(self, base: Any, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +124,8 @@ class LlamaExecutor:
         probe = self._embed[:1].unsqueeze(0)
         with torch.inference_mode():
             cos, sin = base.rotary_emb(probe, positions)
-        half = self._head_dim // 2
         sign = torch.ones(self._head_dim, dtype=sin.dtype, device=self._device)
-        sign[:half] = -1
-        self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
-            .to(self._device)
+        sign[:self._head_dim // 2] = -1
         return cos[0].contiguous(), (sin[0] * sign).contiguous()
 
     # ---- the Executor interface ---------------------------------------------------------
