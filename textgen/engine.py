@@ -168,8 +168,9 @@ class Engine:
                 self._finish(seq, FinishReason.CANCELLED)
             for seq in expired:
                 self.observer.on_reject("queue_timeout")
-                self._finish(seq, FinishReason.REJECTED, f"waited more than {self.config.queue_timeout_s:g}"
-                                              f" s for a slot; retry later")
+                self._finish(seq, FinishReason.REJECTED,
+                             f"waited more than {self.config.queue_timeout_s:g} s for a slot; "
+                             f"retry later")
             try:
                 with torch.inference_mode():
                     if admitted:

@@ -88,7 +88,8 @@ class KVBatch:
         """Layer `layer`'s key and value buffers, [row capacity, heads, columns, head_dim]."""
         return self._keys[layer], self._values[layer]
 
-    def join(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+    def join(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+             mask: torch.Tensor) -> None:
         """Add prefilled newcomers below our rows: per layer their keys and values
         ([n, heads, P, head_dim]) and their [n, P] left-padded mask."""
         newcomers, length = mask.shape
