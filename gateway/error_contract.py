@@ -93,6 +93,16 @@ LOCAL_REPLIES: dict[int, tuple[int, str | None]] = {
     504: (504, "the model server did not answer in time"),
 }
 
+# Envoy answers 503 when the connection to a replica broke after the request was sent
+# (response flags UC, UR): the replica died mid-generation. The gateway does not retry that
+# (work had started there) and says so with a 502 of its own, so a 503 from this service
+# always means "refused before any work: retrying is safe" (what the gateway's own retries
+# rely on, gateway/render.py).
+REPLICA_FAILED_FLAGS = ("UC", "UR")
+REPLICA_FAILED: tuple[int, str] = (
+    502, "the model replica serving this request failed while generating; it was not retried "
+         "because its work had started (another replica takes new requests: retry it)")
+
 # gRPC status codes (numbers, as in `grpc-status`) of the types the model sets, which the
 # gateway applies to the model's errors on gRPC calls. (Envoy's own replies to gRPC calls get
 # their code from Envoy's HTTP-to-gRPC mapping: 401 UNAUTHENTICATED, 429 RESOURCE_EXHAUSTED...)

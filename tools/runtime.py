@@ -16,7 +16,7 @@ import sysconfig
 import urllib.request
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +51,12 @@ class Settings:
     # LLM_TRITON_HOME: a server laid out as in NVIDIA's image (bin/, backends/, caches/ under
     # one folder, /opt/tritonserver there) instead of the nvidia-pytriton wheel's.
     triton_home: Path | None = None
+    replicas: int = 1  # LLM_REPLICAS: model replicas (each its own Triton + OpenAI frontend)
+    fallback_replicas: int = 0  # LLM_FALLBACK_REPLICAS: the fallback pool's replicas
+    # LLM_FALLBACK_MODEL_DIR: what the fallback pool serves (a smaller model, say)
+    fallback_model_dir: Path | None = None
+    # LLM_REPLICA_PORT_STEP: replica i listens on each port + i * step
+    replica_port_step: int = 10
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -61,6 +67,12 @@ class Settings:
             raw = env.get(name, str(fallback))
             if not raw.isdigit() or not 0 < int(raw) < 65536:
                 raise SystemExit(f"{name}={raw!r} is not a TCP port; use a number in 1-65535")
+            return int(raw)
+
+        def count(name: str, fallback: int, least: int) -> int:
+            raw = env.get(name, str(fallback))
+            if not raw.isdigit() or int(raw) < least:
+                raise SystemExit(f"{name}={raw!r}: use a whole number, at least {least}")
             return int(raw)
 
         level = env.get("LLM_LOG_LEVEL", default.log_level).lower()
@@ -77,6 +89,11 @@ class Settings:
             run_dir=Path(env.get("LLM_RUN_DIR", str(default.run_dir))).resolve(),
             admin_key=env.get("LLM_ADMIN_KEY") or secrets.token_urlsafe(24),
             triton_home=Path(env["LLM_TRITON_HOME"]) if env.get("LLM_TRITON_HOME") else None,
+            replicas=count("LLM_REPLICAS", default.replicas, 1),
+            fallback_replicas=count("LLM_FALLBACK_REPLICAS", default.fallback_replicas, 0),
+            fallback_model_dir=(Path(env["LLM_FALLBACK_MODEL_DIR"]).resolve()
+                                if env.get("LLM_FALLBACK_MODEL_DIR") else None),
+            replica_port_step=count("LLM_REPLICA_PORT_STEP", default.replica_port_step, 4),
         )
 
     @property
@@ -86,6 +103,23 @@ class Settings:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    def pools(self) -> list[tuple[str, "Settings"]]:
+        """(pool, settings) of every replica to run: the primaries, then the fallback pool.
+        Replica i listens on each of these ports + i * replica_port_step and logs under
+        run_dir/replica-i (the first keeps the ports and run dir as they are)."""
+        result = []
+        for index in range(self.replicas + self.fallback_replicas):
+            shift = index * self.replica_port_step
+            fallback = index >= self.replicas
+            result.append(("fallback" if fallback else "primary", replace(
+                self, http_port=self.http_port + shift, grpc_port=self.grpc_port + shift,
+                metrics_port=self.metrics_port + shift, openai_port=self.openai_port + shift,
+                model_dir=(self.fallback_model_dir or self.model_dir) if fallback
+                else self.model_dir,
+                run_dir=self.run_dir / f"replica-{index}" if index else self.run_dir,
+                replicas=1, fallback_replicas=0)))
+        return result
 
 
 def _copy_if_changed(src: Path, dst: Path) -> None:
@@ -176,9 +210,15 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
 
 def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> GatewaySettings:
     """Gateway settings for this Triton; the environment may still point it elsewhere."""
+    pools = settings.pools()
     values = {"LLM_TRITON_HOST": settings.host, "LLM_HTTP_PORT": str(settings.http_port),
               "LLM_GRPC_PORT": str(settings.grpc_port),
               "LLM_OPENAI_PORT": str(settings.openai_port)}
+    for pool, variable in (("primary", "GATEWAY_REPLICAS"),
+                           ("fallback", "GATEWAY_FALLBACK_REPLICAS")):
+        values[variable] = ",".join(
+            f"{s.host}:{s.http_port}:{s.grpc_port}:{s.openai_port}"
+            for name, s in pools if name == pool)
     values.update(os.environ if env is None else env)
     values["LLM_RUN_DIR"] = str(settings.run_dir)
     return GatewaySettings.from_env(values)

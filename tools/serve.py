@@ -12,6 +12,11 @@ The runner restarts a process that dies (and Triton when one of its model proces
 a crashed server comes back by itself. SIGTERM or Ctrl-C drains first: new requests get 503,
 requests in flight finish (up to LLM_DRAIN_TIMEOUT_S, default 60 s), then everything stops. On
 the first run it issues a development API key named `dev` and prints it once.
+
+Replicas: LLM_REPLICAS=N runs N model replicas (each a Triton with its own model processes and
+an OpenAI frontend, on each port + i * LLM_REPLICA_PORT_STEP) that the gateway balances;
+LLM_FALLBACK_REPLICAS=M adds a fallback pool (serving LLM_FALLBACK_MODEL_DIR, default the same
+model) that answers only while no primary can.
 """
 
 from __future__ import annotations
@@ -121,6 +126,9 @@ def dev_key(gateway: runtime.GatewaySettings) -> Optional[str]:
 def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
            key: Optional[str]) -> str:
     url = f"http://{gateway.host}:{gateway.port}"
+    tritons = "".join(
+        f"  {'Triton' if pool == 'primary' else 'fallback':13} {r.http_url} / {r.grpc_url} / "
+        f"metrics :{r.metrics_port}\n" for pool, r in settings.pools())
     shown = key or "$LLM_API_KEY"
     key_line = (f"Development API key (shown once; `make key NAME=...` issues more):\n  {key}\n"
                 if key else "API key: the `dev` key printed on the first run, or "
@@ -129,8 +137,7 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
 The LLM service is up (model: {settings.model_dir}).
   gateway       {url}   HTTP + gRPC + SSE, API key required
   OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
-  Triton        {settings.http_url} / {settings.grpc_url} / metrics :{settings.metrics_port}
-                (loopback only, no key: for operators)
+{tritons}                (loopback only, no key: for operators)
   access log    {gateway.access_log}
 
 {key_line}
@@ -140,20 +147,57 @@ Try it:
 """
 
 
-def build(settings: runtime.Settings) -> tuple[list[Supervised], runtime.GatewaySettings]:
+@dataclass
+class Replica:
+    """One model replica: a Triton and the OpenAI frontend that calls it, on their own ports."""
+
+    pool: str  # "primary" or "fallback"
+    settings: runtime.Settings
+    triton: Supervised
+    openai: Supervised
+    misses: int = 0  # liveness probes missed in a row
+
+    @property
+    def name(self) -> str:
+        return self.triton.name
+
+    def supervise(self, stopping: bool) -> None:
+        """Restart what died or hangs: a lost model process, a Triton that stopped answering
+        its liveness probe (e.g. stuck after an abort), any process that exited."""
+        self.triton.check_stubs()
+        if not self.triton.running():
+            self.misses = 0  # dead, not hung: check() restarts it
+        elif self.triton.was_ready:
+            live = is_ready(f"{self.settings.http_url}/v2/health/live")
+            self.misses = 0 if live else self.misses + 1
+            if self.misses >= 3:
+                self.triton.restart("stopped answering its liveness probe")
+                self.misses = 0
+        if not stopping:
+            self.triton.check()
+            self.openai.check()
+        if not self.triton.was_ready and is_ready(f"{self.settings.http_url}/v2/health/ready"):
+            self.triton.was_ready = True
+
+
+def build(settings: runtime.Settings) -> tuple[list[Replica], Supervised, runtime.GatewaySettings]:
+    """The replicas (primaries, then the fallback pool) and the gateway in front of them."""
     gateway = runtime.gateway_settings(settings)
     envoy_config = runtime.prepare_gateway(gateway, settings.run_dir)
-    triton_env = runtime.triton_env(settings.run_dir)
-    triton_env["LLM_MODEL_DIR"] = str(settings.model_dir)
-    procs = [
-        Supervised("tritonserver", runtime.triton_command(settings), triton_env,
-                   settings.run_dir / "triton.log"),
-        Supervised("envoy", runtime.envoy_command(envoy_config, settings.log_level),
-                   dict(os.environ), settings.run_dir / "gateway" / "envoy.log"),
-        Supervised("openai", runtime.openai_command(settings), dict(os.environ),
-                   settings.run_dir / "openai.log", cwd=runtime.ROOT),
-    ]
-    return procs, gateway
+    replicas = []
+    for index, (pool, replica) in enumerate(settings.pools()):
+        suffix = f"-{index}" if len(settings.pools()) > 1 else ""
+        triton_env = runtime.triton_env(settings.run_dir)
+        triton_env["LLM_MODEL_DIR"] = str(replica.model_dir)
+        replicas.append(Replica(
+            pool, replica,
+            Supervised(f"tritonserver{suffix}", runtime.triton_command(replica), triton_env,
+                       replica.run_dir / "triton.log"),
+            Supervised(f"openai{suffix}", runtime.openai_command(replica), dict(os.environ),
+                       replica.run_dir / "openai.log", cwd=runtime.ROOT)))
+    envoy = Supervised("envoy", runtime.envoy_command(envoy_config, settings.log_level),
+                       dict(os.environ), settings.run_dir / "gateway" / "envoy.log")
+    return replicas, envoy, gateway
 
 
 def serve(settings: runtime.Settings) -> int:
@@ -166,41 +210,35 @@ def serve(settings: runtime.Settings) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    procs, gateway = build(settings)
+    replicas, envoy, gateway = build(settings)
     key = dev_key(gateway)
-    print(f"==> starting Triton and the gateway (logs under {settings.run_dir})", flush=True)
-    for p in procs:
-        p.start()
-    triton, envoy, openai = procs
+    what = (f"{settings.replicas} replicas" if settings.replicas > 1 else "Triton") + (
+        f" + {settings.fallback_replicas} fallback" if settings.fallback_replicas else "")
+    print(f"==> starting {what} and the gateway (logs under {settings.run_dir})", flush=True)
+    for replica in replicas:
+        replica.triton.start()
+        replica.openai.start()
+    envoy.start()
     ready_url = f"http://{gateway.host}:{gateway.port}/readyz"
-    live_url = f"{settings.http_url}/v2/health/live"
-    began, announced, misses = time.monotonic(), False, 0
+    began, announced = time.monotonic(), False
     while not stopping:  # supervise from the first second: a crash during start-up counts
         time.sleep(0.5)
-        triton.check_stubs()
-        if triton.was_ready:
-            misses = 0 if is_ready(live_url) else misses + 1
-            if misses >= 3:  # alive but no longer answering: e.g. stuck after an abort
-                triton.restart("stopped answering its liveness probe")
-                misses = 0
-        for p in procs:
-            if not stopping:
-                p.check()
-        if not triton.was_ready and is_ready(ready_url):
-            triton.was_ready = True
-            if not announced:
-                print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
-                print(banner(settings, gateway, key), flush=True)
-                print("Press Ctrl-C to stop.", flush=True)
-                announced = True
-    drain(gateway, envoy, openai, triton)
+        for replica in replicas:
+            replica.supervise(stopping)
+        if not stopping:
+            envoy.check()
+        if not announced and all(r.triton.was_ready for r in replicas) and is_ready(ready_url):
+            print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
+            print(banner(settings, gateway, key), flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+            announced = True
+    drain(gateway, envoy, replicas)
     return 0
 
 
-def drain(gateway: runtime.GatewaySettings, envoy: Supervised, openai: Supervised,
-          triton: Supervised) -> None:
+def drain(gateway: runtime.GatewaySettings, envoy: Supervised, replicas: list[Replica]) -> None:
     """Graceful stop: refuse new requests (readiness false, 503), let every request in flight
-    finish, then stop the gateway and Triton (which has nothing left to wait for)."""
+    finish, then stop the gateway and the replicas (which have nothing left to wait for)."""
     print(f"\n==> draining: new requests get 503; waiting up to {DRAIN_TIMEOUT_S} s for "
           f"requests in flight", flush=True)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -215,10 +253,12 @@ def drain(gateway: runtime.GatewaySettings, envoy: Supervised, openai: Supervise
     except OSError as exc:
         print(f"==> the gateway's admin port did not answer ({exc}); stopping now", flush=True)
     print(f"==> {max(active, 0)} requests still in flight; stopping the gateway, the OpenAI "
-          "frontend, then Triton", flush=True)
+          "frontends, then Triton", flush=True)
     envoy.stop(grace=10)
-    openai.stop(grace=10)
-    triton.stop(grace=40)
+    for replica in replicas:
+        replica.openai.stop(grace=10)
+    for replica in replicas:
+        replica.triton.stop(grace=40)
     print("==> stopped", flush=True)
 
 
