@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv serve up down status key keys revoke test unit soak demo-model lock clean
+.PHONY: help venv serve up down status gateway redis key keys revoke test unit soak demo-model lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,10 +31,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create the virtual environment (idempotent; fast when up to date)
 
-serve: venv ## Run the service in the foreground with the demo model (Ctrl-C stops it)
+serve: venv $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
 	@$(PY) tools/serve.py serve
 
-up: venv ## Start the service in the background and wait until it is ready
+up: venv $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis) ## Start the service in the background and wait until it is ready
 	@$(PY) tools/serve.py up
 
 down: ## Stop the background service
@@ -42,6 +42,16 @@ down: ## Stop the background service
 
 status: ## Say whether the background service is ready
 	@$(PY) tools/serve.py status
+
+gateway: venv ## One more gateway on the same replicas: make gateway GATEWAY_PORT=8090 GATEWAY_ADMIN_PORT=9911
+	@$(PY) tools/serve.py gateway
+
+redis: ## Install Debian's redis-server if missing (global limits and their tests need it)
+	@command -v redis-server >/dev/null || { \
+	  echo "==> installing redis-server (Debian) for the global rate limits"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; \
+	  else echo "redis-server is missing: run \`sudo apt-get install redis-server\`" >&2; exit 1; fi; }
 
 key: venv ## Issue an API key: make key NAME=team-a [TIER=standard]; printed once
 	@$(PY) gateway/keys.py issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
@@ -52,7 +62,7 @@ keys: venv ## List API keys (ids, names, tiers; never the keys)
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
 	@$(PY) gateway/keys.py revoke "$(KEY)"
 
-test: venv ## Run the whole test suite (unit + integration with real servers)
+test: venv redis ## Run the whole test suite (unit + integration with real servers)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv ## Run only the unit tests of the pure modules (seconds)

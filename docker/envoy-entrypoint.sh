@@ -52,6 +52,22 @@ drain_and_stop() {
     wait "$envoy_pid" || true
 }
 
+# GATEWAY_GLOBAL_LIMITS=1: ask the rate-limit service (compose profile `global-limits`), whose
+# address the baked config holds, by switching runtime key llm.global_limits on once the
+# admin port answers.
+enable_global_limits() {
+    local tries
+    for tries in $(seq 1 100); do
+        if http POST "$ADMIN_PORT" '/runtime_modify?llm.global_limits=100' \
+                | grep -q '^HTTP/1.1 200'; then
+            echo "llm-gateway: global limits on (attempt $tries)" >&2
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "llm-gateway: could not switch global limits on" >&2
+}
+
 serve() {
     if [[ $(id -u) == 0 ]]; then
         chown "$GATEWAY_UID:$GATEWAY_UID" /dev/stdout /dev/stderr
@@ -66,6 +82,7 @@ serve() {
     envoy -c "$CONFIG" --log-level "$level" --disable-hot-restart --drain-time-s 5 \
         --file-flush-interval-msec 500 &
     envoy_pid=$!
+    if [[ ${GATEWAY_GLOBAL_LIMITS:-0} == 1 ]]; then enable_global_limits & fi
     local rc=0
     wait "$envoy_pid" || rc=$?
     if [[ -n $stopping ]]; then

@@ -93,7 +93,14 @@ class Triton:
     """Generation on Triton's gRPC endpoint; create inside the server's event loop."""
 
     def __init__(self, url: str) -> None:
-        self._client = grpcaio.InferenceServerClient(url)
+        # Round robin over every address the name resolves to: in compose, `triton` scaled
+        # to several replicas is one name with several addresses; a replica that stops
+        # answering is skipped until it reconnects. (Beside its own Triton, as in a
+        # Kubernetes pod, there is one address and this changes nothing.)
+        self._client = grpcaio.InferenceServerClient(url, channel_args=[
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_send_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE)])
 
     async def ready(self) -> bool:
         try:

@@ -57,6 +57,11 @@ class Settings:
     fallback_model_dir: Path | None = None
     # LLM_REPLICA_PORT_STEP: replica i listens on each port + i * step
     replica_port_step: int = 10
+    # LLM_GLOBAL_LIMITS=1: run Redis and the rate-limit service (ratelimit/) so limits and
+    # token quotas hold across gateways (GATEWAY_RATELIMIT names an external service instead)
+    global_limits: bool = False
+    redis_port: int = 6379  # LLM_REDIS_PORT
+    ratelimit_port: int = 8081  # LLM_RATELIMIT_PORT
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -94,6 +99,9 @@ class Settings:
             fallback_model_dir=(Path(env["LLM_FALLBACK_MODEL_DIR"]).resolve()
                                 if env.get("LLM_FALLBACK_MODEL_DIR") else None),
             replica_port_step=count("LLM_REPLICA_PORT_STEP", default.replica_port_step, 4),
+            global_limits=env.get("LLM_GLOBAL_LIMITS", "0").lower() in {"1", "true", "yes", "on"},
+            redis_port=port("LLM_REDIS_PORT", default.redis_port),
+            ratelimit_port=port("LLM_RATELIMIT_PORT", default.ratelimit_port),
         )
 
     @property
@@ -214,11 +222,14 @@ def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> G
     values = {"LLM_TRITON_HOST": settings.host, "LLM_HTTP_PORT": str(settings.http_port),
               "LLM_GRPC_PORT": str(settings.grpc_port),
               "LLM_OPENAI_PORT": str(settings.openai_port)}
-    for pool, variable in (("primary", "GATEWAY_REPLICAS"),
-                           ("fallback", "GATEWAY_FALLBACK_REPLICAS")):
-        values[variable] = ",".join(
-            f"{s.host}:{s.http_port}:{s.grpc_port}:{s.openai_port}"
-            for name, s in pools if name == pool)
+    if settings.global_limits:
+        values["GATEWAY_RATELIMIT"] = f"127.0.0.1:{settings.ratelimit_port}"
+    if len(pools) > 1:  # one replica: the LLM_* ports above (the environment may move them)
+        for pool, variable in (("primary", "GATEWAY_REPLICAS"),
+                               ("fallback", "GATEWAY_FALLBACK_REPLICAS")):
+            values[variable] = ",".join(
+                f"{s.host}:{s.http_port}:{s.grpc_port}:{s.openai_port}"
+                for name, s in pools if name == pool)
     values.update(os.environ if env is None else env)
     values["LLM_RUN_DIR"] = str(settings.run_dir)
     return GatewaySettings.from_env(values)
@@ -241,6 +252,23 @@ def openai_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "openai_frontend", "--host", "127.0.0.1",
             "--port", str(settings.openai_port), "--triton", settings.grpc_url,
             "--model-dir", str(settings.model_dir)]
+
+
+def redis_command(port: int, run_dir: Path) -> list[str]:
+    """Debian's redis-server on loopback, for the rate-limit service's counters. Nothing is
+    persisted: counters refill by themselves, so a restart costs at most one window."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server is not installed: `apt-get install redis-server` "
+                         "(Debian), or point GATEWAY_RATELIMIT at a rate-limit service")
+    return [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(run_dir)]
+
+
+def ratelimit_command(port: int, redis_port: int) -> list[str]:
+    """The rate-limit service (ratelimit/) on loopback, over that Redis."""
+    return [sys.executable, "-m", "ratelimit", "--host", "127.0.0.1", "--port", str(port),
+            "--redis", f"redis://127.0.0.1:{redis_port}/0"]
 
 
 def envoy_command(config: Path, log_level: str = "warning") -> list[str]:

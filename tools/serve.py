@@ -5,6 +5,7 @@
   up      start in the background and wait until it is ready   (make up)
   down    stop what `up` started                               (make down)
   status  say whether it runs and is ready                     (make status)
+  gateway run one more gateway in front of the same replicas   (make gateway)
 
 Settings come from environment variables (see the README, tools/runtime.py and
 gateway/render.py). Triton listens on loopback only; the gateway's port is the public one.
@@ -16,7 +17,8 @@ the first run it issues a development API key named `dev` and prints it once.
 Replicas: LLM_REPLICAS=N runs N model replicas (each a Triton with its own model processes and
 an OpenAI frontend, on each port + i * LLM_REPLICA_PORT_STEP) that the gateway balances;
 LLM_FALLBACK_REPLICAS=M adds a fallback pool (serving LLM_FALLBACK_MODEL_DIR, default the same
-model) that answers only while no primary can.
+model) that answers only while no primary can. LLM_GLOBAL_LIMITS=1 also runs Redis and the
+rate-limit service, so limits and token quotas hold across gateways (`make gateway`).
 """
 
 from __future__ import annotations
@@ -180,6 +182,18 @@ class Replica:
             self.triton.was_ready = True
 
 
+def shared_limits(settings: runtime.Settings) -> list[Supervised]:
+    """Redis and the rate-limit service, when global limits are on and no external service
+    is named (GATEWAY_RATELIMIT)."""
+    if not settings.global_limits or os.environ.get("GATEWAY_RATELIMIT"):
+        return []
+    return [Supervised("redis", runtime.redis_command(settings.redis_port, settings.run_dir),
+                       dict(os.environ), settings.run_dir / "redis.log"),
+            Supervised("ratelimit", runtime.ratelimit_command(settings.ratelimit_port,
+                                                              settings.redis_port),
+                       dict(os.environ), settings.run_dir / "ratelimit.log", cwd=runtime.ROOT)]
+
+
 def build(settings: runtime.Settings) -> tuple[list[Replica], Supervised, runtime.GatewaySettings]:
     """The replicas (primaries, then the fallback pool) and the gateway in front of them."""
     gateway = runtime.gateway_settings(settings)
@@ -211,10 +225,13 @@ def serve(settings: runtime.Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     replicas, envoy, gateway = build(settings)
+    limits = shared_limits(settings)
     key = dev_key(gateway)
     what = (f"{settings.replicas} replicas" if settings.replicas > 1 else "Triton") + (
         f" + {settings.fallback_replicas} fallback" if settings.fallback_replicas else "")
     print(f"==> starting {what} and the gateway (logs under {settings.run_dir})", flush=True)
+    for process in limits:
+        process.start()
     for replica in replicas:
         replica.triton.start()
         replica.openai.start()
@@ -226,13 +243,47 @@ def serve(settings: runtime.Settings) -> int:
         for replica in replicas:
             replica.supervise(stopping)
         if not stopping:
-            envoy.check()
+            for process in [envoy, *limits]:
+                process.check()
         if not announced and all(r.triton.was_ready for r in replicas) and is_ready(ready_url):
             print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
             print(banner(settings, gateway, key), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
             announced = True
     drain(gateway, envoy, replicas)
+    for process in limits:
+        process.stop(grace=5)
+    return 0
+
+
+def gateway_only(settings: runtime.Settings) -> int:
+    """One more gateway in front of the same replicas (as a second Envoy deployment would be):
+    its own ports (GATEWAY_PORT, GATEWAY_ADMIN_PORT), config and access log under
+    run_dir/gateway-PORT; with LLM_GLOBAL_LIMITS=1 it shares the running rate-limit service.
+    SIGTERM drains it like the whole service."""
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    env = dict(os.environ)
+    port = int(env.get("GATEWAY_PORT", "8080"))
+    run_dir = settings.run_dir / f"gateway-{port}"
+    env.setdefault("GATEWAY_ACCESS_LOG", str(run_dir / "access.log"))
+    gateway = runtime.gateway_settings(settings, env)
+    config = runtime.prepare_gateway(gateway, run_dir)
+    envoy = Supervised("envoy", runtime.envoy_command(config, settings.log_level), env,
+                       run_dir / "envoy.log")
+    envoy.start()
+    print(f"==> gateway on http://{gateway.host}:{gateway.port} in front of "
+          f"{', '.join(map(str, gateway.replicas))} (log: {gateway.access_log})", flush=True)
+    while not stopping:
+        time.sleep(0.5)
+        envoy.check()
+    drain(gateway, envoy, [])
     return 0
 
 
@@ -252,8 +303,8 @@ def drain(gateway: runtime.GatewaySettings, envoy: Supervised, replicas: list[Re
             time.sleep(0.2)
     except OSError as exc:
         print(f"==> the gateway's admin port did not answer ({exc}); stopping now", flush=True)
-    print(f"==> {max(active, 0)} requests still in flight; stopping the gateway, the OpenAI "
-          "frontends, then Triton", flush=True)
+    print(f"==> {max(active, 0)} requests still in flight; stopping the gateway"
+          + (", the OpenAI frontends, then Triton" if replicas else ""), flush=True)
     envoy.stop(grace=10)
     for replica in replicas:
         replica.openai.stop(grace=10)
@@ -320,10 +371,11 @@ def status(settings: runtime.Settings) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("serve", "up", "down", "status"))
+    parser.add_argument("command", choices=("serve", "up", "down", "status", "gateway"))
     args = parser.parse_args()
     settings = runtime.Settings.from_env()
-    return {"serve": serve, "up": up, "down": down, "status": status}[args.command](settings)
+    return {"serve": serve, "up": up, "down": down, "status": status,
+            "gateway": gateway_only}[args.command](settings)
 
 
 if __name__ == "__main__":

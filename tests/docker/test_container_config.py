@@ -25,18 +25,21 @@ DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 MIB = 1024 * 1024
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+def run(command: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
     # A clean environment: compose files interpolate variables, the defaults are under test.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".run")}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".run"), **variables}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
 
 
-def compose_config(*files: str) -> dict[str, Any]:
+def compose_config(*files: str, profiles: tuple[str, ...] = ("tools",),
+                   **variables: str) -> dict[str, Any]:
     args = [str(BIN / "docker-compose")]
     for name in files:
         args += ["-f", name]
-    result = run([*args, "--profile", "tools", "config", "--format", "json"])
+    for profile in profiles:
+        args += ["--profile", profile]
+    result = run([*args, "config", "--format", "json"], **variables)
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
     return json.loads(result.stdout)
 
@@ -70,9 +73,9 @@ def config() -> dict[str, Any]:
 
 # --- Dockerfiles --------------------------------------------------------------------------
 
-def test_there_is_a_triton_a_gateway_and_an_openai_dockerfile() -> None:
+def test_there_is_a_dockerfile_per_image() -> None:
     assert [p.name for p in DOCKERFILES] == ["envoy.Dockerfile", "openai.Dockerfile",
-                                             "triton.Dockerfile"]
+                                             "ratelimit.Dockerfile", "triton.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -85,6 +88,7 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     ("triton.Dockerfile", "TRITON_IMAGE", "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"),
     ("envoy.Dockerfile", "ENVOY_IMAGE", "envoyproxy/envoy:v1.40.0"),
     ("openai.Dockerfile", "PYTHON_IMAGE", "python:3.11.7-slim-bookworm"),
+    ("ratelimit.Dockerfile", "PYTHON_IMAGE", "python:3.11.7-slim-bookworm"),
 ])
 def test_base_image_is_a_build_argument(dockerfile: str, arg: str, default: str) -> None:
     text = (ROOT / "docker" / dockerfile).read_text()
@@ -211,12 +215,15 @@ def test_stop_grace_outlasts_tritons_drain(config: dict[str, Any]) -> None:
         assert grace > exit_timeout, f"{name}: {grace} s <= Triton's {exit_timeout} s"
 
 
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of a requirements file of exact pins."""
+    lines = [line for line in path.read_text().splitlines()
+             if line and not line.startswith("#")]
+    return {name.lower().replace("_", "-"): version
+            for name, version in (line.split("==") for line in lines)}
+
+
 def test_openai_frontend_pins_are_the_locks_and_carry_no_torch() -> None:
-    def pins(path: Path) -> dict[str, str]:
-        lines = [line for line in path.read_text().splitlines()
-                 if line and not line.startswith("#")]
-        return {name.lower().replace("_", "-"): version
-                for name, version in (line.split("==") for line in lines)}
     frontend = pins(ROOT / "openai_frontend" / "requirements.txt")
     lock = pins(ROOT / "requirements.lock")
     assert "torch" not in frontend and {"transformers", "starlette", "uvicorn"} <= frontend.keys()
@@ -253,8 +260,38 @@ def test_keys_tool_is_a_profile_service_without_network(config: dict[str, Any]) 
 
 
 def test_cpu_only_by_default_and_gpu_through_the_override(config: dict[str, Any]) -> None:
-    assert "deploy" not in config["services"]["triton"]
+    assert not config["services"]["triton"]["deploy"].get("resources", {}).get("reservations")
     gpu = compose_config("compose.yaml", "compose.gpu.yaml")["services"]["triton"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
     assert gpu["environment"]["LLM_DEVICE"] == "cuda"
+
+
+def test_triton_replicas_follow_llm_replicas(config: dict[str, Any]) -> None:
+    assert config["services"]["triton"]["deploy"]["replicas"] == 1
+    scaled = compose_config("compose.yaml", LLM_REPLICAS="3")
+    assert scaled["services"]["triton"]["deploy"]["replicas"] == 3
+
+
+def test_fallback_and_global_limits_are_internal_opt_in_profiles(config: dict[str, Any]) -> None:
+    extra = ("triton-fallback", "openai-fallback", "redis", "ratelimit")
+    assert not set(extra) & set(config["services"]), "started without being asked for"
+    full = compose_config("compose.yaml", profiles=("fallback", "global-limits"))["services"]
+    assert not [name for name in extra if full[name].get("ports")]
+    for name in ("triton-fallback", "redis", "ratelimit"):
+        assert list(full[name]["networks"]) == ["backend"], name
+    # The fallback's frontend is its sidecar: reached as triton-fallback:8003.
+    assert full["openai-fallback"]["network_mode"] == "service:triton-fallback"
+    assert full["openai-fallback"]["environment"]["LLM_TRITON_GRPC"] == "127.0.0.1:8001"
+    gateway = env_file(ROOT / "docker" / "gateway.env")
+    assert gateway["GATEWAY_FALLBACK_REPLICAS"].startswith("triton-fallback:")
+    assert gateway["GATEWAY_RATELIMIT"] == "ratelimit:8081"
+    assert full["ratelimit"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert full["gateway"]["environment"]["GATEWAY_GLOBAL_LIMITS"] == "0"
+
+
+def test_ratelimit_image_pins_are_the_locks() -> None:
+    service = pins(ROOT / "ratelimit" / "requirements.txt")
+    lock = pins(ROOT / "requirements.lock")
+    assert {"xds-protos", "redis", "grpcio"} <= service.keys()
+    assert {name: lock.get(name) for name in service} == service

@@ -89,13 +89,18 @@ def assert_json_503(reply: requests.Response) -> None:
 
 
 def wait_for_recovery(stack: RunnerStack, since: float, limit: float = 90) -> float:
-    """Poll with new requests until one succeeds; each failure must be a fast JSON 503."""
+    """Poll with new requests until one succeeds; each failure must be a fast JSON 503, or
+    the contract's 502 for a request that reached Triton just as the runner killed it to
+    restart it."""
     while True:
         reply, seconds = generate(stack, {"text_input": "The", "max_tokens": 2}, timeout=10)
         if reply is not None and reply.status_code == 200:
             return time.monotonic() - since
         assert reply is not None, "the gateway itself stopped answering"
-        assert_json_503(reply)
+        if reply.status_code == 502:
+            assert_error_contract(reply, 502, "bad_gateway")
+        else:
+            assert_json_503(reply)
         assert seconds < 1.0, f"a refusal took {seconds:.2f} s"
         assert time.monotonic() - since < limit, "no recovery"
         time.sleep(0.2)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +25,8 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import RunnerStack, http_ok, infer_inputs, runner_stack, runtime
+from harness import (ROOT, RunnerStack, ServerProcess, free_port, http_ok, infer_inputs,
+                     runner_stack, runtime)
 
 BODY = {"text_input": "The list", "max_tokens": 24, "ignore_eos": True}
 
@@ -174,3 +177,58 @@ def test_with_every_primary_down_the_marked_fallback_answers(stack: RunnerStack)
     replies = [requests.post(stack.url + "/generate", json=BODY, timeout=30,
                              headers={"X-API-Key": stack.key}) for _ in range(4)]
     assert [r.headers["x-llm-pool"] for r in replies] == ["primary"] * 4
+
+
+def test_sigterm_drains_one_gateway_while_the_other_keeps_serving(stack: RunnerStack,
+                                                                  tmp_path: Path) -> None:
+    """A second gateway (`make gateway`) in front of the same replicas, stopped as a
+    Kubernetes rollout stops a pod: its stream in flight finishes, it takes nothing new, and
+    the first gateway serves throughout."""
+    settings = stack.settings
+    port = free_port()
+    env = {**os.environ, "LLM_RUN_DIR": str(settings.run_dir),
+           "LLM_HTTP_PORT": str(settings.http_port), "LLM_GRPC_PORT": str(settings.grpc_port),
+           "LLM_METRICS_PORT": str(settings.metrics_port),
+           "LLM_OPENAI_PORT": str(settings.openai_port), "LLM_REPLICAS": "2",
+           "LLM_FALLBACK_REPLICAS": "1", "LLM_KEYS_DIR": str(stack.gateway.keys_dir),
+           "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(free_port()),
+           "LLM_DRAIN_TIMEOUT_S": "30"}
+    env.pop("GATEWAY_ACCESS_LOG", None)
+    second = ServerProcess("gateway-2", [sys.executable, str(ROOT / "tools" / "serve.py"),
+                                         "gateway"], env, tmp_path / "gateway-2.log")
+    second.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        second.wait_until(lambda: http_ok(url + "/readyz"), timeout=30)
+        headers = {"X-API-Key": stack.key}
+        # A gRPC stream held open through the second gateway: in flight until closed.
+        responses: queue.Queue = queue.Queue()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                            headers={"x-api-key": stack.key})
+        inputs = infer_inputs(grpcclient, "The list", max_tokens=4)
+        client.async_stream_infer("llm_stream", inputs)
+        result, error = responses.get(timeout=30)
+        assert error is None, error
+        assert second.proc is not None
+        second.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while http_ok(url + "/readyz"):  # draining: readiness fails first
+            assert time.monotonic() < deadline, "the gateway kept reporting ready"
+            time.sleep(0.1)
+        refused = requests.post(url + "/generate", json=BODY, headers=headers, timeout=10)
+        assert refused.status_code == 503, refused.text
+        served = requests.post(stack.url + "/generate", json=BODY, headers=headers, timeout=30)
+        assert served.status_code == 200, served.text
+        # The stream in flight still works, and the gateway waits for it.
+        while not responses.empty():
+            responses.get()
+        client.async_stream_infer("llm_stream", inputs)
+        result, error = responses.get(timeout=30)
+        assert error is None and result.as_numpy("text_output") is not None, error
+        assert second.running()
+        client.stop_stream()
+        client.close()
+        assert second.wait_exit(30) == 0
+    finally:
+        second.stop(grace=5)
