@@ -1,16 +1,21 @@
 # Container targets; included by the Makefile. See docker/README.md.
 #   make docker-config   regenerate the gateway image's config after changing the gateway
+#   make k8s-config      regenerate the Kubernetes gateway's config (deploy/k8s/base/envoy.yaml)
 #   make docker-test     build and run the real Dockerfiles and compose.yaml on stand-in bases
 
 # Where docker-test keeps stand-in base images, the engine's data and its build cache.
 LLM_DOCKER_CACHE ?= /var/cache/llm-docker-test
 DOCKER_TEST_ARGS ?=
 
-.PHONY: docker-config docker-test docker-clean
+.PHONY: docker-config k8s-config docker-test docker-clean
 
 docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env)
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
 		$(PY) gateway/render.py --out gateway/envoy.container.yaml
+
+k8s-config: venv ## Render deploy/k8s/base/envoy.yaml (template + deploy/k8s/gateway.env)
+	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' deploy/k8s/gateway.env) \
+		$(PY) gateway/render.py --out deploy/k8s/base/envoy.yaml
 
 docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~4 min)
 	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -46,6 +47,12 @@ def assert_error_contract(reply: Any, status: int, kind: Optional[str] = None) -
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"] == "application/json"
     return check_error_body(reply.json(), status, reply.headers["x-request-id"], kind)
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a settings file (docker/gateway.env, deploy/k8s/gateway.env)."""
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
 
 
 def free_port() -> int:

