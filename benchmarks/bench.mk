@@ -2,7 +2,7 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer aiperf
+.PHONY: bench bench-quick bench-peer bench-replicas aiperf
 
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
@@ -12,6 +12,9 @@ bench: venv ## Benchmark ours vs static batching vs the naive baseline, and the 
 
 bench-quick: venv ## The same benchmark, fewer levels and requests (~90 s on 2 cores)
 	@$(PY) benchmarks/bench.py --quick $(BENCH_ARGS)
+
+bench-replicas: venv ## Replicas: failover under load, global rate-limit cost, 1 vs 2 replicas (~4 min)
+	@$(PY) benchmarks/replicas.py $(BENCH_ARGS)
 
 bench-peer: venv ## The stack vs its engine in-process vs llama.cpp's server, interleaved, median of 3 (~10 min)
 	@$(PY) benchmarks/cpu_peer.py $(BENCH_ARGS)

@@ -66,8 +66,10 @@ class Supervised(runtime.ManagedProcess):
 
     def check_stubs(self) -> None:
         """Kill a Triton whose model process died (it would never recover); check() then
-        restarts it."""
-        if not self.running():
+        restarts it. Only once it was ready: while loading, Triton starts and ends model
+        processes of its own (e.g. to complete a model's config), and a model that fails to
+        load ends the server, which check() restarts."""
+        if not self.running() or not self.was_ready:
             return
         assert self.proc is not None
         alive, dead = runtime.python_stubs(self.proc.pid)

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+import openai
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
@@ -153,8 +154,19 @@ def test_a_killed_replica_rejoins_once_it_is_ready_again(stack: RunnerStack) -> 
 def test_with_every_primary_down_the_marked_fallback_answers(stack: RunnerStack) -> None:
     primaries = [r for pool, r in stack.settings.pools() if pool == "primary"]
     fallback = [r for pool, r in stack.settings.pools() if pool == "fallback"][0]
+    # An OpenAI stream under way on a primary: its replica's death reaches the client as the
+    # stream's error event, which the SDK raises.
+    sdk = openai.OpenAI(base_url=stack.url + "/v1", api_key=stack.key, max_retries=0)
+    chunks = iter(sdk.completions.create(model=stack.settings.model_dir.name, prompt="The",
+                                         max_tokens=256, stream=True,
+                                         extra_body={"ignore_eos": True}))
+    next(chunks)
     for replica in primaries:
         kill_triton(replica)
+    with pytest.raises(openai.APIError) as ended:
+        for _ in chunks:
+            pass
+    print(f"the stream ended with: {ended.value}")
     time.sleep(0.1)  # what was in flight there has ended (502); see the first test
     pools, ids = Counter(), set()
     deadline = time.monotonic() + 4  # the runner restarts them after ~1 s plus their load
