@@ -26,7 +26,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import runtime  # noqa: E402
+from interleaved import SMALL_CALLS, latencies_ms  # noqa: E402
 
 PORTS = {"LLM_HTTP_PORT": 18600, "LLM_GRPC_PORT": 18601, "LLM_METRICS_PORT": 18602,
          "GATEWAY_PORT": 18680, "GATEWAY_ADMIN_PORT": 18690}
@@ -42,23 +44,10 @@ def measure(requests_per_kind: int, key: str) -> dict[str, dict[str, float]]:
     gateway.headers["X-API-Key"] = key
     triton = f"http://127.0.0.1:{PORTS['LLM_HTTP_PORT']}"
     envoy = f"http://127.0.0.1:{PORTS['GATEWAY_PORT']}"
-    kinds = {
-        "ready": lambda s, base: s.get(f"{base}/v2/models/llm/ready", timeout=10),
-        "generate_1_token": lambda s, base: s.post(
-            f"{base}/v2/models/llm/generate", timeout=30,
-            json={"text_input": "The list", "max_tokens": 1}),
-    }
     out = {}
-    for name, call in kinds.items():
-        times: dict[str, list[float]] = {"direct": [], "gateway": []}
-        for _ in range(requests_per_kind):
-            for label, session, base in (("direct", direct, triton),
-                                         ("gateway", gateway, envoy)):
-                begin = time.perf_counter()
-                reply = call(session, base)
-                times[label].append((time.perf_counter() - begin) * 1e3)
-                if reply.status_code != 200:
-                    raise SystemExit(f"{label} {name}: HTTP {reply.status_code} {reply.text}")
+    measured = latencies_ms(SMALL_CALLS, {"direct": (direct, triton),
+                                          "gateway": (gateway, envoy)}, requests_per_kind)
+    for name, times in measured.items():
         out[name] = {f"{label}_p{int(q * 100)}_ms": round(percentile(v, q), 3)
                      for label, v in times.items() for q in (0.5, 0.9)}
         out[name]["added_p50_ms"] = round(out[name]["gateway_p50_ms"]

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import runtime  # noqa: E402
+from interleaved import SMALL_CALLS, latencies_ms  # noqa: E402
 from loadgen import run_level  # noqa: E402
 from workload import RequestSpec  # noqa: E402
 
@@ -171,22 +172,10 @@ def ratelimit_cost(stack: Stack, local_url: str, count: int) -> dict[str, float]
     for session in sessions.values():
         session.headers["X-API-Key"] = stack.key
     bases = {"global": stack.url, "local": local_url}
-    calls = {
-        "ready": lambda s, base: s.get(f"{base}/v2/models/llm/ready", timeout=10),
-        "generate_1_token": lambda s, base: s.post(
-            f"{base}/v2/models/llm/generate", timeout=30,
-            json={"text_input": "The list", "max_tokens": 1}),
-    }
     out = {}
-    for kind, call in calls.items():
-        times: dict[str, list[float]] = {"global": [], "local": []}
-        for _ in range(count):
-            for side in ("global", "local"):
-                begin = time.perf_counter()
-                reply = call(sessions[side], bases[side])
-                times[side].append((time.perf_counter() - begin) * 1e3)
-                if reply.status_code != 200:
-                    raise SystemExit(f"{side} {kind}: HTTP {reply.status_code} {reply.text}")
+    measured = latencies_ms(SMALL_CALLS, {side: (sessions[side], bases[side])
+                                          for side in sessions}, count)
+    for kind, times in measured.items():
         for side, values in times.items():
             out[f"{kind}_{side}_p50_ms"] = round(statistics.median(values), 3)
         out[f"{kind}_added_p50_ms"] = round(out[f"{kind}_global_p50_ms"]

@@ -311,8 +311,9 @@ def _retry_policy(settings: GatewaySettings) -> dict[str, Any]:
     return policy
 
 
-def _load_assignment(cluster: str, settings: GatewaySettings, address: Callable[[Replica], tuple[str, int]],
-               health_port: Callable[[Replica], int] | None = None) -> dict[str, Any]:
+def _load_assignment(cluster: str, settings: GatewaySettings,
+                     address: Callable[[Replica], tuple[str, int]],
+                     health_port: Callable[[Replica], int] | None = None) -> dict[str, Any]:
     """A cluster's load assignment: the replicas at priority 0, the fallback pool at priority 1,
     each host tagged with its pool (the x-llm-pool header and the access log read it)."""
     groups = []

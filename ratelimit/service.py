@@ -157,5 +157,6 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     f"{max(0, math.floor(check.level))} of the tier's {check.per_unit} tokens "
                     f"per minute are left; retry after {max(wait, 1)} s")
         if check.kind is Kind.GATEWAY_REQUESTS:
-            return "the gateway's overall request rate is exceeded; retry after `Retry-After` seconds"
+            return ("the gateway's overall request rate is exceeded; retry after `Retry-After` "
+                    "seconds")
         return "rate limit exceeded for this API key; retry after `Retry-After` seconds"

@@ -27,6 +27,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -216,16 +217,17 @@ def build(settings: runtime.Settings) -> tuple[list[Replica], Supervised, runtim
     return replicas, envoy, gateway
 
 
+def on_stop_signal() -> threading.Event:
+    """An event the first SIGINT or SIGTERM sets; the supervising loop then drains and stops."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
 def serve(settings: runtime.Settings) -> int:
     """Foreground: start, wait, print how to call it, supervise until SIGINT/SIGTERM."""
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = on_stop_signal()
     replicas, envoy, gateway = build(settings)
     limits = shared_limits(settings)
     key = dev_key(gateway)
@@ -240,11 +242,11 @@ def serve(settings: runtime.Settings) -> int:
     envoy.start()
     ready_url = f"http://{gateway.host}:{gateway.port}/readyz"
     began, announced = time.monotonic(), False
-    while not stopping:  # supervise from the first second: a crash during start-up counts
+    while not stop.is_set():  # supervise from the first second: a crash during start-up counts
         time.sleep(0.5)
         for replica in replicas:
-            replica.supervise(stopping)
-        if not stopping:
+            replica.supervise(stop.is_set())
+        if not stop.is_set():
             for process in [envoy, *limits]:
                 process.check()
         if not announced and all(r.triton.was_ready for r in replicas) and is_ready(ready_url):
@@ -263,14 +265,7 @@ def gateway_only(settings: runtime.Settings) -> int:
     its own ports (GATEWAY_PORT, GATEWAY_ADMIN_PORT), config and access log under
     run_dir/gateway-PORT; with LLM_GLOBAL_LIMITS=1 it shares the running rate-limit service.
     SIGTERM drains it like the whole service."""
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = on_stop_signal()
     env = dict(os.environ)
     port = int(env.get("GATEWAY_PORT", "8080"))
     run_dir = settings.run_dir / f"gateway-{port}"
@@ -282,7 +277,7 @@ def gateway_only(settings: runtime.Settings) -> int:
     envoy.start()
     print(f"==> gateway on http://{gateway.host}:{gateway.port} in front of "
           f"{', '.join(map(str, gateway.replicas))} (log: {gateway.access_log})", flush=True)
-    while not stopping:
+    while not stop.is_set():
         time.sleep(0.5)
         envoy.check()
     drain(gateway, envoy, [])
