@@ -19,10 +19,12 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
     && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
 
 # The project's own packages (pyproject.toml): the engine (`textgen`) and the Triton side
-# (`triton_llm`) that the models import by name.
+# (`triton_llm`) that the models import by name, and `ratelimit`, whose descriptor contract
+# the key tool's renderer (gateway/render.py) reads.
 COPY pyproject.toml /opt/llm/src/pyproject.toml
 COPY textgen /opt/llm/src/textgen
 COPY triton_llm /opt/llm/src/triton_llm
+COPY ratelimit /opt/llm/src/ratelimit
 RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
         --no-build-isolation /opt/llm/src \
     && rm -rf /opt/llm/src
