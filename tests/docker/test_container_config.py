@@ -94,6 +94,17 @@ def test_base_image_is_a_build_argument(dockerfile: str, arg: str, default: str)
         f"FROM ${{{arg}}}"]
 
 
+def test_triton_image_installs_every_package_of_the_project() -> None:
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]
+    copied = re.findall(r"^COPY (\S+) /opt/llm/src/\1$",
+                        (ROOT / "docker" / "triton.Dockerfile").read_text(), re.M)
+    assert set(packages) <= set(copied), f"not copied before `pip install`: " \
+        f"{set(packages) - set(copied)}"
+
+
 def test_triton_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:
     text = (ROOT / "docker" / "triton.Dockerfile").read_text()
     users = re.findall(r"^USER (\S+)", text, re.M)
