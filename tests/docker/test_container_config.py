@@ -105,6 +105,15 @@ def test_triton_image_installs_every_package_of_the_project() -> None:
         f"{set(packages) - set(copied)}"
 
 
+def test_the_build_context_admits_everything_the_dockerfiles_copy() -> None:
+    admitted = {line[1:].strip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.startswith("!")}
+    for dockerfile in DOCKERFILES:
+        for source in re.findall(r"^COPY (\S+) ", dockerfile.read_text(), re.M):
+            assert source.split("/")[0] in admitted, (
+                f"{dockerfile.name} copies {source}, which .dockerignore leaves out")
+
+
 def test_triton_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:
     text = (ROOT / "docker" / "triton.Dockerfile").read_text()
     users = re.findall(r"^USER (\S+)", text, re.M)
