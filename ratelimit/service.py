@@ -27,6 +27,8 @@ from .store import Charge, Store
 
 LOG = logging.getLogger("ratelimit")
 Code = rls_pb2.RateLimitResponse.Code
+# The budgets answers report, by the suffix of their headers.
+HEADER_NAMES = {Kind.KEY_REQUESTS: "requests", Kind.TOKENS_RESERVE: "tokens"}
 Unit = rls_pb2.RateLimitResponse.RateLimit.Unit
 
 
@@ -108,13 +110,17 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         response = rls_pb2.RateLimitResponse(overall_code=Code.OK if ok else Code.OVER_LIMIT)
         for check in checks:
             response.statuses.append(self._status(check, ok))
-        tokens = next((c for c in charged if c.kind is Kind.TOKENS_RESERVE), None)
-        if tokens is not None and tokens.charge is not None:
-            self._token_headers(response, tokens, ok)
+        for check in charged:
+            if check.kind in HEADER_NAMES:
+                self._budget_headers(response, check, ok)
         if not ok:
             short = min(charged, key=lambda c: c.level - (c.charge.amount if c.charge else 0))
             response.raw_body = self._refusal(short).encode()
             response.dynamic_metadata.update({LIMITED_BY: short.kind.value})
+            assert short.charge is not None
+            wait = short.charge.bucket.seconds_until(short.level, short.charge.amount)
+            response.response_headers_to_add.append(
+                base_pb2.HeaderValue(key="retry-after", value=str(max(1, math.ceil(wait)))))
         return response
 
     @staticmethod
@@ -135,15 +141,18 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         return status
 
     @staticmethod
-    def _token_headers(response: rls_pb2.RateLimitResponse, check: Check, ok: bool) -> None:
-        """OpenAI's names for the token budget, beside Envoy's x-ratelimit-* of the
-        tightest limit."""
+    def _budget_headers(response: rls_pb2.RateLimitResponse, check: Check, ok: bool) -> None:
+        """The shared budgets under OpenAI's names: x-ratelimit-{limit,remaining,reset}-
+        {requests,tokens} (the gateway's own x-ratelimit-* describe its local first line)."""
         assert check.charge is not None
         left = check.level - check.charge.amount if ok else check.level
         wait = check.charge.bucket.seconds_until(max(left, 0), check.charge.amount)
-        for name, value in (("x-ratelimit-limit-tokens", check.per_unit),
-                            ("x-ratelimit-remaining-tokens", max(0, math.floor(left))),
-                            ("x-ratelimit-reset-tokens", f"{math.ceil(wait)}s")):
+        limit = check.per_unit if check.kind is Kind.TOKENS_RESERVE else \
+            int(check.charge.bucket.capacity)
+        suffix = HEADER_NAMES[check.kind]
+        for name, value in ((f"x-ratelimit-limit-{suffix}", limit),
+                            (f"x-ratelimit-remaining-{suffix}", max(0, math.floor(left))),
+                            (f"x-ratelimit-reset-{suffix}", f"{math.ceil(wait)}s")):
             response.response_headers_to_add.append(
                 base_pb2.HeaderValue(key=name, value=str(value)))
 

@@ -134,6 +134,10 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
     tritons = "".join(
         f"  {'Triton' if pool == 'primary' else 'fallback':13} {r.http_url} / {r.grpc_url} / "
         f"metrics :{r.metrics_port}\n" for pool, r in settings.pools())
+    limits = (f"  global limits rate-limit service {gateway.ratelimit}"
+              + (f", Redis :{settings.redis_port}" if settings.global_limits
+                 and not os.environ.get("GATEWAY_RATELIMIT") else "") + "\n"
+              if gateway.global_limits else "")
     shown = key or "$LLM_API_KEY"
     key_line = (f"Development API key (shown once; `make key NAME=...` issues more):\n  {key}\n"
                 if key else "API key: the `dev` key printed on the first run, or "
@@ -144,7 +148,7 @@ The LLM service is up (model: {settings.model_dir}).
   OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
 {tritons}                (loopback only, no key: for operators)
   access log    {gateway.access_log}
-
+{limits}
 {key_line}
 Try it:
   curl -s {url}/generate -H 'X-API-Key: {shown}' \\

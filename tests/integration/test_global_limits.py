@@ -101,7 +101,10 @@ def test_a_keys_request_limit_is_shared_by_two_gateways(shared: SharedLimits) ->
     refused = next(r for r in replies if r.status_code == 429)
     assert_error_contract(refused, 429, "rate_limited")
     assert int(refused.headers["retry-after"]) >= 1
-    assert "x-ratelimit-limit" in refused.headers
+    # The shared bucket, under OpenAI's names (x-ratelimit-* are the local first line's).
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
 def test_token_quota_is_reserved_on_arrival_and_charged_what_was_used(
