@@ -31,8 +31,10 @@ exist only there, the host's network settings stay untouched); import the stand-
 two images; `docker compose up --wait`; issue a key with the `keys` service; from the engine's
 namespace send an authenticated generate request through the gateway (200 with text), one
 without a key (401), read a generate_stream (server-sent events) and try Triton's ports (must
-be closed); check users, /dev/shm and the JSON access log on stdout; `docker compose stop` with
-16 generations in flight (all must answer 200, both services exit 0); `down`; stop the engine.
+be closed); check users, /dev/shm and the JSON access log on stdout; scale Triton to two
+replicas and kill one under requests (every request sent after the kill must answer 200, none
+503); `docker compose stop` with 16 generations in flight (all must answer 200, every service
+exits 0); `down`; stop the engine.
 
 Cached between runs under --cache (default /var/cache/llm-docker-test): Debian packages, wheels,
 the stand-in root filesystems, and the engine's data (imported images, build cache). Logs go to
@@ -576,6 +578,8 @@ def exercise_stack(engine: Engine) -> None:
     check(not any(match.group(0) in json.dumps(e) for e in entries),
           "the access log never contains the key")
 
+    replicas_survive_a_kill(engine)
+
     step("docker compose stop with 16 long generations in flight (the gateway drains, "
          "then Triton stops)")
     clients = subprocess.Popen(
@@ -599,6 +603,41 @@ def exercise_stack(engine: Engine) -> None:
           f"all stopped cleanly on SIGTERM in {FIGURES['stop_s']} s, exit codes {codes} "
           f"(logs: {services_log})")
     compose(engine, ["down", "--volumes"], log=LOGS / "compose.log", timeout=300)
+
+
+def replicas_survive_a_kill(engine: Engine) -> None:
+    """Two Triton replicas under one name: the gateway resolves and balances both, and when one
+    is killed, requests sent after it go to the other (no 503); then back to one replica."""
+    step("two Triton replicas (--scale triton=2): one killed under requests costs no new one")
+    compose(engine, ["up", "--detach", "--no-build", "--pull", "never", "--wait",
+                     "--wait-timeout", "600", "--scale", "triton=2", "--no-recreate"],
+            log=LOGS / "compose.log", timeout=700)
+    containers = compose(engine, ["ps", "-q", "triton"]).stdout.split()
+    check(len(containers) == 2, f"{len(containers)} Triton containers running")
+    # A key whose bucket never refuses this load (the first key's tier would answer 429s).
+    issued = compose(engine, ["run", "--rm", "keys", "issue", "--name", "failover",
+                              "--tier", "benchmark"]).stdout
+    found = re.search(r"\bllmk_[0-9a-f]+\b", issued)
+    if not found:
+        raise Failure(f"no key in the key tool's output:\n{issued}")
+    key = found.group(0)
+    time.sleep(6)  # the gateway re-resolves `triton` every 5 s and health-checks each address
+    clients = subprocess.Popen(
+        engine.in_netns([sys.executable, str(Path(__file__).resolve()), "--failover", key]),
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    killed_at = time.time()
+    engine.docker(["kill", containers[-1]])
+    outcomes = json.loads(clients.communicate(timeout=120)[0].strip().splitlines()[-1])
+    after = [status for status, sent in outcomes if sent > killed_at + 0.2]
+    FIGURES["replica_kill_requests_after"] = len(after)
+    check(len(after) > 5 and all(status == 200 for status in after)
+          and 503 not in [status for status, _ in outcomes],
+          f"{len(after)} requests sent after one replica was killed all answered 200 "
+          f"(around the kill: {sorted({status for status, _ in outcomes})}, never 503)")
+    compose(engine, ["up", "--detach", "--no-build", "--pull", "never", "--wait",
+                     "--wait-timeout", "600", "--scale", "triton=1"],
+            log=LOGS / "compose.log", timeout=700)
 
 
 def dump_stack(engine: Engine) -> None:
@@ -657,6 +696,26 @@ def inflight(key: str, count: int) -> int:
 
     with ThreadPoolExecutor(count) as pool:
         print(json.dumps(list(pool.map(one, range(count)))), flush=True)
+    return 0
+
+
+def failover(key: str, seconds: float = 10.0) -> int:
+    """Short generations from 4 threads for `seconds`; prints each one's status and send
+    time (while docker-test kills a Triton replica)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompt = {"text_input": "The list", "max_tokens": 16}
+    deadline = time.monotonic() + seconds
+
+    def client(_: int) -> list[tuple[int, float]]:
+        seen = []
+        while time.monotonic() < deadline:
+            sent = time.time()
+            seen.append((http("POST", "/generate", prompt, {"X-API-Key": key})[0], sent))
+        return seen
+
+    with ThreadPoolExecutor(4) as pool:
+        print(json.dumps([o for part in pool.map(client, range(4)) for o in part]), flush=True)
     return 0
 
 
@@ -725,11 +784,14 @@ def main() -> int:
     parser.add_argument("--probe", metavar="KEY", help=argparse.SUPPRESS)
     parser.add_argument("--container-ip", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--inflight", metavar="KEY", help=argparse.SUPPRESS)
+    parser.add_argument("--failover", metavar="KEY", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         return probe(args.probe, args.container_ip)
     if args.inflight:
         return inflight(args.inflight, 16)
+    if args.failover:
+        return failover(args.failover)
     cache = args.cache.resolve()
     if args.clean:
         Engine(cache)._stop_stale()
