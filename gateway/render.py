@@ -23,6 +23,7 @@ import string
 import sys
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -282,9 +283,13 @@ class _Template(string.Template):
     pattern = r"\$\{(?P<braced>[A-Z_]+)\}(?P<named>(?!))?(?P<escaped>(?!))?(?P<invalid>(?!))?"
 
 
-# Pools in priority order: Envoy sends traffic to the fallback pool only while no primary
-# replica is healthy (or a retry has already tried the primaries).
-POOLS = ("primary", "fallback")
+class Pool(str, Enum):
+    """The pools of model replicas, in priority order: Envoy sends traffic to the fallback pool
+    only while no primary replica is healthy (or a retry has already tried the primaries).
+    The value is what `x-llm-pool` and the access log say."""
+
+    PRIMARY = "primary"
+    FALLBACK = "fallback"
 
 def _retry_policy(settings: GatewaySettings) -> dict[str, Any]:
     """When a request is tried again on another replica: only when no work can have started
@@ -322,7 +327,8 @@ def _load_assignment(cluster: str, settings: GatewaySettings,
     """A cluster's load assignment: the replicas at priority 0, the fallback pool at priority 1,
     each host tagged with its pool (the x-llm-pool header and the access log read it)."""
     groups = []
-    for pool, replicas in zip(POOLS, (settings.replicas, settings.fallbacks)):
+    for pool, replicas in ((Pool.PRIMARY, settings.replicas),
+                           (Pool.FALLBACK, settings.fallbacks)):
         hosts = []
         for replica in replicas:
             host, port = address(replica)
@@ -331,7 +337,7 @@ def _load_assignment(cluster: str, settings: GatewaySettings,
             if health_port is not None:
                 endpoint["health_check_config"] = {"port_value": health_port(replica)}
             hosts.append({"endpoint": endpoint,
-                          "metadata": {"filter_metadata": {"llm": {"pool": pool}}}})
+                          "metadata": {"filter_metadata": {"llm": {"pool": pool.value}}}})
         if hosts:
             groups.append({"priority": len(groups), "lb_endpoints": hosts})
     # Envoy spills a share of traffic to the next priority as soon as a priority's healthy

@@ -22,7 +22,7 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gateway"))
-from render import GatewaySettings, load_tiers, render_envoy_config  # noqa: E402
+from render import GatewaySettings, Pool, load_tiers, render_envoy_config  # noqa: E402
 from keys import KeyStore  # noqa: E402
 
 RUN_DIR = ROOT / ".run"
@@ -112,7 +112,7 @@ class Settings:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    def pools(self) -> list[tuple[str, "Settings"]]:
+    def pools(self) -> list[tuple[Pool, "Settings"]]:
         """(pool, settings) of every replica to run: the primaries, then the fallback pool.
         Replica i listens on each of these ports + i * replica_port_step and logs under
         run_dir/replica-i (the first keeps the ports and run dir as they are)."""
@@ -120,7 +120,7 @@ class Settings:
         for index in range(self.replicas + self.fallback_replicas):
             shift = index * self.replica_port_step
             fallback = index >= self.replicas
-            result.append(("fallback" if fallback else "primary", replace(
+            result.append((Pool.FALLBACK if fallback else Pool.PRIMARY, replace(
                 self, http_port=self.http_port + shift, grpc_port=self.grpc_port + shift,
                 metrics_port=self.metrics_port + shift, openai_port=self.openai_port + shift,
                 model_dir=(self.fallback_model_dir or self.model_dir) if fallback
@@ -225,8 +225,8 @@ def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> G
     if settings.global_limits:
         values["GATEWAY_RATELIMIT"] = f"127.0.0.1:{settings.ratelimit_port}"
     if len(pools) > 1:  # one replica: the LLM_* ports above (the environment may move them)
-        for pool, variable in (("primary", "GATEWAY_REPLICAS"),
-                               ("fallback", "GATEWAY_FALLBACK_REPLICAS")):
+        for pool, variable in ((Pool.PRIMARY, "GATEWAY_REPLICAS"),
+                               (Pool.FALLBACK, "GATEWAY_FALLBACK_REPLICAS")):
             values[variable] = ",".join(
                 f"{s.host}:{s.http_port}:{s.grpc_port}:{s.openai_port}"
                 for name, s in pools if name == pool)

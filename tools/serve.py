@@ -132,11 +132,12 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
            key: Optional[str]) -> str:
     url = f"http://{gateway.host}:{gateway.port}"
     tritons = "".join(
-        f"  {'Triton' if pool == 'primary' else 'fallback':13} {r.http_url} / {r.grpc_url} / "
+        f"  {'Triton' if pool is runtime.Pool.PRIMARY else 'fallback':13} {r.http_url} / "
+        f"{r.grpc_url} / "
         f"metrics :{r.metrics_port}\n" for pool, r in settings.pools())
     limits = (f"  global limits rate-limit service {gateway.ratelimit}"
-              + (f", Redis :{settings.redis_port}" if settings.global_limits
-                 and not os.environ.get("GATEWAY_RATELIMIT") else "") + "\n"
+              + (f", Redis :{settings.redis_port}" if runs_own_limits(settings) else "")
+              + "\n"
               if gateway.global_limits else "")
     shown = key or "$LLM_API_KEY"
     key_line = (f"Development API key (shown once; `make key NAME=...` issues more):\n  {key}\n"
@@ -157,18 +158,13 @@ Try it:
 
 
 @dataclass
-class Replica:
+class SupervisedReplica:
     """One model replica: a Triton and the OpenAI frontend that calls it, on their own ports."""
 
-    pool: str  # "primary" or "fallback"
     settings: runtime.Settings
     triton: Supervised
     openai: Supervised
     misses: int = 0  # liveness probes missed in a row
-
-    @property
-    def name(self) -> str:
-        return self.triton.name
 
     def supervise(self, stopping: bool) -> None:
         """Restart what died or hangs: a lost model process, a Triton that stopped answering
@@ -189,10 +185,15 @@ class Replica:
             self.triton.was_ready = True
 
 
+def runs_own_limits(settings: runtime.Settings) -> bool:
+    """Whether this runner starts Redis and the rate-limit service: global limits are on and
+    no external service is named (GATEWAY_RATELIMIT)."""
+    return settings.global_limits and not os.environ.get("GATEWAY_RATELIMIT")
+
+
 def shared_limits(settings: runtime.Settings) -> list[Supervised]:
-    """Redis and the rate-limit service, when global limits are on and no external service
-    is named (GATEWAY_RATELIMIT)."""
-    if not settings.global_limits or os.environ.get("GATEWAY_RATELIMIT"):
+    """Redis and the rate-limit service, when this runner starts them."""
+    if not runs_own_limits(settings):
         return []
     return [Supervised("redis", runtime.redis_command(settings.redis_port, settings.run_dir),
                        dict(os.environ), settings.run_dir / "redis.log"),
@@ -201,17 +202,19 @@ def shared_limits(settings: runtime.Settings) -> list[Supervised]:
                        dict(os.environ), settings.run_dir / "ratelimit.log", cwd=runtime.ROOT)]
 
 
-def build(settings: runtime.Settings) -> tuple[list[Replica], Supervised, runtime.GatewaySettings]:
+def build(settings: runtime.Settings
+          ) -> tuple[list[SupervisedReplica], Supervised, runtime.GatewaySettings]:
     """The replicas (primaries, then the fallback pool) and the gateway in front of them."""
     gateway = runtime.gateway_settings(settings)
     envoy_config = runtime.prepare_gateway(gateway, settings.run_dir)
     replicas = []
-    for index, (pool, replica) in enumerate(settings.pools()):
-        suffix = f"-{index}" if len(settings.pools()) > 1 else ""
+    pools = settings.pools()
+    for index, (_pool, replica) in enumerate(pools):
+        suffix = f"-{index}" if len(pools) > 1 else ""
         triton_env = runtime.triton_env(settings.run_dir)
         triton_env["LLM_MODEL_DIR"] = str(replica.model_dir)
-        replicas.append(Replica(
-            pool, replica,
+        replicas.append(SupervisedReplica(
+            replica,
             Supervised(f"tritonserver{suffix}", runtime.triton_command(replica), triton_env,
                        replica.run_dir / "triton.log"),
             Supervised(f"openai{suffix}", runtime.openai_command(replica), dict(os.environ),
@@ -288,7 +291,8 @@ def gateway_only(settings: runtime.Settings) -> int:
     return 0
 
 
-def drain(gateway: runtime.GatewaySettings, envoy: Supervised, replicas: list[Replica]) -> None:
+def drain(gateway: runtime.GatewaySettings, envoy: Supervised,
+          replicas: list[SupervisedReplica]) -> None:
     """Graceful stop: refuse new requests (readiness false, 503), let every request in flight
     finish, then stop the gateway and the replicas (which have nothing left to wait for)."""
     print(f"\n==> draining: new requests get 503; waiting up to {DRAIN_TIMEOUT_S} s for "
