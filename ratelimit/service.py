@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import grpc
@@ -42,7 +42,12 @@ class Check:
     unit: int = Unit.SECOND
     per_unit: int = 0
     level: float = 0.0
-    entries: dict[str, str] = field(default_factory=dict)
+    reservation: str = ""  # the token reservation's id, for TOKENS_RESERVE
+
+
+def _reservation_id(entries: dict[str, str]) -> str:
+    """A token reservation's id: the key's and the request's, so no key settles another's."""
+    return f"{entries[Entry.KEY.value]}:{entries[Entry.REQUEST.value]}"
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
@@ -86,23 +91,21 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             # A request that could never fit waits for a full bucket rather than forever.
             amount = min(int(entries.get(Entry.RESERVE.value, "0") or 0), tier.tokens.capacity)
             return Check(kind, Charge(f"tokens:{key}", tier.tokens, amount), "tokens",
-                         Unit.MINUTE, tier.tokens_per_minute, entries=entries)
+                         Unit.MINUTE, tier.tokens_per_minute,
+                         reservation=_reservation_id(entries))
         return Check(kind, None, kind.value)
 
     async def _settle(self, entries: dict[str, str]) -> None:
         tier = self.limits.tiers.get(entries.get(Entry.TIER.value, ""))
         if tier is None or tier.tokens is None:
             return
-        key = entries[Entry.KEY.value]
-        await self.store.settle(f"tokens:{key}", tier.tokens,
-                                f"{key}:{entries[Entry.REQUEST.value]}",
-                                int(entries.get(Entry.USED.value) or 0))
+        await self.store.settle(f"tokens:{entries[Entry.KEY.value]}", tier.tokens,
+                                _reservation_id(entries), int(entries.get(Entry.USED.value) or 0))
 
     async def _decide(self, checks: list[Check]) -> rls_pb2.RateLimitResponse:
         charged = [c for c in checks if c.charge is not None]
-        reservation = next(((f"{c.entries[Entry.KEY.value]}:{c.entries[Entry.REQUEST.value]}",
-                             int(c.charge.amount)) for c in charged
-                            if c.kind is Kind.TOKENS_RESERVE and c.charge), None)
+        reservation = next(((c.reservation, int(c.charge.amount)) for c in charged
+                            if c.reservation and c.charge), None)
         ok, levels = (await self.store.take([c.charge for c in charged if c.charge],
                                             reservation) if charged else (True, []))
         for check, level in zip(charged, levels):
@@ -115,12 +118,13 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 self._budget_headers(response, check, ok)
         if not ok:
             short = min(charged, key=lambda c: c.level - (c.charge.amount if c.charge else 0))
-            response.raw_body = self._refusal(short).encode()
-            response.dynamic_metadata.update({LIMITED_BY: short.kind.value})
             assert short.charge is not None
-            wait = short.charge.bucket.seconds_until(short.level, short.charge.amount)
+            wait = max(1, math.ceil(short.charge.bucket.seconds_until(short.level,
+                                                                      short.charge.amount)))
+            response.raw_body = self._refusal(short, wait).encode()
+            response.dynamic_metadata.update({LIMITED_BY: short.kind.value})
             response.response_headers_to_add.append(
-                base_pb2.HeaderValue(key="retry-after", value=str(max(1, math.ceil(wait)))))
+                base_pb2.HeaderValue(key="retry-after", value=str(wait)))
         return response
 
     @staticmethod
@@ -157,14 +161,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 base_pb2.HeaderValue(key=name, value=str(value)))
 
     @staticmethod
-    def _refusal(check: Check) -> str:
+    def _refusal(check: Check, wait: int) -> str:
+        """The message of a refusal by `check`, which the budget covers again in `wait` s."""
         assert check.charge is not None
-        wait = math.ceil(check.charge.bucket.seconds_until(check.level, check.charge.amount))
         if check.kind is Kind.TOKENS_RESERVE:
             return (f"token quota exceeded for this API key: this request reserves "
                     f"{int(check.charge.amount)} tokens (prompt bytes + max_tokens) and "
                     f"{max(0, math.floor(check.level))} of the tier's {check.per_unit} tokens "
-                    f"per minute are left; retry after {max(wait, 1)} s")
+                    f"per minute are left; retry after {wait} s")
         if check.kind is Kind.GATEWAY_REQUESTS:
             return ("the gateway's overall request rate is exceeded; retry after `Retry-After` "
                     "seconds")
