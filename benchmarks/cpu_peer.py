@@ -41,7 +41,7 @@ import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
 SERVED = ("ours", "llamacpp")  # measured over HTTP with the load generator
-IN_PROCESS = ("engine", "engine_hf")  # textgen.engine.Engine in this process
+IN_PROCESS = ("engine", "engine_hf")  # textgen.transformers_engine.TransformersEngine in this process
 LABELS = {"ours": "ours (gateway)", "engine": "engine in-process",
           "engine_hf": "engine in-process, HF executor", "llamacpp": "llama.cpp server"}
 
@@ -74,7 +74,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from transformers import AutoTokenizer
 
     from textgen.config import EngineConfig
-    from textgen.engine import Engine
+    from textgen.transformers_engine import TransformersEngine
 
     source = workloads.PromptSource(AutoTokenizer.from_pretrained(model_dir),
                                     (model_dir / "heldout.txt").read_text())
@@ -89,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             targets["llamacpp"] = started.enter_context(
                 llamacpp.server(Path(run_dir) / "llamacpp", model_dir))
-        engines = {name: Engine(EngineConfig(model_dir=model_dir, executor=executor))
+        engines = {name: TransformersEngine(EngineConfig(model_dir=model_dir, executor=executor))
                    for name, executor in (("engine", "llama"), ("engine_hf", "hf"))}
         for engine in engines.values():
             started.callback(engine.shutdown)

@@ -3,7 +3,7 @@
 
 Why: through the gateway every token also costs Triton, the stream model, Envoy and the
 client, all on the same two cores, which blurs what the scheduler and the cache do. This
-drives `textgen.engine.Engine` directly with N closed-loop clients (each submits its next
+drives `textgen.transformers_engine.TransformersEngine` directly with N closed-loop clients (each submits its next
 request when the last one finishes) on the same seeded workload, one policy after the other,
 and prints output tokens/s and TTFT for each, median of `--repeats`.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textgen.config import EngineConfig
-from textgen.engine import Engine
+from textgen.transformers_engine import TransformersEngine
 from textgen.outputs import SequenceOutput
 from textgen.validation import GenerationRequest
 
@@ -69,7 +69,7 @@ class Pass:
     itl_p50_ms: float | None
 
 
-def run(engine: Engine, specs: list[workload.RequestSpec], clients: int) -> Pass:
+def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: int) -> Pass:
     """One closed-loop pass over `specs` with `clients` clients."""
     pending = iter(specs)
     lock = threading.Lock()
@@ -120,7 +120,7 @@ def main() -> int:
     print(f"{args.workload} workload, {args.requests} requests, {args.clients} clients, "
           f"median of {args.repeats}", flush=True)
     for policy in ("continuous", "static"):
-        engine = Engine(EngineConfig(model_dir=args.model_dir, scheduling=policy))
+        engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy))
         try:
             run(engine, specs[:4], 4)  # warm-up
             passes = [run(engine, specs, args.clients) for _ in range(args.repeats)]

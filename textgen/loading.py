@@ -38,10 +38,10 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
-               quantization: str = "none") -> tuple[Any, Any]:
-    """Return (model, tokenizer) in eval mode on `device`; `int8` quantizes the weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: Path) -> Any:
+    """The directory's tokenizer, after checking that it is a save_pretrained directory at all
+    (every engine starts here, so each reports a wrong path the same way)."""
+    from transformers import AutoTokenizer
 
     hint = "set parameter `model_dir` in config.pbtxt or export LLM_MODEL_DIR"
     if not model_dir.is_dir():
@@ -50,9 +50,17 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
         raise ModelLoadError(f"model directory {model_dir} has no config.json: it is not a "
                              f"directory written by save_pretrained; {hint}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # transformers raises many types; all mean "unusable"
         raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+
+
+def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
+               quantization: str = "none") -> tuple[Any, Any]:
+    """Return (model, tokenizer) in eval mode on `device`; `int8` quantizes the weights."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(model_dir)
     extra = _int8_loading_options(device, dtype) if quantization == "int8" else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **extra)

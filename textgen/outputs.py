@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Optional, Protocol
 
 
 class FinishReason(str, Enum):
@@ -36,6 +37,49 @@ class SequenceOutput:
     first_token_seconds: float  # from arrival; equals total when no token was produced
     total_seconds: float
     error: str = ""  # set when finish_reason is REJECTED or ERROR
+
+
+@dataclass
+class Timeline:
+    """When one sequence arrived, got a slot and produced its first token (monotonic s)."""
+
+    arrival: float = field(default_factory=time.monotonic)
+    admitted_at: Optional[float] = None
+    first_token_at: Optional[float] = None
+
+    def output(self, text: str, reason: FinishReason, prompt_tokens: int,
+               completion_tokens: int, error: str = "") -> SequenceOutput:
+        """The sequence's end as the sinks and metrics see it, timed from now."""
+        now = time.monotonic()
+        return SequenceOutput(
+            text=text, finish_reason=reason, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            queue_seconds=(self.admitted_at or now) - self.arrival,
+            first_token_seconds=(self.first_token_at or now) - self.arrival,
+            total_seconds=now - self.arrival, error=error)
+
+
+class Pacer:
+    """How often a stream hands text on: the first piece at once, then at most once per
+    `interval_s` (what came in between goes out together), and all of it at the end.
+
+    Why: every hand-over costs a link message, a Triton response, an SSE event and a client
+    wake-up, on the cores the model needs; vLLM's stream interval makes the same trade. A piece
+    is held at most the interval or one step, whichever is longer, and never delays the first
+    token."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._unsent = ""
+        self._sent_at = float("-inf")
+
+    def take(self, delta: str, now: float, final: bool = False) -> str:
+        """Add `delta`; returns the text to hand on now (empty: hold it)."""
+        self._unsent += delta
+        if not self._unsent or not (final or now - self._sent_at >= self._interval_s):
+            return ""
+        text, self._unsent, self._sent_at = self._unsent, "", now
+        return text
 
 
 class OutputSink(Protocol):

@@ -28,6 +28,7 @@ from keys import KeyStore  # noqa: E402
 RUN_DIR = ROOT / ".run"
 MODEL_REPOSITORY = ROOT / "model_repository"
 DEMO_MODEL = ROOT / "demo_model"
+VLLM_VENV = ROOT / ".venv-vllm"  # `make vllm`: the vLLM engine's environment
 
 _SITE = Path(sysconfig.get_paths()["purelib"])
 _PYTRITON = _SITE / "pytriton" / "tritonserver"
@@ -166,6 +167,17 @@ def client_lib_dir(run_dir: Path) -> Path:
     return lib
 
 
+def stub_environment(env: dict[str, str]) -> Path:
+    """bin/ of the Python environment the model stubs run in: this one, or with
+    LLM_ENGINE=vllm the vLLM engine's (`make vllm`), whose pins cannot share this one's."""
+    if env.get("LLM_ENGINE", "").strip().lower() != "vllm":
+        return Path(sys.executable).parent
+    if not (VLLM_VENV / "bin" / "python3").exists():
+        raise SystemExit(f"LLM_ENGINE=vllm runs the model in {VLLM_VENV}, which is missing: "
+                         f"run `make vllm` (or `LLM_ENGINE=vllm make serve`, which builds it)")
+    return VLLM_VENV / "bin"
+
+
 def triton_env(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver, its Python stubs and perf_analyzer."""
     env = dict(os.environ if base is None else base)
@@ -175,7 +187,7 @@ def triton_env(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, s
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
     # The stub ignores PYTHONPATH and finds its packages through the first python3 on PATH.
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PATH"] = f"{stub_environment(env)}:{env.get('PATH', '')}"
     return env
 
 

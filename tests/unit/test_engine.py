@@ -8,7 +8,8 @@ import time
 import pytest
 
 from textgen.config import EngineConfig
-from textgen.engine import Engine, Overloaded
+from textgen.admission import Overloaded
+from textgen.transformers_engine import TransformersEngine
 from textgen.outputs import EngineObserver, FinishReason, SequenceOutput
 from textgen.validation import GenerationRequest, ValidationError
 
@@ -57,7 +58,7 @@ class GateSink(Sink):
         super().on_text(delta)
 
 
-def run(engine: Engine, requests: list[GenerationRequest]) -> list[SequenceOutput]:
+def run(engine: TransformersEngine, requests: list[GenerationRequest]) -> list[SequenceOutput]:
     sinks = [Sink() for _ in requests]
     for request, sink in zip(requests, sinks):
         engine.submit(request, sink)
@@ -70,7 +71,7 @@ def engine(request, demo_model_dir):
     """Both schedulers, and both executors (the lean Llama forward and the HF module). Every
     token is its own piece (stream interval 0), so tests can count steps by pieces."""
     scheduling, executor = request.param
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, scheduling=scheduling,
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, scheduling=scheduling,
                                  executor=executor, max_num_seqs=8, stream_interval_ms=0))
     yield engine
     engine.shutdown()
@@ -119,7 +120,7 @@ def test_cancelled_sequence_stops_within_a_step_and_frees_its_row(engine):
 
 
 def test_request_cancelled_while_queued_never_runs(demo_model_dir):
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
     try:
         blocker = Sink()
         engine.submit(GenerationRequest(prompt="The", max_tokens=60, ignore_eos=True), blocker)
@@ -133,7 +134,7 @@ def test_request_cancelled_while_queued_never_runs(demo_model_dir):
 
 
 def test_request_larger_than_the_token_budget_is_rejected_at_submit(demo_model_dir):
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_batch_total_tokens=50))
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_batch_total_tokens=50))
     try:
         with pytest.raises(ValidationError, match="max_batch_total_tokens"):
             engine.submit(GenerationRequest(prompt="The list", max_tokens=100), Sink())
@@ -164,7 +165,7 @@ class Recorder(EngineObserver):
 
 
 def test_stream_interval_sends_the_first_piece_at_once_and_merges_the_rest(demo_model_dir):
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, stream_interval_ms=1000))
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, stream_interval_ms=1000))
     try:
         sink = Sink()
         engine.submit(GenerationRequest(prompt="The list", max_tokens=20, ignore_eos=True), sink)
@@ -201,7 +202,7 @@ def test_text_held_back_for_a_stop_string_is_streamed_when_the_length_limit_ends
 def test_engine_thread_runs_at_the_configured_priority(demo_model_dir):
     import os
 
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, engine_nice=7))
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, engine_nice=7))
     try:
         assert os.getpriority(os.PRIO_PROCESS, engine._thread.native_id) == 7
         assert engine.describe()["engine_nice"] == 7
@@ -212,7 +213,7 @@ def test_engine_thread_runs_at_the_configured_priority(demo_model_dir):
 
 def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
     recorder = Recorder()
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, max_queue_size=2),
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, max_queue_size=2),
                     recorder)
     try:
         long = GenerationRequest(prompt="The", max_tokens=120, ignore_eos=True)
@@ -233,7 +234,7 @@ def test_full_queue_refuses_at_once_with_overloaded(demo_model_dir):
 
 def test_request_waiting_past_the_queue_timeout_is_rejected(demo_model_dir):
     recorder = Recorder()
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, queue_timeout_s=0.2),
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1, queue_timeout_s=0.2),
                     recorder)
     try:
         blocker = GateSink()  # holds the only slot (and the engine) for 0.5 s, any CPU speed
@@ -252,7 +253,7 @@ def test_request_waiting_past_the_queue_timeout_is_rejected(demo_model_dir):
 
 
 def test_shutdown_lets_admitted_and_queued_sequences_finish(demo_model_dir):
-    engine = Engine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=1))
     running, queued = Sink(), Sink()
     engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), running)
     engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), queued)

@@ -23,8 +23,9 @@ outputs
 the next batch over while this one is still generating: the engine admits it between decode
 steps. An invalid request fails alone with INVALID_ARG (HTTP 400) naming the input; a full
 queue answers UNAVAILABLE. Each error message starts with its type (`textgen.errors`), which
-the gateway turns into the status (`overloaded`: HTTP 503). This model owns the engine;
-`llm_stream` streams tokens from the same engine through `textgen.link`.
+the gateway turns into the status (`overloaded`: HTTP 503). This model owns the engine
+(`textgen.engines`: transformers or vLLM, by parameter `engine` / LLM_ENGINE); `llm_stream`
+streams tokens from the same engine through `textgen.link`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from typing import Any, Callable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
+from textgen.admission import Overloaded
 from textgen.config import ConfigError, load_engine_config
-from textgen.engine import Engine, Overloaded
+from textgen.engines import create_engine
 from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, engine_address
 from textgen.loading import ModelLoadError
@@ -60,7 +62,7 @@ class TritonPythonModel:
         self._metrics = TritonMetrics(args["model_name"])
         try:
             config = load_engine_config(model_config, Path(args["model_repository"]))
-            self._engine = Engine(config, self._metrics)
+            self._engine = create_engine(config, self._metrics)
         except (ConfigError, ModelLoadError) as exc:
             raise pb_utils.TritonModelException(f"llm: {exc}") from exc
         self._link = EngineLinkServer(engine_address(os.getppid()), self._submit_streamed)

