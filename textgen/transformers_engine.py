@@ -20,6 +20,7 @@ import torch
 
 from .admission import Admission
 from .config import EngineConfig, Limits
+from .engine_thread import start_engine_thread, thread_nice
 from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
@@ -84,10 +85,7 @@ class TransformersEngine:
         # State owned by the engine thread: rows of the running batch, in the executor's order.
         self._rows: list[Sequence] = []
 
-        self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
-        self._thread.start()
-        assert self._thread.native_id is not None  # set by start() on Linux
-        self._raise_priority(self._thread.native_id)
+        self._thread = start_engine_thread(self._run, "textgen-engine", config.engine_nice)
 
     def _limits_for_model(self, limits: Limits) -> Limits:
         context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
@@ -130,17 +128,6 @@ class TransformersEngine:
         self._thread.join(drain_timeout)
 
     # ---- the engine thread ------------------------------------------------------------
-
-    def _raise_priority(self, thread_id: int) -> None:
-        """Give the engine thread the configured nice value (see EngineConfig.engine_nice)."""
-        try:
-            os.setpriority(os.PRIO_PROCESS, thread_id, self.config.engine_nice)
-        except OSError as exc:
-            log.warning("could not set the engine thread's nice value to %d (%s); decode steps "
-                        "may be preempted by the token path under load: raise the nice limit "
-                        "(`ulimit -e 30`, compose `ulimits: {nice: 30}`) or grant "
-                        "CAP_SYS_NICE, or set engine_nice to 0",
-                        self.config.engine_nice, exc.strerror)
 
     def _run(self) -> None:
         while True:
@@ -275,4 +262,4 @@ class TransformersEngine:
                 "scheduling": self.config.scheduling, "executor": self.executor.name,
                 "context_length": self.limits.context_length,
                 "cpu_threads": torch.get_num_threads(),
-                "engine_nice": os.getpriority(os.PRIO_PROCESS, self._thread.native_id)}
+                "engine_nice": thread_nice(self._thread)}

@@ -1,13 +1,15 @@
 """The `vllm` engine: vLLM's engine core (scheduler, paged KV cache, compiled model runner)
 stepped by one thread of this process, behind the same interface as the transformers engine.
 
-Why in-process and stepped by our thread (vLLM's synchronous `LLMEngine` without its
-multiprocessing client) rather than `AsyncLLM`: AsyncLLM always runs its engine core in a child
-process started with `spawn`, and inside a Triton Python-backend stub `sys.executable` is the
-stub, not an interpreter; the synchronous engine has no child, no ZMQ sockets and no asyncio
-loop, and its step loop has the same shape as the transformers engine's: take new requests,
-drop the cancelled and the expired, run one step, hand each sequence its new text. Cancellation
-therefore takes effect at the next step (`abort_request`), as it does there.
+Why in-process, stepped by our thread (vLLM's synchronous `LLMEngine` without its
+multiprocessing client), rather than `AsyncLLM` with its engine core in a process of its own:
+both work inside a Triton stub (a child needs `multiprocessing.set_executable`, since the stub's
+`sys.executable` is not an interpreter), and on 2 CPU cores at 32 streams in-process was faster:
+2,153 against 1,735 output tokens/s, TTFT p50 111 against 238 ms (benchmarks/vllm_peer.py, one
+round each); the extra processes fight the token path for the same cores. The step loop has the
+same shape as the transformers engine's: take new requests, drop the cancelled and the expired,
+run one step, hand each sequence its new text; so cancellation takes effect at the next step
+(`abort_request`), as there. On a GPU the model runs on the device either way.
 
 What is shared with the transformers engine (`engines.py`): admission (queue bound, queue
 timeout, drain), pacing of streamed text, the output record, the metrics hooks and the limits'
@@ -32,6 +34,7 @@ from typing import Any, Optional
 
 from .admission import Admission
 from .config import EngineConfig, Limits
+from .engine_thread import start_engine_thread, thread_nice
 from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
 from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
 from .validation import GenerationRequest, check_token_budget
@@ -64,6 +67,9 @@ def _prepare_process() -> None:
     "C" locale, where open() reads ASCII and importing vLLM fails on torch's UTF-8 kernel
     templates."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM's CPU worker pins its OpenMP threads to cores; in-process that would pin the
+    # thread loading it and every thread started after it (the engine's, Triton's) to one core.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -130,8 +136,7 @@ class VllmEngine:
 
         # Owned by the engine thread: sequences handed to vLLM, by request id.
         self._active: dict[str, _Sequence] = {}
-        self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
-        self._thread.start()
+        self._thread = start_engine_thread(self._run, "vllm-engine", config.engine_nice)
 
     def _start_vllm(self, quantization: Optional[str]) -> Any:
         # On a CPU give vLLM's paged KV cache what max_num_seqs full contexts need, not 4 GiB.
@@ -199,6 +204,10 @@ class VllmEngine:
         """Sequences beyond the running batch (called with `_wakeup` held)."""
         return max(0, self._count - self.config.max_num_seqs)
 
+    def _report_queue(self) -> None:
+        """Called with `_wakeup` held: vLLM runs up to max_num_seqs, the rest wait."""
+        self.observer.on_queue(self._count - self._waiting(), self._waiting())
+
     def shutdown(self, drain_timeout: float = 30.0) -> None:
         deadline = time.monotonic() + drain_timeout
         with self._wakeup:
@@ -220,7 +229,7 @@ class VllmEngine:
                 if self._stopping:
                     break
                 arrived, self._arrived = self._arrived, []
-                self.observer.on_queue(self._count - self._waiting(), self._waiting())
+                self._report_queue()
             try:
                 for seq in arrived:
                     self._add(seq)
@@ -304,6 +313,7 @@ class VllmEngine:
                                      error)
         with self._wakeup:
             self._count -= 1
+            self._report_queue()
             self._wakeup.notify_all()
         self.observer.on_finish(output)
         try:
@@ -318,4 +328,5 @@ class VllmEngine:
                 "model_dir": str(self.config.model_dir), "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "context_length": self.limits.context_length,
-                "max_num_seqs": self.config.max_num_seqs}
+                "max_num_seqs": self.config.max_num_seqs,
+                "engine_nice": thread_nice(self._thread)}

@@ -10,9 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import vllm_peer  # noqa: E402
 
 
-def row(round_: int, system: str, tokens_per_s: float, errors: int = 0) -> dict:
+def row(round_: int, system: str, tokens_per_s: float, errors: int = 0,
+        ttft_ms: float = 50.0) -> dict:
     return {"round": round_, "system": system, "concurrency": 32, "tokens_per_s": tokens_per_s,
-            "ttft_p50_ms": 50.0, "itl_p50_ms": 8.0, "errors": errors, "sent": 100}
+            "ttft_p50_ms": ttft_ms, "itl_p50_ms": 8.0, "errors": errors, "sent": 100}
 
 
 def test_ratios_are_taken_within_each_round_then_the_median():
@@ -28,3 +29,12 @@ def test_ratios_are_taken_within_each_round_then_the_median():
 def test_a_round_where_the_peer_served_nothing_gives_no_ratio():
     table = vllm_peer.table([row(1, "ours", 300), row(1, "vllm", 0, errors=100)])
     assert "ours / vLLM" not in table
+
+
+def test_the_vllm_engine_in_the_stack_is_compared_with_bare_vllm_round_by_round():
+    # ours-vllm / vLLM: 180 / 200 = 0.9x with TTFT +4 ms, then 190 / 200 = 0.95x with +2 ms.
+    rows = [row(1, "ours-vllm", 180, ttft_ms=54), row(1, "vllm", 200),
+            row(2, "ours-vllm", 190, ttft_ms=52), row(2, "vllm", 200)]
+    table = vllm_peer.table(rows)
+    assert "| 32 | ours-vllm / vLLM | 0.93x (0.90x-0.95x) | 3.0 ms (2.0 ms-4.0 ms) |" in table
+    assert "| 32 | ours |" not in table  # a system that did not run has no row

@@ -1,0 +1,207 @@
+"""The behaviour every engine promises, run against each: `transformers` and `vllm`.
+
+Each engine gets its own real Triton (LLM_ENGINE=...) behind its own real Envoy, with small
+admission limits so that a burst fills the queue. Nothing here depends on an engine's numerics:
+the same request gives the same text within one engine, never across engines. The vLLM half
+needs .venv-vllm (`make vllm`, a prerequisite of `make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+
+import runtime
+from harness import (assert_disconnect_cancels, assert_error_contract, gateway_process,
+                     http_ok, infer_inputs, metric, model_log_records, triton_process,
+                     triton_settings)
+
+pytestmark = pytest.mark.slow
+
+MAX_NUM_SEQS = 2
+MAX_QUEUE_SIZE = 2
+# Appears in prompts only, so finding it in a log means a prompt was logged.
+SECRET = "zebra-marmalade-7731"
+
+
+@dataclass(frozen=True)
+class EngineStack:
+    engine: str
+    triton: runtime.Settings
+    gateway_url: str
+    gateway_grpc: str
+    access_log: Path
+    key: str
+
+    @property
+    def triton_log(self) -> Path:
+        return self.triton.run_dir / "tritonserver.log"
+
+    def generate(self, body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.gateway_url}/generate", json=body,
+                             headers={"X-API-Key": self.key}, timeout=120)
+
+    def stream(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        with requests.post(f"{self.gateway_url}/generate_stream", json=body, stream=True,
+                           headers={"X-API-Key": self.key}, timeout=120) as reply:
+            assert reply.status_code == 200, reply.text
+            return [json.loads(line[5:]) for line in reply.iter_lines(decode_unicode=True)
+                    if line.startswith("data:")]
+
+
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[EngineStack]:
+    engine = request.param
+    run_dir = tmp_path_factory.mktemp(f"engine-{engine}")
+    settings = triton_settings(run_dir)
+    triton = triton_process(settings, LLM_ENGINE=engine, LLM_MAX_NUM_SEQS=str(MAX_NUM_SEQS),
+                            LLM_MAX_QUEUE_SIZE=str(MAX_QUEUE_SIZE))
+    envoy, gateway = gateway_process(settings)
+    triton.start()
+    try:
+        # vLLM compiles its model on a first start (~25 s, cached in ~/.cache/vllm after).
+        triton.wait_until(lambda: http_ok(f"{settings.http_url}/v2/models/llm/ready"),
+                          timeout=300)
+        envoy.start()
+        url = f"http://{gateway.host}:{gateway.port}"
+        envoy.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
+        key, _ = runtime.KeyStore(gateway.keys_dir).issue(f"engine-{engine}", "benchmark")
+        deadline = time.monotonic() + 20
+        while requests.get(f"{url}/v2/models/llm/ready", headers={"X-API-Key": key},
+                           timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never accepted the new key"
+            time.sleep(0.1)
+        yield EngineStack(engine, settings, url, f"{gateway.host}:{gateway.port}",
+                          Path(gateway.access_log), key)
+    finally:
+        envoy.stop()
+        triton.stop()
+
+
+def test_the_engine_named_by_llm_engine_serves_the_model(stack):
+    ready = [r for r in stack.triton_log.read_text().splitlines() if "llm: engine ready" in r]
+    assert ready and f'\\"engine\\": \\"{stack.engine}\\"' in ready[-1], ready
+
+
+def test_an_invalid_request_is_a_400_naming_the_parameter(stack):
+    reply = stack.generate({"text_input": "hi", "max_tokens": 2000})
+    body = assert_error_contract(reply, 400, "invalid_request")
+    assert "`max_tokens` must be in [1, 256], got 2000" in body["error"]
+    too_long = stack.generate({"text_input": "word " * 600, "max_tokens": 8})
+    assert_error_contract(too_long, 400, "invalid_request")
+
+
+def test_the_stream_carries_the_unary_text_and_counts(stack):
+    body = {"text_input": "The list", "max_tokens": 40, "ignore_eos": True,
+            "exclude_input_in_output": True}
+    unary = stack.generate(body).json()
+    events = stack.stream(body)
+    assert "".join(e["text_output"] for e in events) == unary["text_output"]
+    assert events[-1]["finish_reason"] == unary["finish_reason"] == "length"
+    assert events[-1]["num_output_tokens"] == unary["num_output_tokens"] == 40
+    assert events[-1]["num_input_tokens"] == unary["num_input_tokens"] > 0
+
+
+def test_unary_text_starts_with_the_prompt_unless_excluded(stack):
+    reply = stack.generate({"text_input": "The list", "max_tokens": 4}).json()
+    assert reply["text_output"].startswith("The list")
+
+
+def test_grpc_stream_through_the_gateway_ends_with_a_final_response(stack):
+    client = grpcclient.InferenceServerClient(stack.gateway_grpc)
+    results: "queue.Queue[Any]" = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)),
+                        headers={"x-api-key": stack.key})
+    client.async_stream_infer("llm_stream", infer_inputs(grpcclient, "The list",
+                                                         max_tokens=12, ignore_eos=True),
+                              enable_empty_final_response=True)
+    counts = None
+    while True:
+        result, error = results.get(timeout=60)
+        assert error is None, error
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            counts = result.as_numpy("num_output_tokens")
+            break
+    client.stop_stream()
+    assert counts is not None and int(counts.reshape(-1)[0]) == 12
+
+
+def test_a_stop_string_ends_the_text_before_it(stack):
+    body = {"text_input": "The list", "max_tokens": 40, "ignore_eos": True,
+            "exclude_input_in_output": True}
+    free = stack.generate(body).json()["text_output"]
+    stop = free[len(free) // 2:len(free) // 2 + 3]
+    assert stop.strip(), f"pick a visible stop string from {free!r}"
+    stopped = stack.generate({**body, "stop": [stop]}).json()
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text_output"] == free[:free.index(stop)]
+
+
+def test_a_seeded_sampled_request_is_reproducible(stack):
+    body = {"text_input": "Once upon a time", "max_tokens": 24, "temperature": 1.0,
+            "top_p": 0.95, "top_k": 50, "ignore_eos": True, "exclude_input_in_output": True}
+    first = stack.generate({**body, "seed": 1234}).json()["text_output"]
+    again = stack.generate({**body, "seed": 1234}).json()["text_output"]
+    others = {stack.generate({**body, "seed": seed}).json()["text_output"]
+              for seed in (1, 2, 3)}
+    assert first == again
+    assert len(others | {first}) > 1, "different seeds all gave the same text"
+
+
+def test_closing_a_stream_cancels_the_sequence_and_frees_its_slot(stack):
+    request_id = f"cancel-{stack.engine}-{time.time_ns()}"
+    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True,
+            "parameters": {"x-request-id": request_id}}
+    assert_disconnect_cancels(
+        stack.triton, stack.triton_log,
+        f"{stack.triton.http_url}/v2/models/llm_stream/generate_stream", body, {}, request_id)
+
+
+def test_a_burst_beyond_slots_and_queue_is_refused_with_503_and_retry_after(stack):
+    body = {"text_input": "The list", "max_tokens": 256, "ignore_eos": True}
+    burst = 3 * (MAX_NUM_SEQS + MAX_QUEUE_SIZE)
+    with ThreadPoolExecutor(burst) as pool:
+        replies = list(pool.map(lambda _: stack.generate(body), range(burst)))
+    refused = [r for r in replies if r.status_code == 503]
+    served = [r for r in replies if r.status_code == 200]
+    assert len(refused) + len(served) == burst, [r.status_code for r in replies]
+    assert refused and len(served) >= MAX_NUM_SEQS + MAX_QUEUE_SIZE
+    assert_error_contract(refused[0], 503, "overloaded")
+    assert int(refused[0].headers["retry-after"]) >= 1
+    assert "at capacity" in refused[0].json()["error"]
+    assert all(r.json()["num_output_tokens"] == 256 for r in served)
+
+
+def test_metrics_are_published_under_the_same_names(stack):
+    stack.generate({"text_input": "The list", "max_tokens": 8})
+    for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                 "vllm:time_to_first_token_seconds_count",
+                 "vllm:e2e_request_latency_seconds_count", "vllm:request_success_total"):
+        assert metric(stack.triton, name) > 0, name
+    assert metric(stack.triton, "vllm:num_requests_running") == 0
+
+
+def test_the_logs_record_each_request_without_its_text_or_the_key(stack):
+    reply = stack.generate({"text_input": f"Tell me about {SECRET}", "max_tokens": 8})
+    assert reply.status_code == 200, reply.text
+    request_id = reply.headers["x-request-id"]
+    record = next(r for r in model_log_records(stack.triton_log)
+                  if r["request_id"] == request_id)
+    assert record["finish_reason"] in ("stop", "length") and record["prompt_tokens"] > 0
+    deadline = time.monotonic() + 5  # Envoy flushes its access log every 500 ms
+    while f'"request_id":"{request_id}"' not in stack.access_log.read_text():
+        assert time.monotonic() < deadline, "the request never reached the access log"
+        time.sleep(0.1)
+    for log in (stack.triton_log, stack.access_log):
+        text = log.read_text(errors="replace")
+        assert SECRET not in text and stack.key not in text, log
