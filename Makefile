@@ -83,7 +83,7 @@ keys: venv ## List API keys (ids, names, tiers; never the keys)
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
 	@$(PY) gateway/keys.py revoke "$(KEY)"
 
-test: venv redis ## Run the whole test suite (unit + integration with real servers)
+test: venv vllm redis ## Run the whole test suite (unit + integration with real servers, both engines)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv ## Run only the unit tests of the pure modules (seconds)

@@ -11,6 +11,9 @@ Runs, in one go and on the same workloads:
                usage): what the OpenAI path costs next to generate_stream
   6. llamacpp  (full run, or --systems) llama.cpp's own server on the same model, built from
                the llama-cpp-python sdist's sources on first use (cached): the CPU peer
+  7. vllm-engine  (full run, or --systems) ours with LLM_ENGINE=vllm through the OpenAI API
+  8. vllm      (full run, or --systems) vLLM's own OpenAI server on the same model: the peer
+               a user would pick instead (both need .venv-vllm, `make vllm`; skipped without)
 with peak RSS sampled for every process it started, and writes raw JSON/CSV, PNG plots and a
 Markdown summary under benchmarks/results/<time>-<mode>/ (`latest` links to the last run).
 
@@ -58,7 +61,7 @@ import report  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp", "vllm-engine", "vllm")
 WORKLOADS = ("fixed", "mixed")
 
 
@@ -98,7 +101,9 @@ PLANS = {
                 "baseline": {"fixed": [1, 32], "mixed": [1, 8, 32]},
                 "int8": {"mixed": [8, 32]},
                 "openai": {"fixed": [1, 8, 32], "mixed": [8, 32]},
-                "llamacpp": {"fixed": [1, 8, 32], "mixed": [8, 32]}},
+                "llamacpp": {"fixed": [1, 8, 32], "mixed": [8, 32]},
+                "vllm-engine": {"fixed": [1, 8, 32]},
+                "vllm": {"fixed": [1, 8, 32]}},
         requests_per_client=8, min_requests=16, max_requests=256, max_seconds=40, grace_s=15,
         perf_levels=[1, 4, 16], perf_interval_ms=3000, quality_windows=64, quality_repeats=3),
     "quick": Plan(
@@ -282,6 +287,11 @@ class Bench:
             self.log(f"==> {llamacpp.unavailable()}")
             self.systems[name] = {"label": "llama.cpp server", "skipped": llamacpp.unavailable()}
             return
+        if name in ("vllm-engine", "vllm") and stack.vllm_unavailable():
+            self.log(f"==> {stack.LABELS[name]}: skipped, {stack.vllm_unavailable()}")
+            self.systems[name] = {"label": stack.LABELS[name],
+                                  "skipped": stack.vllm_unavailable()}
+            return
         self.log(f"==> {stack.LABELS[name]}")
         run_dir = self.out / "run" / name
         start = time.perf_counter()
@@ -306,11 +316,15 @@ class Bench:
     def _target(self, name: str, run_dir: Path) -> Iterator[stack.Target]:
         if name == "ours" and self.args.url:
             yield stack.external(self.args.url, self.args.api_key)
-        elif name in ("ours", "static", "int8", "openai"):
+        elif name in ("ours", "static", "int8", "openai", "vllm-engine"):
             scheduling = "static" if name == "static" else "continuous"
-            env = {"LLM_QUANTIZATION": "int8"} if name == "int8" else {}
+            env = {"int8": {"LLM_QUANTIZATION": "int8"},
+                   "vllm-engine": {"LLM_ENGINE": "vllm"}}.get(name, {})
             with stack.triton_stack(name, run_dir, scheduling, self.args.model_dir, env,
-                                    openai=name == "openai") as target:
+                                    openai=name in ("openai", "vllm-engine")) as target:
+                yield target
+        elif name == "vllm":
+            with stack.bare_vllm(run_dir, self.args.model_dir) as target:
                 yield target
         elif name == "llamacpp":
             with llamacpp.server(run_dir, self.args.model_dir, self.log) as target:

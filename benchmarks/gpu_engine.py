@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
-"""The engine in-process on a ~1B-parameter Llama vs HF `generate` with a static batch.
+"""Both engines in-process on a ~1B-parameter Llama, against bare vLLM and HF `generate`.
 
-Why: the demo model is tiny, so the 2-core figures say little about the engine on real
+Why: the demo model is tiny, so the 2-core figures say little about the engines on real
 hardware. This script needs no download: it builds a Llama-3.2-1B-shaped model with random
 weights (bf16 on CUDA), sends the same requests (prompt and output lengths drawn with a fixed
-seed, `ignore_eos` so lengths are exact) to
+seed, `ignore_eos` so lengths are exact), one at a time (batch 1) and all at once (`--requests`,
+256 by default), to
 
-  1. `textgen.transformers_engine.TransformersEngine` (iteration-level scheduling, all requests submitted at once), and
-  2. HF `generate` on static batches of `--batch` requests (left padding, greedy),
+  1. the `transformers` engine (`textgen.engines`, iteration-level scheduling),
+  2. the `vllm` engine (vLLM's engine core behind the same interface, as the `llm` model runs it),
+  3. bare vLLM: its `LLMEngine` stepped directly, nothing of this service around it, and
+  4. HF `generate` on static batches of `--batch` requests (left padding, greedy),
 
-and prints output tokens/s for both, measured in the same run. `--tiny` runs a 2-layer model
-so the script can be checked on a CPU in seconds.
+and prints output tokens/s and TTFT p50 for each, measured in the same run. vLLM's parts run
+where vLLM is installed (the GPU image, or `.venv-vllm/bin/python` here) and are skipped with
+a message elsewhere. `--tiny` runs a 2-layer model so the script can be checked on a CPU.
 
-  python benchmarks/gpu_engine.py                 # on a GPU machine
-  python benchmarks/gpu_engine.py --tiny --requests 8
+  python benchmarks/gpu_engine.py                 # on a GPU machine with vLLM installed
+  .venv-vllm/bin/python benchmarks/gpu_engine.py --tiny --requests 8
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -28,11 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from textgen.config import EngineConfig, Limits
-from textgen.transformers_engine import TransformersEngine
-from textgen.outputs import SequenceOutput
+from textgen.engines import create_engine
+from textgen.outputs import EngineObserver, SequenceOutput
 from textgen.validation import GenerationRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def build_model(out: Path, tiny: bool) -> None:
     """A Llama with random weights, saved with the demo model's tokenizer."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "demo_model")
     size = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=4) if tiny else dict(
@@ -83,31 +87,88 @@ class _Done:
         return False
 
 
-def run_engine(model_dir: Path, jobs: list[tuple[list[int], int]], max_seqs: int) -> float:
-    engine = TransformersEngine(EngineConfig(model_dir=model_dir, max_num_seqs=max_seqs,
-                                 max_batch_total_tokens=max_seqs * 1100, max_queue_size=100000,
-                                 queue_timeout_s=3600,
-                                 limits=Limits(max_prompt_tokens=1024, max_new_tokens=1024)))
-    decode = engine.tokenizer.decode
-    try:
-        warm = _Done()
-        engine.submit(GenerationRequest(prompt="warm up", max_tokens=4), warm)
-        warm.event.wait()
-        sinks = [_Done() for _ in jobs]
-        start = time.perf_counter()
-        for (ids, new), sink in zip(jobs, sinks):
+Figures = dict[str, float]
+
+
+def _figures(tokens: int, elapsed: float, ttfts: list[float]) -> Figures:
+    return {"output_tokens_per_s": round(tokens / elapsed, 1),
+            "ttft_p50_ms": round(1000 * statistics.median(ttfts), 1)}
+
+
+def run_engine(name: str, model_dir: Path, jobs: list[tuple[list[int], int]], max_seqs: int,
+               ) -> dict[str, Figures]:
+    """One of this service's engines: the jobs one at a time, then all at once."""
+    engine = create_engine(EngineConfig(
+        model_dir=model_dir, engine=name, max_num_seqs=max_seqs,
+        max_batch_total_tokens=max_seqs * 1100, max_queue_size=100000, queue_timeout_s=3600,
+        limits=Limits(max_prompt_tokens=1024, max_new_tokens=1024)), EngineObserver())
+    decode = AutoTokenizer.from_pretrained(model_dir).decode
+
+    def run(group: list[tuple[list[int], int]]) -> tuple[int, list[float]]:
+        sinks = [_Done() for _ in group]
+        for (ids, new), sink in zip(group, sinks):
             engine.submit(GenerationRequest(prompt=decode(ids), max_tokens=new,
                                             ignore_eos=True), sink)
         for sink in sinks:
             sink.event.wait()
-        elapsed = time.perf_counter() - start
-        return sum(s.output.completion_tokens for s in sinks if s.output) / elapsed
+        outputs = [s.output for s in sinks if s.output]
+        return (sum(o.completion_tokens for o in outputs),
+                [o.first_token_seconds for o in outputs])
+
+    try:
+        run([([300, 301, 302], 4)])  # warm-up
+        return _levels(run, jobs)
     finally:
         engine.shutdown()
 
 
+def _levels(run, jobs: list[tuple[list[int], int]]) -> dict[str, Figures]:
+    """batch_1: the first 16 jobs one after another; all_at_once: every job together."""
+    results = {}
+    for level, groups in (("batch_1", [[job] for job in jobs[:16]]), ("all_at_once", [jobs])):
+        tokens, ttfts = 0, []
+        start = time.perf_counter()
+        for group in groups:
+            produced, firsts = run(group)
+            tokens += produced
+            ttfts += firsts
+        results[level] = _figures(tokens, time.perf_counter() - start, ttfts)
+    return results
+
+
+def run_bare_vllm(model_dir: Path, jobs: list[tuple[list[int], int]], max_seqs: int,
+                  ) -> dict[str, Figures]:
+    """vLLM's own engine stepped directly, in the dtype vLLM picks (bf16 on CUDA)."""
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.inputs import TokensPrompt
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine.from_engine_args(EngineArgs(
+        model=str(model_dir), max_model_len=2048, max_num_seqs=max_seqs, seed=0,
+        disable_log_stats=True), enable_multiprocessing=False)
+    counter = iter(range(10**9))
+
+    def run(group: list[tuple[list[int], int]]) -> tuple[int, list[float]]:
+        sent = time.perf_counter()
+        first: dict[str, float] = {}
+        for ids, new in group:
+            engine.add_request(str(next(counter)), TokensPrompt(prompt_token_ids=ids),
+                               SamplingParams(max_tokens=new, ignore_eos=True, temperature=0))
+        tokens = 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                first.setdefault(out.request_id, time.perf_counter() - sent)
+                if out.finished:
+                    tokens += len(out.outputs[0].token_ids)
+        return tokens, list(first.values())
+
+    run([([300, 301, 302], 4)])  # warm-up
+    return _levels(run, jobs)
+
+
 def run_static(model_dir: Path, jobs: list[tuple[list[int], int]], batch: int) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -136,26 +197,36 @@ def run_static(model_dir: Path, jobs: list[tuple[list[int], int]], batch: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=256,
+                        help="requests sent all at once [%(default)s]")
     parser.add_argument("--batch", type=int, default=32, help="static batch size [%(default)s]")
-    parser.add_argument("--max-seqs", type=int, default=64,
-                        help="engine's max_num_seqs [%(default)s]")
+    parser.add_argument("--max-seqs", type=int, default=256,
+                        help="engines' max_num_seqs [%(default)s]")
     parser.add_argument("--tiny", action="store_true", help="2-layer model for a CPU check")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    result: dict[str, object] = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "requests": args.requests}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "llama"
         print(f"building {'a tiny' if args.tiny else 'a 1.2B'} Llama with random weights",
               flush=True)
         build_model(model_dir, args.tiny)
-        from transformers import AutoTokenizer
         jobs = workload(args.requests, args.seed, AutoTokenizer.from_pretrained(model_dir))
-        engine_tps = run_engine(model_dir, jobs, args.max_seqs)
-        static_tps = run_static(model_dir, jobs, args.batch)
-    result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "requests": args.requests, "engine_output_tokens_per_s": round(engine_tps, 1),
-              f"hf_generate_static_batch_{args.batch}_output_tokens_per_s": round(static_tps, 1),
-              "ratio": round(engine_tps / static_tps, 2)}
+        systems = {"transformers_engine": lambda: run_engine("transformers", model_dir, jobs,
+                                                             args.max_seqs)}
+        if importlib.util.find_spec("vllm"):
+            systems["vllm_engine"] = lambda: run_engine("vllm", model_dir, jobs, args.max_seqs)
+            systems["bare_vllm"] = lambda: run_bare_vllm(model_dir, jobs, args.max_seqs)
+        else:
+            print("vLLM is not installed here: its engine and bare vLLM are skipped "
+                  "(`make vllm`, then run this script with .venv-vllm/bin/python)", flush=True)
+        for name, measure in systems.items():
+            print(f"==> {name}", flush=True)
+            result[name] = measure()
+        result[f"hf_generate_static_batch_{args.batch}_output_tokens_per_s"] = round(
+            run_static(model_dir, jobs, args.batch), 1)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -11,9 +11,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp")
+SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp", "vllm-engine", "vllm")
 COLORS = {"ours": "tab:green", "static": "tab:orange", "baseline": "tab:red",
-          "int8": "tab:purple", "openai": "tab:blue", "llamacpp": "tab:gray"}
+          "int8": "tab:purple", "openai": "tab:blue", "llamacpp": "tab:gray",
+          "vllm-engine": "tab:cyan", "vllm": "tab:brown"}
 HEADLINE = ("ours", "static", "baseline")  # what issue 7's targets compare
 PLOTS = ("throughput.png", "latency.png", "headline.png", "perf_analyzer.png")
 
@@ -75,6 +76,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     out["targets"] = targets
     out["openai_overhead"] = openai_overhead(results)
     out["llamacpp"] = llamacpp_comparison(results)
+    out["engines"] = engine_comparison(results)
     return out
 
 
@@ -103,6 +105,27 @@ def llamacpp_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
                         for who, r in (("ours", ours), ("llamacpp", row))
                         for metric in ("ttft", "itl") for p in ("p50", "p95")}})
     return rows
+
+
+def engine_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both engines through the stack's OpenAI API against vLLM's own server, level by level
+    (issue 13: the vLLM engine in the stack >= 0.9x bare vLLM, TTFT p50 <= +5 ms)."""
+    rows = []
+    for peer in (r for r in results["loadgen"] if r["system"] == "vllm"):
+        if not peer["output_tokens_per_s"]:
+            continue
+        row: dict[str, Any] = {"workload": peer["workload"], "concurrency": peer["concurrency"],
+                               "vllm_tokens_per_s": round(peer["output_tokens_per_s"], 1),
+                               "vllm_ttft_p50_ms": _pct(peer, "ttft_ms", "p50")}
+        for system, key in (("openai", "transformers"), ("vllm-engine", "vllm_engine")):
+            mine = level(results, system, peer["workload"], peer["concurrency"])
+            if mine and mine["output_tokens_per_s"]:
+                row[f"{key}_tokens_per_s"] = round(mine["output_tokens_per_s"], 1)
+                row[f"{key}_over_vllm"] = round(mine["output_tokens_per_s"]
+                                                / peer["output_tokens_per_s"], 3)
+                row[f"{key}_ttft_p50_ms"] = _pct(mine, "ttft_ms", "p50")
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["workload"], r["concurrency"]))
 
 
 def openai_overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -378,6 +401,24 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{r['ours_over_llamacpp']:.2f}x | {pair('ours', 'ttft')} | "
                          f"{pair('llamacpp', 'ttft')} | {pair('ours', 'itl')} | "
                          f"{pair('llamacpp', 'itl')} |")
+        lines.append("")
+    if head.get("engines"):
+        lines += ["## Engines against vLLM's own server (OpenAI API, same workload)", "",
+                  "Ours through the gateway and the OpenAI frontend on each engine; vLLM "
+                  "direct. Tokens/s (ratio to vLLM) and TTFT p50 in ms.", "",
+                  "| workload | clients | transformers engine | vLLM engine | vLLM server | "
+                  "TTFT transformers | TTFT vLLM engine | TTFT vLLM server |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in head["engines"]:
+            def speed(key: str) -> str:
+                if r.get(f"{key}_tokens_per_s") is None:
+                    return "n/a"
+                return f"{r[f'{key}_tokens_per_s']:,.0f} ({r[f'{key}_over_vllm']:.2f}x)"
+            lines.append(f"| {r['workload']} | {r['concurrency']} | {speed('transformers')} | "
+                         f"{speed('vllm_engine')} | {r['vllm_tokens_per_s']:,.0f} | "
+                         f"{_f(r.get('transformers_ttft_p50_ms'))} | "
+                         f"{_f(r.get('vllm_engine_ttft_p50_ms'))} | "
+                         f"{_f(r['vllm_ttft_p50_ms'])} |")
         lines.append("")
     aiperf = results.get("aiperf") or {}
     if aiperf.get("output_tokens_per_s") is not None:

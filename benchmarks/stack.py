@@ -4,6 +4,7 @@
   static    the same Triton with LLM_SCHEDULING=static (one batch runs to its end before the
             next starts: the foundation's design, kept for this comparison), behind a gateway
   baseline  benchmarks/naive_server.py: one FastAPI/uvicorn worker, model.generate per request
+  vllm      vLLM's own OpenAI server on the same model, from .venv-vllm (`make vllm`), direct
 
 Triton and Envoy are launched exactly as `make serve` and the tests launch them (tools/runtime.py
 through the tests' harness), on free loopback ports, with their logs, their key store and an
@@ -38,6 +39,8 @@ LABELS = {
     "int8": "ours, int8 weights",
     "openai": "ours via the OpenAI API (/v1/chat/completions)",
     "llamacpp": "llama.cpp server (same model, GGUF f32)",
+    "vllm-engine": "ours on the vLLM engine, via the OpenAI API (/v1/chat/completions)",
+    "vllm": "vLLM's own OpenAI server (same model, fp32)",
 }
 STREAM_PATH = "/v2/models/llm/generate_stream"
 CHAT_PATH = "/v1/chat/completions"
@@ -65,6 +68,7 @@ class Target:
     # False: a new connection per request, for servers that close idle keep-alive connections
     # under the client's feet (llama-server after a stream: "Can not write request body").
     keep_alive: bool = True
+    server: Optional[ServerProcess] = None  # the one process, where a run checks it is alive
 
     @property
     def label(self) -> str:
@@ -195,6 +199,45 @@ def naive_baseline(run_dir: Path, model_dir: Path) -> Iterator[Target]:
                      path=JSON_PATH)
     finally:
         server.stop(grace=10)
+
+
+VLLM_PYTHON = runtime.VLLM_VENV / "bin" / "python"
+# A first start compiles kernels for ~40 s (cached under ~/.cache/vllm afterwards).
+VLLM_START_TIMEOUT_S = 600
+
+
+def vllm_unavailable() -> str:
+    """Why vLLM's server cannot run here, or "" when it can."""
+    return "" if VLLM_PYTHON.exists() else f"{VLLM_PYTHON} is missing: run `make vllm` first"
+
+
+@contextmanager
+def bare_vllm(run_dir: Path, model_dir: Path, extra: tuple[str, ...] = ()) -> Iterator[Target]:
+    """vLLM's OpenAI server on the model, on loopback, offline, fp32 as this service runs it on
+    a CPU, serving it under the directory's name (as the OpenAI frontend does); stopped on
+    exit. `extra`: more flags for the server."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(model_dir), "--served-model-name", model_dir.name,
+               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
+               "--dtype", "float32", *extra]
+    server = ServerProcess("vllm", command, env, run_dir / "vllm.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.start()
+        server.wait_until(lambda: http_ok(url + "/health"), timeout=VLLM_START_TIMEOUT_S)
+        assert server.proc is not None
+        pid = server.proc.pid
+        yield Target("vllm", url, {}, "", via_gateway=False, started=True, run_dir=run_dir,
+                     processes=lambda: {"vllm api_server": pid},
+                     notes=[f"direct, no gateway, {CHAT_PATH}", f"log: {server.log}"],
+                     path=CHAT_PATH, body=lambda spec: spec.chat_body(model_dir.name),
+                     server=server)
+    finally:
+        server.stop(grace=30)
 
 
 def external(url: str, api_key: str) -> Target:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,28 +35,8 @@ import loadgen  # noqa: E402
 import median  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
-from harness import ServerProcess, free_port, http_ok  # noqa: E402
 
-VLLM_PYTHON = HERE.parent / ".venv-vllm" / "bin" / "python"
 SYSTEMS = ("ours", "ours-vllm", "vllm")  # bare vLLM last: the others' ratios are to it
-RUN_DIR = HERE.parent / ".run" / "bench-vllm"
-# A first start compiles kernels for ~40 s (cached under ~/.cache/vllm afterwards).
-VLLM_START_TIMEOUT_S = 600
-
-
-def vllm_server(model_dir: Path, served_name: str, run_dir: Path,
-                extra: list[str]) -> tuple[ServerProcess, str]:
-    """vLLM's OpenAI server on the model, on loopback, offline, fp32 as this service runs it."""
-    if not VLLM_PYTHON.exists():
-        raise SystemExit(f"{VLLM_PYTHON} is missing: run `make vllm` first")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
-               "--model", str(model_dir), "--served-model-name", served_name,
-               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-               "--dtype", "float32", *extra]
-    return ServerProcess("vllm", command, env, run_dir / "vllm.log"), f"http://127.0.0.1:{port}"
 
 
 def run_one(target: stack.Target, specs: list[workloads.RequestSpec], clients: int,
@@ -124,41 +103,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict[str, Any]] = []
     run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # logs kept for a look afterwards
     run_dir.mkdir(parents=True, exist_ok=True)
-    vllm, url = vllm_server(model_dir, model_dir.name, run_dir, args.vllm_arg)
-    vllm.start()
-    try:
-        print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
-        vllm.wait_until(lambda: http_ok(url + "/health"), timeout=VLLM_START_TIMEOUT_S)
-        def body(spec: workloads.RequestSpec) -> dict[str, Any]:
-            chat = spec.chat_body(model_dir.name)
-            if not args.seeded:
-                del chat["seed"]
-            return chat
 
-        peer = stack.Target("vllm", url, path=stack.CHAT_PATH, body=body)
-        with stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
-                                {"LLM_ENGINE": "transformers"}, openai=True) as ours, \
-                stack.triton_stack("ours-vllm", run_dir / "ours-vllm", "continuous", model_dir,
-                                   {"LLM_ENGINE": "vllm"}, openai=True) as ours_vllm:
-            ours.body = ours_vllm.body = body
-            targets = [ours, ours_vllm, peer]
-            for number in range(args.rounds):
-                for clients in levels:
-                    shift = number % len(targets)  # rotate who goes first
-                    for target in targets[shift:] + targets[:shift]:
-                        if not vllm.running():
-                            raise SystemExit(
-                                f"vLLM's server exited before round {number + 1} at "
-                                f"{clients} streams; last lines of {vllm.log}:\n"
-                                f"{vllm.log_tail(30)}")
-                        row = run_one(target, specs, clients, args.max_seconds)
-                        row["round"] = number + 1
-                        rows.append(row)
-                        print(f"  round {number + 1} c={clients:<3} {target.name:9} "
-                              f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 "
-                              f"{row['ttft_p50_ms']} ms  errors {row['errors']}", flush=True)
-    finally:
-        vllm.stop(grace=30)
+    def body(spec: workloads.RequestSpec) -> dict[str, Any]:
+        chat = spec.chat_body(model_dir.name)
+        if not args.seeded:
+            del chat["seed"]
+        return chat
+
+    if stack.vllm_unavailable():
+        raise SystemExit(stack.vllm_unavailable())
+    print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
+    with stack.bare_vllm(run_dir / "vllm", model_dir, tuple(args.vllm_arg)) as peer, \
+            stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
+                               {"LLM_ENGINE": "transformers"}, openai=True) as ours, \
+            stack.triton_stack("ours-vllm", run_dir / "ours-vllm", "continuous", model_dir,
+                               {"LLM_ENGINE": "vllm"}, openai=True) as ours_vllm:
+        peer.body = ours.body = ours_vllm.body = body
+        targets = [ours, ours_vllm, peer]
+        for number in range(args.rounds):
+            for clients in levels:
+                shift = number % len(targets)  # rotate who goes first
+                for target in targets[shift:] + targets[:shift]:
+                    assert peer.server is not None
+                    if not peer.server.running():
+                        raise SystemExit(
+                            f"vLLM's server exited before round {number + 1} at {clients} "
+                            f"streams; last lines of {peer.server.log}:\n"
+                            f"{peer.server.log_tail(30)}")
+                    row = run_one(target, specs, clients, args.max_seconds)
+                    row["round"] = number + 1
+                    rows.append(row)
+                    print(f"  round {number + 1} c={clients:<3} {target.name:9} "
+                          f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 "
+                          f"{row['ttft_p50_ms']} ms  errors {row['errors']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     print()

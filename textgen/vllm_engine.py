@@ -222,6 +222,13 @@ class VllmEngine:
     # ---- the engine thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.device.type == "cpu":
+            # OpenMP's thread count is per thread: this one would run vLLM's CPU attention on
+            # every core, spinning against the token path (3x slower a step at one stream on
+            # 2 cores). vLLM replaces torch.set_num_threads with a no-op once loaded.
+            import torch
+
+            torch._C.set_num_threads(self.config.cpu_threads)
         while True:
             with self._wakeup:
                 while not self._stopping and not self._count:

@@ -23,9 +23,10 @@ def test_relative_model_dir_starts_at_the_project_root():
 def test_environment_overrides_the_config_parameters():
     loaded = load_engine_config(config(model_dir="demo_model", device="cpu"), REPO_MODEL,
                                 env={"LLM_MODEL_DIR": "/models/final_model",
-                                     "LLM_DEVICE": "cuda", "LLM_SCHEDULING": "static"})
-    assert (loaded.model_dir, loaded.device, loaded.scheduling) == (
-        Path("/models/final_model"), "cuda", "static")
+                                     "LLM_DEVICE": "cuda", "LLM_SCHEDULING": "static",
+                                     "LLM_ENGINE": "vllm"})
+    assert (loaded.model_dir, loaded.device, loaded.scheduling, loaded.engine) == (
+        Path("/models/final_model"), "cuda", "static", "vllm")
 
 
 def test_limits_are_read_from_the_parameters():
@@ -43,6 +44,7 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "max_new_tokens": "8", "default_max_tokens": "9"},
      "`default_max_tokens` \\(9\\) must not exceed `max_new_tokens` \\(8\\)"),
     ({"model_dir": "m", "executor": "onnx"}, "`executor` must be one of auto, hf, llama"),
+    ({"model_dir": "m", "engine": "tgi"}, "`engine` must be one of auto, transformers, vllm"),
     ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be an integer from -20 to 19"),
     ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be an integer from -20"),
     ({"model_dir": "m", "stream_interval_ms": "-1"}, "`stream_interval_ms` must be an integer "
