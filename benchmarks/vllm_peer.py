@@ -36,6 +36,7 @@ import median  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
+RUN_DIR = HERE.parent / ".run" / "bench-vllm"
 SYSTEMS = ("ours", "ours-vllm", "vllm")  # bare vLLM last: the others' ratios are to it
 
 

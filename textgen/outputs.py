@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional, Protocol
+
+log = logging.getLogger("textgen")
 
 
 class FinishReason(str, Enum):
@@ -102,6 +105,9 @@ class EngineObserver:
     def on_queue(self, running: int, waiting: int) -> None:
         """After each scheduling decision: sequences running and waiting."""
 
+    def on_cache_usage(self, fraction: float) -> None:
+        """The share of the engine's KV cache the running sequences hold (0-1)."""
+
     def on_first_token(self, seconds: float) -> None:
         """A sequence produced its first token `seconds` after it arrived."""
 
@@ -110,3 +116,27 @@ class EngineObserver:
 
     def on_reject(self, reason: str) -> None:
         """A request was refused: `queue_full` or `queue_timeout`."""
+
+
+def send_text(sink: OutputSink, pacer: Pacer, delta: str, now: float,
+              final: bool = False) -> bool:
+    """Hand `delta` to the sink when its pacer says so; False when the sink failed (the
+    client is gone), which the engine treats as a cancellation."""
+    text = pacer.take(delta, now, final)
+    if not text:
+        return True
+    try:
+        sink.on_text(text)
+    except Exception:
+        log.warning("sending a token failed; cancelling the sequence", exc_info=True)
+        return False
+    return True
+
+
+def send_finish(sink: OutputSink, output: SequenceOutput, observer: EngineObserver) -> None:
+    """Count the sequence's end, then hand it to its sink (exactly once per sequence)."""
+    observer.on_finish(output)
+    try:
+        sink.on_finish(output)
+    except Exception:
+        log.warning("delivering the final response failed", exc_info=True)

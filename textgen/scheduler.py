@@ -45,6 +45,11 @@ class Scheduler(Generic[S]):
         """Called from any thread (under the engine's lock) when a request arrives."""
         self.waiting.append(seq)
 
+    @property
+    def token_usage(self) -> float:
+        """The share of max_batch_total_tokens the running sequences reserve (0-1)."""
+        return self._tokens_running / self.budget.max_batch_total_tokens
+
     def fits_ever(self, seq: S) -> bool:
         """Whether the sequence could run in an otherwise empty batch."""
         return seq.token_budget <= self.budget.max_batch_total_tokens

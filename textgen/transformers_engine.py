@@ -23,7 +23,8 @@ from .config import EngineConfig, Limits
 from .engine_thread import start_engine_thread, thread_nice
 from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
-from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
+from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
+                      send_text)
 from .sampling import make_rng, sample_next_tokens
 from .scheduler import Budget, Scheduler, Sized, prefill_groups
 from .tokenization import TextAssembler, fast_decoder
@@ -162,6 +163,7 @@ class TransformersEngine:
     def _report_queue(self) -> None:
         """Called with `_wakeup` held."""
         self.observer.on_queue(len(self._scheduler.running), len(self._scheduler.waiting))
+        self.observer.on_cache_usage(self._scheduler.token_usage)
 
     def _leaving_the_queue(self) -> tuple[list[Sequence], list[Sequence]]:
         """Waiting sequences whose client left, and those that waited too long."""
@@ -210,14 +212,7 @@ class TransformersEngine:
         self._retire()
 
     def _emit(self, seq: Sequence, delta: str, now: float, final: bool = False) -> None:
-        """Hand text to the sink when its pacer says so (`outputs.Pacer`)."""
-        text = seq.pacer.take(delta, now, final)
-        if not text:
-            return
-        try:
-            seq.sink.on_text(text)
-        except Exception:  # the client is gone; treat as a cancellation
-            log.warning("sending a token failed; cancelling the sequence", exc_info=True)
+        if not send_text(seq.sink, seq.pacer, delta, now, final):
             seq.finish_reason = FinishReason.CANCELLED
 
     def _retire(self) -> None:
@@ -245,13 +240,9 @@ class TransformersEngine:
             self._finish(seq, FinishReason.ERROR, message)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str = "") -> None:
-        output = seq.timeline.output(seq.assembler.text, reason, len(seq.prompt_ids),
-                                     seq.generated, error)
-        self.observer.on_finish(output)
-        try:
-            seq.sink.on_finish(output)
-        except Exception:
-            log.warning("delivering the final response failed", exc_info=True)
+        send_finish(seq.sink, seq.timeline.output(seq.assembler.text, reason,
+                                                  len(seq.prompt_ids), seq.generated, error),
+                    self.observer)
 
     def describe(self) -> dict[str, Any]:
         """Facts for the start-up log line."""

@@ -36,7 +36,8 @@ from .admission import Admission
 from .config import EngineConfig, Limits
 from .engine_thread import start_engine_thread, thread_nice
 from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
-from .outputs import EngineObserver, FinishReason, OutputSink, Pacer, Timeline
+from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
+                      send_text)
 from .validation import GenerationRequest, check_token_budget
 
 log = logging.getLogger("textgen")
@@ -122,6 +123,8 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(config.model_dir)
         self._llm = self._start_vllm(quantization)
         model_config = self._llm.model_config
+        # vLLM's own scheduler (in this process), read for its queue and KV-cache figures.
+        self._vllm_scheduler = self._llm.engine_core.engine_core.scheduler
         self.limits = self._limits_for_model(config.limits, model_config)
         self._stream_interval_s = config.stream_interval_ms / 1000
         self._ids = (str(n) for n in itertools.count())
@@ -205,8 +208,13 @@ class VllmEngine:
         return max(0, self._count - self.config.max_num_seqs)
 
     def _report_queue(self) -> None:
-        """Called with `_wakeup` held: vLLM runs up to max_num_seqs, the rest wait."""
-        self.observer.on_queue(self._count - self._waiting(), self._waiting())
+        """vLLM's own figures after a step: what its scheduler runs, what waits (in it or not
+        yet handed to it), and the share of its paged KV cache in use."""
+        scheduler = self._vllm_scheduler
+        with self._wakeup:
+            arrived = len(self._arrived)
+        self.observer.on_queue(len(scheduler.running), len(scheduler.waiting) + arrived)
+        self.observer.on_cache_usage(scheduler.kv_cache_manager.usage)
 
     def shutdown(self, drain_timeout: float = 30.0) -> None:
         deadline = time.monotonic() + drain_timeout
@@ -236,12 +244,12 @@ class VllmEngine:
                 if self._stopping:
                     break
                 arrived, self._arrived = self._arrived, []
-                self._report_queue()
             try:
                 for seq in arrived:
                     self._add(seq)
                 self._drop_leaving()
                 self._step()
+                self._report_queue()
             except Exception as exc:  # a failed step must not kill the engine thread
                 log.exception("vLLM step failed; failing %d sequences", len(self._active))
                 self._fail_all(f"generation failed: {exc}")
@@ -294,13 +302,7 @@ class VllmEngine:
                                                       FinishReason.ERROR))
 
     def _emit(self, seq: _Sequence, delta: str, now: float, final: bool) -> None:
-        text = seq.pacer.take(delta, now, final)
-        if not text:
-            return
-        try:
-            seq.sink.on_text(text)
-        except Exception:  # the client is gone; the next step aborts the sequence
-            log.warning("sending a token failed; cancelling the sequence", exc_info=True)
+        if not send_text(seq.sink, seq.pacer, delta, now, final):
             self._abort(seq, FinishReason.CANCELLED)
 
     def _fail_all(self, message: str) -> None:
@@ -316,17 +318,11 @@ class VllmEngine:
             return
         seq.done = True
         self._active.pop(seq.request_id, None)
-        output = seq.timeline.output(seq.text, reason, len(seq.prompt_ids), seq.generated,
-                                     error)
         with self._wakeup:
             self._count -= 1
-            self._report_queue()
             self._wakeup.notify_all()
-        self.observer.on_finish(output)
-        try:
-            seq.sink.on_finish(output)
-        except Exception:
-            log.warning("delivering the final response failed", exc_info=True)
+        send_finish(seq.sink, seq.timeline.output(seq.text, reason, len(seq.prompt_ids),
+                                                  seq.generated, error), self.observer)
 
     def describe(self) -> dict[str, Any]:
         import vllm

@@ -31,6 +31,8 @@ class TritonMetrics(EngineObserver):
             for name, description, kind in (
                 ("vllm:num_requests_running", "Sequences in the running batch", family.GAUGE),
                 ("vllm:num_requests_waiting", "Sequences waiting for a slot", family.GAUGE),
+                ("vllm:kv_cache_usage_perc", "Share of the KV cache in use (1 = full)",
+                 family.GAUGE),
                 ("vllm:time_to_first_token_seconds", "Arrival to first token",
                  family.HISTOGRAM),
                 ("vllm:time_per_output_token_seconds", "Mean time between output tokens",
@@ -48,6 +50,7 @@ class TritonMetrics(EngineObserver):
             )}
         self._running = self._metric("vllm:num_requests_running")
         self._waiting = self._metric("vllm:num_requests_waiting")
+        self._cache_usage = self._metric("vllm:kv_cache_usage_perc")
         self._ttft = self._metric("vllm:time_to_first_token_seconds", LATENCY_BUCKETS)
         self._tpot = self._metric("vllm:time_per_output_token_seconds", TOKEN_BUCKETS)
         self._e2e = self._metric("vllm:e2e_request_latency_seconds", LATENCY_BUCKETS)
@@ -58,6 +61,7 @@ class TritonMetrics(EngineObserver):
         # Each update is a round trip to the server process, so the gauges (reported before
         # every decode step) are only set when they change.
         self._queue_state = (-1, -1)
+        self._cache_state = -1.0
 
     def _metric(self, name: str, buckets: list[float] | None = None, **labels: str) -> object:
         all_labels = {**self._labels, **labels}
@@ -78,6 +82,14 @@ class TritonMetrics(EngineObserver):
         with self._lock:
             self._running.set(running)
             self._waiting.set(waiting)
+
+    def on_cache_usage(self, fraction: float) -> None:
+        fraction = round(fraction, 3)  # a change below 0.1% is not worth a round trip
+        if fraction == self._cache_state:
+            return
+        self._cache_state = fraction
+        with self._lock:
+            self._cache_usage.set(fraction)
 
     def on_first_token(self, seconds: float) -> None:
         with self._lock:

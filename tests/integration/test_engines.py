@@ -189,6 +189,9 @@ def test_metrics_are_published_under_the_same_names(stack):
                  "vllm:e2e_request_latency_seconds_count", "vllm:request_success_total"):
         assert metric(stack.triton, name) > 0, name
     assert metric(stack.triton, "vllm:num_requests_running") == 0
+    text = requests.get(f"http://{stack.triton.host}:{stack.triton.metrics_port}/metrics",
+                        timeout=5).text
+    assert 'vllm:kv_cache_usage_perc{model_name="llm"' in text
 
 
 def test_the_logs_record_each_request_without_its_text_or_the_key(stack):
