@@ -29,5 +29,5 @@ $(AIPERF_STAMP): benchmarks/aiperf.lock
 
 aiperf: $(AIPERF_STAMP) ## Install AIPerf in .venv-aiperf; `make bench` then drives the OpenAI API with it
 
-bench-vllm: venv vllm ## This service vs vLLM's own OpenAI server, same model and client, interleaved (~8 min)
+bench-vllm: venv vllm ## This service on both engines vs vLLM's own OpenAI server, same model and client, interleaved (~10 min)
 	@$(PY) benchmarks/vllm_peer.py $(BENCH_ARGS)
