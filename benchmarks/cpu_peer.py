@@ -41,7 +41,7 @@ import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
 SERVED = ("ours", "llamacpp")  # measured over HTTP with the load generator
-IN_PROCESS = ("engine", "engine_hf")  # textgen.transformers_engine.TransformersEngine in this process
+IN_PROCESS = ("engine", "engine_hf")  # the transformers engine in this process
 LABELS = {"ours": "ours (gateway)", "engine": "engine in-process",
           "engine_hf": "engine in-process, HF executor", "llamacpp": "llama.cpp server"}
 

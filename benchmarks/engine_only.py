@@ -3,9 +3,10 @@
 
 Why: through the gateway every token also costs Triton, the stream model, Envoy and the
 client, all on the same two cores, which blurs what the scheduler and the cache do. This
-drives `textgen.transformers_engine.TransformersEngine` directly with N closed-loop clients (each submits its next
-request when the last one finishes) on the same seeded workload, one policy after the other,
-and prints output tokens/s and TTFT for each, median of `--repeats`.
+drives the transformers engine (`textgen.transformers_engine.TransformersEngine`) directly
+with N closed-loop clients (each submits its next request when the last one finishes) on
+the same seeded workload, one policy after the other, and prints output tokens/s and TTFT
+for each, median of `--repeats`.
 
   .venv/bin/python benchmarks/engine_only.py                  # mixed, 32 clients, 192 requests
   .venv/bin/python benchmarks/engine_only.py --clients 8 --workload fixed

@@ -93,6 +93,16 @@ def vllm_supports(model_dir: Path) -> Optional[str]:
     return None
 
 
+def _cpu_kv_cache_gib(hf_config: Any, tokens: int) -> int:
+    """Whole GiB of KV cache (keys and values, fp32 at worst) for `tokens` tokens: on a CPU
+    vLLM takes a fixed 4 GiB unless told, far more than max_num_seqs full contexts need here."""
+    c = hf_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * 4
+    return max(1, math.ceil(per_token * tokens / 2**30))
+
+
 def quantization_for(requested: str, device_type: str) -> Optional[str]:
     """What vLLM calls this service's `quantization` on this device, or a clear refusal.
 
@@ -127,7 +137,8 @@ class VllmEngine:
         self._vllm_scheduler = self._llm.engine_core.engine_core.scheduler
         self.limits = self._limits_for_model(config.limits, model_config)
         self._stream_interval_s = config.stream_interval_ms / 1000
-        self._ids = (str(n) for n in itertools.count())
+        # next() on a count is atomic; submit() runs on many threads at once.
+        self._ids = itertools.count()
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._wakeup = threading.Condition()
@@ -142,14 +153,17 @@ class VllmEngine:
         self._thread = start_engine_thread(self._run, "vllm-engine", config.engine_nice)
 
     def _start_vllm(self, quantization: Optional[str]) -> Any:
-        # On a CPU give vLLM's paged KV cache what max_num_seqs full contexts need, not 4 GiB.
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(self.config.model_dir)
+        context = int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
         if self.device.type == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._cpu_kv_cache_gib()))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(
+                _cpu_kv_cache_gib(hf_config, self.config.max_num_seqs * context)))
         _prepare_process()
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        context = self._context_length()
         args = EngineArgs(
             model=str(self.config.model_dir), dtype=str(self.dtype).removeprefix("torch."),
             max_model_len=context, max_num_seqs=self.config.max_num_seqs,
@@ -163,23 +177,6 @@ class VllmEngine:
             return LLMEngine.from_engine_args(args, enable_multiprocessing=False)
         except Exception as exc:  # vLLM raises many types; all mean "cannot serve this"
             raise ModelLoadError(f"vLLM cannot load {self.config.model_dir}: {exc}") from exc
-
-    def _context_length(self) -> int:
-        from transformers import AutoConfig
-
-        hf_config = AutoConfig.from_pretrained(self.config.model_dir)
-        return int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
-
-    def _cpu_kv_cache_gib(self) -> int:
-        """Whole GiB for max_num_seqs sequences of the full context (keys and values)."""
-        from transformers import AutoConfig
-
-        c = AutoConfig.from_pretrained(self.config.model_dir)
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * 4  # fp32 worst case
-        tokens = self.config.max_num_seqs * self._context_length()
-        return max(1, math.ceil(per_token * tokens / 2**30))
 
     @staticmethod
     def _limits_for_model(limits: Limits, model_config: Any) -> Limits:
@@ -195,7 +192,7 @@ class VllmEngine:
         queued (ValidationError, Overloaded)."""
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
-        seq = _Sequence(request_id=next(self._ids), request=request, prompt_ids=prompt_ids,
+        seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
                         sink=sink, pacer=Pacer(self._stream_interval_s))
         with self._wakeup:
             self._admission.admit(self._waiting())
