@@ -2,14 +2,16 @@
 stepped by one thread of this process, behind the same interface as the transformers engine.
 
 Why in-process, stepped by our thread (vLLM's synchronous `LLMEngine` without its
-multiprocessing client), rather than `AsyncLLM` with its engine core in a process of its own:
-both work inside a Triton stub (a child needs `multiprocessing.set_executable`, since the stub's
-`sys.executable` is not an interpreter), and on 2 CPU cores at 32 streams in-process was faster:
-2,153 against 1,735 output tokens/s, TTFT p50 111 against 238 ms (benchmarks/vllm_peer.py, one
-round each); the extra processes fight the token path for the same cores. The step loop has the
-same shape as the transformers engine's: take new requests, drop the cancelled and the expired,
-run one step, hand each sequence its new text; so cancellation takes effect at the next step
-(`abort_request`), as there. On a GPU the model runs on the device either way.
+multiprocessing client), rather than with vLLM's engine core and worker in processes of their
+own: both work inside a Triton stub (a child needs `multiprocessing.set_executable`, since the
+stub's `sys.executable` is not an interpreter), and in-process was faster on 2 CPU cores
+(benchmarks/vllm_peer.py, one round each): at one stream 506-583 against 276 output tokens/s
+(with OMP_NUM_THREADS=1 and vLLM's own core binding in the child), at 32 streams 2,153
+against 1,735 with TTFT p50 111 against 238 ms; the extra processes poll and fight the token
+path for the same cores. The step loop has the same shape as the transformers engine's: take
+new requests, drop the cancelled and the expired, run one step, hand each sequence its new
+text; so cancellation takes effect at the next step (`abort_request`), as there. On a GPU the
+model runs on the device either way.
 
 What is shared with the transformers engine (`engines.py`): admission (queue bound, queue
 timeout, drain), pacing of streamed text, the output record, the metrics hooks and the limits'
