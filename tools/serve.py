@@ -140,11 +140,14 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
               + "\n"
               if gateway.global_limits else "")
     shown = key or "$LLM_API_KEY"
+    # What LLM_ENGINE asked for; with `auto` the model's start-up log line says what it took.
+    engine = (os.environ.get("LLM_ENGINE")
+              or "auto: transformers on CPUs, vllm on CUDA where installed")
     key_line = (f"Development API key (shown once; `make key NAME=...` issues more):\n  {key}\n"
                 if key else "API key: the `dev` key printed on the first run, or "
                             "`make key NAME=you` for a new one.\n")
     return f"""
-The LLM service is up (model: {settings.model_dir}).
+The LLM service is up (model: {settings.model_dir}, engine: {engine}).
   gateway       {url}   HTTP + gRPC + SSE, API key required
   OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
 {tritons}                (loopback only, no key: for operators)
