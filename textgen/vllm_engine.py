@@ -243,9 +243,9 @@ class VllmEngine:
                 if self._stopping:
                     break
                 arrived, self._arrived = self._arrived, []
+            for seq in arrived:
+                self._add(seq)
             try:
-                for seq in arrived:
-                    self._add(seq)
                 self._drop_leaving()
                 self._step()
                 self._report_queue()
@@ -255,18 +255,24 @@ class VllmEngine:
         self._fail_all("the server is shutting down")
 
     def _add(self, seq: _Sequence) -> None:
+        """Hand one sequence to vLLM; one it refuses fails alone, never its neighbours."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         r = seq.request
-        params = SamplingParams(
-            n=1, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None, ignore_eos=r.ignore_eos,
-            output_kind=RequestOutputKind.DELTA)
+        try:
+            params = SamplingParams(
+                n=1, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None,
+                ignore_eos=r.ignore_eos, output_kind=RequestOutputKind.DELTA)
+            self._llm.add_request(seq.request_id,
+                                  TokensPrompt(prompt_token_ids=seq.prompt_ids), params)
+        except Exception as exc:  # vLLM's own checks: its message says what was wrong
+            log.warning("vLLM refused a request: %s", exc)
+            self._finish(seq, FinishReason.ERROR, f"the engine refused the request: {exc}")
+            return
         self._active[seq.request_id] = seq
-        self._llm.add_request(seq.request_id, TokensPrompt(prompt_token_ids=seq.prompt_ids),
-                              params)
 
     def _drop_leaving(self) -> None:
         """Abort the sequences whose client left and those that waited too long for a slot."""
@@ -305,12 +311,16 @@ class VllmEngine:
             self._abort(seq, FinishReason.CANCELLED)
 
     def _fail_all(self, message: str) -> None:
+        """End every sequence with an error; vLLM may be broken, so its abort may fail too."""
         with self._wakeup:
             arrived, self._arrived = self._arrived, []
-        for seq in arrived:
+        failed = arrived + list(self._active.values())
+        try:
+            self._llm.abort_request(list(self._active))
+        except Exception:
+            log.exception("aborting the failed sequences in vLLM failed")
+        for seq in failed:
             self._finish(seq, FinishReason.ERROR, message)
-        for seq in list(self._active.values()):
-            self._abort(seq, FinishReason.ERROR, message)
 
     def _finish(self, seq: _Sequence, reason: FinishReason, error: str = "") -> None:
         if seq.done:
