@@ -17,6 +17,7 @@ pick on a CPU, and what the gateway and Triton cost around vLLM's engine.
 
   make bench-vllm                                   # 3 rounds at 1, 8 and 32 streams
   .venv/bin/python benchmarks/vllm_peer.py --rounds 3 --concurrency 32
+  .venv/bin/python benchmarks/vllm_peer.py --rounds 3 --concurrency 32 --api generate_stream
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for vLLM's server, e.g. "
                              "--vllm-arg=--max-num-batched-tokens=16384 (repeatable)")
+    parser.add_argument("--api", choices=("chat", "generate_stream"), default="chat",
+                        help="what this stack is driven through: the OpenAI API as vLLM is, "
+                             "or Triton's generate_stream (no OpenAI frontend hop: what the "
+                             "gateway and Triton alone cost around an engine)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     from transformers import AutoTokenizer
@@ -111,15 +116,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             del chat["seed"]
         return chat
 
+    def generate_body(spec: workloads.RequestSpec) -> dict[str, Any]:
+        generate = spec.body()
+        if not args.seeded:
+            generate.pop("seed", None)
+        return generate
+
+    chat = args.api == "chat"
     if stack.vllm_unavailable():
         raise SystemExit(stack.vllm_unavailable())
     print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
     with stack.bare_vllm(run_dir / "vllm", model_dir, tuple(args.vllm_arg)) as peer, \
             stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
-                               {"LLM_ENGINE": "transformers"}, openai=True) as ours, \
+                               {"LLM_ENGINE": "transformers"}, openai=chat) as ours, \
             stack.triton_stack("ours-vllm", run_dir / "ours-vllm", "continuous", model_dir,
-                               {"LLM_ENGINE": "vllm"}, openai=True) as ours_vllm:
-        peer.body = ours.body = ours_vllm.body = body
+                               {"LLM_ENGINE": "vllm"}, openai=chat) as ours_vllm:
+        peer.body = body
+        ours.body = ours_vllm.body = body if chat else generate_body
         targets = [ours, ours_vllm, peer]
         for number in range(args.rounds):
             for clients in levels:
