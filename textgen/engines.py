@@ -18,7 +18,7 @@ queuing it, and report every sequence through its `OutputSink` exactly as `outpu
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from .config import EngineConfig, Limits
 from .loading import ModelLoadError, resolve_device

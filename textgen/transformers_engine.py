@@ -9,7 +9,6 @@ ones. Everything here works without Triton and is driven directly by the unit te
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
