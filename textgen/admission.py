@@ -7,6 +7,8 @@ the same rejection reasons. An engine only says how many sequences are waiting f
 
 from __future__ import annotations
 
+import time
+
 from .outputs import EngineObserver
 
 
@@ -33,6 +35,11 @@ class Admission:
             self._observer.on_reject("queue_full")
             raise Overloaded(f"the server is at capacity ({self.max_queue_size} requests "
                              f"waiting); retry later")
+
+    def expiry_cutoff(self) -> float:
+        """Sequences still waiting that arrived before this (time.monotonic) have waited
+        longer than queue_timeout_seconds."""
+        return time.monotonic() - self.queue_timeout_s
 
     def expired(self) -> str:
         """Count a sequence that waited past queue_timeout_seconds; returns its error."""

@@ -62,11 +62,11 @@ def choose_engine(config: EngineConfig) -> str:
 
 def create_engine(config: EngineConfig, observer: EngineObserver) -> GenerationEngine:
     """The engine `config.engine` names (or `auto` picks), loaded and running."""
-    name = choose_engine(config)
-    if name == "vllm":
+    if choose_engine(config) == "vllm":
         from .vllm_engine import VllmEngine, vllm_supports
 
-        reason = vllm_supports(config.model_dir)
+        # `auto` only chose vLLM where it runs the model; a named `vllm` is checked here.
+        reason = vllm_supports(config.model_dir) if config.engine == "vllm" else None
         if reason:
             raise ModelLoadError(f"engine `vllm` cannot serve {config.model_dir}: {reason}; "
                                  f"or use engine `transformers`")

@@ -166,10 +166,10 @@ class TransformersEngine:
 
     def _leaving_the_queue(self) -> tuple[list[Sequence], list[Sequence]]:
         """Waiting sequences whose client left, and those that waited too long."""
-        deadline = time.monotonic() - self.config.queue_timeout_s
+        cutoff = self._admission.expiry_cutoff()
         cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
         expired = [s for s in self._scheduler.waiting
-                   if s.timeline.arrival < deadline and s not in cancelled]
+                   if s.timeline.arrival < cutoff and s not in cancelled]
         return cancelled, expired
 
     def _prefill(self, admitted: list[Sequence]) -> None:

@@ -276,11 +276,11 @@ class VllmEngine:
 
     def _drop_leaving(self) -> None:
         """Abort the sequences whose client left and those that waited too long for a slot."""
-        deadline = time.monotonic() - self.config.queue_timeout_s
+        cutoff = self._admission.expiry_cutoff()
         for seq in list(self._active.values()):
             if seq.sink.is_cancelled():
                 self._abort(seq, FinishReason.CANCELLED)
-            elif seq.timeline.first_token_at is None and seq.timeline.arrival < deadline:
+            elif seq.timeline.first_token_at is None and seq.timeline.arrival < cutoff:
                 self._abort(seq, FinishReason.REJECTED, self._admission.expired())
 
     def _abort(self, seq: _Sequence, reason: FinishReason, error: str = "") -> None:
