@@ -5,14 +5,18 @@ once. The engine lives in `llm` (which answers unary calls directly); `llm_strea
 decoupled model that streams tokens, reaches the same engine over a Unix socket in the
 abstract namespace, named after the Triton server process. Triton's own model-to-model calls
 (BLS) hung under concurrent load on this server (see the README), so this link is plain
-`multiprocessing.connection` with one connection per request. Only processes of the same
-user may connect (checked with SO_PEERCRED).
+`multiprocessing.connection`. Only processes of the same user may connect (checked with
+SO_PEERCRED).
 
-The messages are typed records defined once in `link_messages.py`.
+One connection per `llm_stream` process carries all of its requests, each under an id the
+stream side picks, and the engine side writes everything its decode step produced for that
+connection as one message (`Outputs`): a token costs neither a connection, nor a thread, nor
+a socket write of its own. The messages are typed records defined once in `link_messages.py`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -24,7 +28,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from .errors import ErrorKind
-from .link_messages import (Cancel, Finished, FromEngine, Generate, Refused, Text,
+from .link_messages import (Cancel, Finished, FromEngine, Generate, Outputs, Refused, Text,
                             ToEngine)
 from .outputs import OutputSink, SequenceOutput
 
@@ -32,6 +36,8 @@ log = logging.getLogger("textgen.link")
 
 # submit(inputs, meta, sink): validate and queue, or raise LinkRefusal.
 SubmitFn = Callable[[Mapping[str, Any], Mapping[str, str], OutputSink], None]
+
+ENGINE_GONE = "the generation engine went away; retry later"
 
 
 class LinkRefusal(Exception):
@@ -47,30 +53,84 @@ def engine_address(server_pid: int) -> str:
     return f"\0llm-engine-{server_pid}"
 
 
-class _Close:
-    """Internal to the engine side: close the connection once what was queued is written."""
+def merged(items: list[tuple[int, FromEngine]]) -> list[tuple[int, FromEngine]]:
+    """`items` with each request's consecutive text pieces joined, order otherwise kept.
+
+    Why: when a writer or reader fell behind, the pieces that queued up go on as one, so a
+    slow moment never builds a backlog (as vLLM's output collector merges deltas)."""
+    out: list[tuple[int, FromEngine]] = []
+    open_text: dict[int, int] = {}  # request id -> index in `out` of its text still open
+    for request_id, message in items:
+        at = open_text.get(request_id)
+        if isinstance(message, Text) and at is not None:
+            previous = out[at][1]
+            assert isinstance(previous, Text)
+            out[at] = (request_id, Text(previous.delta + message.delta))
+            continue
+        open_text.pop(request_id, None)
+        if isinstance(message, Text):
+            open_text[request_id] = len(out)
+        out.append((request_id, message))
+    return out
 
 
-_CLOSE = _Close()
+# ---- the engine side (in `llm`'s process) -------------------------------------------------
+
+class _Channel:
+    """One stream-side connection on the engine side: its requests' sinks by id."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sinks: dict[int, _RequestSink] = {}
+        self.dead = False
+
+    def hang_up(self) -> None:
+        """The stream side is gone: every request it carried counts as cancelled."""
+        self.dead = True
+        for sink in list(self.sinks.values()):
+            sink.cancelled = True
+
+
+class _RequestSink:
+    """OutputSink of one request; queues its messages for the sender thread."""
+
+    def __init__(self, channel: _Channel, request_id: int, sender: "_Sender") -> None:
+        self._channel = channel
+        self._id = request_id
+        self._sender = sender
+        self.cancelled = False
+
+    def on_text(self, delta: str) -> None:
+        self._sender.send(self._channel, self._id, Text(delta))
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self._channel.sinks.pop(self._id, None)
+        self._sender.send(self._channel, self._id, Finished(output))
+
+    def refuse(self, kind: ErrorKind, message: str) -> None:
+        self._channel.sinks.pop(self._id, None)
+        self._sender.send(self._channel, self._id, Refused(kind, message))
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled or self._channel.dead
 
 
 class _Sender:
-    """One thread that writes every engine -> stream message.
+    """The one thread that writes engine -> stream messages.
 
-    Why: a socket write that wakes the reader costs tens of microseconds, paid per token per
-    sequence; on the engine thread that stalled every decode step. The engine only queues.
-    When the writer falls behind, consecutive text pieces for one sequence go out as one
-    message (as vLLM's output collector merges them), so a slow moment never builds a backlog.
-    """
+    Why: a socket write that wakes the reader costs tens of microseconds; on the engine thread
+    that stalled every decode step, so the engine only queues. Whatever queued up by the time
+    this thread runs (normally a decode step's worth, for every sequence) goes to each
+    connection as one `Outputs` write."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Optional[tuple[_ConnectionSink, FromEngine | _Close]]] \
+        self._queue: queue.SimpleQueue[Optional[tuple[_Channel, int, FromEngine]]] \
             = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine-link-sender", daemon=True)
         self._thread.start()
 
-    def send(self, sink: "_ConnectionSink", message: FromEngine | _Close) -> None:
-        self._queue.put((sink, message))
+    def send(self, channel: _Channel, request_id: int, message: FromEngine) -> None:
+        self._queue.put((channel, request_id, message))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -83,89 +143,46 @@ class _Sender:
                     pending.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._deliver([item for item in pending if item is not None])
+            by_channel: dict[_Channel, list[tuple[int, FromEngine]]] = {}
+            for item in pending:
+                if item is not None:
+                    channel, request_id, message = item
+                    by_channel.setdefault(channel, []).append((request_id, message))
+            for channel, items in by_channel.items():
+                if not channel.dead:
+                    try:
+                        channel.conn.send(Outputs(tuple(merged(items))))
+                    except OSError:
+                        channel.hang_up()
             if None in pending:
                 return
 
-    @staticmethod
-    def _deliver(pending: list[Any]) -> None:
-        by_sink: dict[_ConnectionSink, list[FromEngine | _Close]] = {}
-        for sink, message in pending:
-            messages = by_sink.setdefault(sink, [])
-            last = messages[-1] if messages else None
-            if isinstance(message, Text) and isinstance(last, Text):
-                messages[-1] = Text(last.delta + message.delta)
-            else:
-                messages.append(message)
-        for sink, messages in by_sink.items():
-            for message in messages:
-                sink.write(message)
-
-
-class _ConnectionSink:
-    """OutputSink that forwards to the stream side; the client leaving counts as cancel."""
-
-    def __init__(self, conn: Connection, sender: _Sender) -> None:
-        self._conn = conn
-        self._sender = sender
-        self._cancelled = threading.Event()
-
-    def on_text(self, delta: str) -> None:
-        self._sender.send(self, Text(delta))
-
-    def on_finish(self, output: SequenceOutput) -> None:
-        self._sender.send(self, Finished(output))
-
-    def close(self) -> None:
-        """Close the connection after everything queued for it was written."""
-        self._sender.send(self, _CLOSE)
-
-    def write(self, message: FromEngine | _Close) -> None:
-        """On the sender's thread, the only one that writes to or closes the connection."""
-        if message is _CLOSE:
-            if not self._conn.closed:
-                # Shut the socket down first: that wakes a reader blocked in recv on another
-                # thread (a plain close would not), and the stream side sees the end at once.
-                with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # the stream side already hung up
-                self._conn.close()
-            return
-        try:
-            self._conn.send(message)
-        except OSError:  # the stream side is gone; after Finished nobody listens any more
-            self._cancelled.set()
-
-    def is_cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def watch_for_cancel(self) -> None:
-        """Block until the stream side closes its end (runs on the connection's thread).
-
-        Cancel marks the sequence cancelled but keeps the connection open, so the engine's
-        Finished still arrives."""
-        try:
-            while True:
-                if isinstance(self._conn.recv(), Cancel):
-                    self._cancelled.set()
-        except (EOFError, OSError):
-            self._cancelled.set()
-
 
 class EngineLinkServer:
-    """Accepts stream requests and hands them to `submit`; a thread per open request."""
+    """Accepts stream-side connections and hands their requests to `submit`."""
 
     def __init__(self, address: str, submit: SubmitFn) -> None:
+        self._address = address
+        self._closed = False
         self._listener = Listener(address, family="AF_UNIX")
         self._submit = submit
         self._sender = _Sender()
+        self._channels: list[_Channel] = []
         self._thread = threading.Thread(target=self._accept, name="engine-link", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._listener.close()
+        """Stop accepting and hang up on every stream side (they answer their open requests
+        with an `unavailable` error)."""
+        self._closed = True
+        try:  # wake the accept loop, which then closes the listener and frees the address
+            Client(self._address, family="AF_UNIX").close()
+        except OSError:
+            pass
+        self._thread.join(5)
+        for channel in list(self._channels):
+            channel.hang_up()
+            _shut_down(channel.conn)
         self._sender.close()
 
     def _accept(self) -> None:
@@ -173,31 +190,46 @@ class EngineLinkServer:
             try:
                 conn = self._listener.accept()
             except OSError:
-                return  # closed
+                log.exception("the engine link stopped accepting connections")
+                return
+            if self._closed:
+                conn.close()
+                self._listener.close()
+                return
             if not _same_user(conn):
                 log.warning("refused an engine-link connection from another user")
                 conn.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            channel = _Channel(conn)
+            self._channels.append(channel)
+            threading.Thread(target=self._serve, args=(channel,), name="engine-link-reader",
+                             daemon=True).start()
 
-    def _serve(self, conn: Connection) -> None:
-        sink = _ConnectionSink(conn, self._sender)
+    def _serve(self, channel: _Channel) -> None:
+        """Read one stream side's requests and cancellations until it hangs up."""
         try:
-            request: ToEngine = conn.recv()
-            if not isinstance(request, Generate):
-                return  # a stream side that cancelled before it asked for anything
-            try:
-                self._submit(request.inputs, request.meta, sink)
-            except LinkRefusal as exc:
-                conn.send(Refused(exc.kind, str(exc)))
-                return
-            sink.watch_for_cancel()
+            while True:
+                message: ToEngine = channel.conn.recv()
+                if isinstance(message, Cancel):
+                    sink = channel.sinks.get(message.request_id)
+                    if sink is not None:
+                        sink.cancelled = True
+                    continue
+                sink = _RequestSink(channel, message.request_id, self._sender)
+                channel.sinks[message.request_id] = sink
+                try:
+                    self._submit(message.inputs, message.meta, sink)
+                except LinkRefusal as exc:
+                    sink.refuse(exc.kind, str(exc))
+                except Exception as exc:  # one bad request must not hang up on its neighbours
+                    log.exception("submitting a streamed request failed")
+                    sink.refuse(ErrorKind.INTERNAL, f"the request could not be queued: {exc}")
         except (EOFError, OSError):
-            pass  # the stream side left before sending a request
+            pass  # the stream side went away (or the server closed)
         finally:
-            # The stream side closes its end after the final message, which ends
-            # watch_for_cancel; a late send from the engine then fails quietly.
-            sink.close()
+            channel.hang_up()
+            self._channels.remove(channel)
+            channel.conn.close()
 
 
 def _same_user(conn: Connection) -> bool:
@@ -210,68 +242,143 @@ def _same_user(conn: Connection) -> bool:
     return uid == os.getuid()
 
 
-def stream_from_engine(address: str, inputs: Mapping[str, Any], meta: Mapping[str, str],
-                       is_cancelled: Callable[[], bool], connect_timeout: float = 30.0,
-                       poll_seconds: float = 0.02) -> Iterator[FromEngine]:
-    """Send one request and yield the engine's messages: Text ..., then Finished or Refused.
+def _shut_down(conn: Connection) -> None:
+    """Wake a reader blocked in recv on another thread (a plain close would not)."""
+    if conn.closed:
+        return
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the other side already hung up
 
-    `is_cancelled` is polled every `poll_seconds` while waiting; when it turns true the engine
-    is told, and the sequence ends with finish reason "cancelled" within one decode step.
-    """
-    conn = _connect(address, connect_timeout)
-    try:
-        conn.send(Generate(dict(inputs), dict(meta)))
-        told = False
-        next_check = time.monotonic() + poll_seconds
-        while True:
-            # Ask about cancellation on a clock, not only when idle: a fast token stream
-            # always has a message waiting.
-            if not told and time.monotonic() >= next_check:
-                next_check = time.monotonic() + poll_seconds
-                if is_cancelled():
-                    conn.send(Cancel())
-                    told = True
-            if conn.poll(poll_seconds):
-                for message in _coalesced(conn):
+
+# ---- the stream side (in `llm_stream`'s process) ------------------------------------------
+
+class EngineClient:
+    """The stream side of the link: one connection, shared by every request of this process.
+
+    A reader thread hands each request's messages to that request's queue; the threads that
+    relay requests to Triton read only their own queue. Connects on first use (waiting while
+    `llm` is still loading) and again after the engine went away."""
+
+    def __init__(self, address: str, connect_timeout: float = 30.0) -> None:
+        self._address = address
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()  # guards the connection, its sends and `_queues`
+        self._conn: Optional[Connection] = None
+        # request id -> (the connection it was sent on, its messages)
+        self._queues: dict[int, tuple[Connection, queue.SimpleQueue[FromEngine]]] = {}
+        self._ids = itertools.count(1)
+
+    def stream(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
+               is_cancelled: Callable[[], bool],
+               poll_seconds: float = 0.02) -> Iterator[FromEngine]:
+        """Send one request and yield the engine's messages: Text ..., then Finished or Refused.
+
+        Text that queued up is yielded merged. `is_cancelled` is asked every `poll_seconds`;
+        when it turns true the engine is told, and the sequence ends with finish reason
+        "cancelled" within one decode step. Raises LinkRefusal when no engine answers.
+        """
+        request_id = next(self._ids)
+        messages: queue.SimpleQueue[FromEngine] = queue.SimpleQueue()
+        with self._lock:
+            conn = self._connected()
+            self._queues[request_id] = (conn, messages)
+            _send_or_lose(conn, Generate(request_id, dict(inputs), dict(meta)))
+        ended = told = False
+        try:
+            next_check = time.monotonic() + poll_seconds
+            while True:
+                # Ask about cancellation on a clock, not only when idle: a fast token stream
+                # always has a message waiting.
+                if not told and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + poll_seconds
+                    if is_cancelled():
+                        self._cancel(request_id)
+                        told = True
+                try:
+                    first = messages.get(timeout=poll_seconds)
+                except queue.Empty:
+                    continue
+                for message in _drained(first, messages):
+                    ended = not isinstance(message, Text)
                     yield message
-                    if not isinstance(message, Text):
+                    if ended:
                         return
-    except (EOFError, OSError):
-        yield Refused(ErrorKind.UNAVAILABLE, "the generation engine went away; retry later")
-    finally:
+        finally:
+            with self._lock:
+                self._queues.pop(request_id, None)
+            if not ended and not told:
+                self._cancel(request_id)  # the relay stopped early: free the sequence
+
+    def _connected(self) -> Connection:
+        """The live connection (called with `_lock` held), connecting when there is none."""
+        if self._conn is not None:
+            return self._conn
+        deadline = time.monotonic() + self._connect_timeout
+        while True:
+            try:
+                self._conn = Client(self._address, family="AF_UNIX")
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise LinkRefusal(ErrorKind.UNAVAILABLE, "the generation engine (model "
+                                      "`llm`) is not running; retry later") from None
+                time.sleep(0.2)
+        threading.Thread(target=self._read, args=(self._conn,), name="engine-link-reader",
+                         daemon=True).start()
+        return self._conn
+
+    def _cancel(self, request_id: int) -> None:
+        with self._lock:
+            if self._conn is not None:
+                _send_or_lose(self._conn, Cancel(request_id))
+
+    def _read(self, conn: Connection) -> None:
+        """Deliver every message of `conn` to its request until the engine side hangs up;
+        then every request still open ends with an `unavailable` refusal."""
+        try:
+            while True:
+                batch: Outputs = conn.recv()
+                for request_id, message in batch.items:
+                    entry = self._queues.get(request_id)
+                    if entry is not None:  # else: its relay already stopped
+                        entry[1].put(message)
+        except (EOFError, OSError):
+            pass
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+            orphans = [messages for sent_on, messages in self._queues.values() if sent_on is conn]
+        for messages in orphans:
+            messages.put(Refused(ErrorKind.UNAVAILABLE, ENGINE_GONE))
         conn.close()
 
 
-def _coalesced(conn: Connection) -> list[FromEngine]:
-    """The message waiting on `conn` and every one already behind it, consecutive text merged.
+def _send_or_lose(conn: Connection, message: ToEngine) -> None:
+    """Send; a broken connection is reported by the reader thread, to every request on it."""
+    try:
+        conn.send(message)
+    except OSError:
+        _shut_down(conn)
 
-    Why: each response the stream side sends is a round trip to Triton's server process that
-    blocks its sender, so when the engine is ahead the text of several decode steps would
-    queue up here one response at a time, the client would fall behind the engine, and the
-    engine would run out of sequences. Merging only what is already waiting never delays a
-    token: when the stream keeps up, each message still goes out alone (as vLLM's output
-    processor merges the deltas a slow client has not taken yet)."""
-    messages: list[FromEngine] = [conn.recv()]
-    while isinstance(messages[-1], Text) and conn.poll(0):
+
+def _drained(first: FromEngine, messages: queue.SimpleQueue[FromEngine]) -> list[FromEngine]:
+    """`first` and every message already queued behind it, consecutive text merged.
+
+    Why: each response the stream side sends is a round trip to Triton's server process, so
+    when the engine is ahead the text of several decode steps would wait here one response at
+    a time and the client would fall behind. Merging only what is already waiting never delays
+    a token: when the stream keeps up, each message still goes out alone."""
+    out = [first]
+    while isinstance(out[-1], Text):
         try:
-            message: FromEngine = conn.recv()
-        except (EOFError, OSError):
-            break  # the engine went away: deliver what came, the next read reports it
-        if isinstance(message, Text) and isinstance(messages[-1], Text):
-            messages[-1] = Text(messages[-1].delta + message.delta)
+            message = messages.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(message, Text):
+            out[-1] = Text(out[-1].delta + message.delta)
         else:
-            messages.append(message)
-    return messages
-
-
-def _connect(address: str, timeout: float) -> Connection:
-    """Connect, waiting for the engine while `llm` is still loading."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return Client(address, family="AF_UNIX")
-        except (FileNotFoundError, ConnectionRefusedError):
-            if time.monotonic() > deadline:
-                raise LinkRefusal(ErrorKind.UNAVAILABLE, "the generation engine (model `llm`) "
-                                                         "is not running; retry later") from None
-            time.sleep(0.2)
+            out.append(message)
+    return out

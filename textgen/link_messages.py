@@ -1,10 +1,12 @@
 """The messages of the engine link (`link.py`), defined once and imported by both ends.
 
 `llm_stream` (the stream side) and `llm` (the engine side) run in different processes and
-exchange these over a Unix socket, pickled. One request is one connection:
+exchange these over one Unix socket per stream-side process, pickled. Every request on it has
+an id the stream side chose:
 
-  stream -> engine   Generate, then Cancel if the client goes away
-  engine -> stream   Text ... then exactly one of Finished | Refused
+  stream -> engine   Generate(id), then Cancel(id) if the client goes away
+  engine -> stream   Outputs: what the engine produced since its last write, for any number
+                     of requests; per request, Text ... then exactly one of Finished | Refused
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .outputs import SequenceOutput
 class Generate:
     """Start a generation: the request's tensors by input name, and its ids for the log."""
 
+    request_id: int
     inputs: Mapping[str, Any]
     meta: Mapping[str, str]
 
@@ -27,6 +30,8 @@ class Generate:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """The client went away: drop the sequence at the next decode step."""
+
+    request_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,5 +56,17 @@ class Refused:
     message: str
 
 
-ToEngine = Union[Generate, Cancel]
 FromEngine = Union[Text, Finished, Refused]
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """One write of the engine side: (request id, message) pairs in the order produced.
+
+    Why a batch: at 32 streams a decode step yields 32 pieces of text; one pickle and one
+    socket write for all of them costs the engine's process a fraction of 32 of each."""
+
+    items: tuple[tuple[int, FromEngine], ...]
+
+
+ToEngine = Union[Generate, Cancel]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any, Mapping
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from textgen.errors import ErrorKind
-from textgen.link import EngineLinkServer, LinkRefusal, stream_from_engine
+from textgen.link import EngineClient, EngineLinkServer, LinkRefusal, _drained, merged
 from textgen.link_messages import Finished, Refused, Text
 from textgen.outputs import FinishReason, OutputSink, SequenceOutput
 
@@ -18,10 +19,13 @@ DONE = SequenceOutput(text="ab", finish_reason=FinishReason.LENGTH, prompt_token
                       queue_seconds=0, first_token_seconds=0, total_seconds=0)
 
 
-def serve(submit) -> str:
+def serve(submit) -> tuple[EngineLinkServer, EngineClient]:
     address = f"\0llm-engine-test-{time.time_ns()}"
-    EngineLinkServer(address, submit)
-    return address
+    return EngineLinkServer(address, submit), EngineClient(address)
+
+
+def never() -> bool:
+    return False
 
 
 def test_text_then_finished_arrive_in_order_pieces_merged_at_most():
@@ -31,35 +35,82 @@ def test_text_then_finished_arrive_in_order_pieces_merged_at_most():
         sink.on_text("b")
         sink.on_finish(DONE)
 
-    messages = list(stream_from_engine(serve(submit), {"text_input": np.array([[b"hi"]])},
-                                       {"request_id": "r1"}, lambda: False))
+    _, client = serve(submit)
+    messages = list(client.stream({"text_input": np.array([[b"hi"]])}, {"request_id": "r1"},
+                                  never))
     # Pieces queued faster than the sender writes may arrive merged, never reordered.
     assert messages[-1] == Finished(DONE)
     assert all(isinstance(message, Text) for message in messages[:-1])
     assert "".join(message.delta for message in messages[:-1]) == "ab"
 
 
-def test_text_waiting_on_the_link_goes_out_as_one_message_and_nothing_waits_for_more():
+def test_concurrent_requests_share_one_connection_and_each_gets_only_its_own_text():
+    def submit(inputs: Mapping[str, Any], meta: Mapping[str, str], sink: OutputSink) -> None:
+        def produce() -> None:
+            for piece in meta["request_id"]:
+                sink.on_text(piece)
+                time.sleep(0.001)
+            sink.on_finish(DONE)
+        threading.Thread(target=produce, daemon=True).start()
+
+    server, client = serve(submit)
+    texts: dict[str, str] = {}
+
+    def relay(name: str) -> None:
+        messages = list(client.stream({}, {"request_id": name}, never))
+        assert messages[-1] == Finished(DONE)
+        texts[name] = "".join(m.delta for m in messages[:-1] if isinstance(m, Text))
+
+    names = [f"request-{i}-" + "x" * i for i in range(16)]
+    threads = [threading.Thread(target=relay, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert texts == {name: name for name in names}
+    assert len(server._channels) == 1  # one stream-side process, one connection
+
+
+def test_each_write_carries_every_request_and_merges_each_ones_consecutive_text():
+    """One engine-side write per batch of outputs: pieces of one request that queued up
+    are joined, a request's end is never merged into its text, order per request is kept."""
+    items = [(1, Text("a")), (2, Text("x")), (1, Text("b")), (2, Finished(DONE)),
+             (1, Text("c")), (3, Text("p"))]
+    assert merged(items) == [(1, Text("abc")), (2, Text("x")), (2, Finished(DONE)),
+                             (3, Text("p"))]
+    assert merged([(1, Text("a")), (1, Finished(DONE)), (1, Text("late"))]) == \
+        [(1, Text("a")), (1, Finished(DONE)), (1, Text("late"))]
+
+
+def test_text_waiting_on_the_stream_side_goes_out_as_one_message_and_nothing_waits_for_more():
     """The stream side merges what already queued up behind a piece (one Triton response
     instead of several) but never holds a piece back to wait for the next."""
-    from multiprocessing import Pipe
-
-    from textgen.link import _coalesced
-
-    engine_end, stream_end = Pipe()
-    engine_end.send(Text("a"))
-    assert _coalesced(stream_end) == [Text("a")]  # alone: sent at once
-    for message in (Text("b"), Text("c"), Finished(DONE), Text("late")):
-        engine_end.send(message)
-    assert _coalesced(stream_end) == [Text("bc"), Finished(DONE)]  # stops at the end
+    waiting: queue.SimpleQueue = queue.SimpleQueue()
+    assert _drained(Text("a"), waiting) == [Text("a")]  # alone: sent at once
+    for message in (Text("c"), Finished(DONE), Text("late")):
+        waiting.put(message)
+    assert _drained(Text("b"), waiting) == [Text("bc"), Finished(DONE)]  # stops at the end
 
 
 def test_refusal_reaches_the_stream_side_with_its_kind():
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
         raise LinkRefusal(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
 
-    messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
+    _, client = serve(submit)
+    messages = list(client.stream({}, {}, never))
     assert messages == [Refused(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
+
+
+def test_a_request_that_breaks_submit_is_refused_and_its_neighbours_go_on():
+    def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
+        if meta.get("bad"):
+            raise KeyError("text_input")
+        sink.on_finish(DONE)
+
+    _, client = serve(submit)
+    refused = list(client.stream({}, {"bad": "1"}, never))
+    assert len(refused) == 1 and refused[0].kind is ErrorKind.INTERNAL
+    assert list(client.stream({}, {}, never)) == [Finished(DONE)]
 
 
 def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
@@ -74,24 +125,58 @@ def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
             sink.on_finish(DONE)
         threading.Thread(target=produce, daemon=True).start()
 
+    _, client = serve(submit)
     cancel_after = time.monotonic() + 0.1
-    messages = list(stream_from_engine(serve(submit), {}, {},
-                                       lambda: time.monotonic() > cancel_after))
+    messages = list(client.stream({}, {}, lambda: time.monotonic() > cancel_after))
     assert seen.wait(5)
     assert messages[-1] == Finished(DONE)
 
 
+def test_a_relay_that_stops_reading_early_frees_its_sequence():
+    """Triton failed to send, say: closing the stream tells the engine without waiting."""
+    stopped = threading.Event()
+
+    def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
+        def produce() -> None:
+            while not sink.is_cancelled():
+                sink.on_text("x")
+                time.sleep(0.01)
+            stopped.set()
+        threading.Thread(target=produce, daemon=True).start()
+
+    _, client = serve(submit)
+    stream = client.stream({}, {}, never)
+    assert isinstance(next(stream), Text)
+    stream.close()
+    assert stopped.wait(5)
+
+
 def test_connecting_to_a_missing_engine_fails_with_a_clear_refusal():
+    client = EngineClient("\0llm-engine-nobody", connect_timeout=0.3)
     with pytest.raises(LinkRefusal, match="model `llm`"):
-        list(stream_from_engine("\0llm-engine-nobody", {}, {}, lambda: False,
-                                connect_timeout=0.3))
+        list(client.stream({}, {}, never))
 
 
-def test_engine_going_away_mid_stream_ends_with_an_unavailable_error():
+def test_engine_going_away_mid_stream_ends_with_an_unavailable_error_and_a_new_engine_serves():
+    address = f"\0llm-engine-test-{time.time_ns()}"
+    started = threading.Event()
+
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
         sink.on_text("a")
-        sink.close()  # what a crashed engine process looks like from the stream side
+        started.set()  # ... and never finishes: the engine process dies under it
 
-    messages = list(stream_from_engine(serve(submit), {}, {}, lambda: False))
-    assert messages[0] == Text("a")
-    assert isinstance(messages[-1], Refused) and messages[-1].kind is ErrorKind.UNAVAILABLE
+    server = EngineLinkServer(address, submit)
+    client = EngineClient(address, connect_timeout=5)
+    stream = client.stream({}, {}, never)
+    assert next(stream) == Text("a")
+    assert started.wait(5)
+    server.close()
+    rest = list(stream)
+    assert len(rest) == 1 and isinstance(rest[0], Refused)
+    assert rest[0].kind is ErrorKind.UNAVAILABLE
+
+    def finish(inputs: Any, meta: Any, sink: OutputSink) -> None:
+        sink.on_finish(DONE)
+
+    EngineLinkServer(address, finish)  # Triton restarted `llm`: the same address again
+    assert list(client.stream({}, {}, never)) == [Finished(DONE)]

@@ -98,7 +98,7 @@ class TritonPythonModel:
 
     def _submit_streamed(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
                          sink: OutputSink) -> None:
-        """Requests from `llm_stream`, on the link's thread."""
+        """Requests from `llm_stream`, on the link's reader thread."""
         try:
             self._submit(inputs, meta, lambda _generation: sink, streamed=True)
         except (ValidationError, Overloaded) as exc:

@@ -8,7 +8,8 @@ text, as from `llm`. An error before the first token is an error response (HTTP 
 after it, the stream ends with an error event (`data: {"error": ...}` under HTTP 200).
 
 The engine and the weights live in `llm`'s process; each request is forwarded over the engine
-link and answered from a forwarding thread, so `execute()` returns at once. When the client
+link (one connection for all of this process's requests) and answered from a forwarding
+thread, so `execute()` returns at once. When the client
 goes away the engine is told and drops the sequence within one decode step.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from textgen.errors import ErrorKind
-from textgen.link import LinkRefusal, engine_address, stream_from_engine
+from textgen.link import EngineClient, LinkRefusal, engine_address
 from textgen.link_messages import Refused, Text
 from textgen.validation import ValidationError, parse_flag
 from triton_llm.triton_io import (FINAL, error_response, final_values, output_dtypes,
@@ -36,7 +37,7 @@ class TritonPythonModel:
         params = model_config.get("parameters", {})
         streams = int(params.get("max_streams", {}).get("string_value", "512"))
         self._pool = ThreadPoolExecutor(streams, thread_name_prefix="llm-stream")
-        self._engine = engine_address(os.getppid())
+        self._engine = EngineClient(engine_address(os.getppid()))
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -52,8 +53,8 @@ class TritonPythonModel:
             streaming = parse_flag("stream", None if stream_tensor is None
                                    else stream_tensor.as_numpy(), True)
             pieces: list[str] = []
-            for message in stream_from_engine(self._engine, inputs, request_metadata(request),
-                                              sender.is_cancelled):
+            for message in self._engine.stream(inputs, request_metadata(request),
+                                               sender.is_cancelled):
                 if isinstance(message, Text) and streaming:
                     sender.send(pb_utils.InferenceResponse(output_tensors=tensors(
                         {"text_output": message.delta.encode("utf-8")}, self._dtypes)))
