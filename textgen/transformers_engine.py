@@ -19,7 +19,7 @@ import torch
 
 from .admission import Admission
 from .config import EngineConfig, Limits
-from .engine_thread import start_engine_thread, thread_nice
+from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
@@ -252,4 +252,4 @@ class TransformersEngine:
                 "scheduling": self.config.scheduling, "executor": self.executor.name,
                 "context_length": self.limits.context_length,
                 "cpu_threads": torch.get_num_threads(),
-                "engine_nice": thread_nice(self._thread)}
+                "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}

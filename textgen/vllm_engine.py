@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 from .admission import Admission
 from .config import EngineConfig, Limits
-from .engine_thread import start_engine_thread, thread_nice
+from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
                       send_text)
@@ -341,4 +341,4 @@ class VllmEngine:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "context_length": self.limits.context_length,
                 "max_num_seqs": self.config.max_num_seqs,
-                "engine_nice": thread_nice(self._thread)}
+                "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}
