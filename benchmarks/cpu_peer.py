@@ -73,6 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from transformers import AutoTokenizer
 
+    from textgen import engine_thread
     from textgen.config import EngineConfig
     from textgen.transformers_engine import TransformersEngine
 
@@ -89,8 +90,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             targets["llamacpp"] = started.enter_context(
                 llamacpp.server(Path(run_dir) / "llamacpp", model_dir))
+        session = engine_thread.session_nice()
         engines = {name: TransformersEngine(EngineConfig(model_dir=model_dir, executor=executor))
                    for name, executor in (("engine", "llama"), ("engine_hf", "hf"))}
+        # An engine raises its process's session priority, here this load generator's: put it
+        # back, so that the served systems keep a client at the normal priority.
+        if session is not None:
+            engine_thread.set_session_nice(session)
         for engine in engines.values():
             started.callback(engine.shutdown)
         systems = [s for s in (*SERVED, *IN_PROCESS) if s in targets or s in engines]

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import stack
+from textgen.config import EngineConfig
+from textgen.engine_thread import raise_session_priority
 
 SDIST = "llama-cpp-python==0.3.36"
 CACHE = Path(os.environ.get("LLM_BENCH_CACHE", Path.home() / ".cache" / "llm-bench")) / "llama.cpp"
@@ -162,6 +164,10 @@ def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
         process.wait_until(lambda: stack.http_ok(url + "/health"), timeout=120)
         assert process.proc is not None
         pid, model = process.proc.pid, model_dir.name
+        # The footing of our Triton, whose engine raises its session's priority
+        # (textgen/engine_thread.py): neither server shares the CPU equally with the load
+        # generator on this machine.
+        raise_session_priority(EngineConfig.engine_nice, pid)
         yield stack.Target("llamacpp", url, {}, "", via_gateway=False, started=True,
                            run_dir=run_dir, processes=lambda: {"llama-server": pid},
                            notes=[f"llama.cpp server ({SDIST} sources), {gguf.name}, "

@@ -25,7 +25,12 @@ from typing import Callable, Optional
 log = logging.getLogger("textgen")
 
 AUTOGROUP_ENABLED = Path("/proc/sys/kernel/sched_autogroup_enabled")
-AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-<n> nice <value>"
+
+
+def _autogroup(pid: Optional[int]) -> Path:
+    """The session group file of process `pid` (this one by default):
+    "/autogroup-<n> nice <value>"."""
+    return Path(f"/proc/{pid or 'self'}/autogroup")
 
 
 def start_engine_thread(run: Callable[[], None], name: str, nice: int) -> threading.Thread:
@@ -38,7 +43,7 @@ def start_engine_thread(run: Callable[[], None], name: str, nice: int) -> thread
     try:
         os.setpriority(os.PRIO_PROCESS, thread.native_id, nice)
         if nice < 0:
-            _raise_session_priority(nice)
+            raise_session_priority(nice)
     except OSError as exc:
         log.warning("could not set the engine thread's nice value to %d (%s); steps may be "
                     "preempted by the token path under load: raise the nice limit "
@@ -47,22 +52,30 @@ def start_engine_thread(run: Callable[[], None], name: str, nice: int) -> thread
     return thread
 
 
-def session_nice() -> Optional[int]:
-    """The nice value of this process's session group; None where the kernel does not group
-    by session."""
+def session_nice(pid: Optional[int] = None) -> Optional[int]:
+    """The nice value of the session group of process `pid` (this one by default); None
+    where the kernel does not group by session."""
     try:
         if AUTOGROUP_ENABLED.read_text().strip() != "1":
             return None
-        return int(AUTOGROUP.read_text().split()[-1])
+        return int(_autogroup(pid).read_text().split()[-1])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _raise_session_priority(nice: int) -> None:
-    """Give the session group `nice` unless it already runs at that priority or higher."""
-    current = session_nice()
+def raise_session_priority(nice: int, pid: Optional[int] = None) -> None:
+    """Give the session group of `pid` (this process by default) nice value `nice`, unless
+    it already runs at that priority or higher. Raises OSError without the privilege."""
+    current = session_nice(pid)
     if current is not None and current > nice:
-        AUTOGROUP.write_text(str(nice))
+        _autogroup(pid).write_text(str(nice))
+
+
+def set_session_nice(nice: int, pid: Optional[int] = None) -> None:
+    """Set the session group's nice value (lowering a priority needs no privilege); for
+    benchmarks that put peers on an equal footing."""
+    if session_nice(pid) is not None:
+        _autogroup(pid).write_text(str(nice))
 
 
 def thread_nice(thread: threading.Thread) -> int:
