@@ -89,21 +89,24 @@ class Scheduler(Generic[S]):
         return bool(self.waiting or self.running)
 
 
-def prefill_groups(admitted: list[S], length: Callable[[S], int],
+def prefill_groups(admitted: list[S], length: Callable[[S], int], max_tokens: int,
                    max_padding: float = 0.25) -> list[list[S]]:
     """Split the sequences admitted in one step into prefill passes, shortest prompts first.
 
     Why: one pass left-pads every prompt to the longest, so eight arrivals with one 384-token
     prompt among them cost 8 x 384 tokens of forward pass, and every one of them waits for it
     (the first wave of a mixed workload: ~170 ms TTFT). A group only grows while its padding
-    stays within `max_padding` of its real tokens; short prompts go first and stream sooner.
+    stays within `max_padding` of its real tokens and its padded size within `max_tokens`
+    (EngineConfig.max_prefill_tokens); short prompts go first and stream sooner.
     """
     groups: list[list[S]] = []
     real = 0
     for seq in sorted(admitted, key=length):
         size = length(seq)
         group = groups[-1] if groups else None
-        if group is not None and size * (len(group) + 1) <= (1 + max_padding) * (real + size):
+        padded = size * (len(group) + 1) if group is not None else size
+        if group is not None and padded <= (1 + max_padding) * (real + size) \
+                and padded <= max_tokens:
             group.append(seq)
             real += size
         else:

@@ -176,7 +176,8 @@ class TransformersEngine:
         now = time.monotonic()
         for seq in admitted:
             seq.timeline.admitted_at = now
-        for group in prefill_groups(admitted, lambda s: len(s.prompt_ids)):
+        for group in prefill_groups(admitted, lambda s: len(s.prompt_ids),
+                                    self.config.max_prefill_tokens):
             logits = self.executor.prefill([s.prompt_ids for s in group])
             first_row = len(self._rows)
             self._rows.extend(group)

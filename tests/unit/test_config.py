@@ -49,6 +49,7 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be an integer from -20"),
     ({"model_dir": "m", "stream_interval_ms": "-1"}, "`stream_interval_ms` must be an integer "
                                                      "from 0 to 1000"),
+    ({"model_dir": "m", "max_prefill_tokens": "0"}, "`max_prefill_tokens` must be a positive"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_parameter(params, message):
     with pytest.raises(ConfigError, match=message):

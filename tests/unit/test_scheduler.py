@@ -79,12 +79,20 @@ def test_a_sequence_larger_than_the_total_budget_never_fits():
 
 def test_prefill_groups_bound_padding_and_put_short_prompts_first():
     lengths = [384, 40, 100, 10, 12, 36, 390]
-    groups = prefill_groups(lengths, length=lambda n: n)
+    groups = prefill_groups(lengths, length=lambda n: n, max_tokens=4096)
     assert [n for group in groups for n in group] == sorted(lengths)
     for group in groups:  # padded to the longest, within 25% of the real tokens
         assert max(group) * len(group) <= 1.25 * sum(group)
     assert groups[0] == [10, 12] and groups[-1] == [384, 390]
 
 
-def test_prompts_of_one_length_prefill_in_one_pass():
-    assert prefill_groups([64] * 8, length=lambda n: n) == [[64] * 8]
+def test_prompts_of_one_length_prefill_in_one_pass_within_the_token_limit():
+    assert prefill_groups([64] * 8, length=lambda n: n, max_tokens=512) == [[64] * 8]
+
+
+def test_arrivals_beyond_the_prefill_token_limit_go_in_further_passes():
+    """32 arrivals of 64 tokens with a 512-token limit: four passes of eight, so the first
+    eight stream after a quarter of the work instead of all of it."""
+    assert prefill_groups([64] * 32, length=lambda n: n, max_tokens=512) == [[64] * 8] * 4
+    # A prompt longer than the limit still runs, alone.
+    assert prefill_groups([600, 10], length=lambda n: n, max_tokens=512) == [[10], [600]]
