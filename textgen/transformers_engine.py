@@ -82,8 +82,10 @@ class TransformersEngine:
                                     self.observer)
         self._stopping = False  # the engine thread exits after its current step
 
-        # State owned by the engine thread: rows of the running batch, in the executor's order.
+        # State owned by the engine thread: rows of the running batch, in the executor's order,
+        # and admitted sequences whose prompt is not in the cache yet, oldest first.
         self._rows: list[Sequence] = []
+        self._unprefilled: list[Sequence] = []
 
         self._thread = start_engine_thread(self._run, "textgen-engine", config.engine_nice)
 
@@ -144,10 +146,14 @@ class TransformersEngine:
                 self._finish(seq, FinishReason.CANCELLED)
             for seq in expired:
                 self._finish(seq, FinishReason.REJECTED, self._admission.expired())
+            now = time.monotonic()
+            for seq in admitted:
+                seq.timeline.admitted_at = now
+            self._unprefilled.extend(admitted)
             try:
                 with torch.inference_mode():
-                    if admitted:
-                        self._prefill(admitted)
+                    if self._unprefilled:
+                        self._prefill()
                     if self._rows:
                         self._decode()
             except Exception as exc:  # a failed step must not kill the engine thread
@@ -172,13 +178,26 @@ class TransformersEngine:
                    if s.timeline.arrival < cutoff and s not in cancelled]
         return cancelled, expired
 
-    def _prefill(self, admitted: list[Sequence]) -> None:
-        now = time.monotonic()
-        for seq in admitted:
-            seq.timeline.admitted_at = now
-        for group in prefill_groups(admitted, lambda s: len(s.prompt_ids),
+    def _prefill(self) -> None:
+        """Prefill the oldest admitted prompts, up to max_prefill_tokens of them per step (at
+        least one prompt); the rest wait for the next step, after the running rows decoded.
+
+        Why not all of them now: 32 arrivals at once would all wait for the whole 32 x 64
+        tokens, then decode in step and finish in step, and arrive again all at once. A step's
+        worth of prompts at a time spreads them out, as chunked prefill does in vLLM. Static
+        scheduling keeps its one batch: it prefills everything admitted together."""
+        take = len(self._unprefilled)
+        if self.config.scheduling != "static":
+            take, tokens = 0, 0
+            for seq in self._unprefilled:
+                tokens += len(seq.prompt_ids)
+                if take and tokens > self.config.max_prefill_tokens:
+                    break
+                take += 1
+        for group in prefill_groups(self._unprefilled[:take], lambda s: len(s.prompt_ids),
                                     self.config.max_prefill_tokens):
             logits = self.executor.prefill([s.prompt_ids for s in group])
+            self._unprefilled = [s for s in self._unprefilled if s not in group]
             first_row = len(self._rows)
             self._rows.extend(group)
             self._advance(range(first_row, len(self._rows)), logits)
@@ -231,7 +250,8 @@ class TransformersEngine:
             self._finish(seq, seq.finish_reason or FinishReason.ERROR)
 
     def _fail_running(self, message: str) -> None:
-        failed, self._rows = self._rows, []
+        failed, self._rows = self._rows + self._unprefilled, []
+        self._unprefilled = []
         self.executor.reset()
         with self._wakeup:
             self._scheduler.finish(failed)

@@ -261,3 +261,38 @@ def test_shutdown_lets_admitted_and_queued_sequences_finish(demo_model_dir):
     assert running.result().finish_reason is queued.result().finish_reason is FinishReason.LENGTH
     with pytest.raises(Overloaded, match="shutting down"):
         engine.submit(GenerationRequest(prompt="The", max_tokens=1), Sink())
+
+
+class FirstTokenClock(Sink):
+    """Notes how many pieces `clock` (a running sequence, one piece per decode step) had when
+    this sequence's first piece came: the step it was prefilled in."""
+
+    def __init__(self, clock: Sink) -> None:
+        super().__init__()
+        self.clock = clock
+        self.first_at: int | None = None
+
+    def on_text(self, delta: str) -> None:
+        if self.first_at is None:
+            self.first_at = len(self.clock.pieces)
+        super().on_text(delta)
+
+
+def test_arrivals_beyond_the_prefill_budget_wait_a_step_so_the_first_stream_sooner(demo_model_dir):
+    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, max_num_seqs=8,
+                                             stream_interval_ms=0, max_prefill_tokens=8))
+    try:
+        prompt = "Python is a programming language"
+        assert 5 <= len(engine.tokenizer.encode(prompt)) <= 8  # one fits the budget, two do not
+        running = GateSink()
+        engine.submit(GenerationRequest(prompt="The", max_tokens=40, ignore_eos=True), running)
+        assert running.started.wait(30)  # the engine is held: the three arrive together
+        arrivals = [FirstTokenClock(running) for _ in range(3)]
+        for sink in arrivals:
+            engine.submit(GenerationRequest(prompt=prompt, max_tokens=4), sink)
+        running.release.set()
+        assert all(s.result().finish_reason is FinishReason.LENGTH for s in arrivals)
+        first, second, third = (s.first_at for s in arrivals)
+        assert first is not None and (second, third) == (first + 1, first + 2)
+    finally:
+        engine.shutdown()
