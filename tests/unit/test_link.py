@@ -113,19 +113,24 @@ def test_a_request_that_breaks_submit_is_refused_and_its_neighbours_go_on():
     assert list(client.stream({}, {}, never)) == [Finished(DONE)]
 
 
-def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
-    seen = threading.Event()
-
+def text_until_cancelled(stopped: threading.Event, finish: bool):
+    """A submit function whose sequence makes text until it is cancelled, then sets `stopped`
+    (and ends with Finished when `finish`), as the engine does within a decode step."""
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
         def produce() -> None:
             while not sink.is_cancelled():
                 sink.on_text("x")
                 time.sleep(0.01)
-            seen.set()
-            sink.on_finish(DONE)
+            stopped.set()
+            if finish:
+                sink.on_finish(DONE)
         threading.Thread(target=produce, daemon=True).start()
+    return submit
 
-    _, client = serve(submit)
+
+def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
+    seen = threading.Event()
+    _, client = serve(text_until_cancelled(seen, finish=True))
     cancel_after = time.monotonic() + 0.1
     messages = list(client.stream({}, {}, lambda: time.monotonic() > cancel_after))
     assert seen.wait(5)
@@ -135,16 +140,7 @@ def test_cancel_on_the_stream_side_is_seen_by_the_engine_side():
 def test_a_relay_that_stops_reading_early_frees_its_sequence():
     """Triton failed to send, say: closing the stream tells the engine without waiting."""
     stopped = threading.Event()
-
-    def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
-        def produce() -> None:
-            while not sink.is_cancelled():
-                sink.on_text("x")
-                time.sleep(0.01)
-            stopped.set()
-        threading.Thread(target=produce, daemon=True).start()
-
-    _, client = serve(submit)
+    _, client = serve(text_until_cancelled(stopped, finish=False))
     stream = client.stream({}, {}, never)
     assert isinstance(next(stream), Text)
     stream.close()
