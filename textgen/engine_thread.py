@@ -10,7 +10,7 @@ Ubuntu's kernels), Triton, Envoy, the OpenAI frontend and every client each run 
 of their own, and each session gets an equal share of the CPU whatever its threads' nice
 values. So a raised engine priority is also given to the session Triton runs in (Triton and
 its model processes): measured at 32 streams on 2 cores, the engine thread then waited for a
-core 3-5% of the time instead of 14-17%, and output tokens/s through the gateway rose ~1.2x.
+core 3-5% of the time instead of 14-23%, and output tokens/s through the gateway rose ~1.2x.
 (Containers are scheduled by their cgroups instead, and this changes nothing there.)
 """
 

@@ -89,6 +89,19 @@ class Scheduler(Generic[S]):
         return bool(self.waiting or self.running)
 
 
+def prefill_share(pending: list[S], length: Callable[[S], int], max_tokens: int) -> list[S]:
+    """The oldest of `pending` (admitted, not yet prefilled) whose prompts add up to at most
+    `max_tokens` (EngineConfig.max_prefill_tokens), and always the oldest one: what one step
+    prefills. Oldest first, so a long prompt is never passed over by shorter newcomers."""
+    share, tokens = [], 0
+    for seq in pending:
+        tokens += length(seq)
+        if share and tokens > max_tokens:
+            break
+        share.append(seq)
+    return share
+
+
 def prefill_groups(admitted: list[S], length: Callable[[S], int], max_tokens: int,
                    max_padding: float = 0.25) -> list[list[S]]:
     """Split the sequences admitted in one step into prefill passes, shortest prompts first.

@@ -25,7 +25,7 @@ from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
                       send_text)
 from .sampling import make_rng, sample_next_tokens
-from .scheduler import Budget, Scheduler, Sized, prefill_groups
+from .scheduler import Budget, Scheduler, Sized, prefill_groups, prefill_share
 from .tokenization import TextAssembler, fast_decoder
 from .validation import GenerationRequest, ValidationError, check_token_budget
 
@@ -50,6 +50,10 @@ class Sequence(Sized):
     @property
     def token_budget(self) -> int:
         return len(self.prompt_ids) + self.request.max_tokens
+
+
+def _prompt_length(seq: Sequence) -> int:
+    return len(seq.prompt_ids)
 
 
 class TransformersEngine:
@@ -186,16 +190,9 @@ class TransformersEngine:
         tokens, then decode in step and finish in step, and arrive again all at once. A step's
         worth of prompts at a time spreads them out, as chunked prefill does in vLLM. Static
         scheduling keeps its one batch: it prefills everything admitted together."""
-        take = len(self._unprefilled)
-        if self.config.scheduling != "static":
-            take, tokens = 0, 0
-            for seq in self._unprefilled:
-                tokens += len(seq.prompt_ids)
-                if take and tokens > self.config.max_prefill_tokens:
-                    break
-                take += 1
-        for group in prefill_groups(self._unprefilled[:take], lambda s: len(s.prompt_ids),
-                                    self.config.max_prefill_tokens):
+        share = (self._unprefilled if self.config.scheduling == "static" else
+                 prefill_share(self._unprefilled, _prompt_length, self.config.max_prefill_tokens))
+        for group in prefill_groups(share, _prompt_length, self.config.max_prefill_tokens):
             logits = self.executor.prefill([s.prompt_ids for s in group])
             self._unprefilled = [s for s in self._unprefilled if s not in group]
             first_row = len(self._rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textgen.scheduler import Budget, Scheduler, Sized, prefill_groups
+from textgen.scheduler import Budget, Scheduler, Sized, prefill_groups, prefill_share
 
 
 @dataclass(eq=False)
@@ -96,3 +96,9 @@ def test_arrivals_beyond_the_prefill_token_limit_go_in_further_passes():
     assert prefill_groups([64] * 32, length=lambda n: n, max_tokens=512) == [[64] * 8] * 4
     # A prompt longer than the limit still runs, alone.
     assert prefill_groups([600, 10], length=lambda n: n, max_tokens=512) == [[10], [600]]
+
+
+def test_a_step_prefills_the_oldest_prompts_within_the_token_limit_and_always_one():
+    assert prefill_share([300, 100, 200, 50], length=lambda n: n, max_tokens=512) == [300, 100]
+    assert prefill_share([600, 10], length=lambda n: n, max_tokens=512) == [600]  # alone
+    assert prefill_share([], length=lambda n: n, max_tokens=512) == []
