@@ -46,49 +46,45 @@ class ClientLeft(Exception):
     """The client disconnected before its answer was ready; there is nobody to answer."""
 
 
-class DisconnectWatcher:
-    """Cancels the task that made it when the client disconnects; `stop()` it when done.
+class UntilDisconnect:
+    """`with UntilDisconnect(http):` runs its body in this task until the client disconnects;
+    then the body is cancelled (which unwinds the generation and so cancels it on Triton) and
+    the block ends quietly. A cancellation from anywhere else (the server stopping) goes on.
 
     Why the handler's own task and not a task per piece of work: every hand-over between tasks
     costs a turn of the event loop, which at 32 streams is a few milliseconds of queued chunk
-    writes, on the path of every first token. The cancellation unwinds the generation, which
-    cancels it on Triton."""
+    writes, on the path of every first token."""
 
     def __init__(self, http: HTTPRequest) -> None:
+        self._http = http
         self.left = False
+
+    def __enter__(self) -> "UntilDisconnect":
         handler = asyncio.current_task()
         assert handler is not None
         self._handler = handler
-        self._watcher = asyncio.ensure_future(self._watch(http))
+        self._watcher = asyncio.ensure_future(self._watch())
+        return self
 
-    async def _watch(self, http: HTTPRequest) -> None:
-        while (await http.receive())["type"] != "http.disconnect":
+    async def _watch(self) -> None:
+        while (await self._http.receive())["type"] != "http.disconnect":
             pass
         self.left = True
         self._handler.cancel()
 
-    def absorb(self) -> bool:
-        """After a CancelledError: True (and the task no longer cancelling) when it was this
-        watcher's, because the client left; False when the server itself is stopping."""
-        if self.left:
-            self._handler.uncancel()
-        return self.left
-
-    def stop(self) -> None:
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
         self._watcher.cancel()
+        if kind is asyncio.CancelledError and self.left:
+            self._handler.uncancel()
+            return True  # the client left: nobody to answer, nothing to report
+        return False
 
 
 async def _or_disconnect(http: HTTPRequest, work: Awaitable[Any]) -> Any:
     """`work`'s result, awaited in this task; ClientLeft when the client leaves first."""
-    watcher = DisconnectWatcher(http)
-    try:
+    with UntilDisconnect(http):
         return await work
-    except asyncio.CancelledError:
-        if watcher.absorb():
-            raise ClientLeft() from None
-        raise
-    finally:
-        watcher.stop()
+    raise ClientLeft()
 
 
 class EventStream(Response):
@@ -107,18 +103,12 @@ class EventStream(Response):
         self.init_headers({"cache-control": "no-cache"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        watcher = DisconnectWatcher(HTTPRequest(scope, receive))
-        try:
+        with UntilDisconnect(HTTPRequest(scope, receive)):
             await send({"type": "http.response.start", "status": 200,
                         "headers": self.raw_headers})
             async for chunk in self._chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not watcher.absorb():
-                raise
-        finally:
-            watcher.stop()
 
 
 class OpenAIFrontend:
