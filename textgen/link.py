@@ -85,10 +85,9 @@ class _Channel:
         self.dead = False
 
     def hang_up(self) -> None:
-        """The stream side is gone: every request it carried counts as cancelled."""
+        """The stream side is gone: every request it carried counts as cancelled (each sink
+        asks its channel)."""
         self.dead = True
-        for sink in list(self.sinks.values()):
-            sink.cancelled = True
 
 
 class _RequestSink:
