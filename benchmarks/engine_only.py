@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "demo_model")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--max-prefill-tokens", type=int,
+                        default=EngineConfig.max_prefill_tokens,
+                        help="prompt tokens prefilled per step (LLM_MAX_PREFILL_TOKENS)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -121,7 +124,8 @@ def main() -> int:
     print(f"{args.workload} workload, {args.requests} requests, {args.clients} clients, "
           f"median of {args.repeats}", flush=True)
     for policy in ("continuous", "static"):
-        engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy))
+        engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
+                                                  max_prefill_tokens=args.max_prefill_tokens))
         try:
             run(engine, specs[:4], 4)  # warm-up
             passes = [run(engine, specs, args.clients) for _ in range(args.repeats)]

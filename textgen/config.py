@@ -94,13 +94,14 @@ class EngineConfig:
     stream_interval_ms: int = 25
     # The most prompt tokens the transformers engine prefills in one step (oldest admitted
     # first; a longer prompt goes alone); the rest wait for the next step, after the running
-    # rows decoded, as with chunked prefill. A pass costs about the same per token at any size
-    # here, so this costs no throughput, and 32 arrivals at once no longer all wait for all 32
-    # prompts, then decode and finish in lockstep and arrive together again. Measured in-process
-    # at 32 streams of 64+64 tokens (benchmarks/engine_only.py, median of 3): TTFT p50 73-82 ms
-    # in one pass, 44 ms with 512; mixed workload tokens/s within noise (2,489 vs 2,521).
-    # llama.cpp's default micro-batch is also 512 tokens.
-    max_prefill_tokens: int = 512
+    # rows decoded, as with chunked prefill. Why: a request that arrives during a step waits
+    # for all of it, so a step's length is what a newcomer waits; and 32 arrivals at once no
+    # longer all wait for all 32 prompts, then decode and finish in lockstep and arrive
+    # together again. Measured in-process at 32 streams of 64+64 tokens
+    # (benchmarks/engine_only.py --clients 32 --workload fixed --max-prefill-tokens N):
+    # TTFT p50 73-82 ms in one pass, 41-43 ms with 512, 27-29 ms with 256 at the same
+    # tokens/s (3,926-4,187 vs 4,003-4,175); 128 cut TTFT to 19-20 ms but cost ~9% tokens/s.
+    max_prefill_tokens: int = 256
     limits: Limits = Limits()
 
 
