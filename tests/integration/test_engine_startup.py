@@ -9,11 +9,28 @@ import re
 import resource
 from pathlib import Path
 
+from textgen.engine_thread import session_nice
+
 
 def engine_ready(triton_log: Path) -> dict:
     line = next(l for l in triton_log.read_text().splitlines() if "llm: engine ready" in l)
     return json.loads(re.search(r"engine ready (\{.*\})", line.encode().decode("unicode_escape"))
                       .group(1))
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process we can read."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(entry.name)] = (int(stat[1]), command)
+    return found
 
 
 def test_demo_model_is_served_by_the_lean_llama_executor(triton, triton_log):
@@ -31,3 +48,18 @@ def test_engine_thread_runs_above_the_token_path_or_says_why_not(triton, triton_
         assert engine_ready(triton_log)["session_nice"] == (-10 if grouped else None)
     else:
         assert "could not set the engine thread's nice value" in triton_log.read_text()
+
+
+def test_only_the_engine_process_is_raised_not_tritons_own_threads(triton, triton_log):
+    """The engine's process leads a session of its own; Triton's (HTTP and gRPC threads, the
+    stream model) keeps the priority Envoy, the frontend and the clients have."""
+    if engine_ready(triton_log)["session_nice"] is None:
+        return  # the kernel does not group by session: nothing to separate (asserted above)
+    processes = _processes()
+    server = next(pid for pid, (_, command) in processes.items()
+                  if "tritonserver" in command and f"--http-port={triton.http_port} " in command)
+    engine = next(pid for pid, (parent, command) in processes.items()
+                  if parent == server and "/llm/1/model.py" in command)
+    assert os.getsid(engine) != os.getsid(server)
+    assert engine_ready(triton_log)["session_nice"] == session_nice(engine) == -10
+    assert session_nice(server) == 0
