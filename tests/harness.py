@@ -129,9 +129,18 @@ def metric(triton: runtime.Settings, name: str) -> float:
 
 def wait_for_metric(triton: runtime.Settings, name: str, value: float,
                     timeout: float = 10) -> None:
+    """Metrics are updated off the engine thread, so they land milliseconds after the answer."""
     deadline = time.monotonic() + timeout
     while metric(triton, name) != value:
         assert time.monotonic() < deadline, f"{name} = {metric(triton, name)}, not {value}"
+        time.sleep(0.1)
+
+
+def wait_for_metric_above(triton: runtime.Settings, name: str, floor: float,
+                          timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(triton, name) <= floor:
+        assert time.monotonic() < deadline, f"{name} = {metric(triton, name)}, not > {floor}"
         time.sleep(0.1)
 
 

@@ -22,8 +22,8 @@ import tritonclient.grpc as grpcclient
 
 import runtime
 from harness import (assert_disconnect_cancels, assert_error_contract, gateway_process,
-                     http_ok, infer_inputs, metric, model_log_records, triton_process,
-                     triton_settings)
+                     http_ok, infer_inputs, model_log_records, triton_process,
+                     triton_settings, wait_for_metric, wait_for_metric_above)
 
 pytestmark = pytest.mark.slow
 
@@ -187,8 +187,8 @@ def test_metrics_are_published_under_the_same_names(stack):
     for name in ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
                  "vllm:time_to_first_token_seconds_count",
                  "vllm:e2e_request_latency_seconds_count", "vllm:request_success_total"):
-        assert metric(stack.triton, name) > 0, name
-    assert metric(stack.triton, "vllm:num_requests_running") == 0
+        wait_for_metric_above(stack.triton, name, 0)
+    wait_for_metric(stack.triton, "vllm:num_requests_running", 0)
     text = requests.get(f"http://{stack.triton.host}:{stack.triton.metrics_port}/metrics",
                         timeout=5).text
     assert 'vllm:kv_cache_usage_perc{model_name="llm"' in text

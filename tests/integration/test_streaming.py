@@ -14,7 +14,8 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import assert_disconnect_cancels, infer_inputs, metric, wait_for_metric
+from harness import (assert_disconnect_cancels, infer_inputs, metric, wait_for_metric,
+                     wait_for_metric_above)
 
 BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
 
@@ -128,6 +129,7 @@ def test_grpc_stream_cancel_drops_the_sequence(triton):
 
 def test_llm_metrics_are_exported_under_vllm_names(triton):
     requests.post(f"{triton.http_url}/v2/models/llm/generate", json=BODY, timeout=60)
+    wait_for_metric_above(triton, "vllm:request_success_total", 0)
     text = requests.get(f"http://{triton.host}:{triton.metrics_port}/metrics", timeout=5).text
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
                  "vllm:time_to_first_token_seconds_bucket",
@@ -138,7 +140,7 @@ def test_llm_metrics_are_exported_under_vllm_names(triton):
         assert f"\n{name}{{" in text, name
     requests.post(f"{triton.http_url}/v2/models/llm/generate",
                   json={"text_input": "hi", "max_tokens": 0}, timeout=30)
-    assert metric(triton, "llm:request_rejections_total") >= 1
+    wait_for_metric_above(triton, "llm:request_rejections_total", 0)
 
 
 def test_hundreds_of_mixed_requests_with_random_disconnects_leave_nothing_behind(triton):

@@ -113,3 +113,4 @@ class TritonPythonModel:
         """Triton calls this after in-flight requests drained; finish what is left."""
         self._link.close()
         self._engine.shutdown()
+        self._metrics.close()
