@@ -42,8 +42,8 @@ def test_engine_thread_runs_above_the_token_path_or_says_why_not(triton, triton_
     allowed = os.geteuid() == 0 or soft_limit == resource.RLIM_INFINITY or soft_limit >= 30
     if allowed:
         assert engine_ready(triton_log)["engine_nice"] == -10
-        # Where the kernel schedules sessions as groups, Triton's session is raised too (else
-        # the thread's nice would not count against Envoy, the frontend or the clients).
+        # Where the kernel schedules sessions as groups, the engine's session is raised too
+        # (else the thread's nice would not count against Envoy, the frontend or the clients).
         grouped = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
         assert engine_ready(triton_log)["session_nice"] == (-10 if grouped else None)
     else:
