@@ -5,11 +5,14 @@ which uses the same names) then work unchanged. Two counters vLLM lacks are adde
 `llm:` prefix: cancellations and rejections by reason.
 
 Why a thread of its own: every update is a round trip to Triton's server process. Made on the
-engine thread they cost it ~1.3 ms per request (measured at 1 stream), some of it before the
-first token was sent. The engine's hooks only queue what happened; the `llm-metrics` thread
-makes the updates, in order and one at a time, which Triton also needs: it crashed when
-metrics were updated from several threads at once (../shared/notes/platform.md). The
-endpoint lags the engine by that queue, milliseconds.
+engine thread they cost it ~1.3 ms per request (measured at 1 stream), one of them between the
+first token and its sending. The engine's hooks only queue what happened; the `llm-metrics`
+thread makes the updates, in order and one at a time, which Triton also needs: it crashed when
+metrics were updated from several threads at once (../shared/notes/platform.md). The endpoint
+lags the engine by that queue, milliseconds. Triton 24.10's stub keeps the GIL during a round
+trip (a thread setting a gauge in a loop halved a Python loop's progress beside it), so the
+engine's Python still pauses for them, but its tensor operations run meanwhile and no token
+waits for Triton's reply; updates are also kept few (gauges only when they change).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class TritonMetrics(EngineObserver):
         self._later(self._waiting.set, waiting)
 
     def on_cache_usage(self, fraction: float) -> None:
-        fraction = round(fraction, 3)  # a change below 0.1% is not worth an update
+        fraction = round(fraction, 2)  # whole percents (by 0.1% it changed nearly every step)
         if fraction == self._cache_state:
             return
         self._cache_state = fraction
