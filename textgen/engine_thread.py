@@ -56,19 +56,18 @@ def start_engine_thread(run: Callable[[], None], name: str, nice: int) -> thread
     return thread
 
 
-def leave_parent_session() -> bool:
+def leave_parent_session() -> None:
     """Give this process a session, and so a scheduling group, of its own (`os.setsid`), so
     that raising the engine's priority raises this process alone; for the model process
     Triton starts, never for one a user runs in a terminal (it would leave the terminal's
-    session). False where the kernel does not group by session or the process leads a
-    process group already (setsid refuses)."""
+    session). Nothing changes where the kernel does not group by session or the process
+    leads a process group already (setsid refuses)."""
     if session_nice() is None:
-        return False
+        return
     try:
         os.setsid()
     except OSError:
-        return False
-    return True
+        pass  # a process-group leader keeps its session: its group is raised as before
 
 
 def session_nice(pid: Optional[int] = None) -> Optional[int]:
