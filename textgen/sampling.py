@@ -55,10 +55,15 @@ def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationReques
         banned = [row for row, request in enumerate(requests) if request.ignore_eos]
         if banned:
             logits[banned, eos_token_id] = float("-inf")
-    chosen = torch.argmax(logits, dim=-1).tolist()
+    greedy = [row for row, request in enumerate(requests) if request.greedy]
+    if len(greedy) == len(requests):
+        return torch.argmax(logits, dim=-1).tolist()
+    # Only the greedy rows' argmax: over a 32 x 4096 batch it costs as much as a softmax.
+    chosen = [0] * len(requests)
+    if greedy:
+        for row, token in zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist()):
+            chosen[row] = token
     sampled = [row for row, request in enumerate(requests) if not request.greedy]
-    if not sampled:
-        return chosen
 
     draws = {}
     for row in sampled:
@@ -71,7 +76,9 @@ def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationReques
     for cut in (False, True):
         rows = [row for row in sampled if _has_cut(requests[row]) == cut]
         if rows:
-            found = _draw(logits[rows], [requests[row] for row in rows],
+            # All rows (in order) need no copy of the batch's logits.
+            group = logits if len(rows) == len(requests) else logits[rows]
+            found = _draw(group, [requests[row] for row in rows],
                           [draws[row] for row in rows], cut)
             for row, token in zip(rows, found):
                 chosen[row] = token
