@@ -164,9 +164,9 @@ def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
         process.wait_until(lambda: stack.http_ok(url + "/health"), timeout=120)
         assert process.proc is not None
         pid, model = process.proc.pid, model_dir.name
-        # The footing of our engine, whose process raises its own session's priority
-        # (textgen/engine_thread.py): neither server's engine shares the CPU equally with the
-        # load generator on this machine.
+        # The footing of our Triton, whose engine raises its session's priority
+        # (textgen/engine_thread.py): neither server shares the CPU equally with the load
+        # generator on this machine.
         raise_session_priority(EngineConfig.engine_nice, pid)
         yield stack.Target("llamacpp", url, {}, "", via_gateway=False, started=True,
                            run_dir=run_dir, processes=lambda: {"llama-server": pid},

@@ -233,7 +233,7 @@ def bare_vllm(run_dir: Path, model_dir: Path, extra: tuple[str, ...] = ()) -> It
         server.wait_until(lambda: http_ok(url + "/health"), timeout=VLLM_START_TIMEOUT_S)
         assert server.proc is not None
         pid = server.proc.pid
-        raise_session_priority(EngineConfig.engine_nice, pid)  # the footing of our engine
+        raise_session_priority(EngineConfig.engine_nice, pid)  # the footing of our Triton
         yield Target("vllm", url, {}, "", via_gateway=False, started=True, run_dir=run_dir,
                      processes=lambda: {"vllm api_server": pid},
                      notes=[f"direct, no gateway, {CHAT_PATH}", f"log: {server.log}"],

@@ -8,13 +8,9 @@ A thread's nice value only ranks it against its own scheduling group, though. Wh
 kernel groups processes by session (`sched_autogroup_enabled`, the default of Debian's and
 Ubuntu's kernels), Triton, Envoy, the OpenAI frontend and every client each run in a session
 of their own, and each session gets an equal share of the CPU whatever its threads' nice
-values. So a raised engine priority is also given to the engine's session: measured at 32
-streams on 2 cores, the engine thread then waited for a core 3-5% of the time instead of
-14-23%, and output tokens/s through the gateway rose ~1.2x. That session should hold the
-engine's process alone (`leave_parent_session`): the model process Triton starts shares
-Triton's session, and raising all of it raised Triton's HTTP and gRPC threads and the stream
-model too, which then starved Envoy and the OpenAI frontend on the other core (the frontend
-waited for a core 70% of the time at 32 streams, 50% with the engine's session its own).
+values. So a raised engine priority is also given to the session Triton runs in (Triton and
+its model processes): measured at 32 streams on 2 cores, the engine thread then waited for a
+core 3-5% of the time instead of 14-23%, and output tokens/s through the gateway rose ~1.2x.
 (Containers are scheduled by their cgroups instead, and this changes nothing there.)
 """
 
@@ -54,20 +50,6 @@ def start_engine_thread(run: Callable[[], None], name: str, nice: int) -> thread
                     "(`ulimit -e 30`, compose `ulimits: {nice: 30}`) or grant CAP_SYS_NICE, "
                     "or set engine_nice to 0", nice, exc.strerror)
     return thread
-
-
-def leave_parent_session() -> None:
-    """Give this process a session, and so a scheduling group, of its own (`os.setsid`), so
-    that raising the engine's priority raises this process alone; for the model process
-    Triton starts, never for one a user runs in a terminal (it would leave the terminal's
-    session). Nothing changes where the kernel does not group by session or the process
-    leads a process group already (setsid refuses)."""
-    if session_nice() is None:
-        return
-    try:
-        os.setsid()
-    except OSError:
-        pass  # a process-group leader keeps its session: its group is raised as before
 
 
 def session_nice(pid: Optional[int] = None) -> Optional[int]:

@@ -157,20 +157,31 @@ def _crash_under_load(stack: RunnerStack, kill: Any, name: str) -> None:
            slowest_in_flight_end_s=round(ended_after, 2), recovery_s=round(recovery, 1))
 
 
-def test_killed_model_process_fails_in_flight_requests_and_recovers(stack):
-    def kill_llm_stub() -> None:
-        alive, _ = runtime.python_stubs(stack.triton_pid())
-        llm = [pid for pid in alive if b"/llm/1/model.py" in
-               Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert llm, "no stub of the llm model"
-        os.kill(llm[0], signal.SIGKILL)
+def _engine_process(stack: RunnerStack) -> int:
+    """The pid of the `llm` model's process (the engine) of the stack's Triton."""
+    alive, _ = runtime.python_stubs(stack.triton_pid())
+    llm = [pid for pid in alive if b"/llm/1/model.py" in
+           Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert llm, "no stub of the llm model"
+    return llm[0]
 
-    _crash_under_load(stack, kill_llm_stub, "model process killed under load")
+
+def test_killed_model_process_fails_in_flight_requests_and_recovers(stack):
+    _crash_under_load(stack, lambda: os.kill(_engine_process(stack), signal.SIGKILL),
+                      "model process killed under load")
 
 
 def test_killed_triton_fails_in_flight_requests_and_recovers(stack):
+    engine = _engine_process(stack)
     _crash_under_load(stack, lambda: os.kill(stack.triton_pid(), signal.SIGKILL),
                       "tritonserver killed under load")
+    # The dead Triton's model processes must not linger holding the model: a stub whose
+    # Triton died under load can hang in the stub's own code, and only the supervisor's kill
+    # of the process group ends it.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{engine}").exists():
+        assert time.monotonic() < deadline, f"the engine's process {engine} outlived Triton"
+        time.sleep(0.2)
 
 
 def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounded(stack):

@@ -39,7 +39,6 @@ import triton_python_backend_utils as pb_utils
 
 from textgen.admission import Overloaded
 from textgen.config import ConfigError, load_engine_config
-from textgen.engine_thread import leave_parent_session
 from textgen.engines import create_engine
 from textgen.errors import ErrorKind
 from textgen.link import EngineLinkServer, LinkRefusal, engine_address
@@ -63,10 +62,6 @@ class TritonPythonModel:
         self._metrics = TritonMetrics(args["model_name"])
         try:
             config = load_engine_config(model_config, Path(args["model_repository"]))
-            if config.engine_nice < 0:
-                # The engine's raised priority is then this process's alone, not Triton's
-                # HTTP and gRPC threads' too (textgen/engine_thread.py).
-                leave_parent_session()
             self._engine = create_engine(config, self._metrics)
         except (ConfigError, ModelLoadError) as exc:
             raise pb_utils.TritonModelException(f"llm: {exc}") from exc
