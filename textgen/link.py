@@ -370,14 +370,10 @@ def _drained(first: FromEngine, messages: queue.SimpleQueue[FromEngine]) -> list
     when the engine is ahead the text of several decode steps would wait here one response at
     a time and the client would fall behind. Merging only what is already waiting never delays
     a token: when the stream keeps up, each message still goes out alone."""
-    out = [first]
-    while isinstance(out[-1], Text):
+    waiting = [first]
+    while isinstance(waiting[-1], Text):  # nothing follows a request's last message
         try:
-            message = messages.get_nowait()
+            waiting.append(messages.get_nowait())
         except queue.Empty:
             break
-        if isinstance(message, Text):
-            out[-1] = Text(out[-1].delta + message.delta)
-        else:
-            out.append(message)
-    return out
+    return [message for _, message in merged([(0, message) for message in waiting])]

@@ -9,8 +9,8 @@ after it, the stream ends with an error event (`data: {"error": ...}` under HTTP
 
 The engine and the weights live in `llm`'s process; each request is forwarded over the engine
 link (one connection for all of this process's requests) and answered from a forwarding
-thread, so `execute()` returns at once. When the client
-goes away the engine is told and drops the sequence within one decode step.
+thread, so `execute()` returns at once. When the client goes away the engine is told and drops
+the sequence within one decode step.
 """
 
 from __future__ import annotations
