@@ -8,8 +8,9 @@ and forgets the rows that finished. Two exist:
 
 - `HFExecutor` calls the Hugging Face module (any causal LM transformers can load);
 - `LlamaExecutor` (llama_executor.py) runs the Llama family's forward from the same weights in
-  a few fused tensor operations per layer: a decode step costs a fraction of the HF modules'
-  Python, which is what bounds a lone stream on a CPU.
+  a few fused tensor operations per layer, and its float32 decode step on a CPU as one call
+  into C (decode_kernel.c): a step costs a fraction of the HF modules' Python, which is what
+  bounds a lone stream on a CPU.
 
 `select_executor` picks the lean one where it applies (see `LlamaExecutor.unsupported_reason`)
 and says why not otherwise, in the start-up log.
@@ -32,6 +33,7 @@ class Executor(Protocol):
     """Rows are numbered in cache order: newcomers join below the running rows."""
 
     name: str
+    decode_step: str  # how a decode step runs, for the start-up log
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Run the prompts, add them as new rows; returns their next-token logits [n, vocab]."""
@@ -54,6 +56,7 @@ class HFExecutor:
     """The Hugging Face module's own forward over the slot cache of `KVBatch`."""
 
     name = "hf"
+    decode_step = "module"
 
     def __init__(self, model: Any, pad_id: int, device: torch.device) -> None:
         self.model = model

@@ -88,6 +88,10 @@ class KVBatch:
         """Layer `layer`'s key and value buffers, [row capacity, heads, columns, head_dim]."""
         return self._keys[layer], self._values[layer]
 
+    def all_buffers(self) -> list[torch.Tensor]:
+        """Every layer's key then value buffer, in layer order (for the C decode step)."""
+        return [buffer for pair in zip(self._keys, self._values) for buffer in pair]
+
     def join(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
              mask: torch.Tensor) -> None:
         """Add prefilled newcomers below our rows: per layer their keys and values

@@ -9,6 +9,12 @@ built once by the model's own rotary module (so every rope scaling it supports i
 Fusing re-points the HF modules' weights at views of the fused matrices, so no weight is held
 twice and the HF module still computes the same thing.
 
+On a CPU with a C compiler, a float32 model's decode step runs instead as one call into C
+(decode_kernel.c, compiled at load in under a second): the same mathematics without a
+tensor operation's dispatch per step and layer, ~0.18 ms a token for the demo model against
+~0.67 ms in tensor operations. Prefill stays in tensor operations, where matrix products
+over many tokens pay for their dispatch.
+
 Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
 demo model and on randomly initialised Llama, Mistral and Qwen2 models). What it cannot run
 exactly (other architectures, sliding windows, int8-quantized layers, biases on the MLP, ...)
@@ -17,13 +23,17 @@ is named by `unsupported_reason` and served by the HF executor instead.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from . import decode_kernel
 from .kv_batch import KVBatch, prefill_inputs
+
+log = logging.getLogger("textgen")
 
 FAMILY = ("llama", "mistral", "qwen2")
 
@@ -61,6 +71,11 @@ class LlamaExecutor:
 
     name = "llama"
 
+    @property
+    def decode_step(self) -> str:
+        """`c` (decode_kernel.c) or `tensor` (this module's forward): for the start-up log."""
+        return "tensor" if self._kernel is None else "c"
+
     @staticmethod
     def unsupported_reason(model: Any) -> Optional[str]:
         """Why this forward would not compute exactly what the HF module does; None if it does."""
@@ -87,7 +102,7 @@ class LlamaExecutor:
         return None
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
-                 context_length: int) -> None:
+                 context_length: int, kernel: bool = True) -> None:
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -116,6 +131,15 @@ class LlamaExecutor:
         self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
             .to(device)
         self._batch = KVBatch()
+        self._kernel: Optional[decode_kernel.DecodeKernel] = None
+        built = decode_kernel.build(
+            self._embed, self._final_norm, self._lm_head, self._cos, self._sin, self._layers,
+            self._heads, self._kv_heads, self._head_dim, self._eps) if kernel else \
+            decode_kernel.KernelUnavailable("turned off")
+        if isinstance(built, decode_kernel.KernelUnavailable):
+            log.info("decode step in tensor operations: %s", built)
+        else:
+            self._kernel = built
 
     def _rope_tables(self, base: Any, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin per position, [positions, head_dim], from the model's rotary module; the
@@ -154,6 +178,12 @@ class LlamaExecutor:
 
     def decode(self, last_tokens: list[int]) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()
+        if self._kernel is not None:
+            logits = self._kernel.decode(torch.tensor(last_tokens), positions.view(-1), mask,
+                                         self._batch.all_buffers(), self._batch.start,
+                                         self._batch.end)
+            self._batch.commit_decode()
+            return logits
         rows, start, end = len(last_tokens), self._batch.start, self._batch.end
         # One row has no padding (the cache trims it): the kernel's unmasked path is cheaper.
         attn_mask = None if rows == 1 else mask.bool()[:, None, None, :]

@@ -268,6 +268,7 @@ class TransformersEngine:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "scheduling": self.config.scheduling, "executor": self.executor.name,
+                "decode_step": self.executor.decode_step,
                 "context_length": self.limits.context_length,
                 "cpu_threads": torch.get_num_threads(),
                 "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}

@@ -1,5 +1,5 @@
 """What the served engine says about itself at start-up: the executor it picked for the demo
-model and the priority its thread runs at (the start-up log line is how operators see both)."""
+model, how its decode step runs, and the priority its thread runs at (the start-up log line is how operators see both)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def engine_ready(triton_log: Path) -> dict:
                       .group(1))
 
 
-def test_demo_model_is_served_by_the_lean_llama_executor(triton, triton_log):
-    assert engine_ready(triton_log)["executor"] == "llama"
+def test_demo_model_is_served_by_the_lean_llama_executor_with_its_c_decode_step(triton,
+                                                                                triton_log):
+    ready = engine_ready(triton_log)
+    assert (ready["executor"], ready["decode_step"]) == ("llama", "c")
 
 
 def test_engine_thread_runs_above_the_token_path_or_says_why_not(triton, triton_log):

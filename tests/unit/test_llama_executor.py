@@ -1,7 +1,8 @@
 """The lean Llama-family forward computes what Hugging Face computes: greedy tokens identical to
 HF `generate`, on the demo model and on randomly initialised Llama (grouped-query attention),
-Mistral and Qwen2 (q/k/v biases) models; rows joining mid-generation and left padding included.
-What it cannot run exactly goes to the HF executor, or fails the load when insisted on."""
+Mistral and Qwen2 (q/k/v biases) models; rows joining mid-generation and left padding included;
+with its decode step in C (decode_kernel.c) and in tensor operations alike. What it cannot run
+exactly goes to the HF executor, or fails the load when insisted on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
                           Qwen2Config)
 
+from textgen import decode_kernel
 from textgen.executor import HFExecutor, select_executor
 from textgen.llama_executor import LlamaExecutor
 from textgen.loading import ModelLoadError, quantize_linear_int8
@@ -70,7 +72,11 @@ def test_greedy_tokens_match_hf_generate_on_random_models_of_each_family(family)
     expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
     executor = select_executor("auto", model, 0, CPU, 256)
     assert isinstance(executor, LlamaExecutor)
+    assert executor.decode_step == "c"
     assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+    tensor_step = LlamaExecutor(model, 0, CPU, 256, kernel=False)
+    assert tensor_step.decode_step == "tensor"
+    assert executor_greedy(tensor_step, PROMPTS, LATE, model.config.eos_token_id) == expected
 
 
 def test_greedy_tokens_match_hf_generate_on_the_demo_model(demo_model_dir):
@@ -81,9 +87,52 @@ def test_greedy_tokens_match_hf_generate_on_the_demo_model(demo_model_dir):
     prompts = [tokenizer.encode(t) for t in ("The list", "A function is", "Exceptions")]
     late = [tokenizer.encode("Python is a programming language that")]
     expected = [hf_greedy(model, p) for p in prompts + late]
-    for executor in (LlamaExecutor(model, 1, CPU, 512), HFExecutor(model, 1, CPU)):
+    for executor in (LlamaExecutor(model, 1, CPU, 512), LlamaExecutor(model, 1, CPU, 512, kernel=False),
+                     HFExecutor(model, 1, CPU)):
         assert executor_greedy(executor, prompts, late, tokenizer.eos_token_id) == expected, \
             executor.name
+
+
+def test_the_c_step_and_the_tensor_step_give_the_same_logits_for_many_rows():
+    """32 rows of different lengths (left padding in the cache), rows leaving mid-way."""
+    model = random_model(LlamaConfig)
+    prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + row % 9)] for row in range(32)]
+    runs = []
+    with torch.inference_mode():
+        for kernel in (True, False):
+            executor = LlamaExecutor(model, 0, CPU, 256, kernel=kernel)
+            tokens = executor.prefill(prompts).argmax(dim=-1).tolist()
+            steps = []
+            for step in range(12):
+                logits = executor.decode(tokens)
+                steps.append(logits)
+                tokens = logits.argmax(dim=-1).tolist()
+                if step == 5:
+                    order = executor.drop([0, 7, 31])
+                    tokens = [tokens[row] for row in order]
+            runs.append(steps)
+    for c_step, tensor_step in zip(*runs):
+        torch.testing.assert_close(c_step, tensor_step, rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkeypatch, caplog):
+    monkeypatch.setattr(decode_kernel.shutil, "which", lambda name: None)
+    model = random_model(LlamaConfig)
+    with caplog.at_level("INFO", logger="textgen"):
+        executor = LlamaExecutor(model, 0, CPU, 256)
+    assert executor.decode_step == "tensor"
+    assert "decode step in tensor operations: no C compiler" in caplog.text
+    expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
+    assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+
+
+def test_the_c_step_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
+    model = random_model(LlamaConfig)
+    executor = LlamaExecutor(model, 0, CPU, 256)
+    with torch.inference_mode():
+        executor.prefill([[5, 6, 7]])
+        with pytest.raises(ValueError, match="outside the model's tables"):
+            executor.decode([model.config.vocab_size])
 
 
 def test_fusing_the_projections_leaves_the_hf_module_computing_the_same():

@@ -1,0 +1,215 @@
+/* One decode step of the Llama family in plain C, over the same float32 weights and slot cache
+ * as textgen/llama_executor.py (which compiles this at load and calls it through ctypes).
+ *
+ * Why: a decode step of a small model on a CPU is bound by per-operation overhead, not by
+ * arithmetic. Even the lean tensor forward spends ~100 tensor operations a step, each a
+ * dispatch through Python and ATen for a few hundred floats, and the matrix library's
+ * set-up costs as much as a 128-wide product. Here a step is one call: for each layer an RMS
+ * norm, the fused q/k/v product, rotary embedding, one column of keys and values written into
+ * the cache, attention over each row's own columns, the output projection, the fused gate/up
+ * product, SiLU and the down projection; then the final norm and the vocabulary projection.
+ *
+ * The mathematics and the order of every operation follow llama_executor.py; only the order
+ * of additions inside dot products differs (vector lanes), as it does between matrix
+ * libraries. The caller holds every pointer alive for the call.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* glibc's vector expf (libmvec) for the `omp simd` loops below: math.h declares it only under
+ * -ffast-math, which would also license reordering the rest of this file's arithmetic. */
+#pragma omp declare simd notinbranch
+float expf(float);
+
+typedef struct {
+    const float *input_norm;  /* [hidden] */
+    const float *qkv;         /* [(heads + 2 * kv_heads) * dim, hidden] */
+    const float *qkv_bias;    /* same rows, or NULL */
+    const float *out;         /* [hidden, heads * dim] */
+    const float *out_bias;    /* [hidden] or NULL */
+    const float *post_norm;   /* [hidden] */
+    const float *gate_up;     /* [2 * inter, hidden]: gate rows, then up rows */
+    const float *down;        /* [hidden, inter] */
+} Layer;
+
+typedef struct {
+    int32_t layers, hidden, heads, kv_heads, dim, inter, vocab;
+    float eps;
+    const float *embed;       /* [vocab, hidden] */
+    const float *final_norm;  /* [hidden] */
+    const float *lm_head;     /* [vocab, hidden] */
+    const float *cos;         /* [positions, dim] */
+    const float *sin;         /* [positions, dim], rotate_half's signs folded in */
+    const Layer *layer;
+} Model;
+
+/* Scratch floats a step of `rows` rows needs (the caller allocates them once per size). */
+int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns) {
+    int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
+    int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
+                      + 2 * (int64_t)m->inter;
+    return rows * per_row + columns;
+}
+
+static void rms_norm(const float *x, const float *weight, float *y, int n, float eps) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) sum += x[i] * x[i];
+    float scale = 1.0f / sqrtf(sum / (float)n + eps);
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] = x[i] * scale * weight[i];
+}
+
+/* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. Each weight row is read once
+ * for four rows at a time (four accumulators), which is what a decode step's cost is made of:
+ * one row reads the weights once a step, many rows reuse each load. */
+static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
+                        int in, int out, int x_stride, int y_stride) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = x + (int64_t)r * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride,
+                    *x3 = x2 + x_stride;
+        float *y0 = y + (int64_t)r * y_stride;
+        for (int n = 0; n < out; n++) {
+            const float *wn = w + (int64_t)n * in;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, b = bias ? bias[n] : 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int k = 0; k < in; k++) {
+                a0 += wn[k] * x0[k];
+                a1 += wn[k] * x1[k];
+                a2 += wn[k] * x2[k];
+                a3 += wn[k] * x3[k];
+            }
+            y0[n] = a0 + b;
+            y0[y_stride + n] = a1 + b;
+            y0[2 * (int64_t)y_stride + n] = a2 + b;
+            y0[3 * (int64_t)y_stride + n] = a3 + b;
+        }
+    }
+    for (; r < rows; r++) {
+        const float *xr = x + (int64_t)r * x_stride;
+        for (int n = 0; n < out; n++) {
+            const float *wn = w + (int64_t)n * in;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int k = 0; k < in; k++) acc += wn[k] * xr[k];
+            y[(int64_t)r * y_stride + n] = acc + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+/* x * cos + x[swap] * sin, where swap exchanges the two halves of the head (rotate_half). */
+static void rotate(float *x, const float *cos, const float *sin, int dim) {
+    float rotated[1024];
+    int half = dim / 2;
+    for (int d = 0; d < dim; d++) rotated[d] = x[d < half ? d + half : d - half];
+    for (int d = 0; d < dim; d++) x[d] = x[d] * cos[d] + rotated[d] * sin[d];
+}
+
+/* One head of one row: softmax(q k^T / sqrt(dim)) v over the columns the row's mask keeps
+ * (mask[0] is column `start`). */
+static void attend(const float *q, const float *keys, const float *values, const int64_t *mask,
+                   int start, int end, int dim, float *scores, float *out) {
+    float scale = 1.0f / sqrtf((float)dim), top = -INFINITY;
+    for (int c = start; c <= end; c++) {
+        if (!mask[c - start]) continue;
+        const float *k = keys + (int64_t)c * dim;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < dim; d++) dot += q[d] * k[d];
+        scores[c - start] = dot * scale;
+        if (scores[c - start] > top) top = scores[c - start];
+    }
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int c = 0; c <= end - start; c++) {
+        scores[c] = mask[c] ? expf(scores[c] - top) : 0.0f;
+        total += scores[c];
+    }
+    memset(out, 0, sizeof(float) * dim);
+    for (int c = start; c <= end; c++) {
+        if (!mask[c - start]) continue;
+        const float *v = values + (int64_t)c * dim;
+        float p = scores[c - start];
+#pragma omp simd
+        for (int d = 0; d < dim; d++) out[d] += p * v[d];
+    }
+    float inverse = 1.0f / total;
+#pragma omp simd
+    for (int d = 0; d < dim; d++) out[d] *= inverse;
+}
+
+/* One token for each of `rows` rows. tokens, positions: [rows]; mask: the live rows' mask
+ * from column `start` to `end` inclusive (row stride `mask_stride`); kv: per
+ * layer its key then its value buffer, [row capacity, kv_heads, columns, dim]. Writes
+ * column `end` of the cache and the logits [rows, vocab]. Returns 0, or -1 when a
+ * position or token is outside the tables (the caller raises). */
+int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
+                   const int64_t *tokens, const int64_t *positions, const int64_t *mask,
+                   int32_t mask_stride, float *const *kv, int32_t row_capacity,
+                   int32_t columns, int32_t table_positions, float *logits, float *scratch) {
+    const int hidden = m->hidden, dim = m->dim, heads = m->heads, kv_heads = m->kv_heads;
+    const int qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim;
+    const int group = heads / kv_heads;
+    float *x = scratch;                              /* [rows, hidden] residual stream */
+    float *h = x + (int64_t)rows * hidden;           /* [rows, hidden] normed */
+    float *qkv = h + (int64_t)rows * hidden;         /* [rows, qkv_width] */
+    float *attn = qkv + (int64_t)rows * qkv_width;   /* [rows, attn_width] */
+    float *mlp = attn + (int64_t)rows * attn_width;  /* [rows, 2 * inter] */
+    float *scores = mlp + (int64_t)rows * 2 * m->inter;
+    (void)row_capacity;
+
+    for (int r = 0; r < rows; r++) {
+        if (tokens[r] < 0 || tokens[r] >= m->vocab || positions[r] < 0
+            || positions[r] >= table_positions)
+            return -1;
+        memcpy(x + (int64_t)r * hidden, m->embed + tokens[r] * hidden, sizeof(float) * hidden);
+    }
+    for (int i = 0; i < m->layers; i++) {
+        const Layer *layer = &m->layer[i];
+        float *keys = kv[2 * i], *values = kv[2 * i + 1];
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (int64_t)r * hidden, layer->input_norm, h + (int64_t)r * hidden, hidden,
+                     m->eps);
+        matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
+                    qkv_width);
+        for (int r = 0; r < rows; r++) {
+            float *row = qkv + (int64_t)r * qkv_width;
+            const float *cos = m->cos + positions[r] * dim, *sin = m->sin + positions[r] * dim;
+            for (int head = 0; head < heads + kv_heads; head++) rotate(row + head * dim, cos, sin, dim);
+            for (int kh = 0; kh < kv_heads; kh++) {
+                int64_t slot = (((int64_t)r * kv_heads + kh) * columns + end) * dim;
+                memcpy(keys + slot, row + (heads + kh) * dim, sizeof(float) * dim);
+                memcpy(values + slot, row + (heads + kv_heads + kh) * dim, sizeof(float) * dim);
+            }
+            for (int head = 0; head < heads; head++) {
+                int64_t base = ((int64_t)r * kv_heads + head / group) * columns * dim;
+                attend(row + head * dim, keys + base, values + base,
+                       mask + (int64_t)r * mask_stride, start, end, dim, scores,
+                       attn + (int64_t)r * attn_width + head * dim);
+            }
+        }
+        /* x += attn W_out^T (+ bias), through h as the product's output */
+        matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
+                    hidden);
+        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (int64_t)r * hidden, layer->post_norm, h + (int64_t)r * hidden, hidden,
+                     m->eps);
+        matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
+                    2 * m->inter);
+        for (int r = 0; r < rows; r++) {
+            float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
+#pragma omp simd
+            for (int j = 0; j < m->inter; j++) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+        }
+        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden);
+        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+    }
+    for (int r = 0; r < rows; r++)
+        rms_norm(x + (int64_t)r * hidden, m->final_norm, h + (int64_t)r * hidden, hidden, m->eps);
+    matmul_rows(m->lm_head, NULL, h, logits, rows, hidden, m->vocab, hidden, m->vocab);
+    return 0;
+}

@@ -1,0 +1,144 @@
+"""The decode step in C (decode_kernel.c): compiled when the model loads, called through ctypes.
+
+Why: see decode_kernel.c. Compiling takes about a second with the system's C compiler, for the
+CPU it runs on (`-march=native`), into a private temporary directory, so no binary built for
+another machine is ever loaded. Where there is no compiler, the model is not float32 on a CPU,
+or the build fails, `build` says why and the executor keeps its tensor forward: the kernel is a
+speed-up, never a requirement. ctypes releases the GIL for the call, so the step's Python
+neighbours (the link, the metrics thread) run on the other core meanwhile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+log = logging.getLogger("textgen")
+
+SOURCE = Path(__file__).with_name("decode_kernel.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+MAX_HEAD_DIM = 1024  # decode_kernel.c's `rotate` buffer
+
+_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "input_norm", "qkv", "qkv_bias", "out", "out_bias", "post_norm", "gate_up", "down")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [*[(name, ctypes.c_int32) for name in (
+        "layers", "hidden", "heads", "kv_heads", "dim", "inter", "vocab")],
+        ("eps", ctypes.c_float),
+        *[(name, ctypes.c_void_p) for name in (
+            "embed", "final_norm", "lm_head", "cos", "sin")],
+        ("layer", ctypes.POINTER(_Layer))]
+
+
+class KernelUnavailable(Exception):
+    """Why the C step cannot be used here; the tensor forward runs instead."""
+
+
+def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _compile() -> ctypes.CDLL:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise KernelUnavailable("no C compiler (cc or gcc) on PATH")
+    # The library stays mapped after its directory is gone.
+    with tempfile.TemporaryDirectory(prefix="textgen-kernel-") as build:
+        library = Path(build) / "decode_kernel.so"
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(library), "-lmvec", "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise KernelUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        return ctypes.CDLL(str(library))
+
+
+class DecodeKernel:
+    """The compiled step bound to one model's weights (which the caller keeps alive)."""
+
+    def __init__(self, library: ctypes.CDLL, model: _Model, layers: ctypes.Array,
+                 positions: int) -> None:
+        self._model, self._layers, self._positions = model, layers, positions
+        self._decode = library.textgen_decode
+        self._decode.restype = ctypes.c_int
+        self._decode.argtypes = [
+            ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+            ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+            ctypes.c_void_p, ctypes.c_void_p]
+        self._scratch_floats = library.textgen_scratch_floats
+        self._scratch_floats.restype = ctypes.c_int64
+        self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
+        self._model_p = ctypes.byref(model)
+        self._scratch = torch.empty(0)
+        self._kv: Sequence[torch.Tensor] = ()
+        self._kv_pointers = (ctypes.c_void_p * 0)()
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+               kv: Sequence[torch.Tensor], start: int, end: int) -> torch.Tensor:
+        """Logits [rows, vocab] for one token per row; writes column `end` of `kv`.
+
+        tokens, positions: int64 [rows], contiguous; mask: int64 [rows, end - start + 1], the
+        live rows' columns `start..end` (column `end` set), rows contiguous; kv: per layer key
+        then value buffer, float32 [row capacity, kv_heads, columns, dim], contiguous."""
+        rows = tokens.shape[0]
+        capacity, columns = kv[0].shape[0], kv[0].shape[2]
+        if len(kv) != len(self._kv) or any(a is not b for a, b in zip(kv, self._kv)):
+            self._kv = list(kv)
+            self._kv_pointers = (ctypes.c_void_p * len(kv))(*(t.data_ptr() for t in kv))
+        needed = self._scratch_floats(self._model_p, rows, columns)
+        if self._scratch.numel() < needed:
+            self._scratch = torch.empty(needed, dtype=torch.float32)
+        logits = torch.empty((rows, self._model.vocab), dtype=torch.float32)
+        failed = self._decode(self._model_p, rows, start, end, tokens.data_ptr(),
+                              positions.data_ptr(), mask.data_ptr(), mask.stride(0),
+                              self._kv_pointers, capacity, columns, self._positions,
+                              logits.data_ptr(), self._scratch.data_ptr())
+        if failed:
+            raise ValueError("a token id or position is outside the model's tables")
+        return logits
+
+
+def build(embed: torch.Tensor, final_norm: torch.Tensor,
+          lm_head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+          layers: Sequence[object], heads: int, kv_heads: int, dim: int,
+          eps: float) -> Union[DecodeKernel, KernelUnavailable]:
+    """The compiled step over these weights, or why not (logged by the caller).
+
+    `layers` are llama_executor's `_Layer` records; the kernel holds raw pointers, so the
+    executor that owns these tensors must outlive it and never replace them."""
+    tensors = [embed, final_norm, lm_head, cos, sin]
+    for layer in layers:
+        tensors += [t for t in vars(layer).values() if t is not None]
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+           for t in tensors):
+        return KernelUnavailable("the weights are not contiguous float32 on the CPU")
+    if dim > MAX_HEAD_DIM or heads % kv_heads:
+        return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")
+    started = time.monotonic()
+    try:
+        library = _compile()
+    except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
+        return error if isinstance(error, KernelUnavailable) else KernelUnavailable(str(error))
+    records = (_Layer * len(layers))(*[
+        _Layer(*(_pointer(getattr(layer, name)) for name, _ in _Layer._fields_))
+        for layer in layers])
+    inter = layers[0].gate_up.shape[0] // 2
+    model = _Model(len(layers), embed.shape[1], heads, kv_heads, dim, inter, lm_head.shape[0],
+                   eps, *(t.data_ptr() for t in (embed, final_norm, lm_head, cos, sin)),
+                   ctypes.cast(records, ctypes.POINTER(_Layer)))
+    log.info("decode kernel compiled in %.1f s", time.monotonic() - started)
+    return DecodeKernel(library, model, records, positions=cos.shape[0])
