@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger("textgen")
 
 SOURCE = Path(__file__).with_name("decode_kernel.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # decode_kernel.c's `rotate` buffer
 
 _float_p = ctypes.POINTER(ctypes.c_float)
@@ -52,15 +52,16 @@ def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _compile() -> ctypes.CDLL:
+def _compile(target: str) -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise KernelUnavailable("no C compiler (cc or gcc) on PATH")
     # The library stays mapped after its directory is gone.
     with tempfile.TemporaryDirectory(prefix="textgen-kernel-") as build:
         library = Path(build) / "decode_kernel.so"
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(library), "-lmvec", "-lm"],
-                              capture_output=True, text=True, timeout=120)
+        command = [compiler, *FLAGS, f"-march={target}", str(SOURCE), "-o", str(library),
+                   "-lmvec", "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise KernelUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         return ctypes.CDLL(str(library))
@@ -115,10 +116,11 @@ class DecodeKernel:
 def build(embed: torch.Tensor, final_norm: torch.Tensor,
           lm_head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
           layers: Sequence[object], heads: int, kv_heads: int, dim: int,
-          eps: float) -> Union[DecodeKernel, KernelUnavailable]:
+          eps: float, target: str = "native") -> Union[DecodeKernel, KernelUnavailable]:
     """The compiled step over these weights, or why not (logged by the caller).
 
-    `layers` are llama_executor's `_Layer` records; the kernel holds raw pointers, so the
+    `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the
+    path of CPUs without AVX-512). `layers` are llama_executor's `_Layer` records; the kernel holds raw pointers, so the
     executor that owns these tensors must outlive it and never replace them."""
     tensors = [embed, final_norm, lm_head, cos, sin]
     for layer in layers:
@@ -130,7 +132,7 @@ def build(embed: torch.Tensor, final_norm: torch.Tensor,
         return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")
     started = time.monotonic()
     try:
-        library = _compile()
+        library = _compile(target)
     except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
         return error if isinstance(error, KernelUnavailable) else KernelUnavailable(str(error))
     records = (_Layer * len(layers))(*[

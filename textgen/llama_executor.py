@@ -102,7 +102,9 @@ class LlamaExecutor:
         return None
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
-                 context_length: int, kernel: bool = True) -> None:
+                 context_length: int, kernel_target: Optional[str] = "native") -> None:
+        """`kernel_target`: the `-march` to compile the C decode step for (None: the tensor
+        step, which the tests compare it with)."""
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -134,8 +136,8 @@ class LlamaExecutor:
         self._kernel: Optional[decode_kernel.DecodeKernel] = None
         built = decode_kernel.build(
             self._embed, self._final_norm, self._lm_head, self._cos, self._sin, self._layers,
-            self._heads, self._kv_heads, self._head_dim, self._eps) if kernel else \
-            decode_kernel.KernelUnavailable("turned off")
+            self._heads, self._kv_heads, self._head_dim, self._eps, kernel_target) \
+            if kernel_target else decode_kernel.KernelUnavailable("turned off")
         if isinstance(built, decode_kernel.KernelUnavailable):
             log.info("decode step in tensor operations: %s", built)
         else:

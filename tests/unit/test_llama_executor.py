@@ -6,6 +6,8 @@ exactly goes to the HF executor, or fails the load when insisted on."""
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
@@ -74,7 +76,7 @@ def test_greedy_tokens_match_hf_generate_on_random_models_of_each_family(family)
     assert isinstance(executor, LlamaExecutor)
     assert executor.decode_step == "c"
     assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
-    tensor_step = LlamaExecutor(model, 0, CPU, 256, kernel=False)
+    tensor_step = LlamaExecutor(model, 0, CPU, 256, kernel_target=None)
     assert tensor_step.decode_step == "tensor"
     assert executor_greedy(tensor_step, PROMPTS, LATE, model.config.eos_token_id) == expected
 
@@ -87,20 +89,28 @@ def test_greedy_tokens_match_hf_generate_on_the_demo_model(demo_model_dir):
     prompts = [tokenizer.encode(t) for t in ("The list", "A function is", "Exceptions")]
     late = [tokenizer.encode("Python is a programming language that")]
     expected = [hf_greedy(model, p) for p in prompts + late]
-    for executor in (LlamaExecutor(model, 1, CPU, 512), LlamaExecutor(model, 1, CPU, 512, kernel=False),
+    for executor in (LlamaExecutor(model, 1, CPU, 512),
+                     LlamaExecutor(model, 1, CPU, 512, kernel_target=None),
                      HFExecutor(model, 1, CPU)):
         assert executor_greedy(executor, prompts, late, tokenizer.eos_token_id) == expected, \
             executor.name
 
 
-def test_the_c_step_and_the_tensor_step_give_the_same_logits_for_many_rows():
+# The C step's paths: this CPU's (AVX-512 blocks of 4 rows where it has them) and the generic
+# loops that CPUs without AVX-512 run.
+TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_c_step_and_the_tensor_step_give_the_same_logits_for_many_rows(target):
     """32 rows of different lengths (left padding in the cache), rows leaving mid-way."""
     model = random_model(LlamaConfig)
     prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + row % 9)] for row in range(32)]
     runs = []
     with torch.inference_mode():
-        for kernel in (True, False):
-            executor = LlamaExecutor(model, 0, CPU, 256, kernel=kernel)
+        for kernel_target in (target, None):
+            executor = LlamaExecutor(model, 0, CPU, 256, kernel_target=kernel_target)
+            assert executor.decode_step == ("c" if kernel_target else "tensor")
             tokens = executor.prefill(prompts).argmax(dim=-1).tolist()
             steps = []
             for step in range(12):
