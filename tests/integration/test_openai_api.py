@@ -261,6 +261,7 @@ def test_client_that_leaves_before_a_whole_answer_cancels_it_too(gateway, api_ke
     """Not streamed: the frontend notices the hang-up while it waits for the whole text."""
     before = metric(triton, "llm:request_cancellations_total")
     request_id = f"openai-unary-cancel-{time.time_ns()}"
+    # The most tokens a request may ask for: ~80 ms at 0.3 ms a token.
     body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 256,
                        "ignore_eos": True}).encode()
     host, port = gateway.url.removeprefix("http://").split(":")
@@ -269,7 +270,10 @@ def test_client_that_leaves_before_a_whole_answer_cancels_it_too(gateway, api_ke
                      b"Content-Type: application/json\r\n"
                      + f"X-API-Key: {api_key}\r\nx-request-id: {request_id}\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.15)  # the generation has started (256 tokens take over half a second)
+        deadline = time.monotonic() + 5
+        while metric(triton, "vllm:num_requests_running") < 1:  # hang up once it runs
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.002)
     wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
     record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
     assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256

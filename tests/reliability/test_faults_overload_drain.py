@@ -24,7 +24,9 @@ import requests
 from harness import ROOT, RunnerStack, assert_error_contract, http_ok, runner_stack, runtime
 
 REPORT = ROOT / ".run" / "reports" / "reliability.jsonl"
-LONG = {"text_input": "The", "max_tokens": 256, "ignore_eos": True}
+# The most a request may ask for (the demo model's max_tokens limit).
+LONG_TOKENS = 256
+LONG = {"text_input": "The", "max_tokens": LONG_TOKENS, "ignore_eos": True}
 
 
 def report(name: str, **figures: Any) -> None:
@@ -151,7 +153,7 @@ def _crash_under_load(stack: RunnerStack, kill: Any, name: str) -> None:
     ended_after = max(o.seconds for o in outcomes)
     for outcome in outcomes:
         assert outcome.error or outcome.status != 200, outcome  # ended with an error ...
-        assert outcome.tokens < 256  # ... rather than pretending to be complete
+        assert outcome.tokens < LONG_TOKENS  # ... rather than pretending to be complete
     recovery = wait_for_recovery(stack, killed_at)
     report(name, in_flight=len(outcomes), in_flight_ended_with_error=len(outcomes),
            slowest_in_flight_end_s=round(ended_after, 2), recovery_s=round(recovery, 1))
@@ -270,9 +272,9 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
            "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
            "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
            "LLM_KEYS_DIR": str(tmp_path / "keys"), "LLM_DRAIN_TIMEOUT_S": "60",
-           # One sequence at a time: the eight requests in flight then take seconds whatever
-           # the machine's speed, so the drain is surely still running when the refusal is
-           # checked.
+           # One sequence at a time: the 24 requests in flight then take seconds (~0.08 s
+           # each at 0.3 ms a token), so the drain is surely still running when the refusal
+           # is checked.
            "LLM_MAX_NUM_SEQS": "1"}
     key, _ = runtime.KeyStore(tmp_path / "keys").issue("drain", "premium")
     runtime.KeyStore(tmp_path / "keys").issue("dev", "standard")
@@ -295,11 +297,11 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
             time.sleep(0.2)
 
         started = threading.Event()
-        with ThreadPoolExecutor(8) as pool:
-            streams = [pool.submit(stream, stack, LONG, started) for _ in range(6)]
-            unary = [pool.submit(generate, stack, LONG) for _ in range(2)]
+        with ThreadPoolExecutor(24) as pool:
+            streams = [pool.submit(stream, stack, LONG, started) for _ in range(18)]
+            unary = [pool.submit(generate, stack, LONG) for _ in range(6)]
             assert started.wait(30)
-            time.sleep(0.5)
+            time.sleep(0.2)
             stopped_at = time.monotonic()
             runner.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 5
@@ -311,9 +313,9 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
             replies = [u.result(timeout=120)[0] for u in unary]
         exit_code = runner.wait_exit(timeout=120)
         exited_after = time.monotonic() - stopped_at
-        lost = sum(1 for o in outcomes if o.tokens != 256 or o.error) + sum(
+        lost = sum(1 for o in outcomes if o.tokens != LONG_TOKENS or o.error) + sum(
             1 for r in replies if r is None or r.status_code != 200
-            or r.json()["num_output_tokens"] != 256)
+            or r.json()["num_output_tokens"] != LONG_TOKENS)
         report("graceful drain", loading_refusals=loading_refusals,
                not_ready_after_s=round(not_ready_after, 2), in_flight=len(outcomes) + 2,
                lost=lost, exited_after_s=round(exited_after, 1), exit_code=exit_code)
