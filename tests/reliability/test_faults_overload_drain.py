@@ -317,7 +317,8 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
             1 for r in replies if r is None or r.status_code != 200
             or r.json()["num_output_tokens"] != LONG_TOKENS)
         report("graceful drain", loading_refusals=loading_refusals,
-               not_ready_after_s=round(not_ready_after, 2), in_flight=len(outcomes) + len(replies),
+               not_ready_after_s=round(not_ready_after, 2),
+               in_flight=len(outcomes) + len(replies),
                lost=lost, exited_after_s=round(exited_after, 1), exit_code=exit_code)
         assert not_ready_after < 1.0
         assert refused is not None
