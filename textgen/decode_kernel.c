@@ -81,7 +81,8 @@ static void block_4x4(const float *w, const float *bias, const float *x, float *
     }
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++)
-            y[(int64_t)i * y_stride + j] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[j] : 0.0f);
+            y[(int64_t)i * y_stride + j] =
+                _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[j] : 0.0f);
 }
 #endif
 
@@ -156,7 +157,8 @@ static void attend(const float *q, const float *keys, const float *values, const
  * from column `start` to `end` inclusive (row stride `mask_stride`); kv: per
  * layer its key then its value buffer, [row capacity, kv_heads, columns, dim]. Writes
  * column `end` of the cache and the logits [rows, vocab]. Returns 0, or -1 when a
- * position or token is outside the tables (the caller raises). */
+ * token or position is outside the tables or a row or column outside the cache (the caller
+ * raises; nothing was written). */
 int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
                    const int64_t *tokens, const int64_t *positions, const int64_t *mask,
                    int32_t mask_stride, float *const *kv, int32_t row_capacity,
@@ -170,8 +172,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
     float *attn = qkv + (int64_t)rows * qkv_width;   /* [rows, attn_width] */
     float *mlp = attn + (int64_t)rows * attn_width;  /* [rows, 2 * inter] */
     float *scores = mlp + (int64_t)rows * 2 * m->inter;
-    (void)row_capacity;
-
+    if (rows > row_capacity || start < 0 || start > end || end >= columns) return -1;
     for (int r = 0; r < rows; r++) {
         if (tokens[r] < 0 || tokens[r] >= m->vocab || positions[r] < 0
             || positions[r] >= table_positions)
@@ -189,7 +190,8 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
         for (int r = 0; r < rows; r++) {
             float *row = qkv + (int64_t)r * qkv_width;
             const float *cos = m->cos + positions[r] * dim, *sin = m->sin + positions[r] * dim;
-            for (int head = 0; head < heads + kv_heads; head++) rotate(row + head * dim, cos, sin, dim);
+            for (int head = 0; head < heads + kv_heads; head++)
+                rotate(row + head * dim, cos, sin, dim);
             for (int kh = 0; kh < kv_heads; kh++) {
                 int64_t slot = (((int64_t)r * kv_heads + kh) * columns + end) * dim;
                 memcpy(keys + slot, row + (heads + kh) * dim, sizeof(float) * dim);

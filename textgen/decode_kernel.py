@@ -109,7 +109,8 @@ class DecodeKernel:
                               self._kv_pointers, capacity, columns, self._positions,
                               logits.data_ptr(), self._scratch.data_ptr())
         if failed:
-            raise ValueError("a token id or position is outside the model's tables")
+            raise ValueError("a token id or position is outside the model's tables, or a row "
+                             "or column outside the cache")
         return logits
 
 
@@ -120,8 +121,9 @@ def build(embed: torch.Tensor, final_norm: torch.Tensor,
     """The compiled step over these weights, or why not (logged by the caller).
 
     `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the
-    path of CPUs without AVX-512). `layers` are llama_executor's `_Layer` records; the kernel holds raw pointers, so the
-    executor that owns these tensors must outlive it and never replace them."""
+    path of CPUs without AVX-512). `layers` are llama_executor's `_Layer` records. The
+    kernel holds raw pointers, so the executor that owns these tensors must outlive it and
+    never replace them."""
     tensors = [embed, final_norm, lm_head, cos, sin]
     for layer in layers:
         tensors += [t for t in vars(layer).values() if t is not None]
