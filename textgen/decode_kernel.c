@@ -120,13 +120,13 @@ static void rotate(float *x, const float *cos, const float *sin, int dim) {
     for (int d = 0; d < dim; d++) x[d] = x[d] * cos[d] + rotated[d] * sin[d];
 }
 
-/* One head of one row: softmax(q k^T / sqrt(dim)) v over the columns the row's mask keeps
- * (mask[0] is column `start`). */
+/* One head of one row: softmax(q k^T / sqrt(dim)) v over columns `start..end`, skipping
+ * those `mask` (mask[0] is column `start`) zeroes; a NULL mask keeps them all. */
 static void attend(const float *q, const float *keys, const float *values, const int64_t *mask,
                    int start, int end, int dim, float *scores, float *out) {
     float scale = 1.0f / sqrtf((float)dim), top = -INFINITY;
     for (int c = start; c <= end; c++) {
-        if (!mask[c - start]) continue;
+        if (mask && !mask[c - start]) continue;
         const float *k = keys + (int64_t)c * dim;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
@@ -137,12 +137,12 @@ static void attend(const float *q, const float *keys, const float *values, const
     float total = 0.0f;
 #pragma omp simd reduction(+ : total)
     for (int c = 0; c <= end - start; c++) {
-        scores[c] = mask[c] ? expf(scores[c] - top) : 0.0f;
+        scores[c] = (!mask || mask[c]) ? expf(scores[c] - top) : 0.0f;
         total += scores[c];
     }
     memset(out, 0, sizeof(float) * dim);
     for (int c = start; c <= end; c++) {
-        if (!mask[c - start]) continue;
+        if (mask && !mask[c - start]) continue;
         const float *v = values + (int64_t)c * dim;
         float p = scores[c - start];
 #pragma omp simd
@@ -151,6 +151,19 @@ static void attend(const float *q, const float *keys, const float *values, const
     float inverse = 1.0f / total;
 #pragma omp simd
     for (int d = 0; d < dim; d++) out[d] *= inverse;
+}
+
+/* The columns row `row_mask` attends to: from its first kept column to `end`. A row is left
+ * padded (KVBatch), so they are normally all kept and the mask is not needed (NULL); else
+ * the mask from that column. Skipping the padding matters: one long prompt in the batch
+ * widens every row's columns. */
+static const int64_t *row_columns(const int64_t *row_mask, int start, int end, int *first) {
+    int c = start;
+    while (c < end && !row_mask[c - start]) c++;
+    *first = c;
+    for (int k = c; k <= end; k++)
+        if (!row_mask[k - start]) return row_mask + (c - start);
+    return NULL;
 }
 
 /* One token for each of `rows` rows. tokens, positions: [rows]; mask: the live rows' mask
@@ -197,11 +210,13 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
                 memcpy(keys + slot, row + (heads + kh) * dim, sizeof(float) * dim);
                 memcpy(values + slot, row + (heads + kv_heads + kh) * dim, sizeof(float) * dim);
             }
+            int first;
+            const int64_t *kept = row_columns(mask + (int64_t)r * mask_stride, start, end,
+                                              &first);
             for (int head = 0; head < heads; head++) {
                 int64_t base = ((int64_t)r * kv_heads + head / group) * columns * dim;
-                attend(row + head * dim, keys + base, values + base,
-                       mask + (int64_t)r * mask_stride, start, end, dim, scores,
-                       attn + (int64_t)r * attn_width + head * dim);
+                attend(row + head * dim, keys + base, values + base, kept, first, end, dim,
+                       scores, attn + (int64_t)r * attn_width + head * dim);
             }
         }
         /* x += attn W_out^T (+ bias), through h as the product's output */
