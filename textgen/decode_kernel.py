@@ -27,8 +27,6 @@ SOURCE = Path(__file__).with_name("decode_kernel.c")
 FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # decode_kernel.c's `rotate` buffer
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-
 
 class _Layer(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
