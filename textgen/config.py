@@ -21,6 +21,7 @@ ENV_OVERRIDES = {
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
     "executor": "LLM_EXECUTOR",
+    "decode_step": "LLM_DECODE_STEP",
     "quantization": "LLM_QUANTIZATION",
     "max_num_seqs": "LLM_MAX_NUM_SEQS",
     "max_queue_size": "LLM_MAX_QUEUE_SIZE",
@@ -35,6 +36,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULING = ("continuous", "static")
 EXECUTORS = ("auto", "hf", "llama")  # see executor.py
+DECODE_STEPS = ("auto", "c", "tensor")  # see select_executor
 QUANTIZATIONS = ("none", "int8")
 
 
@@ -70,6 +72,10 @@ class EngineConfig:
     # auto: the lean Llama-family forward where it computes exactly what the HF module does,
     # else the HF module (hf); llama insists on the lean one and fails the load otherwise.
     executor: str = "auto"
+    # auto: the llama executor's float32 CPU decode step in C (textgen/decode_kernel.c,
+    # compiled at load) where a C compiler is present, else tensor operations; tensor turns
+    # the native code off; c insists and fails the load with the reason otherwise.
+    decode_step: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
     max_batch_total_tokens: int = 8192
@@ -175,6 +181,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         dtype=_choice(params, "dtype", DTYPES),
         scheduling=_choice(params, "scheduling", SCHEDULING),
         executor=_choice(params, "executor", EXECUTORS),
+        decode_step=_choice(params, "decode_step", DECODE_STEPS),
         quantization=_choice(params, "quantization", QUANTIZATIONS),
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",

@@ -90,8 +90,12 @@ class HFExecutor:
 
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
-                    context_length: int) -> Executor:
-    """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's."""
+                    context_length: int, decode_step: str = "auto") -> Executor:
+    """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
+
+    `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step in
+    C where it compiles, `tensor` never does (the switch to turn the native code off), `c`
+    fails the load when it cannot."""
     from .llama_executor import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
@@ -99,7 +103,16 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
         raise ModelLoadError(f"executor `llama` cannot run this model: {reason}; "
                              f"use executor `auto` or `hf`")
     if requested == "hf" or reason:
+        if decode_step == "c":
+            why = "executor `hf` was asked for" if requested == "hf" else reason
+            raise ModelLoadError(f"decode step `c` needs the `llama` executor, and {why}; "
+                                 "use decode step `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
         return HFExecutor(model, pad_id, device)
-    return LlamaExecutor(model, pad_id, device, context_length)
+    executor = LlamaExecutor(model, pad_id, device, context_length,
+                             kernel_target=None if decode_step == "tensor" else "native")
+    if decode_step == "c" and executor.kernel_unavailable:
+        raise ModelLoadError(f"decode step `c` is not available here: "
+                             f"{executor.kernel_unavailable}; use decode step `auto` or `tensor`")
+    return executor

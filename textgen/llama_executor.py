@@ -138,7 +138,10 @@ class LlamaExecutor:
             self._embed, self._final_norm, self._lm_head, self._cos, self._sin, self._layers,
             self._heads, self._kv_heads, self._head_dim, self._eps, kernel_target) \
             if kernel_target else decode_kernel.KernelUnavailable("turned off")
+        # Why the C step is not used (None when it is): for the log and `decode_step` `c`.
+        self.kernel_unavailable: Optional[str] = None
         if isinstance(built, decode_kernel.KernelUnavailable):
+            self.kernel_unavailable = str(built)
             log.info("decode step in tensor operations: %s", built)
         else:
             self._kernel = built

@@ -75,7 +75,7 @@ class TransformersEngine:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
-                                        self.limits.context_length)
+                                        self.limits.context_length, config.decode_step)
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._wakeup = threading.Condition()

@@ -44,6 +44,7 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "max_new_tokens": "8", "default_max_tokens": "9"},
      "`default_max_tokens` \\(9\\) must not exceed `max_new_tokens` \\(8\\)"),
     ({"model_dir": "m", "executor": "onnx"}, "`executor` must be one of auto, hf, llama"),
+    ({"model_dir": "m", "decode_step": "asm"}, "`decode_step` must be one of auto, c, tensor"),
     ({"model_dir": "m", "engine": "tgi"}, "`engine` must be one of auto, transformers, vllm"),
     ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be an integer from -20 to 19"),
     ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be an integer from -20"),

@@ -136,6 +136,19 @@ def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkey
     assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
 
 
+def test_the_decode_step_setting_turns_the_c_step_off_or_insists_on_it(monkeypatch):
+    model = random_model(LlamaConfig)
+    assert select_executor("auto", model, 0, CPU, 256, decode_step="tensor").decode_step \
+        == "tensor"
+    assert select_executor("auto", model, 0, CPU, 256, decode_step="c").decode_step == "c"
+    with pytest.raises(ModelLoadError, match="decode step `c` needs the `llama` executor"):
+        select_executor("hf", model, 0, CPU, 256, decode_step="c")
+    monkeypatch.setattr(decode_kernel.shutil, "which", lambda name: None)
+    with pytest.raises(ModelLoadError,
+                       match="decode step `c` is not available here: no C compiler"):
+        select_executor("auto", model, 0, CPU, 256, decode_step="c")
+
+
 def test_the_c_step_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
     model = random_model(LlamaConfig)
     executor = LlamaExecutor(model, 0, CPU, 256)
