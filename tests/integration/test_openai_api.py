@@ -70,7 +70,10 @@ def test_streamed_completion_concatenates_to_the_whole_answer(client):
     chunks = list(client.completions.create(model=MODEL, prompt="The list", max_tokens=120,
                                             temperature=0, stream=True,
                                             extra_body={"ignore_eos": True}))
-    assert len(chunks) > 3 and all(c.object == "text_completion" for c in chunks)
+    # The first token alone, at least one more piece, then the end; how many pieces come
+    # between depends on the engine's speed against the 25 ms stream interval (120 tokens
+    # now take ~40 ms).
+    assert len(chunks) >= 3 and all(c.object == "text_completion" for c in chunks)
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "length"
     assert all(c.usage is None for c in chunks)  # no usage unless asked for

@@ -32,7 +32,9 @@ def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:
     return infer_inputs(grpcclient, prompt, max_tokens=max_tokens)
 
 
-# Long enough (ignore_eos) to span several stream intervals (25 ms by default).
+# Long enough (ignore_eos) to span at least one stream interval (25 ms by default): ~60 ms at
+# the C decode step's speed. A stream is then the first token alone, at least one more piece,
+# and the final event; how many pieces come between depends on the engine's speed.
 LONG = {**BODY, "max_tokens": 200, "ignore_eos": True}
 
 
@@ -45,7 +47,7 @@ def test_sse_stream_sends_the_first_token_at_once_then_pieces_that_make_the_unar
     # The first event is the first token alone; later ones carry what the engine made in one
     # stream interval; the last one has the counts and no text.
     assert events[0]["text_output"] == first["text_output"]
-    assert len(events) > 3
+    assert len(events) >= 3
     assert "".join(e["text_output"] for e in events) == unary["text_output"]
     final = events[-1]
     assert final["finish_reason"] == unary["finish_reason"]
@@ -58,7 +60,7 @@ def test_stream_through_the_gateway_uses_the_llm_route(gateway, api_key):
     events = sse_events(gateway.url + "/v2/models/llm/generate_stream", LONG,
                         {"X-API-Key": api_key})
     alias = sse_events(gateway.url + "/generate_stream", LONG, {"X-API-Key": api_key})
-    assert len(events) > 3 and len(alias) > 3
+    assert len(events) >= 3 and len(alias) >= 3
     assert "".join(e["text_output"] for e in events) == "".join(e["text_output"] for e in alias)
     assert events[-1] == alias[-1]  # the final event: finish reason and token counts
 
