@@ -11,8 +11,8 @@ twice and the HF module still computes the same thing.
 
 On a CPU with a C compiler, a float32 model's decode step runs instead as one call into C
 (decode_kernel.c, compiled at load in under a second): the same mathematics without a
-tensor operation's dispatch per step and layer, ~0.18 ms a token for the demo model against
-~0.67 ms in tensor operations. Prefill stays in tensor operations, where matrix products
+tensor operation's dispatch per step and layer, ~0.10 ms a step of one row for the demo model
+against ~0.67 ms in tensor operations (README, Performance). Prefill stays in tensor operations, where matrix products
 over many tokens pay for their dispatch.
 
 Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
