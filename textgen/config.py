@@ -72,7 +72,7 @@ class EngineConfig:
     # auto: the lean Llama-family forward where it computes exactly what the HF module does,
     # else the HF module (hf); llama insists on the lean one and fails the load otherwise.
     executor: str = "auto"
-    # auto: the llama executor's float32 CPU decode step in C (textgen/decode_kernel.c,
+    # auto: the llama executor's float32 CPU decode step in C (textgen/forward_kernel.c,
     # compiled at load) where a C compiler is present, else tensor operations; tensor turns
     # the native code off; c insists and fails the load with the reason otherwise.
     decode_step: str = "auto"

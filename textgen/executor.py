@@ -9,7 +9,7 @@ and forgets the rows that finished. Two exist:
 - `HFExecutor` calls the Hugging Face module (any causal LM transformers can load);
 - `LlamaExecutor` (llama_executor.py) runs the Llama family's forward from the same weights in
   a few fused tensor operations per layer, and its float32 decode step on a CPU as one call
-  into C (decode_kernel.c): a step costs a fraction of the HF modules' Python, which is what
+  into C (forward_kernel.c): a step costs a fraction of the HF modules' Python, which is what
   bounds a lone stream on a CPU.
 
 `select_executor` picks the lean one where it applies (see `LlamaExecutor.unsupported_reason`)

@@ -1,7 +1,7 @@
 """The lean Llama-family forward computes what Hugging Face computes: greedy tokens identical to
 HF `generate`, on the demo model and on randomly initialised Llama (grouped-query attention),
 Mistral and Qwen2 (q/k/v biases) models; rows joining mid-generation and left padding included;
-with its decode step in C (decode_kernel.c) and in tensor operations alike. What it cannot run
+with its decode step and prefill in C (forward_kernel.c) and in tensor operations alike. What it cannot run
 exactly goes to the HF executor, or fails the load when insisted on."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
                           Qwen2Config)
 
-from textgen import decode_kernel
+from textgen import forward_kernel
 from textgen.executor import HFExecutor, select_executor
 from textgen.llama_executor import LlamaExecutor
 from textgen.loading import ModelLoadError, quantize_linear_int8
@@ -102,23 +102,26 @@ TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_c_step_and_the_tensor_step_give_the_same_logits_for_many_rows(target):
-    """32 rows of different lengths (left padding in the cache), rows leaving mid-way."""
+def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target):
+    """32 prompts of 1 to 45 tokens prefilled together (short ones by dot products, long ones
+    by packed panels; left padding in the cache), then decode steps of 32 rows (panels) and,
+    after rows leave, fewer."""
     model = random_model(LlamaConfig)
-    prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + row % 9)] for row in range(32)]
+    prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + (13 * row) % 45)] for row in range(32)]
     runs = []
     with torch.inference_mode():
         for kernel_target in (target, None):
             executor = LlamaExecutor(model, 0, CPU, 256, kernel_target=kernel_target)
             assert executor.decode_step == ("c" if kernel_target else "tensor")
-            tokens = executor.prefill(prompts).argmax(dim=-1).tolist()
-            steps = []
+            logits = executor.prefill(prompts)
+            steps = [logits]
+            tokens = logits.argmax(dim=-1).tolist()
             for step in range(12):
                 logits = executor.decode(tokens)
                 steps.append(logits)
                 tokens = logits.argmax(dim=-1).tolist()
                 if step == 5:
-                    order = executor.drop([0, 7, 31])
+                    order = executor.drop([row for row in range(32) if row % 3])
                     tokens = [tokens[row] for row in order]
             runs.append(steps)
     for c_step, tensor_step in zip(*runs):
@@ -126,12 +129,12 @@ def test_the_c_step_and_the_tensor_step_give_the_same_logits_for_many_rows(targe
 
 
 def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkeypatch, caplog):
-    monkeypatch.setattr(decode_kernel.shutil, "which", lambda name: None)
+    monkeypatch.setattr(forward_kernel.shutil, "which", lambda name: None)
     model = random_model(LlamaConfig)
     with caplog.at_level("INFO", logger="textgen"):
         executor = LlamaExecutor(model, 0, CPU, 256)
     assert executor.decode_step == "tensor"
-    assert "decode step in tensor operations: no C compiler" in caplog.text
+    assert "decode step and prefill in tensor operations: no C compiler" in caplog.text
     expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
     assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
 
@@ -143,16 +146,18 @@ def test_the_decode_step_setting_turns_the_c_step_off_or_insists_on_it(monkeypat
     assert select_executor("auto", model, 0, CPU, 256, decode_step="c").decode_step == "c"
     with pytest.raises(ModelLoadError, match="decode step `c` needs the `llama` executor"):
         select_executor("hf", model, 0, CPU, 256, decode_step="c")
-    monkeypatch.setattr(decode_kernel.shutil, "which", lambda name: None)
+    monkeypatch.setattr(forward_kernel.shutil, "which", lambda name: None)
     with pytest.raises(ModelLoadError,
                        match="decode step `c` is not available here: no C compiler"):
         select_executor("auto", model, 0, CPU, 256, decode_step="c")
 
 
-def test_the_c_step_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
+def test_the_c_forward_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
     model = random_model(LlamaConfig)
     executor = LlamaExecutor(model, 0, CPU, 256)
     with torch.inference_mode():
+        with pytest.raises(ValueError, match="outside the model's table"):
+            executor.prefill([[5, model.config.vocab_size, 7]])
         executor.prefill([[5, 6, 7]])
         with pytest.raises(ValueError, match="outside the model's tables"):
             executor.decode([model.config.vocab_size])

@@ -1,11 +1,12 @@
-"""The decode step in C (decode_kernel.c): compiled when the model loads, called through ctypes.
+"""The forward pass in C (forward_kernel.c): compiled when the model loads, called through ctypes.
 
-Why: see decode_kernel.c. Compiling takes about a second with the system's C compiler, for the
-CPU it runs on (`-march=native`), into a private temporary directory, so no binary built for
-another machine is ever loaded. Where there is no compiler, the model is not float32 on a CPU,
-or the build fails, `build` says why and the executor keeps its tensor forward: the kernel is a
-speed-up, never a requirement. ctypes releases the GIL for the call, so the step's Python
-neighbours (the link, the metrics thread) run on the other core meanwhile.
+Why: see forward_kernel.c. It runs both the decode step and the prefill of a prompt. Compiling
+takes about a second with the system's C compiler, for the CPU it runs on (`-march=native`),
+into a private temporary directory, so no binary built for another machine is ever loaded.
+Where there is no compiler, the model is not float32 on a CPU, or the build fails, `build` says
+why and the executor keeps its tensor forward: the kernel is a speed-up, never a requirement.
+ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
+thread) run on the other core meanwhile.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 
 log = logging.getLogger("textgen")
 
-SOURCE = Path(__file__).with_name("decode_kernel.c")
+SOURCE = Path(__file__).with_name("forward_kernel.c")
 FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
-MAX_HEAD_DIM = 1024  # decode_kernel.c's `rotate` buffer
+MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
 
 
 class _Layer(ctypes.Structure):
@@ -56,7 +57,7 @@ def _compile(target: str) -> ctypes.CDLL:
         raise KernelUnavailable("no C compiler (cc or gcc) on PATH")
     # The library stays mapped after its directory is gone.
     with tempfile.TemporaryDirectory(prefix="textgen-kernel-") as build:
-        library = Path(build) / "decode_kernel.so"
+        library = Path(build) / "forward_kernel.so"
         command = [compiler, *FLAGS, f"-march={target}", str(SOURCE), "-o", str(library),
                    "-lmvec", "-lm"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -65,7 +66,7 @@ def _compile(target: str) -> ctypes.CDLL:
         return ctypes.CDLL(str(library))
 
 
-class DecodeKernel:
+class ForwardKernel:
     """The compiled step bound to one model's weights (which the caller keeps alive)."""
 
     def __init__(self, library: ctypes.CDLL, model: _Model, layers: ctypes.Array,
@@ -78,6 +79,11 @@ class DecodeKernel:
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_void_p]
+        self._prefill = library.textgen_prefill
+        self._prefill.restype = ctypes.c_int
+        self._prefill.argtypes = [
+            ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
         self._scratch_floats = library.textgen_scratch_floats
         self._scratch_floats.restype = ctypes.c_int64
         self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
@@ -98,24 +104,51 @@ class DecodeKernel:
         if len(kv) != len(self._kv) or any(a is not b for a, b in zip(kv, self._kv)):
             self._kv = list(kv)
             self._kv_pointers = (ctypes.c_void_p * len(kv))(*(t.data_ptr() for t in kv))
-        needed = self._scratch_floats(self._model_p, rows, columns)
-        if self._scratch.numel() < needed:
-            self._scratch = torch.empty(needed, dtype=torch.float32)
         logits = torch.empty((rows, self._model.vocab), dtype=torch.float32)
         failed = self._decode(self._model_p, rows, start, end, tokens.data_ptr(),
                               positions.data_ptr(), mask.data_ptr(), mask.stride(0),
                               self._kv_pointers, capacity, columns, self._positions,
-                              logits.data_ptr(), self._scratch.data_ptr())
+                              logits.data_ptr(), self._scratch_for(rows, columns))
         if failed:
             raise ValueError("a token id or position is outside the model's tables, or a row "
                              "or column outside the cache")
         return logits
 
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[
+            list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The prompts' keys and values, per layer [prompts, kv_heads, length, dim] left padded
+        to the longest (padding columns zero: the mask hides them), and the logits of each
+        prompt's last token, [prompts, vocab].
+
+        Each prompt is its own call: no prompt pays for another's padding."""
+        count, length = len(prompts), max(map(len, prompts))
+        model = self._model
+        shape = (count, model.kv_heads, length, model.dim)
+        kv = [torch.zeros(shape) for _ in range(2 * model.layers)]
+        logits = torch.empty((count, model.vocab), dtype=torch.float32)
+        scratch = self._scratch_for(length, length)
+        for i, prompt in enumerate(prompts):
+            tokens = torch.tensor(prompt, dtype=torch.int64)
+            pointers = (ctypes.c_void_p * len(kv))(*(t[i].data_ptr() for t in kv))
+            if self._prefill(self._model_p, len(prompt), tokens.data_ptr(), pointers, length,
+                             length - len(prompt), self._positions, logits[i].data_ptr(),
+                             scratch):
+                raise ValueError("a token id is outside the model's table, or the prompt is "
+                                 "empty or longer than its rotary table")
+        return list(zip(kv[0::2], kv[1::2])), logits
+
+    def _scratch_for(self, rows: int, columns: int) -> int:
+        """The address of scratch space for a call over `rows` rows and `columns` columns."""
+        needed = self._scratch_floats(self._model_p, rows, columns)
+        if self._scratch.numel() < needed:
+            self._scratch = torch.empty(needed, dtype=torch.float32)
+        return self._scratch.data_ptr()
+
 
 def build(embed: torch.Tensor, final_norm: torch.Tensor,
           lm_head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
           layers: Sequence[object], heads: int, kv_heads: int, dim: int,
-          eps: float, target: str = "native") -> Union[DecodeKernel, KernelUnavailable]:
+          eps: float, target: str = "native") -> Union[ForwardKernel, KernelUnavailable]:
     """The compiled step over these weights, or why not (logged by the caller).
 
     `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the
@@ -143,4 +176,4 @@ def build(embed: torch.Tensor, final_norm: torch.Tensor,
                    eps, *(t.data_ptr() for t in (embed, final_norm, lm_head, cos, sin)),
                    ctypes.cast(records, ctypes.POINTER(_Layer)))
     log.info("decode kernel compiled in %.1f s", time.monotonic() - started)
-    return DecodeKernel(library, model, records, positions=cos.shape[0])
+    return ForwardKernel(library, model, records, positions=cos.shape[0])

@@ -1,0 +1,451 @@
+/* The forward pass of the Llama family in plain C, over the same float32 weights and slot cache
+ * as textgen/llama_executor.py (which compiles this at load and calls it through ctypes): one
+ * decode step of the running rows, or the prefill of one prompt.
+ *
+ * Why: a decode step of a small model on a CPU is bound by per-operation overhead, not by
+ * arithmetic. Even the lean tensor forward spends ~100 tensor operations a step, each a
+ * dispatch through Python and ATen for a few hundred floats, and the matrix library's
+ * set-up costs as much as a 128-wide product. Here a step is one call: for each layer an RMS
+ * norm, the fused q/k/v product, rotary embedding, one column of keys and values written into
+ * the cache, attention over each row's own columns, the output projection, the fused gate/up
+ * product, SiLU and the down projection; then the final norm and the vocabulary projection.
+ * A prefill is the same layers with the prompt's tokens as the rows, each attending to the
+ * columns the tokens before it wrote; its products pack the weights into panels, which makes
+ * them as fast as the matrix library's, and the rest costs a fraction of the tensor ops'.
+ *
+ * The mathematics and the order of every operation follow llama_executor.py; only the order
+ * of additions inside dot products differs (vector lanes), as it does between matrix
+ * libraries. The caller holds every pointer alive for the call.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* glibc's vector expf (libmvec) for the `omp simd` loops below: math.h declares it only under
+ * -ffast-math, which would also license reordering the rest of this file's arithmetic. */
+#pragma omp declare simd notinbranch
+float expf(float);
+
+typedef struct {
+    const float *input_norm;  /* [hidden] */
+    const float *qkv;         /* [(heads + 2 * kv_heads) * dim, hidden] */
+    const float *qkv_bias;    /* same rows, or NULL */
+    const float *out;         /* [hidden, heads * dim] */
+    const float *out_bias;    /* [hidden] or NULL */
+    const float *post_norm;   /* [hidden] */
+    const float *gate_up;     /* [2 * inter, hidden]: gate rows, then up rows */
+    const float *down;        /* [hidden, inter] */
+} Layer;
+
+typedef struct {
+    int32_t layers, hidden, heads, kv_heads, dim, inter, vocab;
+    float eps;
+    const float *embed;       /* [vocab, hidden] */
+    const float *final_norm;  /* [hidden] */
+    const float *lm_head;     /* [vocab, hidden] */
+    const float *cos;         /* [positions, dim] */
+    const float *sin;         /* [positions, dim], rotate_half's signs folded in */
+    const Layer *layer;
+} Model;
+
+/* The widest input of any product: a weight panel holds 32 of its rows. */
+static int64_t panel_floats(const Model *m) {
+    int64_t in = m->hidden;
+    if ((int64_t)m->heads * m->dim > in) in = (int64_t)m->heads * m->dim;
+    if (m->inter > in) in = m->inter;
+    return in * 32 + 16;  /* + room to align it to 64 bytes */
+}
+
+/* Scratch floats a call over `rows` rows and `columns` columns needs (the caller allocates
+ * them once per size). */
+int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns) {
+    int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
+    int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
+                      + 2 * (int64_t)m->inter;
+    return panel_floats(m) + rows * per_row + columns;
+}
+
+/* The scratch space of a call, carved as textgen_scratch_floats counts it. */
+typedef struct {
+    float *panel;   /* a packed weight panel, 64-byte aligned */
+    float *x;       /* [rows, hidden] residual stream */
+    float *h;       /* [rows, hidden] normed, or a product's output */
+    float *qkv;     /* [rows, (heads + 2 kv_heads) dim] */
+    float *attn;    /* [rows, heads dim] */
+    float *mlp;     /* [rows, 2 inter] */
+    float *scores;  /* [columns] */
+} Scratch;
+
+static Scratch carve(const Model *m, float *base, int32_t rows) {
+    Scratch s;
+    s.panel = (float *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
+    s.x = base + panel_floats(m);
+    s.h = s.x + (int64_t)rows * m->hidden;
+    s.qkv = s.h + (int64_t)rows * m->hidden;
+    s.attn = s.qkv + (int64_t)rows * (m->heads + 2 * m->kv_heads) * m->dim;
+    s.mlp = s.attn + (int64_t)rows * m->heads * m->dim;
+    s.scores = s.mlp + (int64_t)rows * 2 * m->inter;
+    return s;
+}
+
+static void rms_norm(const float *x, const float *weight, float *y, int n, float eps) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) sum += x[i] * x[i];
+    float scale = 1.0f / sqrtf(sum / (float)n + eps);
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] = x[i] * scale * weight[i];
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* The four sums of four vectors, as one vector: halving each vector and adding pairs
+ * (~5 instructions a sum, against ~10 for four separate horizontal reductions). */
+static inline __m128 sum4(const __m512 v[4]) {
+    __m256 h[4];
+    for (int j = 0; j < 4; j++)
+        h[j] = _mm256_add_ps(_mm512_castps512_ps256(v[j]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)));
+    __m128 q[4];
+    for (int j = 0; j < 4; j++)
+        q[j] = _mm_add_ps(_mm256_castps256_ps128(h[j]), _mm256_extractf128_ps(h[j], 1));
+    return _mm_hadd_ps(_mm_hadd_ps(q[0], q[1]), _mm_hadd_ps(q[2], q[3]));
+}
+
+/* `nr` rows (1 or 4) by four outputs: with four rows, 16 accumulators and eight loads for
+ * sixteen multiply-adds. `in` is a multiple of 16. */
+static inline __attribute__((always_inline)) void block(
+        const float *w, const float *bias, const float *x, float *y, int in, int x_stride,
+        int y_stride, const int nr) {
+    __m512 acc[4][4];
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < in; k += 16) {
+        __m512 wv[4], xv[4];
+        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w + (int64_t)j * in + k);
+        for (int i = 0; i < nr; i++) xv[i] = _mm512_loadu_ps(x + (int64_t)i * x_stride + k);
+        for (int i = 0; i < nr; i++)
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv[i], acc[i][j]);
+    }
+    __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+    for (int i = 0; i < nr; i++)
+        _mm_storeu_ps(y + (int64_t)i * y_stride, _mm_add_ps(sum4(acc[i]), b));
+}
+#endif
+
+/* Rows from which a product packs its weights into panels, and the rows of a panel tile.
+ * Packing costs a pass over the weights, which pays from about 16 rows (demo model, one core:
+ * a decode step of 32 rows 2.4-2.6 -> 1.7-2.0 ms, a 65-token prefill 2.4 -> 2.0 ms); with fewer,
+ * dot products read each weight once and are as fast or faster (12 rows: 0.89 against 0.93 ms).
+ */
+#define PANEL_MIN_ROWS 16
+#define PANEL_ROWS 8
+
+#if defined(__AVX512F__)
+/* `nr` rows (up to PANEL_ROWS) by 32 outputs from a packed panel ([in][32]: 32 weight rows,
+ * transposed): per input one load of the panel's two vectors and one broadcast a row feed
+ * two multiply-adds a row, with no horizontal sums at the end. */
+static inline __attribute__((always_inline)) void panel_block(
+        const float *panel, const float *bias, const float *x, float *y, int in, int x_stride,
+        int y_stride, const int nr) {
+    __m512 acc[PANEL_ROWS][2];
+    for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < in; k++) {
+        __m512 w0 = _mm512_load_ps(panel + (int64_t)k * 32);
+        __m512 w1 = _mm512_load_ps(panel + (int64_t)k * 32 + 16);
+        for (int i = 0; i < nr; i++) {
+            __m512 xv = _mm512_set1_ps(x[(int64_t)i * x_stride + k]);
+            acc[i][0] = _mm512_fmadd_ps(xv, w0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(xv, w1, acc[i][1]);
+        }
+    }
+    __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    for (int i = 0; i < nr; i++) {
+        _mm512_storeu_ps(y + (int64_t)i * y_stride, _mm512_add_ps(acc[i][0], b0));
+        _mm512_storeu_ps(y + (int64_t)i * y_stride + 16, _mm512_add_ps(acc[i][1], b1));
+    }
+}
+
+/* The panel product (many rows, `out` a multiple of 32): each 32 weight rows are transposed
+ * once into `panel` ([in][32], 64-byte aligned), then every row tile reads them from L1. */
+static void matmul_panels(const float *w, const float *bias, const float *x, float *y,
+                          int rows, int in, int out, int x_stride, int y_stride, float *panel) {
+    for (int n = 0; n < out; n += 32) {
+        for (int j = 0; j < 32; j++) {
+            const float *wj = w + (int64_t)(n + j) * in;
+            for (int k = 0; k < in; k++) panel[(int64_t)k * 32 + j] = wj[k];
+        }
+        const float *bn = bias ? bias + n : NULL;
+        int r = 0;
+        for (; r + PANEL_ROWS <= rows; r += PANEL_ROWS)
+            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                        x_stride, y_stride, PANEL_ROWS);
+        for (; r + 4 <= rows; r += 4)
+            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                        x_stride, y_stride, 4);
+        for (; r < rows; r++)
+            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                        x_stride, y_stride, 1);
+    }
+}
+#endif
+
+/* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. Outputs outside, rows inside:
+ * a few weight rows stay in L1 while every row uses them, so a step reads the weights from
+ * memory once, however many rows it decodes (rows outside re-read all of them per rows).
+ * `panel`: scratch of panel_floats() floats. */
+static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
+                        int in, int out, int x_stride, int y_stride, float *panel) {
+#if defined(__AVX512F__)
+    if (rows >= PANEL_MIN_ROWS && out % 32 == 0) {
+        matmul_panels(w, bias, x, y, rows, in, out, x_stride, y_stride, panel);
+        return;
+    }
+    if (in % 16 == 0 && out % 4 == 0) {
+        for (int n = 0; n < out; n += 4) {
+            const float *wn = w + (int64_t)n * in, *bn = bias ? bias + n : NULL;
+            int r = 0;
+            for (; r + 4 <= rows; r += 4)
+                block(wn, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                      x_stride, y_stride, 4);
+            for (; r < rows; r++)
+                block(wn, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                      x_stride, y_stride, 1);
+        }
+        return;
+    }
+#else
+    (void)panel;
+#endif
+    for (int n = 0; n < out; n++) {
+        const float *wn = w + (int64_t)n * in;
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (int64_t)r * x_stride;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int k = 0; k < in; k++) acc += wn[k] * xr[k];
+            y[(int64_t)r * y_stride + n] = acc + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+/* x * cos + x[swap] * sin, where swap exchanges the two halves of the head (rotate_half). */
+static void rotate(float *x, const float *cos, const float *sin, int dim) {
+    float rotated[1024];
+    int half = dim / 2;
+    for (int d = 0; d < dim; d++) rotated[d] = x[d < half ? d + half : d - half];
+    for (int d = 0; d < dim; d++) x[d] = x[d] * cos[d] + rotated[d] * sin[d];
+}
+
+/* scores[c] = q . keys[c] for `n` consecutive columns of `dim` floats. */
+static void dots(const float *q, const float *keys, int n, int dim, float *scores) {
+    int c = 0;
+#if defined(__AVX512F__)
+    if (dim % 16 == 0) {
+        for (; c + 4 <= n; c += 4) {  /* four columns a reduction tree, as in `block` */
+            __m512 acc[4];
+            for (int j = 0; j < 4; j++) acc[j] = _mm512_setzero_ps();
+            for (int d = 0; d < dim; d += 16) {
+                __m512 qv = _mm512_loadu_ps(q + d);
+                for (int j = 0; j < 4; j++)
+                    acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(keys + (int64_t)(c + j) * dim + d),
+                                             acc[j]);
+            }
+            _mm_storeu_ps(scores + c, sum4(acc));
+        }
+    }
+#endif
+    for (; c < n; c++) {
+        const float *k = keys + (int64_t)c * dim;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < dim; d++) dot += q[d] * k[d];
+        scores[c] = dot;
+    }
+}
+
+/* One head of one row: softmax(q k^T / sqrt(dim)) v over columns `start..end`, skipping
+ * those `mask` (mask[0] is column `start`) zeroes; a NULL mask keeps them all. */
+static void attend(const float *q, const float *keys, const float *values, const int64_t *mask,
+                   int start, int end, int dim, float *scores, float *out) {
+    float scale = 1.0f / sqrtf((float)dim), top = -INFINITY;
+    dots(q, keys + (int64_t)start * dim, end - start + 1, dim, scores);
+    for (int c = 0; c <= end - start; c++) {
+        if (mask && !mask[c]) continue;
+        scores[c] *= scale;
+        if (scores[c] > top) top = scores[c];
+    }
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int c = 0; c <= end - start; c++) {
+        scores[c] = (!mask || mask[c]) ? expf(scores[c] - top) : 0.0f;
+        total += scores[c];
+    }
+    memset(out, 0, sizeof(float) * dim);
+    for (int c = start; c <= end; c++) {
+        if (mask && !mask[c - start]) continue;
+        const float *v = values + (int64_t)c * dim;
+        float p = scores[c - start];
+#pragma omp simd
+        for (int d = 0; d < dim; d++) out[d] += p * v[d];
+    }
+    float inverse = 1.0f / total;
+#pragma omp simd
+    for (int d = 0; d < dim; d++) out[d] *= inverse;
+}
+
+/* The columns row `row_mask` attends to: from its first kept column to `end`. A row is left
+ * padded (KVBatch), so they are normally all kept and the mask is not needed (NULL); else
+ * the mask from that column. Skipping the padding matters: one long prompt in the batch
+ * widens every row's columns. */
+static const int64_t *row_columns(const int64_t *row_mask, int start, int end, int *first) {
+    int c = start;
+    while (c < end && !row_mask[c - start]) c++;
+    *first = c;
+    for (int k = c; k <= end; k++)
+        if (!row_mask[k - start]) return row_mask + (c - start);
+    return NULL;
+}
+
+/* Where one row of a forward pass keeps its keys and values and what it attends to. */
+typedef struct {
+    int64_t kv_offset;     /* floats from a layer buffer's start to the row's [kv_heads, columns, dim] */
+    int32_t column;        /* the column its key and value are written to */
+    int32_t first;         /* the first column it attends to; the last is `column` */
+    const int64_t *kept;   /* the mask from `first` (0: skip the column), or NULL: all kept */
+    int64_t position;      /* its rotary position */
+} Place;
+
+/* The decoder layers over `rows` rows whose embeddings are in scratch's `x`, each row placed in
+ * the cache by `place`; rows are processed in order, so a row may attend to the columns the
+ * rows before it wrote (a prompt's tokens, in prefill). Leaves the residual stream in `x`. */
+static void layers(const Model *m, int32_t rows, const Place *place, float *const *kv,
+                   int32_t columns, const Scratch *s) {
+    const int hidden = m->hidden, dim = m->dim, heads = m->heads, kv_heads = m->kv_heads;
+    const int qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim;
+    const int group = heads / kv_heads;
+    float *x = s->x, *h = s->h, *qkv = s->qkv, *attn = s->attn, *mlp = s->mlp;
+    for (int i = 0; i < m->layers; i++) {
+        const Layer *layer = &m->layer[i];
+        float *keys = kv[2 * i], *values = kv[2 * i + 1];
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (int64_t)r * hidden, layer->input_norm, h + (int64_t)r * hidden, hidden,
+                     m->eps);
+        matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
+                    qkv_width, s->panel);
+        for (int r = 0; r < rows; r++) {
+            const Place *p = &place[r];
+            float *row = qkv + (int64_t)r * qkv_width;
+            const float *cos = m->cos + p->position * dim, *sin = m->sin + p->position * dim;
+            for (int head = 0; head < heads + kv_heads; head++)
+                rotate(row + head * dim, cos, sin, dim);
+            for (int kh = 0; kh < kv_heads; kh++) {
+                int64_t slot = p->kv_offset + ((int64_t)kh * columns + p->column) * dim;
+                memcpy(keys + slot, row + (heads + kh) * dim, sizeof(float) * dim);
+                memcpy(values + slot, row + (heads + kv_heads + kh) * dim, sizeof(float) * dim);
+            }
+            for (int head = 0; head < heads; head++) {
+                int64_t base = p->kv_offset + (int64_t)(head / group) * columns * dim;
+                attend(row + head * dim, keys + base, values + base, p->kept, p->first,
+                       p->column, dim, s->scores, attn + (int64_t)r * attn_width + head * dim);
+            }
+        }
+        /* x += attn W_out^T (+ bias), through h as the product's output */
+        matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
+                    hidden, s->panel);
+        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+        for (int r = 0; r < rows; r++)
+            rms_norm(x + (int64_t)r * hidden, layer->post_norm, h + (int64_t)r * hidden, hidden,
+                     m->eps);
+        matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
+                    2 * m->inter, s->panel);
+        for (int r = 0; r < rows; r++) {
+            float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
+#pragma omp simd
+            for (int j = 0; j < m->inter; j++) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+        }
+        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden,
+                    s->panel);
+        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+    }
+}
+
+/* The final norm and the vocabulary projection of `rows` consecutive rows of the residual
+ * stream from `x`, through the scratch's `h`. */
+static void project(const Model *m, const float *x, const Scratch *s, int32_t rows,
+                    float *logits) {
+    for (int r = 0; r < rows; r++)
+        rms_norm(x + (int64_t)r * m->hidden, m->final_norm, s->h + (int64_t)r * m->hidden,
+                 m->hidden, m->eps);
+    matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab,
+                s->panel);
+}
+
+/* Copies each row's embedding into `x`; -1 when a token is outside the table. */
+static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) {
+    for (int r = 0; r < rows; r++) {
+        if (tokens[r] < 0 || tokens[r] >= m->vocab) return -1;
+        memcpy(x + (int64_t)r * m->hidden, m->embed + tokens[r] * m->hidden,
+               sizeof(float) * m->hidden);
+    }
+    return 0;
+}
+
+/* One token for each of `rows` rows. tokens, positions: [rows]; mask: the live rows' mask
+ * from column `start` to `end` inclusive (row stride `mask_stride`); kv: per
+ * layer its key then its value buffer, [row capacity, kv_heads, columns, dim]. Writes
+ * column `end` of the cache and the logits [rows, vocab]. Returns 0, or -1 when a
+ * token or position is outside the tables or a row or column outside the cache (the caller
+ * raises; nothing was written). */
+int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
+                   const int64_t *tokens, const int64_t *positions, const int64_t *mask,
+                   int32_t mask_stride, float *const *kv, int32_t row_capacity,
+                   int32_t columns, int32_t table_positions, float *logits, float *scratch) {
+    if (rows < 1 || rows > row_capacity || start < 0 || start > end || end >= columns)
+        return -1;
+    for (int r = 0; r < rows; r++)
+        if (positions[r] < 0 || positions[r] >= table_positions) return -1;
+    Scratch s = carve(m, scratch, rows);
+    if (embed(m, rows, tokens, s.x)) return -1;
+    Place *place = malloc(sizeof(Place) * (size_t)rows);
+    if (!place) return -1;
+    for (int r = 0; r < rows; r++) {
+        place[r].kv_offset = (int64_t)r * m->kv_heads * columns * m->dim;
+        place[r].column = end;
+        place[r].kept = row_columns(mask + (int64_t)r * mask_stride, start, end, &place[r].first);
+        place[r].position = positions[r];
+    }
+    layers(m, rows, place, kv, columns, &s);
+    free(place);
+    project(m, s.x, &s, rows, logits);
+    return 0;
+}
+
+/* The prefill of one prompt of `length` tokens (positions 0..length-1): its tokens are the
+ * rows of one forward pass, token t attending to the prompt's columns up to its own. kv: per
+ * layer its key then its value buffer for this prompt alone, [kv_heads, columns, dim]; the
+ * prompt goes to columns `first..first+length-1` (left padding before it is not touched).
+ * Writes the logits of the last token only, [vocab]: the vocabulary projection of every
+ * prompt token would cost as much as the layers. Returns 0, or -1 (nothing written) when a
+ * token is outside the table or the prompt does not fit the columns or the rotary table. */
+int textgen_prefill(const Model *m, int32_t length, const int64_t *tokens, float *const *kv,
+                    int32_t columns, int32_t first, int32_t table_positions, float *logits,
+                    float *scratch) {
+    if (length < 1 || first < 0 || first + length > columns || length > table_positions)
+        return -1;
+    Scratch s = carve(m, scratch, length);
+    if (embed(m, length, tokens, s.x)) return -1;
+    Place *place = malloc(sizeof(Place) * (size_t)length);
+    if (!place) return -1;
+    for (int r = 0; r < length; r++)
+        place[r] = (Place){.kv_offset = 0, .column = first + r, .first = first, .kept = NULL,
+                           .position = r};
+    layers(m, length, place, kv, columns, &s);
+    free(place);
+    project(m, s.x + (int64_t)(length - 1) * m->hidden, &s, 1, logits);
+    return 0;
+}
