@@ -72,8 +72,9 @@ class EngineConfig:
     # auto: the lean Llama-family forward where it computes exactly what the HF module does,
     # else the HF module (hf); llama insists on the lean one and fails the load otherwise.
     executor: str = "auto"
-    # auto: the llama executor's float32 CPU decode step in C (textgen/forward_kernel.c,
-    # compiled at load) where a C compiler is present, else tensor operations; tensor turns
+    # auto: the llama executor's float32 CPU decode step and prefill in C
+    # (textgen/forward_kernel.c, compiled at load) where a C compiler is present, else tensor
+    # operations; tensor turns
     # the native code off; c insists and fails the load with the reason otherwise.
     decode_step: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)

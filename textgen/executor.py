@@ -8,9 +8,9 @@ and forgets the rows that finished. Two exist:
 
 - `HFExecutor` calls the Hugging Face module (any causal LM transformers can load);
 - `LlamaExecutor` (llama_executor.py) runs the Llama family's forward from the same weights in
-  a few fused tensor operations per layer, and its float32 decode step on a CPU as one call
-  into C (forward_kernel.c): a step costs a fraction of the HF modules' Python, which is what
-  bounds a lone stream on a CPU.
+  a few fused tensor operations per layer, and its float32 decode step and prefill on a CPU
+  each as one call into C (forward_kernel.c): a step costs a fraction of the HF modules'
+  Python, which is what bounds a lone stream on a CPU.
 
 `select_executor` picks the lean one where it applies (see `LlamaExecutor.unsupported_reason`)
 and says why not otherwise, in the start-up log.
@@ -93,8 +93,8 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
                     context_length: int, decode_step: str = "auto") -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
-    `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step in
-    C where it compiles, `tensor` never does (the switch to turn the native code off), `c`
+    `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step and
+    prefill in C where they compile, `tensor` never does (the switch to turn the native code off), `c`
     fails the load when it cannot."""
     from .llama_executor import LlamaExecutor
 
