@@ -9,9 +9,11 @@ import socket
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -144,6 +146,28 @@ def wait_for_metric_above(triton: runtime.Settings, name: str, floor: float,
         time.sleep(0.1)
 
 
+@contextmanager
+def engine_kept_busy(triton: runtime.Settings, streams: int = 16) -> Iterator[None]:
+    """`streams` long generations (straight to Triton) run while the block does.
+
+    Why: alone, the longest generation a request may ask for (256 tokens) takes ~50 ms, about
+    what a hang-up needs to reach the engine through the gateway and Triton; beside 16 others
+    every decode step has 17 rows, and it takes several times longer."""
+    import requests
+
+    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True}
+    url = f"{triton.http_url}/v2/models/llm_stream/generate_stream"
+    with ThreadPoolExecutor(streams) as pool:
+        running = [pool.submit(requests.post, url, json=body, timeout=60)
+                   for _ in range(streams)]
+        deadline = time.monotonic() + 10
+        while metric(triton, "vllm:num_requests_running") < streams:
+            assert time.monotonic() < deadline, "the background generations never ran"
+            time.sleep(0.002)
+        yield
+        assert all(r.result().status_code == 200 for r in running)
+
+
 def assert_disconnect_cancels(triton: runtime.Settings, triton_log: Path, url: str,
                               body: dict[str, Any], headers: dict[str, str],
                               request_id: str) -> None:
@@ -152,11 +176,12 @@ def assert_disconnect_cancels(triton: runtime.Settings, triton_log: Path, url: s
     import requests
 
     before = metric(triton, "llm:request_cancellations_total")
-    with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as reply:
-        lines = reply.iter_lines()
-        for _ in range(3):
-            next(lines)
-    wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+    with engine_kept_busy(triton):
+        with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as reply:
+            lines = reply.iter_lines()
+            for _ in range(3):
+                next(lines)
+        wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
     wait_for_metric(triton, "vllm:num_requests_running", 0)
     record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
     assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256

@@ -50,6 +50,15 @@ def is_ready(url: str) -> bool:
         return False
 
 
+def service_ready(settings: runtime.Settings, gateway: runtime.GatewaySettings) -> bool:
+    """The gateway is ready (so is a Triton behind it) and so is every replica's OpenAI
+    frontend. Why both: a frontend connects to its Triton only once Triton serves, a moment
+    later, and until then `/v1` answers 503."""
+    return is_ready(f"http://{gateway.host}:{gateway.port}/readyz") and all(
+        is_ready(f"http://127.0.0.1:{replica.openai_port}/health")
+        for _, replica in settings.pools())
+
+
 @dataclass
 class Supervised(runtime.ManagedProcess):
     """A child process that is restarted with back-off when it exits unexpectedly."""
@@ -250,7 +259,6 @@ def serve(settings: runtime.Settings) -> int:
         replica.triton.start()
         replica.openai.start()
     envoy.start()
-    ready_url = f"http://{gateway.host}:{gateway.port}/readyz"
     began, announced = time.monotonic(), False
     while not stop.is_set():  # supervise from the first second: a crash during start-up counts
         time.sleep(0.5)
@@ -259,7 +267,8 @@ def serve(settings: runtime.Settings) -> int:
         if not stop.is_set():
             for process in [envoy, *limits]:
                 process.check()
-        if not announced and all(r.triton.was_ready for r in replicas) and is_ready(ready_url):
+        if (not announced and all(r.triton.was_ready for r in replicas)
+                and service_ready(settings, gateway)):
             print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
             print(banner(settings, gateway, key), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
@@ -347,8 +356,7 @@ def up(settings: runtime.Settings) -> int:
     assert runner.proc is not None
     pidf.write_text(str(runner.proc.pid))
     print(f"==> started in the background (pid {runner.proc.pid}, log: {log})", flush=True)
-    wait_ready(lambda: is_ready(f"http://{gateway.host}:{gateway.port}/readyz"), [runner],
-               READY_TIMEOUT_S, "the model")
+    wait_ready(lambda: service_ready(settings, gateway), [runner], READY_TIMEOUT_S, "the model")
     print(banner(settings, gateway, key), flush=True)
     return 0
 
@@ -370,8 +378,7 @@ def down(settings: runtime.Settings) -> int:
 
 
 def status(settings: runtime.Settings) -> int:
-    gateway = runtime.gateway_settings(settings)
-    ready = is_ready(f"http://{gateway.host}:{gateway.port}/readyz")
+    ready = service_ready(settings, runtime.gateway_settings(settings))
     print("ready" if ready else "not ready")
     return 0 if ready else 1
 

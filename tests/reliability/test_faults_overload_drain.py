@@ -270,6 +270,7 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
 
     env = {**os.environ, "LLM_RUN_DIR": str(tmp_path), "LLM_HTTP_PORT": str(free_port()),
            "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
+           "LLM_OPENAI_PORT": str(free_port()),
            "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
            "LLM_KEYS_DIR": str(tmp_path / "keys"), "LLM_DRAIN_TIMEOUT_S": "60",
            # One sequence at a time: the 24 requests in flight then take seconds (~0.08 s
@@ -295,6 +296,12 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
             assert_json_503(reply)
             loading_refusals += 1
             time.sleep(0.2)
+        # The runner says "ready" (and `make up` returns) only once the OpenAI API answers
+        # too: its frontend connects to Triton a moment after Triton serves.
+        runner.wait_until(lambda: "the model is ready" in runner.log.read_text(), timeout=60)
+        models = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
+                              timeout=10)
+        assert models.status_code == 200, models.text
 
         started = threading.Event()
         with ThreadPoolExecutor(24) as pool:
