@@ -268,6 +268,26 @@ static void dots(const float *q, const float *keys, int n, int dim, float *score
     }
 }
 
+#if defined(__AVX512F__)
+/* out = inverse * sum_c scores[c] values[c] over the kept columns, for a head of 16 * `nv`
+ * floats held in `nv` registers (a plain loop would load and store `out` every column, as
+ * it may alias the values). */
+static inline __attribute__((always_inline)) void weigh_values(
+        const float *scores, const float *values, const int64_t *mask, int start, int end,
+        float inverse, float *out, const int nv) {
+    __m512 acc[8];
+    for (int j = 0; j < nv; j++) acc[j] = _mm512_setzero_ps();
+    for (int c = start; c <= end; c++) {
+        if (mask && !mask[c - start]) continue;
+        const float *v = values + (int64_t)c * nv * 16;
+        __m512 p = _mm512_set1_ps(scores[c - start]);
+        for (int j = 0; j < nv; j++) acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * j), acc[j]);
+    }
+    __m512 scale = _mm512_set1_ps(inverse);
+    for (int j = 0; j < nv; j++) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(acc[j], scale));
+}
+#endif
+
 /* One head of one row: softmax(q k^T / sqrt(dim)) v over columns `start..end`, skipping
  * those `mask` (mask[0] is column `start`) zeroes; a NULL mask keeps them all. */
 static void attend(const float *q, const float *keys, const float *values, const int64_t *mask,
@@ -285,6 +305,14 @@ static void attend(const float *q, const float *keys, const float *values, const
         scores[c] = (!mask || mask[c]) ? expf(scores[c] - top) : 0.0f;
         total += scores[c];
     }
+    float inverse = 1.0f / total;
+#if defined(__AVX512F__)
+    switch (dim) {  /* the common head sizes: the sum in registers, not in `out` */
+        case 32: weigh_values(scores, values, mask, start, end, inverse, out, 2); return;
+        case 64: weigh_values(scores, values, mask, start, end, inverse, out, 4); return;
+        case 128: weigh_values(scores, values, mask, start, end, inverse, out, 8); return;
+    }
+#endif
     memset(out, 0, sizeof(float) * dim);
     for (int c = start; c <= end; c++) {
         if (mask && !mask[c - start]) continue;
@@ -293,7 +321,6 @@ static void attend(const float *q, const float *keys, const float *values, const
 #pragma omp simd
         for (int d = 0; d < dim; d++) out[d] += p * v[d];
     }
-    float inverse = 1.0f / total;
 #pragma omp simd
     for (int d = 0; d < dim; d++) out[d] *= inverse;
 }

@@ -12,8 +12,8 @@ twice and the HF module still computes the same thing.
 On a CPU with a C compiler, a float32 model's decode step and prefill run instead as calls into
 C (forward_kernel.c, compiled at load in under a second): the same mathematics without a
 tensor operation's dispatch per step and layer. A decode step of one row costs ~0.10 ms for the
-demo model against ~0.67 ms in tensor operations; a 64-token prompt's prefill ~1.8-2.0 against
-~2.6-2.8 ms (README, Performance).
+demo model against ~0.67 ms in tensor operations; a 64-token prompt's prefill ~1.7-2.0 against
+~2.6-2.8 ms, a 400-token one ~12 against ~16 ms (README, Performance).
 
 Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
 demo model and on randomly initialised Llama, Mistral and Qwen2 models). What it cannot run
