@@ -102,11 +102,13 @@ TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target):
+@pytest.mark.parametrize("head_dim", [16, 32])  # 32: attention's sum in registers
+def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target,
+                                                                                 head_dim):
     """32 prompts of 1 to 45 tokens prefilled together (short ones by dot products, long ones
     by packed panels; left padding in the cache), then decode steps of 32 rows (panels) and,
     after rows leave, fewer."""
-    model = random_model(LlamaConfig)
+    model = random_model(LlamaConfig, head_dim=head_dim)
     prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + (13 * row) % 45)] for row in range(32)]
     runs = []
     with torch.inference_mode():
