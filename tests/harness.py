@@ -9,11 +9,9 @@ import socket
 import sys
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -146,45 +144,46 @@ def wait_for_metric_above(triton: runtime.Settings, name: str, floor: float,
         time.sleep(0.1)
 
 
-@contextmanager
-def engine_kept_busy(triton: runtime.Settings, streams: int = 16) -> Iterator[None]:
-    """`streams` long generations (straight to Triton) run while the block does.
-
-    Why: alone, the longest generation a request may ask for (256 tokens) takes ~50 ms, about
-    what a hang-up needs to reach the engine through the gateway and Triton; beside 16 others
-    every decode step has 17 rows, and it takes several times longer."""
-    import requests
-
-    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True}
-    url = f"{triton.http_url}/v2/models/llm_stream/generate_stream"
-    with ThreadPoolExecutor(streams) as pool:
-        running = [pool.submit(requests.post, url, json=body, timeout=60)
-                   for _ in range(streams)]
-        deadline = time.monotonic() + 10
-        while metric(triton, "vllm:num_requests_running") < streams:
-            assert time.monotonic() < deadline, "the background generations never ran"
-            time.sleep(0.002)
-        yield
-        assert all(r.result().status_code == 200 for r in running)
-
-
 def assert_disconnect_cancels(triton: runtime.Settings, triton_log: Path, url: str,
-                              body: dict[str, Any], headers: dict[str, str],
-                              request_id: str) -> None:
-    """Read the first events of a long SSE stream, hang up, and see the engine drop it: one
-    more cancellation counted, nothing left running, its log line saying `cancelled`."""
+                              request: Callable[[str], tuple[dict[str, Any], dict[str, str]]],
+                              attempts: int = 5) -> None:
+    """Read the first event of a long SSE stream, hang up, and see the engine drop it: one
+    more cancellation counted, nothing left running, its log line saying `cancelled`.
+
+    `request(request_id)` gives the body and headers of a stream tagged with that id. The
+    longest generation a request may ask for (256 tokens) takes ~50 ms here, about what a
+    hang-up needs to reach the engine through the gateway and Triton, so a generation may end
+    first; that attempt proves nothing either way (its log line says `length`) and another is
+    made, each under its own id, up to `attempts`."""
     import requests
 
-    before = metric(triton, "llm:request_cancellations_total")
-    with engine_kept_busy(triton):
+    base = f"hang-up-{time.time_ns()}"
+    for attempt in range(attempts):
+        request_id = f"{base}-{attempt}"
+        body, headers = request(request_id)
+        before = metric(triton, "llm:request_cancellations_total")
         with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as reply:
-            lines = reply.iter_lines()
-            for _ in range(3):
-                next(lines)
-        wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
-    wait_for_metric(triton, "vllm:num_requests_running", 0)
-    record = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
-    assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 256
+            assert reply.status_code == 200, reply.text
+            next(line for line in reply.iter_lines() if line.startswith(b"data:"))
+        wait_for_metric(triton, "vllm:num_requests_running", 0)
+        record = _model_log_record(triton_log, request_id)
+        if record["finish_reason"] == "cancelled":
+            assert record["completion_tokens"] < 256
+            wait_for_metric(triton, "llm:request_cancellations_total", before + 1)
+            return
+        assert record["finish_reason"] == "length", record  # it ended before the hang-up
+    raise AssertionError(f"no hang-up cancelled its generation in {attempts} attempts")
+
+
+def _model_log_record(log: Path, request_id: str, timeout: float = 10) -> dict:
+    """The model's log record of `request_id`, once written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in model_log_records(log) if r["request_id"] == request_id]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no log record of {request_id}"
+        time.sleep(0.05)
 
 
 def model_log_records(log: Path, event: str = "llm_request") -> list[dict]:

@@ -159,12 +159,11 @@ def test_a_seeded_sampled_request_is_reproducible(stack):
 
 
 def test_closing_a_stream_cancels_the_sequence_and_frees_its_slot(stack):
-    request_id = f"cancel-{stack.engine}-{time.time_ns()}"
-    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True,
-            "parameters": {"x-request-id": request_id}}
     assert_disconnect_cancels(
         stack.triton, stack.triton_log,
-        f"{stack.triton.http_url}/v2/models/llm_stream/generate_stream", body, {}, request_id)
+        f"{stack.triton.http_url}/v2/models/llm_stream/generate_stream",
+        lambda request_id: ({"text_input": "The", "max_tokens": 256, "ignore_eos": True,
+                             "parameters": {"x-request-id": request_id}}, {}))
 
 
 def test_a_burst_beyond_slots_and_queue_is_refused_with_503_and_retry_after(stack):

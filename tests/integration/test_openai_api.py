@@ -252,11 +252,11 @@ def test_bad_json_body_is_a_400_in_openai_shape(gateway, api_key):
 # ---- cancellation and logs --------------------------------------------------------------------
 
 def test_client_that_disconnects_cancels_its_generation(gateway, api_key, triton, triton_log):
-    request_id = f"openai-cancel-{time.time_ns()}"
     body = {"model": MODEL, "prompt": "The", "max_tokens": 256, "ignore_eos": True,
             "stream": True}
-    assert_disconnect_cancels(triton, triton_log, gateway.url + "/v1/completions", body,
-                              {"X-API-Key": api_key, "x-request-id": request_id}, request_id)
+    assert_disconnect_cancels(
+        triton, triton_log, gateway.url + "/v1/completions",
+        lambda request_id: (body, {"X-API-Key": api_key, "x-request-id": request_id}))
 
 
 def test_client_that_leaves_before_a_whole_answer_cancels_it_too(gateway, api_key, triton,

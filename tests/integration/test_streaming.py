@@ -6,7 +6,6 @@ import json
 import queue
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -106,12 +105,10 @@ def test_invalid_stream_request_is_a_400_before_any_event(triton):
 
 
 def test_closing_an_sse_stream_cancels_the_sequence_and_frees_its_slot(triton, triton_log):
-    request_id = f"cancel-me-{time.time_ns()}"
-    body = {"text_input": "The", "max_tokens": 256, "ignore_eos": True,
-            "parameters": {"x-request-id": request_id}}
-    assert_disconnect_cancels(triton, triton_log,
-                              f"{triton.http_url}/v2/models/llm_stream/generate_stream", body,
-                              {}, request_id)
+    assert_disconnect_cancels(
+        triton, triton_log, f"{triton.http_url}/v2/models/llm_stream/generate_stream",
+        lambda request_id: ({"text_input": "The", "max_tokens": 256, "ignore_eos": True,
+                             "parameters": {"x-request-id": request_id}}, {}))
 
 
 def test_grpc_stream_cancel_drops_the_sequence(triton):
