@@ -194,10 +194,11 @@ static void matmul_panels(const float *w, const float *bias, const float *x, flo
 }
 #endif
 
-/* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. Outputs outside, rows inside:
- * a few weight rows stay in L1 while every row uses them, so a step reads the weights from
- * memory once, however many rows it decodes (rows outside re-read all of them per rows).
- * `panel`: scratch of panel_floats() floats. */
+/* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. From PANEL_MIN_ROWS rows, by
+ * packed panels (matmul_panels); below, outputs outside and rows inside: a few weight rows stay
+ * in L1 while every row uses them, so a step reads the weights from memory once, however many
+ * rows it decodes (rows outside re-read all of them per row). `panel`: scratch of
+ * panel_floats() floats. */
 static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
                         int in, int out, int x_stride, int y_stride, float *panel) {
 #if defined(__AVX512F__)

@@ -50,13 +50,13 @@ def is_ready(url: str) -> bool:
         return False
 
 
-def service_ready(settings: runtime.Settings, gateway: runtime.GatewaySettings) -> bool:
-    """The gateway is ready (so is a Triton behind it) and so is every replica's OpenAI
-    frontend. Why both: a frontend connects to its Triton only once Triton serves, a moment
-    later, and until then `/v1` answers 503."""
-    return is_ready(f"http://{gateway.host}:{gateway.port}/readyz") and all(
-        is_ready(f"http://127.0.0.1:{replica.openai_port}/health")
-        for _, replica in settings.pools())
+def service_ready(gateway: runtime.GatewaySettings) -> bool:
+    """The gateway is ready (so is a Triton behind it) and its own health checks have found
+    every Triton and OpenAI frontend healthy. Why both: a frontend connects to its Triton only
+    once Triton serves, and Envoy checks each host once a second; until then `/v1` answers
+    503."""
+    return (is_ready(f"http://{gateway.host}:{gateway.port}/readyz")
+            and runtime.gateway_upstreams_healthy(gateway))
 
 
 @dataclass
@@ -268,7 +268,7 @@ def serve(settings: runtime.Settings) -> int:
             for process in [envoy, *limits]:
                 process.check()
         if (not announced and all(r.triton.was_ready for r in replicas)
-                and service_ready(settings, gateway)):
+                and service_ready(gateway)):
             print(f"  the model is ready after {time.monotonic() - began:.1f} s", flush=True)
             print(banner(settings, gateway, key), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
@@ -356,7 +356,7 @@ def up(settings: runtime.Settings) -> int:
     assert runner.proc is not None
     pidf.write_text(str(runner.proc.pid))
     print(f"==> started in the background (pid {runner.proc.pid}, log: {log})", flush=True)
-    wait_ready(lambda: service_ready(settings, gateway), [runner], READY_TIMEOUT_S, "the model")
+    wait_ready(lambda: service_ready(gateway), [runner], READY_TIMEOUT_S, "the model")
     print(banner(settings, gateway, key), flush=True)
     return 0
 
@@ -378,7 +378,7 @@ def down(settings: runtime.Settings) -> int:
 
 
 def status(settings: runtime.Settings) -> int:
-    ready = service_ready(settings, runtime.gateway_settings(settings))
+    ready = service_ready(runtime.gateway_settings(settings))
     print("ready" if ready else "not ready")
     return 0 if ready else 1
 
