@@ -44,7 +44,7 @@ class _Model(ctypes.Structure):
 
 
 class KernelUnavailable(Exception):
-    """Why the C step cannot be used here; the tensor forward runs instead."""
+    """Why the C forward cannot be used here; the tensor forward runs instead."""
 
 
 def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
@@ -67,7 +67,8 @@ def _compile(target: str) -> ctypes.CDLL:
 
 
 class ForwardKernel:
-    """The compiled step bound to one model's weights (which the caller keeps alive)."""
+    """The compiled decode step and prefill, bound to one model's weights (which the caller
+    keeps alive)."""
 
     def __init__(self, library: ctypes.CDLL, model: _Model, layers: ctypes.Array,
                  positions: int) -> None:
@@ -175,5 +176,5 @@ def build(embed: torch.Tensor, final_norm: torch.Tensor,
     model = _Model(len(layers), embed.shape[1], heads, kv_heads, dim, inter, lm_head.shape[0],
                    eps, *(t.data_ptr() for t in (embed, final_norm, lm_head, cos, sin)),
                    ctypes.cast(records, ctypes.POINTER(_Layer)))
-    log.info("decode kernel compiled in %.1f s", time.monotonic() - started)
+    log.info("forward kernel compiled in %.1f s", time.monotonic() - started)
     return ForwardKernel(library, model, records, positions=cos.shape[0])

@@ -179,14 +179,22 @@ class KVBatch:
                 layer.bind(keys, values, self.rows, self._start, self._end)
 
 
+def prefill_mask(prompts: list[list[int]]) -> torch.Tensor:
+    """The left-padded attention mask of a group of new prompts, [prompts, longest], on the
+    CPU (what `KVBatch.join` takes with their keys and values)."""
+    length = max(map(len, prompts))
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        mask[row, length - len(prompt):] = 1
+    return mask
+
+
 def prefill_inputs(prompts: list[list[int]], pad_id: int,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded input ids, attention mask and position ids for a group of new prompts."""
-    length = max(map(len, prompts))
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    mask = prefill_mask(prompts)
+    ids = torch.full(mask.shape, pad_id, dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, length - len(prompt):] = 1
+        ids[row, mask.shape[1] - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import forward_kernel
-from .kv_batch import KVBatch, prefill_inputs
+from .kv_batch import KVBatch, prefill_inputs, prefill_mask
 
 log = logging.getLogger("textgen")
 
@@ -160,11 +160,11 @@ class LlamaExecutor:
     # ---- the Executor interface ---------------------------------------------------------
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
         if self._kernel is not None:
             layers, logits = self._kernel.prefill(prompts)
-            self._batch.join(layers, mask)
+            self._batch.join(layers, prefill_mask(prompts))
             return logits
+        ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
         length = ids.shape[1]
         if bool(mask.all()):
             attn_mask, causal = None, True  # no padding: the kernel's own causal path
