@@ -326,24 +326,28 @@ def gateway_active_requests(gateway: GatewaySettings) -> int:
         return int(reply.read().decode().rsplit(":", 1)[1])
 
 
-# The gateway's upstream clusters that must have every host healthy before it serves every
-# route (the rate-limit service has its own failure mode, GATEWAY_RATELIMIT_FAILURE_MODE).
+# The gateway's upstream clusters, one per kind of route it serves (the rate-limit service has
+# its own failure mode, GATEWAY_RATELIMIT_FAILURE_MODE).
 SERVING_CLUSTERS = ("triton_http", "triton_grpc", "openai_frontend")
 
 
 def gateway_upstreams_healthy(gateway: GatewaySettings) -> bool:
-    """Whether Envoy's own health checks have found every Triton and OpenAI frontend it
-    balances healthy. Why ask Envoy: it checks each host once a second, so for up to a second
-    after a process answers, the gateway still answers its routes with 503."""
+    """Whether Envoy's own health checks have found a healthy host in each of its serving
+    clusters, so that every route answers. Why ask Envoy: it checks each host once a second,
+    so for up to a second after a process answers, the gateway still answers its routes with
+    503. One healthy host per cluster is enough, as it is for Envoy (a replica may be down)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{gateway.admin_port}/clusters",
                                     timeout=2) as reply:
             lines = reply.read().decode().splitlines()
     except OSError:
         return False
-    flags = [line.rsplit("::", 1)[1] for line in lines
-             if line.split("::", 1)[0].startswith(SERVING_CLUSTERS) and "::health_flags::" in line]
-    return bool(flags) and all(flag == "healthy" for flag in flags)
+    healthy: dict[str, bool] = {}
+    for line in lines:
+        cluster = line.split("::", 1)[0]
+        if cluster in SERVING_CLUSTERS and "::health_flags::" in line:
+            healthy[cluster] = healthy.get(cluster, False) or line.endswith("::healthy")
+    return len(healthy) == len(SERVING_CLUSTERS) and all(healthy.values())
 
 
 @dataclass

@@ -51,10 +51,10 @@ def is_ready(url: str) -> bool:
 
 
 def service_ready(gateway: runtime.GatewaySettings) -> bool:
-    """The gateway is ready (so is a Triton behind it) and its own health checks have found
-    every Triton and OpenAI frontend healthy. Why both: a frontend connects to its Triton only
-    once Triton serves, and Envoy checks each host once a second; until then `/v1` answers
-    503."""
+    """The gateway is ready (so is a Triton behind it) and its own health checks have found a
+    healthy Triton and OpenAI frontend for every route. Why both: a frontend connects to its
+    Triton only once Triton serves, and Envoy checks each host once a second; until then `/v1`
+    answers 503."""
     return (is_ready(f"http://{gateway.host}:{gateway.port}/readyz")
             and runtime.gateway_upstreams_healthy(gateway))
 
