@@ -347,6 +347,12 @@ def _load_assignment(cluster: str, settings: GatewaySettings,
             "policy": {"overprovisioning_factor": 1_000_000}}
 
 
+# The upstream clusters envoy.template.yaml declares, one per kind of route the gateway
+# serves (the rate-limit service has its own failure mode, GATEWAY_RATELIMIT_FAILURE_MODE):
+# the runner waits for a healthy host in each before it says the service is ready.
+SERVING_CLUSTERS = ("triton_http", "triton_grpc", "openai_frontend")
+
+
 def _health_checks(path: str) -> list[dict[str, Any]]:
     """Readiness polled every second over HTTP/1.1: two misses take a replica out, one pass
     puts it back (it only answers ready once its model is loaded)."""

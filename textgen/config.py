@@ -74,8 +74,8 @@ class EngineConfig:
     executor: str = "auto"
     # auto: the llama executor's float32 CPU decode step and prefill in C
     # (textgen/forward_kernel.c, compiled at load) where a C compiler is present, else tensor
-    # operations; tensor turns
-    # the native code off; c insists and fails the load with the reason otherwise.
+    # operations; tensor turns the native code off; c insists and fails the load with the
+    # reason otherwise.
     decode_step: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32

@@ -94,8 +94,8 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step and
-    prefill in C where they compile, `tensor` never does (the switch to turn the native code off), `c`
-    fails the load when it cannot."""
+    prefill in C where they compile, `tensor` never does (the switch to turn the native code
+    off), `c` fails the load when it cannot."""
     from .llama_executor import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)

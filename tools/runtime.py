@@ -22,7 +22,8 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gateway"))
-from render import GatewaySettings, Pool, load_tiers, render_envoy_config  # noqa: E402
+from render import (SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers,  # noqa: E402
+                    render_envoy_config)
 from keys import KeyStore  # noqa: E402
 
 RUN_DIR = ROOT / ".run"
@@ -324,11 +325,6 @@ def gateway_active_requests(gateway: GatewaySettings) -> int:
            f"filter=^http.llm_gateway.downstream_rq_active$")
     with urllib.request.urlopen(url, timeout=5) as reply:
         return int(reply.read().decode().rsplit(":", 1)[1])
-
-
-# The gateway's upstream clusters, one per kind of route it serves (the rate-limit service has
-# its own failure mode, GATEWAY_RATELIMIT_FAILURE_MODE).
-SERVING_CLUSTERS = ("triton_http", "triton_grpc", "openai_frontend")
 
 
 def gateway_upstreams_healthy(gateway: GatewaySettings) -> bool:
