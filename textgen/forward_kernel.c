@@ -16,9 +16,16 @@
  * The mathematics and the order of every operation follow llama_executor.py; only the order
  * of additions inside dot products differs (vector lanes), as it does between matrix
  * libraries. The caller holds every pointer alive for the call.
+ *
+ * Threads: a call runs `threads` OpenMP threads in one parallel region; each product splits
+ * its outputs, attention its (row, head) pairs, and the row-wise steps their rows. The
+ * library is linked to the libgomp that torch itself loaded (forward_kernel.py), so the
+ * kernel and torch's operations share one thread pool and never oversubscribe the cores.
+ * Every thread computes whole outputs, so results do not depend on the thread count.
  */
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,40 +62,54 @@ static int64_t panel_floats(const Model *m) {
     int64_t in = m->hidden;
     if ((int64_t)m->heads * m->dim > in) in = (int64_t)m->heads * m->dim;
     if (m->inter > in) in = m->inter;
-    return in * 32 + 16;  /* + room to align it to 64 bytes */
+    return (in * 32 + 15) / 16 * 16;  /* whole cache lines, so each panel stays aligned */
 }
 
-/* Scratch floats a call over `rows` rows and `columns` columns needs (the caller allocates
- * them once per size). */
-int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns) {
+/* Each thread's own scores: `columns` floats rounded up to whole cache lines. */
+static int64_t scores_floats(int32_t columns) { return ((int64_t)columns + 15) / 16 * 16; }
+
+/* Scratch floats a call over `rows` rows and `columns` columns on `threads` threads needs
+ * (the caller allocates them once per size). */
+int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns, int32_t threads) {
     int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
     int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
                       + 2 * (int64_t)m->inter;
-    return panel_floats(m) + rows * per_row + columns;
+    /* + 16: room to align the first panel to 64 bytes */
+    return 16 + threads * (panel_floats(m) + scores_floats(columns)) + rows * per_row;
 }
 
 /* The scratch space of a call, carved as textgen_scratch_floats counts it. */
 typedef struct {
-    float *panel;   /* a packed weight panel, 64-byte aligned */
-    float *x;       /* [rows, hidden] residual stream */
-    float *h;       /* [rows, hidden] normed, or a product's output */
-    float *qkv;     /* [rows, (heads + 2 kv_heads) dim] */
-    float *attn;    /* [rows, heads dim] */
-    float *mlp;     /* [rows, 2 inter] */
-    float *scores;  /* [columns] */
+    float *panels;         /* a packed weight panel per thread, each 64-byte aligned */
+    int64_t panel_stride;  /* floats from one thread's panel to the next's */
+    float *x;              /* [rows, hidden] residual stream */
+    float *h;              /* [rows, hidden] normed, or a product's output */
+    float *qkv;            /* [rows, (heads + 2 kv_heads) dim] */
+    float *attn;           /* [rows, heads dim] */
+    float *mlp;            /* [rows, 2 inter] */
+    float *scores;         /* [threads, scores_floats(columns)] */
+    int64_t scores_stride;
+    int32_t threads;
 } Scratch;
 
-static Scratch carve(const Model *m, float *base, int32_t rows) {
+static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns,
+                     int32_t threads) {
     Scratch s;
-    s.panel = (float *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
-    s.x = base + panel_floats(m);
+    s.threads = threads;
+    s.panel_stride = panel_floats(m);
+    s.panels = (float *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
+    s.x = base + 16 + threads * s.panel_stride;
     s.h = s.x + (int64_t)rows * m->hidden;
     s.qkv = s.h + (int64_t)rows * m->hidden;
     s.attn = s.qkv + (int64_t)rows * (m->heads + 2 * m->kv_heads) * m->dim;
     s.mlp = s.attn + (int64_t)rows * m->heads * m->dim;
     s.scores = s.mlp + (int64_t)rows * 2 * m->inter;
+    s.scores_stride = scores_floats(columns);
     return s;
 }
+
+/* This thread's slice of a scratch array. */
+static float *own(float *base, int64_t stride) { return base + omp_get_thread_num() * stride; }
 
 static void rms_norm(const float *x, const float *weight, float *y, int n, float eps) {
     float sum = 0.0f;
@@ -171,9 +192,11 @@ static inline __attribute__((always_inline)) void panel_block(
 }
 
 /* The panel product (many rows, `out` a multiple of 32): each 32 weight rows are transposed
- * once into `panel` ([in][32], 64-byte aligned), then every row tile reads them from L1. */
+ * once into the thread's `panel` ([in][32], 64-byte aligned), then every row tile reads them
+ * from L1. Called inside the parallel region: the threads share the outputs. */
 static void matmul_panels(const float *w, const float *bias, const float *x, float *y,
                           int rows, int in, int out, int x_stride, int y_stride, float *panel) {
+#pragma omp for schedule(static)
     for (int n = 0; n < out; n += 32) {
         for (int j = 0; j < 32; j++) {
             const float *wj = w + (int64_t)(n + j) * in;
@@ -197,16 +220,19 @@ static void matmul_panels(const float *w, const float *bias, const float *x, flo
 /* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. From PANEL_MIN_ROWS rows, by
  * packed panels (matmul_panels); below, outputs outside and rows inside: a few weight rows stay
  * in L1 while every row uses them, so a step reads the weights from memory once, however many
- * rows it decodes (rows outside re-read all of them per row). `panel`: scratch of
- * panel_floats() floats. */
+ * rows it decodes (rows outside re-read all of them per row). Called inside the parallel
+ * region by every thread, which each take a share of the outputs (the `omp for`s, whose
+ * ends are the barriers after which `y` is complete). */
 static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
-                        int in, int out, int x_stride, int y_stride, float *panel) {
+                        int in, int out, int x_stride, int y_stride, const Scratch *s) {
 #if defined(__AVX512F__)
     if (rows >= PANEL_MIN_ROWS && out % 32 == 0) {
-        matmul_panels(w, bias, x, y, rows, in, out, x_stride, y_stride, panel);
+        matmul_panels(w, bias, x, y, rows, in, out, x_stride, y_stride,
+                      own(s->panels, s->panel_stride));
         return;
     }
     if (in % 16 == 0 && out % 4 == 0) {
+#pragma omp for schedule(static)
         for (int n = 0; n < out; n += 4) {
             const float *wn = w + (int64_t)n * in, *bn = bias ? bias + n : NULL;
             int r = 0;
@@ -220,8 +246,9 @@ static void matmul_rows(const float *w, const float *bias, const float *x, float
         return;
     }
 #else
-    (void)panel;
+    (void)s;
 #endif
+#pragma omp for schedule(static)
     for (int n = 0; n < out; n++) {
         const float *wn = w + (int64_t)n * in;
         for (int r = 0; r < rows; r++) {
@@ -348,23 +375,33 @@ typedef struct {
     int64_t position;      /* its rotary position */
 } Place;
 
+/* x[j] += y[j] for `n` floats, the threads sharing them. */
+static void add_into(float *x, const float *y, int64_t n) {
+#pragma omp for simd schedule(static)
+    for (int64_t j = 0; j < n; j++) x[j] += y[j];
+}
+
 /* The decoder layers over `rows` rows whose embeddings are in scratch's `x`, each row placed in
- * the cache by `place`; rows are processed in order, so a row may attend to the columns the
- * rows before it wrote (a prompt's tokens, in prefill). Leaves the residual stream in `x`. */
+ * the cache by `place`; a row may attend to the columns the rows before it wrote in the same
+ * layer (a prompt's tokens, in prefill): every row writes its keys and values before any row
+ * attends. Leaves the residual stream in `x`. Runs inside the caller's parallel region. */
 static void layers(const Model *m, int32_t rows, const Place *place, float *const *kv,
                    int32_t columns, const Scratch *s) {
     const int hidden = m->hidden, dim = m->dim, heads = m->heads, kv_heads = m->kv_heads;
     const int qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim;
     const int group = heads / kv_heads;
     float *x = s->x, *h = s->h, *qkv = s->qkv, *attn = s->attn, *mlp = s->mlp;
+    float *scores = own(s->scores, s->scores_stride);
     for (int i = 0; i < m->layers; i++) {
         const Layer *layer = &m->layer[i];
         float *keys = kv[2 * i], *values = kv[2 * i + 1];
+#pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)
             rms_norm(x + (int64_t)r * hidden, layer->input_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
-                    qkv_width, s->panel);
+                    qkv_width, s);
+#pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             const Place *p = &place[r];
             float *row = qkv + (int64_t)r * qkv_width;
@@ -376,29 +413,34 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
                 memcpy(keys + slot, row + (heads + kh) * dim, sizeof(float) * dim);
                 memcpy(values + slot, row + (heads + kv_heads + kh) * dim, sizeof(float) * dim);
             }
-            for (int head = 0; head < heads; head++) {
-                int64_t base = p->kv_offset + (int64_t)(head / group) * columns * dim;
-                attend(row + head * dim, keys + base, values + base, p->kept, p->first,
-                       p->column, dim, s->scores, attn + (int64_t)r * attn_width + head * dim);
-            }
         }
+#pragma omp for collapse(2) schedule(static)
+        for (int r = 0; r < rows; r++)
+            for (int head = 0; head < heads; head++) {
+                const Place *p = &place[r];
+                int64_t base = p->kv_offset + (int64_t)(head / group) * columns * dim;
+                attend(qkv + (int64_t)r * qkv_width + head * dim, keys + base, values + base,
+                       p->kept, p->first, p->column, dim, scores,
+                       attn + (int64_t)r * attn_width + head * dim);
+            }
         /* x += attn W_out^T (+ bias), through h as the product's output */
         matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
-                    hidden, s->panel);
-        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+                    hidden, s);
+        add_into(x, h, (int64_t)rows * hidden);
+#pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)
             rms_norm(x + (int64_t)r * hidden, layer->post_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
-                    2 * m->inter, s->panel);
+                    2 * m->inter, s);
+#pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
 #pragma omp simd
             for (int j = 0; j < m->inter; j++) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
         }
-        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden,
-                    s->panel);
-        for (int64_t j = 0; j < (int64_t)rows * hidden; j++) x[j] += h[j];
+        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden, s);
+        add_into(x, h, (int64_t)rows * hidden);
     }
 }
 
@@ -406,11 +448,12 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
  * stream from `x`, through the scratch's `h`. */
 static void project(const Model *m, const float *x, const Scratch *s, int32_t rows,
                     float *logits) {
+#pragma omp for schedule(static)
     for (int r = 0; r < rows; r++)
         rms_norm(x + (int64_t)r * m->hidden, m->final_norm, s->h + (int64_t)r * m->hidden,
                  m->hidden, m->eps);
     matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab,
-                s->panel);
+                s);
 }
 
 /* Copies each row's embedding into `x`; -1 when a token is outside the table. */
@@ -432,12 +475,14 @@ static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) 
 int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
                    const int64_t *tokens, const int64_t *positions, const int64_t *mask,
                    int32_t mask_stride, float *const *kv, int32_t row_capacity,
-                   int32_t columns, int32_t table_positions, float *logits, float *scratch) {
-    if (rows < 1 || rows > row_capacity || start < 0 || start > end || end >= columns)
+                   int32_t columns, int32_t table_positions, float *logits, float *scratch,
+                   int32_t threads) {
+    if (rows < 1 || rows > row_capacity || start < 0 || start > end || end >= columns
+            || threads < 1)
         return -1;
     for (int r = 0; r < rows; r++)
         if (positions[r] < 0 || positions[r] >= table_positions) return -1;
-    Scratch s = carve(m, scratch, rows);
+    Scratch s = carve(m, scratch, rows, columns, threads);
     if (embed(m, rows, tokens, s.x)) return -1;
     Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
@@ -447,9 +492,12 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
         place[r].kept = row_columns(mask + (int64_t)r * mask_stride, start, end, &place[r].first);
         place[r].position = positions[r];
     }
-    layers(m, rows, place, kv, columns, &s);
+#pragma omp parallel num_threads(threads)
+    {
+        layers(m, rows, place, kv, columns, &s);
+        project(m, s.x, &s, rows, logits);
+    }
     free(place);
-    project(m, s.x, &s, rows, logits);
     return 0;
 }
 
@@ -462,18 +510,22 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
  * token is outside the table or the prompt does not fit the columns or the rotary table. */
 int textgen_prefill(const Model *m, int32_t length, const int64_t *tokens, float *const *kv,
                     int32_t columns, int32_t first, int32_t table_positions, float *logits,
-                    float *scratch) {
-    if (length < 1 || first < 0 || first + length > columns || length > table_positions)
+                    float *scratch, int32_t threads) {
+    if (length < 1 || first < 0 || first + length > columns || length > table_positions
+            || threads < 1)
         return -1;
-    Scratch s = carve(m, scratch, length);
+    Scratch s = carve(m, scratch, length, columns, threads);
     if (embed(m, length, tokens, s.x)) return -1;
     Place *place = malloc(sizeof(Place) * (size_t)length);
     if (!place) return -1;
     for (int r = 0; r < length; r++)
         place[r] = (Place){.kv_offset = 0, .column = first + r, .first = first, .kept = NULL,
                            .position = r};
-    layers(m, length, place, kv, columns, &s);
+#pragma omp parallel num_threads(threads)
+    {
+        layers(m, length, place, kv, columns, &s);
+        project(m, s.x + (int64_t)(length - 1) * m->hidden, &s, 1, logits);
+    }
     free(place);
-    project(m, s.x + (int64_t)(length - 1) * m->hidden, &s, 1, logits);
     return 0;
 }

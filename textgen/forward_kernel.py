@@ -7,6 +7,11 @@ Where there is no compiler, the model is not float32 on a CPU, or the build fail
 why and the executor keeps its tensor forward: the kernel is a speed-up, never a requirement.
 ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
 thread) run on the other core meanwhile.
+
+Threads: each call runs on `torch.get_num_threads()` OpenMP threads. The library needs
+`libgomp.so.1`, the soname of the OpenMP runtime torch loaded before it, so the dynamic linker
+hands it torch's copy: one runtime and one thread pool for the kernel and torch's operations
+(two runtimes would each keep spinning workers and fight over the cores).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 log = logging.getLogger("textgen")
 
 SOURCE = Path(__file__).with_name("forward_kernel.c")
-FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
 
 
@@ -79,15 +84,17 @@ class ForwardKernel:
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-            ctypes.c_void_p, ctypes.c_void_p]
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
         self._prefill = library.textgen_prefill
         self._prefill.restype = ctypes.c_int
         self._prefill.argtypes = [
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
+            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_int32]
         self._scratch_floats = library.textgen_scratch_floats
         self._scratch_floats.restype = ctypes.c_int64
-        self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32]
+        self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32,
+                                         ctypes.c_int32]
         self._model_p = ctypes.byref(model)
         self._scratch = torch.empty(0)
         self._kv: Sequence[torch.Tensor] = ()
@@ -106,10 +113,12 @@ class ForwardKernel:
             self._kv = list(kv)
             self._kv_pointers = (ctypes.c_void_p * len(kv))(*(t.data_ptr() for t in kv))
         logits = torch.empty((rows, self._model.vocab), dtype=torch.float32)
+        threads = torch.get_num_threads()
         failed = self._decode(self._model_p, rows, start, end, tokens.data_ptr(),
                               positions.data_ptr(), mask.data_ptr(), mask.stride(0),
                               self._kv_pointers, capacity, columns, self._positions,
-                              logits.data_ptr(), self._scratch_for(rows, columns))
+                              logits.data_ptr(), self._scratch_for(rows, columns, threads),
+                              threads)
         if failed:
             raise ValueError("a token id or position is outside the model's tables, or a row "
                              "or column outside the cache")
@@ -127,20 +136,22 @@ class ForwardKernel:
         shape = (count, model.kv_heads, length, model.dim)
         kv = [torch.zeros(shape) for _ in range(2 * model.layers)]
         logits = torch.empty((count, model.vocab), dtype=torch.float32)
-        scratch = self._scratch_for(length, length)
+        threads = torch.get_num_threads()
+        scratch = self._scratch_for(length, length, threads)
         for i, prompt in enumerate(prompts):
             tokens = torch.tensor(prompt, dtype=torch.int64)
             pointers = (ctypes.c_void_p * len(kv))(*(t[i].data_ptr() for t in kv))
             if self._prefill(self._model_p, len(prompt), tokens.data_ptr(), pointers, length,
                              length - len(prompt), self._positions, logits[i].data_ptr(),
-                             scratch):
+                             scratch, threads):
                 raise ValueError("a token id is outside the model's table, or the prompt is "
                                  "empty or longer than its rotary table")
         return list(zip(kv[0::2], kv[1::2])), logits
 
-    def _scratch_for(self, rows: int, columns: int) -> int:
-        """The address of scratch space for a call over `rows` rows and `columns` columns."""
-        needed = self._scratch_floats(self._model_p, rows, columns)
+    def _scratch_for(self, rows: int, columns: int, threads: int) -> int:
+        """The address of scratch space for a call over `rows` rows and `columns` columns on
+        `threads` threads."""
+        needed = self._scratch_floats(self._model_p, rows, columns, threads)
         if self._scratch.numel() < needed:
             self._scratch = torch.empty(needed, dtype=torch.float32)
         return self._scratch.data_ptr()
