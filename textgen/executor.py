@@ -90,12 +90,14 @@ class HFExecutor:
 
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
-                    context_length: int, decode_step: str = "auto") -> Executor:
+                    context_length: int, decode_step: str = "auto",
+                    take_weights: bool = False) -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step and
     prefill in C where they compile, `tensor` never does (the switch to turn the native code
-    off), `c` fails the load when it cannot."""
+    off), `c` fails the load when it cannot. `take_weights`: the C forward may empty the HF
+    module's projections as it packs them (LlamaExecutor); the engine passes True."""
     from .llama_executor import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
@@ -111,7 +113,8 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
             log.info("using the Hugging Face executor: %s", reason)
         return HFExecutor(model, pad_id, device)
     executor = LlamaExecutor(model, pad_id, device, context_length,
-                             kernel_target=None if decode_step == "tensor" else "native")
+                             kernel_target=None if decode_step == "tensor" else "native",
+                             take_weights=take_weights)
     if decode_step == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"decode step `c` is not available here: "
                              f"{executor.kernel_unavailable}; use decode step `auto` or `tensor`")

@@ -10,8 +10,13 @@
  * the cache, attention over each row's own columns, the output projection, the fused gate/up
  * product, SiLU and the down projection; then the final norm and the vocabulary projection.
  * A prefill is the same layers with the prompt's tokens as the rows, each attending to the
- * columns the tokens before it wrote; its products pack the weights into panels, which makes
- * them as fast as the matrix library's, and the rest costs a fraction of the tensor ops'.
+ * columns the tokens before it wrote.
+ *
+ * Weights: every product's matrix arrives packed (forward_kernel.py, `pack`, once at load)
+ * into panels of 32 output rows, transposed ([in][32]), so a product streams each panel once
+ * from memory in order and every row tile multiplies it from cache with no horizontal sums.
+ * Packing per call instead cost a transposing pass over all the weights a step: on a 135M
+ * model it was slower than the matrix library from 16 rows up.
  *
  * The mathematics and the order of every operation follow llama_executor.py; only the order
  * of additions inside dot products differs (vector lanes), as it does between matrix
@@ -35,35 +40,29 @@
 #pragma omp declare simd notinbranch
 float expf(float);
 
+/* The products' matrices are panels (see above): `W [out, in]` means out/32 (rounded up)
+ * panels of [in][32] floats, zero past `out`. */
 typedef struct {
     const float *input_norm;  /* [hidden] */
-    const float *qkv;         /* [(heads + 2 * kv_heads) * dim, hidden] */
-    const float *qkv_bias;    /* same rows, or NULL */
-    const float *out;         /* [hidden, heads * dim] */
+    const float *qkv;         /* W [(heads + 2 * kv_heads) * dim, hidden] */
+    const float *qkv_bias;    /* [(heads + 2 * kv_heads) * dim] or NULL */
+    const float *out;         /* W [hidden, heads * dim] */
     const float *out_bias;    /* [hidden] or NULL */
     const float *post_norm;   /* [hidden] */
-    const float *gate_up;     /* [2 * inter, hidden]: gate rows, then up rows */
-    const float *down;        /* [hidden, inter] */
+    const float *gate_up;     /* W [2 * inter, hidden]: gate rows, then up rows */
+    const float *down;        /* W [hidden, inter] */
 } Layer;
 
 typedef struct {
     int32_t layers, hidden, heads, kv_heads, dim, inter, vocab;
     float eps;
-    const float *embed;       /* [vocab, hidden] */
+    const float *embed;       /* [vocab, hidden], or NULL: tied, read from lm_head's panels */
     const float *final_norm;  /* [hidden] */
-    const float *lm_head;     /* [vocab, hidden] */
+    const float *lm_head;     /* W [vocab, hidden] */
     const float *cos;         /* [positions, dim] */
     const float *sin;         /* [positions, dim], rotate_half's signs folded in */
     const Layer *layer;
 } Model;
-
-/* The widest input of any product: a weight panel holds 32 of its rows. */
-static int64_t panel_floats(const Model *m) {
-    int64_t in = m->hidden;
-    if ((int64_t)m->heads * m->dim > in) in = (int64_t)m->heads * m->dim;
-    if (m->inter > in) in = m->inter;
-    return (in * 32 + 15) / 16 * 16;  /* whole cache lines, so each panel stays aligned */
-}
 
 /* Each thread's own scores: `columns` floats rounded up to whole cache lines. */
 static int64_t scores_floats(int32_t columns) { return ((int64_t)columns + 15) / 16 * 16; }
@@ -74,14 +73,11 @@ int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns, in
     int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
     int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
                       + 2 * (int64_t)m->inter;
-    /* + 16: room to align the first panel to 64 bytes */
-    return 16 + threads * (panel_floats(m) + scores_floats(columns)) + rows * per_row;
+    return threads * scores_floats(columns) + rows * per_row;
 }
 
 /* The scratch space of a call, carved as textgen_scratch_floats counts it. */
 typedef struct {
-    float *panels;         /* a packed weight panel per thread, each 64-byte aligned */
-    int64_t panel_stride;  /* floats from one thread's panel to the next's */
     float *x;              /* [rows, hidden] residual stream */
     float *h;              /* [rows, hidden] normed, or a product's output */
     float *qkv;            /* [rows, (heads + 2 kv_heads) dim] */
@@ -89,16 +85,11 @@ typedef struct {
     float *mlp;            /* [rows, 2 inter] */
     float *scores;         /* [threads, scores_floats(columns)] */
     int64_t scores_stride;
-    int32_t threads;
 } Scratch;
 
-static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns,
-                     int32_t threads) {
+static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns) {
     Scratch s;
-    s.threads = threads;
-    s.panel_stride = panel_floats(m);
-    s.panels = (float *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
-    s.x = base + 16 + threads * s.panel_stride;
+    s.x = base;
     s.h = s.x + (int64_t)rows * m->hidden;
     s.qkv = s.h + (int64_t)rows * m->hidden;
     s.attn = s.qkv + (int64_t)rows * (m->heads + 2 * m->kv_heads) * m->dim;
@@ -135,44 +126,19 @@ static inline __m128 sum4(const __m512 v[4]) {
         q[j] = _mm_add_ps(_mm256_castps256_ps128(h[j]), _mm256_extractf128_ps(h[j], 1));
     return _mm_hadd_ps(_mm_hadd_ps(q[0], q[1]), _mm_hadd_ps(q[2], q[3]));
 }
-
-/* `nr` rows (1 or 4) by four outputs: with four rows, 16 accumulators and eight loads for
- * sixteen multiply-adds. `in` is a multiple of 16. */
-static inline __attribute__((always_inline)) void block(
-        const float *w, const float *bias, const float *x, float *y, int in, int x_stride,
-        int y_stride, const int nr) {
-    __m512 acc[4][4];
-    for (int i = 0; i < nr; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
-    for (int k = 0; k < in; k += 16) {
-        __m512 wv[4], xv[4];
-        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w + (int64_t)j * in + k);
-        for (int i = 0; i < nr; i++) xv[i] = _mm512_loadu_ps(x + (int64_t)i * x_stride + k);
-        for (int i = 0; i < nr; i++)
-            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv[i], acc[i][j]);
-    }
-    __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
-    for (int i = 0; i < nr; i++)
-        _mm_storeu_ps(y + (int64_t)i * y_stride, _mm_add_ps(sum4(acc[i]), b));
-}
 #endif
 
-/* Rows from which a product packs its weights into panels, and the rows of a panel tile.
- * Packing costs a pass over the weights, which pays from about 16 rows (demo model, one core:
- * a decode step of 32 rows 2.4-2.6 -> 1.7-2.0 ms, a 65-token prefill 2.4 -> 2.0 ms); with fewer,
- * dot products read each weight once and are as fast or faster (12 rows: 0.89 against 0.93 ms).
- */
-#define PANEL_MIN_ROWS 16
-#define PANEL_ROWS 8
+/* The rows of a product's tile: each panel is read from cache once per 8 rows. */
+#define TILE_ROWS 8
 
-#if defined(__AVX512F__)
-/* `nr` rows (up to PANEL_ROWS) by 32 outputs from a packed panel ([in][32]: 32 weight rows,
- * transposed): per input one load of the panel's two vectors and one broadcast a row feed
- * two multiply-adds a row, with no horizontal sums at the end. */
-static inline __attribute__((always_inline)) void panel_block(
+/* `nr` rows (up to TILE_ROWS) by the `width` (<= 32) outputs of one panel ([in][32]): per input,
+ * one load of the panel's two vectors and one broadcast a row feed two multiply-adds a row,
+ * with no horizontal sums at the end. */
+static inline __attribute__((always_inline)) void tile(
         const float *panel, const float *bias, const float *x, float *y, int in, int x_stride,
-        int y_stride, const int nr) {
-    __m512 acc[PANEL_ROWS][2];
+        int y_stride, const int nr, int width) {
+#if defined(__AVX512F__)
+    __m512 acc[TILE_ROWS][2];
     for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int k = 0; k < in; k++) {
         __m512 w0 = _mm512_load_ps(panel + (int64_t)k * 32);
@@ -183,81 +149,49 @@ static inline __attribute__((always_inline)) void panel_block(
             acc[i][1] = _mm512_fmadd_ps(xv, w1, acc[i][1]);
         }
     }
-    __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    uint32_t keep = width >= 32 ? 0xffffffffu : (1u << width) - 1u;
+    __mmask16 k0 = (__mmask16)keep, k1 = (__mmask16)(keep >> 16);
+    __m512 b0 = bias ? _mm512_maskz_loadu_ps(k0, bias) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_maskz_loadu_ps(k1, bias + 16) : _mm512_setzero_ps();
     for (int i = 0; i < nr; i++) {
-        _mm512_storeu_ps(y + (int64_t)i * y_stride, _mm512_add_ps(acc[i][0], b0));
-        _mm512_storeu_ps(y + (int64_t)i * y_stride + 16, _mm512_add_ps(acc[i][1], b1));
-    }
-}
-
-/* The panel product (many rows, `out` a multiple of 32): each 32 weight rows are transposed
- * once into the thread's `panel` ([in][32], 64-byte aligned), then every row tile reads them
- * from L1. Called inside the parallel region: the threads share the outputs. */
-static void matmul_panels(const float *w, const float *bias, const float *x, float *y,
-                          int rows, int in, int out, int x_stride, int y_stride, float *panel) {
-#pragma omp for schedule(static)
-    for (int n = 0; n < out; n += 32) {
-        for (int j = 0; j < 32; j++) {
-            const float *wj = w + (int64_t)(n + j) * in;
-            for (int k = 0; k < in; k++) panel[(int64_t)k * 32 + j] = wj[k];
-        }
-        const float *bn = bias ? bias + n : NULL;
-        int r = 0;
-        for (; r + PANEL_ROWS <= rows; r += PANEL_ROWS)
-            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                        x_stride, y_stride, PANEL_ROWS);
-        for (; r + 4 <= rows; r += 4)
-            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                        x_stride, y_stride, 4);
-        for (; r < rows; r++)
-            panel_block(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                        x_stride, y_stride, 1);
-    }
-}
-#endif
-
-/* y[r, n] = sum_k w[n, k] x[r, k] (+ bias[n]) for every row r. From PANEL_MIN_ROWS rows, by
- * packed panels (matmul_panels); below, outputs outside and rows inside: a few weight rows stay
- * in L1 while every row uses them, so a step reads the weights from memory once, however many
- * rows it decodes (rows outside re-read all of them per row). Called inside the parallel
- * region by every thread, which each take a share of the outputs (the `omp for`s, whose
- * ends are the barriers after which `y` is complete). */
-static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
-                        int in, int out, int x_stride, int y_stride, const Scratch *s) {
-#if defined(__AVX512F__)
-    if (rows >= PANEL_MIN_ROWS && out % 32 == 0) {
-        matmul_panels(w, bias, x, y, rows, in, out, x_stride, y_stride,
-                      own(s->panels, s->panel_stride));
-        return;
-    }
-    if (in % 16 == 0 && out % 4 == 0) {
-#pragma omp for schedule(static)
-        for (int n = 0; n < out; n += 4) {
-            const float *wn = w + (int64_t)n * in, *bn = bias ? bias + n : NULL;
-            int r = 0;
-            for (; r + 4 <= rows; r += 4)
-                block(wn, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                      x_stride, y_stride, 4);
-            for (; r < rows; r++)
-                block(wn, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                      x_stride, y_stride, 1);
-        }
-        return;
+        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride, k0, _mm512_add_ps(acc[i][0], b0));
+        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride + 16, k1, _mm512_add_ps(acc[i][1], b1));
     }
 #else
-    (void)s;
-#endif
-#pragma omp for schedule(static)
-    for (int n = 0; n < out; n++) {
-        const float *wn = w + (int64_t)n * in;
-        for (int r = 0; r < rows; r++) {
-            const float *xr = x + (int64_t)r * x_stride;
-            float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-            for (int k = 0; k < in; k++) acc += wn[k] * xr[k];
-            y[(int64_t)r * y_stride + n] = acc + (bias ? bias[n] : 0.0f);
+    for (int i = 0; i < nr; i++) {
+        float acc[32] = {0};
+        const float *xi = x + (int64_t)i * x_stride;
+        for (int k = 0; k < in; k++) {
+            const float *wk = panel + (int64_t)k * 32;
+            float xv = xi[k];
+#pragma omp simd
+            for (int j = 0; j < 32; j++) acc[j] += wk[j] * xv;
         }
+        for (int j = 0; j < width; j++) y[(int64_t)i * y_stride + j] = acc[j] + (bias ? bias[j] : 0.0f);
+    }
+#endif
+}
+
+/* y[r, n] = sum_k W[n, k] x[r, k] (+ bias[n]) for every row r, W as panels. Panels outside,
+ * rows inside: each panel is read from memory once a call, however many rows. Called inside
+ * the parallel region by every thread, which each take a share of the panels (the `omp for`,
+ * whose end is the barrier after which `y` is complete). */
+static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
+                        int in, int out, int x_stride, int y_stride) {
+#pragma omp for schedule(static)
+    for (int n = 0; n < out; n += 32) {
+        const float *panel = w + (int64_t)n * in;
+        const float *bn = bias ? bias + n : NULL;
+        int width = out - n < 32 ? out - n : 32, r = 0;
+        for (; r + TILE_ROWS <= rows; r += TILE_ROWS)
+            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                 x_stride, y_stride, TILE_ROWS, width);
+        for (; r + 4 <= rows; r += 4)
+            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                 x_stride, y_stride, 4, width);
+        for (; r < rows; r++)
+            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
+                 x_stride, y_stride, 1, width);
     }
 }
 
@@ -400,7 +334,7 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
             rms_norm(x + (int64_t)r * hidden, layer->input_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
-                    qkv_width, s);
+                    qkv_width);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             const Place *p = &place[r];
@@ -425,21 +359,21 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
             }
         /* x += attn W_out^T (+ bias), through h as the product's output */
         matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
-                    hidden, s);
+                    hidden);
         add_into(x, h, (int64_t)rows * hidden);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)
             rms_norm(x + (int64_t)r * hidden, layer->post_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
-                    2 * m->inter, s);
+                    2 * m->inter);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
 #pragma omp simd
             for (int j = 0; j < m->inter; j++) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
         }
-        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden, s);
+        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden);
         add_into(x, h, (int64_t)rows * hidden);
     }
 }
@@ -452,16 +386,23 @@ static void project(const Model *m, const float *x, const Scratch *s, int32_t ro
     for (int r = 0; r < rows; r++)
         rms_norm(x + (int64_t)r * m->hidden, m->final_norm, s->h + (int64_t)r * m->hidden,
                  m->hidden, m->eps);
-    matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab,
-                s);
+    matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab);
 }
 
-/* Copies each row's embedding into `x`; -1 when a token is outside the table. */
+/* Copies each row's embedding into `x`, from the embedding table or, when the output layer is
+ * tied to it, from the output layer's panels (column t % 32 of panel t / 32); -1 when a token
+ * is outside the table. */
 static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) {
     for (int r = 0; r < rows; r++) {
-        if (tokens[r] < 0 || tokens[r] >= m->vocab) return -1;
-        memcpy(x + (int64_t)r * m->hidden, m->embed + tokens[r] * m->hidden,
-               sizeof(float) * m->hidden);
+        int64_t t = tokens[r];
+        float *xr = x + (int64_t)r * m->hidden;
+        if (t < 0 || t >= m->vocab) return -1;
+        if (m->embed) {
+            memcpy(xr, m->embed + t * m->hidden, sizeof(float) * m->hidden);
+        } else {
+            const float *column = m->lm_head + (t / 32) * 32 * m->hidden + t % 32;
+            for (int k = 0; k < m->hidden; k++) xr[k] = column[(int64_t)k * 32];
+        }
     }
     return 0;
 }
@@ -482,7 +423,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
         return -1;
     for (int r = 0; r < rows; r++)
         if (positions[r] < 0 || positions[r] >= table_positions) return -1;
-    Scratch s = carve(m, scratch, rows, columns, threads);
+    Scratch s = carve(m, scratch, rows, columns);
     if (embed(m, rows, tokens, s.x)) return -1;
     Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
@@ -514,7 +455,7 @@ int textgen_prefill(const Model *m, int32_t length, const int64_t *tokens, float
     if (length < 1 || first < 0 || first + length > columns || length > table_positions
             || threads < 1)
         return -1;
-    Scratch s = carve(m, scratch, length, columns, threads);
+    Scratch s = carve(m, scratch, length, columns);
     if (embed(m, length, tokens, s.x)) return -1;
     Place *place = malloc(sizeof(Place) * (size_t)length);
     if (!place) return -1;

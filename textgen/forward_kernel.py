@@ -8,6 +8,11 @@ why and the executor keeps its tensor forward: the kernel is a speed-up, never a
 ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
 thread) run on the other core meanwhile.
 
+Weights: `pack` lays each product's matrix out as forward_kernel.c reads it (panels of 32
+output rows, transposed) once at load. The kernel then owns the only copy the engine needs:
+with `take_weights` the HF module's projections are emptied layer by layer as they are packed,
+so the process never holds the weights twice (not even while loading).
+
 Threads: each call runs on `torch.get_num_threads()` OpenMP threads. The library needs
 `libgomp.so.1`, the soname of the OpenMP runtime torch loaded before it, so the dynamic linker
 hands it torch's copy: one runtime and one thread pool for the kernel and torch's operations
@@ -23,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -32,6 +37,7 @@ log = logging.getLogger("textgen")
 SOURCE = Path(__file__).with_name("forward_kernel.c")
 FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
+PANEL = 32  # output rows of a panel (forward_kernel.c)
 
 
 class _Layer(ctypes.Structure):
@@ -52,10 +58,6 @@ class KernelUnavailable(Exception):
     """Why the C forward cannot be used here; the tensor forward runs instead."""
 
 
-def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
-    return None if tensor is None else tensor.data_ptr()
-
-
 def _compile(target: str) -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -72,12 +74,13 @@ def _compile(target: str) -> ctypes.CDLL:
 
 
 class ForwardKernel:
-    """The compiled decode step and prefill, bound to one model's weights (which the caller
-    keeps alive)."""
+    """The compiled decode step and prefill, bound to one model's packed weights."""
 
     def __init__(self, library: ctypes.CDLL, model: _Model, layers: ctypes.Array,
-                 positions: int) -> None:
-        self._model, self._layers, self._positions = model, layers, positions
+                 tensors: list[torch.Tensor], positions: int) -> None:
+        # `tensors`: what the records point into (packed weights among them), kept alive here.
+        self._model, self._layers, self._tensors = model, layers, tensors
+        self._positions = positions
         self._decode = library.textgen_decode
         self._decode.restype = ctypes.c_int
         self._decode.argtypes = [
@@ -157,35 +160,90 @@ class ForwardKernel:
         return self._scratch.data_ptr()
 
 
-def build(embed: torch.Tensor, final_norm: torch.Tensor,
-          lm_head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-          layers: Sequence[object], heads: int, kv_heads: int, dim: int,
-          eps: float, target: str = "native") -> Union[ForwardKernel, KernelUnavailable]:
-    """The compiled step over these weights, or why not (logged by the caller).
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """W [out, in] as forward_kernel.c's panels: [ceil(out / 32), in, 32], panel p holding
+    W[32p + j, k] at [p, k, j], zeros past `out`."""
+    out, width = weight.shape
+    full, rest = divmod(out, PANEL)
+    panels = torch.zeros((full + (rest > 0), width, PANEL), dtype=torch.float32)
+    panels[:full] = weight[:full * PANEL].view(full, PANEL, width).transpose(1, 2)
+    if rest:
+        panels[full, :, :rest] = weight[full * PANEL:].t()
+    return panels
 
-    `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the
-    path of CPUs without AVX-512). `layers` are llama_executor's `_Layer` records. The
-    kernel holds raw pointers, so the executor that owns these tensors must outlive it and
-    never replace them."""
-    tensors = [embed, final_norm, lm_head, cos, sin]
-    for layer in layers:
-        tensors += [t for t in vars(layer).values() if t is not None]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
-           for t in tensors):
-        return KernelUnavailable("the weights are not contiguous float32 on the CPU")
+
+def _empty(modules: Sequence[torch.nn.Module]) -> None:
+    """Frees the modules' weights (their packed copy serves instead)."""
+    for module in modules:
+        module.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+
+def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUnavailable]:
+    weights = [p for p in model.parameters()]
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in weights):
+        return KernelUnavailable("the weights are not float32 on the CPU")
     if dim > MAX_HEAD_DIM or heads % kv_heads:
         return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")
+    return None
+
+
+def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+          dim: int, eps: float, target: str = "native",
+          take_weights: bool = False) -> Union[ForwardKernel, KernelUnavailable]:
+    """The compiled step over a Llama-family HF model's weights, packed, or why not (logged by
+    the caller).
+
+    `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the path of
+    CPUs without AVX-512). `take_weights` empties the HF module's projections as they are
+    packed (see the module docstring); without it the module stays usable beside the kernel.
+    The norms, biases and an untied embedding are read in place, so the model must outlive
+    the kernel."""
+    unavailable = _check(model, heads, kv_heads, dim)
+    if unavailable:
+        return unavailable
     started = time.monotonic()
     try:
         library = _compile(target)
     except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
         return error if isinstance(error, KernelUnavailable) else KernelUnavailable(str(error))
-    records = (_Layer * len(layers))(*[
-        _Layer(*(_pointer(getattr(layer, name)) for name, _ in _Layer._fields_))
-        for layer in layers])
-    inter = layers[0].gate_up.shape[0] // 2
-    model = _Model(len(layers), embed.shape[1], heads, kv_heads, dim, inter, lm_head.shape[0],
-                   eps, *(t.data_ptr() for t in (embed, final_norm, lm_head, cos, sin)),
-                   ctypes.cast(records, ctypes.POINTER(_Layer)))
-    log.info("forward kernel compiled in %.1f s", time.monotonic() - started)
-    return ForwardKernel(library, model, records, positions=cos.shape[0])
+    compiled = time.monotonic()
+    base = model.model
+    embed_module, head_module = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head_module.weight is embed_module.weight
+    keep: list[torch.Tensor] = [cos, sin]  # every tensor the kernel points into
+
+    def held(tensor: Optional[torch.Tensor]) -> Optional[int]:
+        if tensor is None:
+            return None
+        tensor = tensor.detach().contiguous()
+        keep.append(tensor)
+        return tensor.data_ptr()
+
+    def cat(tensors: list[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+        return None if tensors[0] is None else torch.cat([t.detach() for t in tensors])
+
+    records = []
+    for layer in base.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        records.append(_Layer(
+            held(layer.input_layernorm.weight), held(pack(cat([m.weight for m in qkv]))),
+            held(cat([m.bias for m in qkv])), held(pack(attn.o_proj.weight.detach())),
+            held(attn.o_proj.bias), held(layer.post_attention_layernorm.weight),
+            held(pack(cat([mlp.gate_proj.weight, mlp.up_proj.weight]))),
+            held(pack(mlp.down_proj.weight.detach()))))
+        if take_weights:
+            _empty([*qkv, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj])
+    vocab, hidden = head_module.weight.shape
+    lm_head = held(pack(head_module.weight.detach()))
+    embed = None if tied else held(embed_module.weight)
+    if take_weights:
+        _empty([head_module, embed_module] if tied else [head_module])
+    layer_array = (_Layer * len(records))(*records)
+    inter = base.layers[0].mlp.gate_proj.out_features
+    model_record = _Model(len(records), hidden, heads, kv_heads, dim, inter, vocab, eps,
+                          embed, held(base.norm.weight), lm_head, held(cos), held(sin),
+                          ctypes.cast(layer_array, ctypes.POINTER(_Layer)))
+    log.info("forward kernel compiled in %.1f s, weights packed in %.1f s",
+             compiled - started, time.monotonic() - compiled)
+    return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])

@@ -10,10 +10,10 @@ Fusing re-points the HF modules' weights at views of the fused matrices, so no w
 twice and the HF module still computes the same thing.
 
 On a CPU with a C compiler, a float32 model's decode step and prefill run instead as calls into
-C (forward_kernel.c, compiled at load in under a second): the same mathematics without a
-tensor operation's dispatch per step and layer. A decode step of one row costs ~0.10 ms for the
-demo model against ~0.67 ms in tensor operations; a 64-token prompt's prefill ~1.7-2.0 against
-~2.6-2.8 ms, a 400-token one ~12 against ~16 ms (README, Performance).
+C (forward_kernel.c, compiled at load in under a second) over weights packed for it once: the
+same mathematics without a tensor operation's dispatch per step and layer, on every thread the
+engine has, faster than the tensor forward at every row count measured (README, Performance).
+The kernel then holds the weights; the tensor forward's fused copies are never made.
 
 Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
 demo model and on randomly initialised Llama, Mistral and Qwen2 models). What it cannot run
@@ -102,9 +102,12 @@ class LlamaExecutor:
         return None
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
-                 context_length: int, kernel_target: Optional[str] = "native") -> None:
-        """`kernel_target`: the `-march` to compile the C decode step for (None: the tensor
-        step, which the tests compare it with)."""
+                 context_length: int, kernel_target: Optional[str] = "native",
+                 take_weights: bool = False) -> None:
+        """`kernel_target`: the `-march` to compile the C forward for (None: the tensor
+        forward, which the tests compare it with). `take_weights`: the C forward empties the
+        HF module's projections as it packs them (the engine never runs the module beside this
+        executor; tests that do keep it whole)."""
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -115,10 +118,32 @@ class LlamaExecutor:
         self._eps = config.rms_norm_eps
         base = model.model
         self._embed = model.get_input_embeddings().weight.detach()
-        self._final_norm = base.norm.weight.detach()
+        self._cos, self._sin = self._rope_tables(base, context_length)
+        half = self._head_dim // 2  # rotate_half as an index: the second half, then the first
+        self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
+            .to(device)
+        self._batch = KVBatch()
+        self._kernel: Optional[forward_kernel.ForwardKernel] = None
+        self._layers: list[_Layer] = []
+        built = forward_kernel.build(
+            model, self._cos, self._sin, self._heads, self._kv_heads, self._head_dim, self._eps,
+            kernel_target, take_weights) \
+            if kernel_target else forward_kernel.KernelUnavailable("turned off")
+        # Why the C forward is not used (None when it is): for the log and `decode_step` `c`.
+        self.kernel_unavailable: Optional[str] = None
+        if isinstance(built, forward_kernel.KernelUnavailable):
+            self.kernel_unavailable = str(built)
+            log.info("decode step and prefill in tensor operations: %s", built)
+            self._fuse_layers(model)
+        else:
+            self._kernel = built
+            self._embed = torch.empty(0)  # the kernel reads the embedding itself
+
+    def _fuse_layers(self, model: Any) -> None:
+        """The tensor forward's weights: per layer one q/k/v and one gate/up matrix."""
+        self._final_norm = model.model.norm.weight.detach()
         self._lm_head = model.get_output_embeddings().weight.detach()
-        self._layers = []
-        for layer in base.layers:
+        for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
@@ -128,23 +153,6 @@ class LlamaExecutor:
                 out_bias=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
                 gate_up=gate_up, down=mlp.down_proj.weight.detach()))
-        self._cos, self._sin = self._rope_tables(base, context_length)
-        half = self._head_dim // 2  # rotate_half as an index: the second half, then the first
-        self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
-            .to(device)
-        self._batch = KVBatch()
-        self._kernel: Optional[forward_kernel.ForwardKernel] = None
-        built = forward_kernel.build(
-            self._embed, self._final_norm, self._lm_head, self._cos, self._sin, self._layers,
-            self._heads, self._kv_heads, self._head_dim, self._eps, kernel_target) \
-            if kernel_target else forward_kernel.KernelUnavailable("turned off")
-        # Why the C step is not used (None when it is): for the log and `decode_step` `c`.
-        self.kernel_unavailable: Optional[str] = None
-        if isinstance(built, forward_kernel.KernelUnavailable):
-            self.kernel_unavailable = str(built)
-            log.info("decode step and prefill in tensor operations: %s", built)
-        else:
-            self._kernel = built
 
     def _rope_tables(self, base: Any, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin per position, [positions, head_dim], from the model's rotary module; the

@@ -69,13 +69,15 @@ class TransformersEngine:
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
         self.limits = self._limits_for_model(config.limits)
+        self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
         self._stream_interval_s = config.stream_interval_ms / 1000
         self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
-                                        self.limits.context_length, config.decode_step)
+                                        self.limits.context_length, config.decode_step,
+                                        take_weights=True)
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._wakeup = threading.Condition()
@@ -266,7 +268,7 @@ class TransformersEngine:
         return {"engine": "transformers", "model_dir": str(self.config.model_dir),
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "parameters": self._parameters,
                 "scheduling": self.config.scheduling, "executor": self.executor.name,
                 "decode_step": self.executor.decode_step,
                 "context_length": self.limits.context_length,

@@ -27,7 +27,7 @@ TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_la
 
 def random_model(config_class, **extra):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config_class(**TINY, **extra)).eval()
+    return AutoModelForCausalLM.from_config(config_class(**{**TINY, **extra})).eval()
 
 
 def hf_greedy(model, prompt: list[int]) -> list[int]:
@@ -96,19 +96,26 @@ def test_greedy_tokens_match_hf_generate_on_the_demo_model(demo_model_dir):
             executor.name
 
 
-# The C step's paths: this CPU's (AVX-512 blocks of 4 rows where it has them) and the generic
-# loops that CPUs without AVX-512 run.
+# The C forward's paths: this CPU's (AVX-512 where it has it) and the generic loops that CPUs
+# without AVX-512 run.
 TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
+SHAPES = {  # attention heads / KV heads x head size, and what each covers
+    "4/2x16": dict(head_dim=16),
+    "4/2x32": dict(head_dim=32),  # attention's weighted sum in registers
+    "6/2x64": dict(num_attention_heads=6, num_key_value_heads=2, head_dim=64,  # GQA of 3
+                   hidden_size=96),
+    "3/1x128": dict(num_attention_heads=3, num_key_value_heads=1, head_dim=128, hidden_size=96),
+    # no size a multiple of 32 or 16: the panels' last, partial panel and plain attention
+    "odd sizes": dict(vocab_size=509, hidden_size=72, intermediate_size=100, head_dim=18),
+}
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("head_dim", [16, 32])  # 32: attention's sum in registers
-def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target,
-                                                                                 head_dim):
-    """32 prompts of 1 to 45 tokens prefilled together (short ones by dot products, long ones
-    by packed panels; left padding in the cache), then decode steps of 32 rows (panels) and,
-    after rows leave, fewer."""
-    model = random_model(LlamaConfig, head_dim=head_dim)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target, shape):
+    """32 prompts of 1 to 45 tokens prefilled together (left padding in the cache), then
+    decode steps of 32 rows (tiles of 8) and, after rows leave, 11 (tiles of 8, 1 and 1...)."""
+    model = random_model(LlamaConfig, **SHAPES[shape])
     prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + (13 * row) % 45)] for row in range(32)]
     runs = []
     with torch.inference_mode():
@@ -165,12 +172,28 @@ def test_the_c_forward_refuses_a_token_outside_the_vocabulary_instead_of_reading
             executor.decode([model.config.vocab_size])
 
 
+def test_the_c_forward_taking_the_weights_leaves_one_packed_copy_and_the_same_tokens():
+    """With take_weights (the engine's way) the HF module's projections are emptied as the
+    kernel packs them: the process holds the weights once, and the tokens do not change."""
+    for tied in (True, False):
+        model = random_model(LlamaConfig, tie_word_embeddings=tied)
+        expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
+        executor = LlamaExecutor(model, 0, CPU, 256, take_weights=True)
+        assert executor.decode_step == "c"
+        layer = model.model.layers[0]
+        for module in (layer.self_attn.q_proj, layer.mlp.down_proj,
+                       model.get_output_embeddings()):
+            assert module.weight.numel() == 0
+        assert (model.get_input_embeddings().weight.numel() == 0) == tied
+        assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+
+
 def test_fusing_the_projections_leaves_the_hf_module_computing_the_same():
     model = random_model(LlamaConfig)
     ids = torch.tensor([PROMPTS[0]])
     with torch.inference_mode():
         before = model(ids).logits
-        LlamaExecutor(model, 0, CPU, 256)
+        LlamaExecutor(model, 0, CPU, 256, kernel_target=None)
         after = model(ids).logits
     assert torch.equal(before, after)
     attn = model.model.layers[0].self_attn
