@@ -31,6 +31,7 @@ import yaml
 
 from ratelimit.contract import (DESCRIPTORS, DOMAIN, HEADER_OF, LIMITED_BY, USAGE_METADATA,
                                 Entry)
+from textgen.config import ENV_OVERRIDES, Limits
 
 from error_contract import (GRPC_STATUS, LOCAL_REPLIES, OPENAI, OPENAI_PATH_PREFIX,
                             REPLICA_FAILED, REPLICA_FAILED_FLAGS, STATUS, TYPE_OF_STATUS,
@@ -219,16 +220,34 @@ def _lua_table(name: str, items: Mapping[Any, Any]) -> str:
     return f"{name} = {{{rows}}}\n"
 
 
-def _model_limits(config: Path = MODEL_CONFIG) -> dict[str, int]:
-    """The request limits in the `llm` model's config.pbtxt that the gateway needs."""
+def _model_limits(config: Path = MODEL_CONFIG,
+                  env: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """The request limits in the `llm` model's config.pbtxt that the gateway needs; an `auto`
+    limit follows the served model's context (its config.json, in LLM_MODEL_DIR or the
+    config's model_dir), as the engine resolves it (textgen.config.Limits.for_model)."""
     text = config.read_text()
-    limits = {}
-    for name in ("default_max_tokens", "max_new_tokens", "max_prompt_tokens"):
-        found = re.search(rf'key:\s*"{name}",\s*value:\s*{{\s*string_value:\s*"(\d+)"', text)
+
+    def parameter(name: str) -> str:
+        found = re.search(rf'key:\s*"{name}",\s*value:\s*{{\s*string_value:\s*"([^"]*)"', text)
         if found is None:
             raise SystemExit(f"{config}: parameter {name} not found")
-        limits[name] = int(found.group(1))
-    return limits
+        return found.group(1).strip()
+
+    model_dir = Path(env.get("LLM_MODEL_DIR") or parameter("model_dir"))
+    if not model_dir.is_absolute():
+        model_dir = config.parent.parent.parent / model_dir
+    try:
+        context = int(json.loads((model_dir / "config.json").read_text())
+                      .get("max_position_embeddings") or 2048)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read the served model's context from {model_dir}: {error}")
+    configured = {}
+    for name in ("max_prompt_tokens", "max_new_tokens", "default_max_tokens"):
+        value = env.get(ENV_OVERRIDES.get(name, "")) or parameter(name)
+        configured[name] = None if value.lower() in ("", "auto") else int(value)
+    limits = Limits(**configured).for_model(context, vocab_size=0)
+    return {name: getattr(limits, name)
+            for name in ("default_max_tokens", "max_new_tokens", "max_prompt_tokens")}
 
 
 def render_token_budget(settings: GatewaySettings) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 # parameter name in config.pbtxt -> environment variable that overrides it
 ENV_OVERRIDES = {
@@ -30,6 +30,9 @@ ENV_OVERRIDES = {
     "engine_nice": "LLM_ENGINE_NICE",
     "stream_interval_ms": "LLM_STREAM_INTERVAL_MS",
     "max_prefill_tokens": "LLM_MAX_PREFILL_TOKENS",
+    "max_prompt_tokens": "LLM_MAX_PROMPT_TOKENS",
+    "max_new_tokens": "LLM_MAX_NEW_TOKENS",
+    "max_batch_total_tokens": "LLM_MAX_BATCH_TOTAL_TOKENS",
 }
 ENGINES = ("auto", "transformers", "vllm")  # see engines.py
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,17 +49,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits; `vocab_size` and `context_length` come from the loaded model."""
+    """Request limits. As configured, a None limit follows the model; each engine serves
+    `for_model(...)` of them, where `context_length` and `vocab_size` come from the loaded
+    model and every limit is a number."""
 
-    max_prompt_tokens: int = 448
-    max_new_tokens: int = 256
-    default_max_tokens: int = 64
+    max_prompt_tokens: Optional[int] = None  # None: the context less the smallest answer
+    max_new_tokens: Optional[int] = None  # None: the context (a prompt leaves less)
+    default_max_tokens: int = 64  # when a request names no max_tokens
     context_length: int = 512
     vocab_size: int = 4096
+
+    def for_model(self, context_length: int, vocab_size: int) -> "Limits":
+        """These limits on a model of this context: what is not configured follows it, and
+        nothing configured exceeds it."""
+        prompt = context_length - 1
+        new = min(self.max_new_tokens or context_length, context_length)
+        return Limits(max_prompt_tokens=min(self.max_prompt_tokens or prompt, prompt),
+                      max_new_tokens=new,
+                      default_max_tokens=min(self.default_max_tokens, new),
+                      context_length=context_length, vocab_size=vocab_size)
 
     @property
     def max_prompt_chars(self) -> int:
         """A cheap bound checked before tokenising, so a huge body never reaches the tokenizer."""
+        assert self.max_prompt_tokens is not None, "limits not yet applied to a model"
         return self.max_prompt_tokens * 16
 
 
@@ -82,10 +98,10 @@ class EngineConfig:
     max_batch_total_tokens: int = 8192
     max_queue_size: int = 128
     queue_timeout_s: float = 30.0
-    # torch's intra-op threads for CPU inference. One by default: the server shares its cores
-    # with Triton's frontend, Envoy and the clients, and OpenMP workers that spin for a busy
-    # core made decode steps ~10x slower on 2 cores (benchmarks/README.md).
-    cpu_threads: int = 1
+    # Threads the engine computes with on a CPU (the C forward's and torch's, one OpenMP pool).
+    # None (`auto`): the cores this process may use less a share for the stack around it,
+    # divided among the engines on the host (textgen/cpus.py has the rule).
+    cpu_threads: Optional[int] = None
     # Scheduling priority (nice, -20..19) of the engine thread. Every token wakes Triton, the
     # stream model, Envoy and the client; at the same priority they preempt the decode step
     # (measured at 32 streams on 2 cores: the engine thread waited for a core 42% of the time
@@ -124,6 +140,13 @@ def _positive_int(params: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"parameter `{name}` must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def _positive_int_or_auto(params: Mapping[str, str], name: str) -> Optional[int]:
+    """A positive integer, or None for `auto` (or nothing): the model decides."""
+    if params.get(name, "").strip().lower() in ("", "auto"):
+        return None
+    return _positive_int(params, name, 0)
 
 
 def _int_in(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -167,12 +190,12 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         model_dir = (model_repository_dir.parent.parent / model_dir).resolve()
 
     limits = Limits(
-        max_prompt_tokens=_positive_int(params, "max_prompt_tokens", Limits.max_prompt_tokens),
-        max_new_tokens=_positive_int(params, "max_new_tokens", Limits.max_new_tokens),
+        max_prompt_tokens=_positive_int_or_auto(params, "max_prompt_tokens"),
+        max_new_tokens=_positive_int_or_auto(params, "max_new_tokens"),
         default_max_tokens=_positive_int(params, "default_max_tokens",
                                          Limits.default_max_tokens),
     )
-    if limits.default_max_tokens > limits.max_new_tokens:
+    if limits.max_new_tokens is not None and limits.default_max_tokens > limits.max_new_tokens:
         raise ConfigError(f"parameter `default_max_tokens` ({limits.default_max_tokens}) must "
                           f"not exceed `max_new_tokens` ({limits.max_new_tokens})")
     return EngineConfig(
@@ -188,7 +211,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
                                              EngineConfig.max_batch_total_tokens),
         max_queue_size=_positive_int(params, "max_queue_size", EngineConfig.max_queue_size),
-        cpu_threads=_positive_int(params, "cpu_threads", EngineConfig.cpu_threads),
+        cpu_threads=_positive_int_or_auto(params, "cpu_threads"),
         engine_nice=_int_in(params, "engine_nice", EngineConfig.engine_nice, -20, 19),
         stream_interval_ms=_int_in(params, "stream_interval_ms", EngineConfig.stream_interval_ms,
                                    0, 1000),

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from .admission import Admission
 from .config import EngineConfig, Limits
 from .engine_thread import session_nice, start_engine_thread, thread_nice
+from .cpus import engine_threads
 from .executor import select_executor
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
@@ -64,7 +65,9 @@ class TransformersEngine:
         self.observer = observer or EngineObserver()
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+            threads = engine_threads(config.cpu_threads)
+            torch.set_num_threads(threads.count)
+            log.info("%d CPU threads (%s)", threads.count, threads.why)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
@@ -97,9 +100,7 @@ class TransformersEngine:
 
     def _limits_for_model(self, limits: Limits) -> Limits:
         context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        return replace(limits, context_length=context,
-                       vocab_size=int(self.model.config.vocab_size),
-                       max_prompt_tokens=min(limits.max_prompt_tokens, context - 1))
+        return limits.for_model(context, int(self.model.config.vocab_size))
 
     # ---- called from Triton's threads -------------------------------------------------
 

@@ -30,12 +30,13 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .admission import Admission
 from .config import EngineConfig, Limits
+from .cpus import engine_threads
 from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
@@ -183,9 +184,7 @@ class VllmEngine:
     @staticmethod
     def _limits_for_model(limits: Limits, model_config: Any) -> Limits:
         context = int(model_config.max_model_len)
-        return replace(limits, context_length=context,
-                       vocab_size=int(model_config.get_vocab_size()),
-                       max_prompt_tokens=min(limits.max_prompt_tokens, context - 1))
+        return limits.for_model(context, int(model_config.get_vocab_size()))
 
     # ---- called from Triton's threads -------------------------------------------------
 
@@ -235,7 +234,9 @@ class VllmEngine:
             # 2 cores). vLLM replaces torch.set_num_threads with a no-op once loaded.
             import torch
 
-            torch._C.set_num_threads(self.config.cpu_threads)
+            threads = engine_threads(self.config.cpu_threads)
+            torch._C.set_num_threads(threads.count)
+            log.info("%d CPU threads (%s)", threads.count, threads.why)
         while True:
             with self._wakeup:
                 while not self._stopping and not self._count:

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime  # noqa: E402
+from textgen.cpus import ENGINES_ON_HOST  # noqa: E402
 
 READY_TIMEOUT_S = 180
 DRAIN_TIMEOUT_S = float(os.environ.get("LLM_DRAIN_TIMEOUT_S", "60"))  # > longest generation
@@ -225,6 +226,8 @@ def build(settings: runtime.Settings
         suffix = f"-{index}" if len(pools) > 1 else ""
         triton_env = runtime.triton_env(settings.run_dir)
         triton_env["LLM_MODEL_DIR"] = str(replica.model_dir)
+        # Each engine's default thread count takes its share of the host (textgen/cpus.py).
+        triton_env.setdefault(ENGINES_ON_HOST, str(len(pools)))
         replicas.append(SupervisedReplica(
             replica,
             Supervised(f"tritonserver{suffix}", runtime.triton_command(replica), triton_env,

@@ -96,7 +96,7 @@ def test_the_engine_named_by_llm_engine_serves_the_model(stack):
 def test_an_invalid_request_is_a_400_naming_the_parameter(stack):
     reply = stack.generate({"text_input": "hi", "max_tokens": 2000})
     body = assert_error_contract(reply, 400, "invalid_request")
-    assert "`max_tokens` must be in [1, 256], got 2000" in body["error"]
+    assert "`max_tokens` must be in [1, 512], got 2000" in body["error"]
     too_long = stack.generate({"text_input": "word " * 600, "max_tokens": 8})
     assert_error_contract(too_long, 400, "invalid_request")
 

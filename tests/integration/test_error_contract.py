@@ -131,7 +131,7 @@ def test_perf_analyzer_reports_a_rate_limit_refusal_and_exits_non_zero(gateway):
 def test_validation_errors_are_readable_with_their_request_id(gateway, api_key):
     by_http, by_grpc = infer_both(gateway, {"x-api-key": api_key, "x-request-id": "mine-42"},
                                   max_tokens=-3)
-    message = "`max_tokens` must be in [1, 256], got -3"
+    message = "`max_tokens` must be in [1, 512], got -3"
     assert assert_readable(by_http, "400", message) == "mine-42"
     assert assert_readable(by_grpc, "StatusCode.INVALID_ARGUMENT", message) == "mine-42"
     assert "invalid_request:" not in str(by_http) + str(by_grpc)  # the type is not prose
@@ -141,7 +141,7 @@ def test_generate_validation_error_is_the_contract_with_the_request_id(gateway, 
     reply = requests.post(gateway.url + "/generate", json={"text_input": "a", "max_tokens": -3},
                           headers={"X-API-Key": api_key}, timeout=30)
     body = assert_error_contract(reply, 400, "invalid_request")
-    assert body["error"].startswith("`max_tokens` must be in [1, 256], got -3 (request id ")
+    assert body["error"].startswith("`max_tokens` must be in [1, 512], got -3 (request id ")
 
 
 def test_stream_refused_before_its_first_event_is_a_plain_contract_body(gateway, api_key):

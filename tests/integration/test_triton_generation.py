@@ -127,8 +127,8 @@ def test_dynamic_batching_forms_batches_under_concurrency(triton):
 
 INVALID = [
     ({"text_input": ""}, "`text_input` must not be empty"),
-    ({"text_input": "hi", "max_tokens": -1}, "`max_tokens` must be in [1, 256], got -1"),
-    ({"text_input": "hi", "max_tokens": 100000}, "`max_tokens` must be in [1, 256]"),
+    ({"text_input": "hi", "max_tokens": -1}, "`max_tokens` must be in [1, 512], got -1"),
+    ({"text_input": "hi", "max_tokens": 100000}, "`max_tokens` must be in [1, 512]"),
     ({"text_input": "hi", "temperature": 3.5}, "`temperature` must be in [0, 2], got 3.5"),
     ({"text_input": "hi", "top_p": 0}, "`top_p` must be in (0, 1], got 0"),
     ({"text_input": "word " * 600}, "`text_input` has"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from textgen.config import ConfigError, load_engine_config
+from textgen.config import ConfigError, Limits, load_engine_config
 
 REPO_MODEL = Path("/srv/project/model_repository/llm")
 
@@ -55,3 +55,30 @@ def test_limits_are_read_from_the_parameters():
 def test_bad_settings_fail_with_a_message_naming_the_parameter(params, message):
     with pytest.raises(ConfigError, match=message):
         load_engine_config(config(**params), REPO_MODEL, env={})
+
+
+def test_limits_left_auto_follow_the_models_context():
+    loaded = load_engine_config(config(model_dir="m", max_prompt_tokens="auto"), REPO_MODEL,
+                                env={})
+    assert (loaded.limits.max_prompt_tokens, loaded.limits.max_new_tokens) == (None, None)
+    limits = loaded.limits.for_model(8192, 49152)
+    assert (limits.max_prompt_tokens, limits.max_new_tokens, limits.default_max_tokens,
+            limits.max_prompt_chars) == (8191, 8192, 64, 8191 * 16)
+
+
+def test_a_configured_limit_lowers_the_models_but_never_raises_it():
+    lowered = Limits(max_prompt_tokens=1000, max_new_tokens=300).for_model(8192, 100)
+    assert (lowered.max_prompt_tokens, lowered.max_new_tokens) == (1000, 300)
+    capped = Limits(max_prompt_tokens=4096, max_new_tokens=4096,
+                    default_max_tokens=1024).for_model(512, 100)
+    assert (capped.max_prompt_tokens, capped.max_new_tokens, capped.default_max_tokens) == (
+        511, 512, 512)
+
+
+def test_limits_and_the_token_budget_are_overridden_from_the_environment():
+    loaded = load_engine_config(config(model_dir="m"), REPO_MODEL,
+                                env={"LLM_MAX_PROMPT_TOKENS": "2000",
+                                     "LLM_MAX_NEW_TOKENS": "500",
+                                     "LLM_MAX_BATCH_TOTAL_TOKENS": "65536"})
+    assert (loaded.limits.max_prompt_tokens, loaded.limits.max_new_tokens,
+            loaded.max_batch_total_tokens) == (2000, 500, 65536)

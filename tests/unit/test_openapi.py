@@ -28,12 +28,18 @@ def _model_parameters() -> dict[str, str]:
     return dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)" \}', text))
 
 
+def _configured(name: str) -> int | None:
+    value = PARAMETERS[name]
+    return None if value == "auto" else int(value)
+
+
 PARAMETERS = _model_parameters()
+DEMO_CONFIG = json.loads((ROOT / "demo_model" / "config.json").read_text())
 LIMITS = Limits(
-    max_prompt_tokens=int(PARAMETERS["max_prompt_tokens"]),
-    max_new_tokens=int(PARAMETERS["max_new_tokens"]),
+    max_prompt_tokens=_configured("max_prompt_tokens"),
+    max_new_tokens=_configured("max_new_tokens"),
     default_max_tokens=int(PARAMETERS["default_max_tokens"]),
-    vocab_size=json.loads((ROOT / "demo_model" / "config.json").read_text())["vocab_size"])
+).for_model(DEMO_CONFIG["max_position_embeddings"], DEMO_CONFIG["vocab_size"])
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -138,8 +144,8 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
     {"text_input": ""},
     {"text_input": "  \n"},
     {"text_input": "a\u0000b"},
-    {"text_input": "x" * 7168},
-    {"text_input": "x" * 7169},
+    {"text_input": "x" * 8176},
+    {"text_input": "x" * 8177},
     {"text_input": "hi", "ignore_eos": True, "exclude_input_in_output": False},
 ])
 def test_the_schema_and_the_model_agree_on_each_field(body):
