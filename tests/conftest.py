@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (gateway_process, http_ok, openai_process, triton_process,  # noqa: E402
                      triton_settings)
+import real_model  # noqa: E402
 import runtime  # noqa: E402
 
 
@@ -45,6 +46,13 @@ def triton_log(triton: runtime.Settings) -> Path:
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     return runtime.DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a save_pretrained directory (`make real-model`, which `make
+    test` runs first; built here, ~30 s and a 93 MB download, when it is missing)."""
+    return real_model.build(real_model.default_dir())
 
 
 
