@@ -95,7 +95,9 @@ class EngineConfig:
     decode_step: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
-    max_batch_total_tokens: int = 8192
+    # The running batch's token budget, rows counted padded to the widest (scheduler.py); it
+    # bounds the KV cache. None (`auto`): textgen/kv_budget.py's rule.
+    max_batch_total_tokens: Optional[int] = None
     max_queue_size: int = 128
     queue_timeout_s: float = 30.0
     # Threads the engine computes with on a CPU (the C forward's and torch's, one OpenMP pool).
@@ -208,8 +210,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         decode_step=_choice(params, "decode_step", DECODE_STEPS),
         quantization=_choice(params, "quantization", QUANTIZATIONS),
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
-        max_batch_total_tokens=_positive_int(params, "max_batch_total_tokens",
-                                             EngineConfig.max_batch_total_tokens),
+        max_batch_total_tokens=_positive_int_or_auto(params, "max_batch_total_tokens"),
         max_queue_size=_positive_int(params, "max_queue_size", EngineConfig.max_queue_size),
         cpu_threads=_positive_int_or_auto(params, "cpu_threads"),
         engine_nice=_int_in(params, "engine_nice", EngineConfig.engine_nice, -20, 19),

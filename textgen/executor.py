@@ -58,11 +58,13 @@ class HFExecutor:
     name = "hf"
     decode_step = "module"
 
-    def __init__(self, model: Any, pad_id: int, device: torch.device) -> None:
+    def __init__(self, model: Any, pad_id: int, device: torch.device,
+                 kv_tokens: Optional[int] = None) -> None:
         self.model = model
         self._pad_id = pad_id
         self._device = device
-        self._batch = KVBatch()
+        self._kv_tokens = kv_tokens
+        self._batch = KVBatch(kv_tokens)
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
@@ -86,18 +88,19 @@ class HFExecutor:
         return self._batch.drop(rows)
 
     def reset(self) -> None:
-        self._batch = KVBatch()
+        self._batch = KVBatch(self._kv_tokens)
 
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
                     context_length: int, decode_step: str = "auto",
-                    take_weights: bool = False) -> Executor:
+                    take_weights: bool = False, kv_tokens: Optional[int] = None) -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step and
     prefill in C where they compile, `tensor` never does (the switch to turn the native code
     off), `c` fails the load when it cannot. `take_weights`: the C forward may empty the HF
-    module's projections as it packs them (LlamaExecutor); the engine passes True."""
+    module's projections as it packs them (LlamaExecutor); the engine passes True.
+    `kv_tokens`: the cache's token limit (KVBatch), the engine's max_batch_total_tokens."""
     from .llama_executor import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
@@ -111,10 +114,10 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
                                  "use decode step `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
-        return HFExecutor(model, pad_id, device)
+        return HFExecutor(model, pad_id, device, kv_tokens)
     executor = LlamaExecutor(model, pad_id, device, context_length,
                              kernel_target=None if decode_step == "tensor" else "native",
-                             take_weights=take_weights)
+                             take_weights=take_weights, kv_tokens=kv_tokens)
     if decode_step == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"decode step `c` is not available here: "
                              f"{executor.kernel_unavailable}; use decode step `auto` or `tensor`")

@@ -11,6 +11,11 @@ whole cache whenever a row joins or leaves copied the entire cache several times
 row copies only its own prefill into the rows below, and a leaving row is replaced by the last
 row (one row copied). The buffers are re-laid out (trimming padding columns) only when the
 columns or rows run out, every `HEADROOM` steps at most.
+
+Memory: with `token_limit` (the engine's max_batch_total_tokens) a re-layout keeps only as many
+spare rows as fit the limit at the new width, so capacity x columns stays within the limit
+plus HEADROOM columns a live row, given what the scheduler admits (live rows x the widest
+row's worst case within the limit).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def new_cache() -> DynamicCache:
 class KVBatch:
     """The running rows' cache and attention mask."""
 
-    def __init__(self) -> None:
+    def __init__(self, token_limit: Optional[int] = None) -> None:
+        self.token_limit = token_limit
         self.cache: Optional[Cache] = None  # created at the first join
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
@@ -65,7 +71,7 @@ class KVBatch:
     def decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention mask and position ids for one more token per row."""
         if self._end >= self._mask.shape[1]:
-            self._relayout(self._mask.shape[0], left=0)
+            self._relayout(self.rows, left=0)
         self._mask[:self.rows, self._end] = 1
         positions = self._mask[:self.rows, self._start:self._end].sum(dim=1, keepdim=True)
         return self._mask[:self.rows, self._start:self._end + 1], positions
@@ -100,7 +106,7 @@ class KVBatch:
         if not self._keys:
             self._allocate(layers, newcomers, length)
         if self.rows + newcomers > self._mask.shape[0] or self._end < length:
-            self._relayout(max(self.rows + newcomers, self._mask.shape[0]),
+            self._relayout(self.rows + newcomers,
                            left=max(0, length - (self._end - self._start)))
         rows = slice(self.rows, self.rows + newcomers)
         first = self._end - length
@@ -144,12 +150,17 @@ class KVBatch:
         self._shapes = [(keys.shape[1], keys.shape[3]) for keys, _ in layers]
         self._relayout(rows, left=length)
 
-    def _relayout(self, row_capacity: int, left: int) -> None:
-        """New buffers for `row_capacity` rows: `left` free columns, the columns in use, then
-        HEADROOM free columns; copies the live rows and drops padding columns."""
+    def _relayout(self, rows_needed: int, left: int) -> None:
+        """New buffers for at least `rows_needed` rows: `left` free columns, the columns in
+        use, then HEADROOM free columns; copies the live rows and drops padding columns. The
+        row capacity stays as it was, so joins do not re-lay out each time, unless that
+        would hold more than `token_limit` tokens at the new width."""
         self._trim()
         used = self._end - self._start
         columns = left + used + HEADROOM
+        row_capacity = max(rows_needed, self._mask.shape[0])
+        if self.token_limit is not None:
+            row_capacity = max(rows_needed, min(row_capacity, self.token_limit // columns))
         old = slice(self._start, self._end)
         new = slice(left, left + used)
         for buffers in (self._keys, self._values):

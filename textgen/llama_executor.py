@@ -103,11 +103,12 @@ class LlamaExecutor:
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
                  context_length: int, kernel_target: Optional[str] = "native",
-                 take_weights: bool = False) -> None:
+                 take_weights: bool = False, kv_tokens: Optional[int] = None) -> None:
         """`kernel_target`: the `-march` to compile the C forward for (None: the tensor
         forward, which the tests compare it with). `take_weights`: the C forward empties the
         HF module's projections as it packs them (the engine never runs the module beside this
-        executor; tests that do keep it whole)."""
+        executor; tests that do keep it whole). `kv_tokens`: the cache's token limit
+        (KVBatch)."""
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -122,7 +123,8 @@ class LlamaExecutor:
         half = self._head_dim // 2  # rotate_half as an index: the second half, then the first
         self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
             .to(device)
-        self._batch = KVBatch()
+        self._kv_tokens = kv_tokens
+        self._batch = KVBatch(kv_tokens)
         self._kernel: Optional[forward_kernel.ForwardKernel] = None
         self._layers: list[_Layer] = []
         built = forward_kernel.build(
@@ -222,7 +224,7 @@ class LlamaExecutor:
         return self._batch.drop(rows)
 
     def reset(self) -> None:
-        self._batch = KVBatch()
+        self._batch = KVBatch(self._kv_tokens)
 
     # ---- the forward pass ---------------------------------------------------------------
 

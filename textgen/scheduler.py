@@ -2,8 +2,12 @@
 
 NOTE on the algorithm: requests wait in FIFO order. Before every decode step the engine calls
 `schedule()`, which admits waiting sequences in order while the running batch stays within
-`max_num_seqs` sequences and `max_batch_total_tokens` tokens (each sequence counted at its
-worst case, prompt + max_tokens, as TGI does, so an admitted sequence is never evicted).
+`max_num_seqs` sequences and `max_batch_total_tokens` tokens. Tokens are counted as the
+batch's cache holds them: every row padded to the longest, so the running rows times the
+largest worst case among them (prompt + max_tokens, as TGI counts a sequence, so an admitted
+sequence is never evicted). However lengths mix, the cache then stays within the budget
+(KVBatch adds at most HEADROOM columns a row): one long request does not make 31 short ones
+each reserve its length.
 The first waiting sequence that does not fit blocks the ones behind it, so a long request is
 never starved by short ones. With policy `static` nothing joins until the running batch has
 drained completely: that is one `generate()` per batch, kept for comparison.
@@ -39,16 +43,22 @@ class Scheduler(Generic[S]):
         self.budget = budget
         self.waiting: deque[S] = deque()
         self.running: list[S] = []
-        self._tokens_running = 0  # sum of token_budget over `running`
 
     def add(self, seq: S) -> None:
         """Called from any thread (under the engine's lock) when a request arrives."""
         self.waiting.append(seq)
 
+    @staticmethod
+    def footprint(rows: int, longest: int) -> int:
+        """Cache tokens `rows` rows reserve when the largest worst case among them is
+        `longest`: each row padded to it."""
+        return rows * longest
+
     @property
     def token_usage(self) -> float:
         """The share of max_batch_total_tokens the running sequences reserve (0-1)."""
-        return self._tokens_running / self.budget.max_batch_total_tokens
+        longest = max((s.token_budget for s in self.running), default=0)
+        return self.footprint(len(self.running), longest) / self.budget.max_batch_total_tokens
 
     def fits_ever(self, seq: S) -> bool:
         """Whether the sequence could run in an otherwise empty batch."""
@@ -59,15 +69,18 @@ class Scheduler(Generic[S]):
         if self.budget.static and self.running:
             return []
         admitted: list[S] = []
+        longest = max((s.token_budget for s in self.running), default=0)
         while self.waiting:
             seq = self.waiting[0]
             if len(self.running) >= self.budget.max_num_seqs:
                 break
-            if self._tokens_running + seq.token_budget > self.budget.max_batch_total_tokens:
+            widest = max(longest, seq.token_budget)
+            if self.footprint(len(self.running) + 1, widest) > \
+                    self.budget.max_batch_total_tokens:
                 break
             self.waiting.popleft()
             self.running.append(seq)
-            self._tokens_running += seq.token_budget
+            longest = widest
             admitted.append(seq)
         return admitted
 
@@ -76,9 +89,7 @@ class Scheduler(Generic[S]):
         done = set(map(id, finished))
         if not done:
             return
-        kept = [s for s in self.running if id(s) not in done]
-        self._tokens_running = sum(s.token_budget for s in kept)
-        self.running = kept
+        self.running = [s for s in self.running if id(s) not in done]
 
     def drop_waiting(self, dropped: Iterable[S]) -> None:
         """Remove sequences that left before running (cancelled or timed out in the queue)."""

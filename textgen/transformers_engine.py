@@ -22,6 +22,8 @@ from .config import EngineConfig, Limits
 from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .cpus import engine_threads
 from .executor import select_executor
+from .kv_batch import HEADROOM
+from .kv_budget import kv_bytes_per_token, token_budget
 from .loading import load_model, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
                       send_text)
@@ -78,15 +80,20 @@ class TransformersEngine:
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
+        per_token = kv_bytes_per_token(self.model.config, self.dtype.itemsize)
+        self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
+                                   self.limits.context_length, per_token)
+        bound = self.budget.tokens + HEADROOM * config.max_num_seqs
+        log.info("token budget %d (%s); KV cache at most %d tokens, %.0f MiB",
+                 self.budget.tokens, self.budget.why, bound, bound * per_token / 2**20)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.decode_step,
-                                        take_weights=True)
+                                        take_weights=True, kv_tokens=self.budget.tokens)
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._wakeup = threading.Condition()
         self._scheduler: Scheduler[Sequence] = Scheduler(Budget(
-            config.max_num_seqs, config.max_batch_total_tokens,
-            static=config.scheduling == "static"))
+            config.max_num_seqs, self.budget.tokens, static=config.scheduling == "static"))
         self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
                                     self.observer)
         self._stopping = False  # the engine thread exits after its current step
@@ -118,7 +125,7 @@ class TransformersEngine:
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
-                f"max_batch_total_tokens ({self.config.max_batch_total_tokens})"))
+                f"max_batch_total_tokens ({self.budget.tokens})"))
         with self._wakeup:
             self._admission.admit(len(self._scheduler.waiting))
             self._scheduler.add(seq)

@@ -38,6 +38,7 @@ from .admission import Admission
 from .config import EngineConfig, Limits
 from .cpus import engine_threads
 from .engine_thread import session_nice, start_engine_thread, thread_nice
+from .kv_budget import kv_bytes_per_token, token_budget
 from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
                       send_text)
@@ -98,12 +99,10 @@ def vllm_supports(model_dir: Path) -> Optional[str]:
 
 def _cpu_kv_cache_gib(hf_config: Any, tokens: int) -> int:
     """Whole GiB of KV cache (keys and values, fp32 at worst) for `tokens` tokens: on a CPU
-    vLLM takes a fixed 4 GiB unless told, far more than max_num_seqs full contexts need here."""
-    c = hf_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * 4
-    return max(1, math.ceil(per_token * tokens / 2**30))
+    vLLM takes a fixed 4 GiB unless told. The engine asks for the token budget the
+    transformers engine has (textgen/kv_budget.py), not max_num_seqs full contexts: 32 of
+    SmolLM2's 8k contexts would be ~12 GB."""
+    return max(1, math.ceil(kv_bytes_per_token(hf_config, 4) * tokens / 2**30))
 
 
 def quantization_for(requested: str, device_type: str) -> Optional[str]:
@@ -160,9 +159,14 @@ class VllmEngine:
 
         hf_config = AutoConfig.from_pretrained(self.config.model_dir)
         context = int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+        # The token budget both engines share (at least one full context).
+        budget = token_budget(self.config.max_batch_total_tokens, self.config.max_num_seqs,
+                              context, kv_bytes_per_token(hf_config, 4))
         if self.device.type == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(
-                _cpu_kv_cache_gib(hf_config, self.config.max_num_seqs * context)))
+                _cpu_kv_cache_gib(hf_config, max(budget.tokens, context))))
+            log.info("token budget %d (%s); KV space %s GiB", budget.tokens, budget.why,
+                     os.environ["VLLM_CPU_KVCACHE_SPACE"])
         _prepare_process()
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine

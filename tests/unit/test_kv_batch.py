@@ -114,3 +114,32 @@ def test_an_emptied_batch_takes_new_rows_again():
     batch.join(layers_of(cache), mask)
     assert torch.equal(row_history(batch, 0), second[0])
     assert torch.equal(row_history(batch, 1), second[1])
+
+
+def test_a_token_limit_keeps_spare_rows_only_while_they_fit_at_the_new_width():
+    """Many short rows, then few long ones: without a limit the buffers would keep every row
+    they once held at the long width; with one, capacity x columns stays within it plus
+    HEADROOM columns a live row."""
+    limit = 600
+    batch = KVBatch(token_limit=limit)
+    cache, mask, _ = prefilled([4] * 8, tag=0.0)
+    batch.join(layers_of(cache), mask)
+    batch.drop(list(range(1, 8)))  # one row left, 8 rows of capacity
+    cache, mask, expected = prefilled([200], tag=5.0)
+    batch.join(layers_of(cache), mask)  # wider than the columns: a re-layout
+    keys, _ = batch.buffers(0)
+    assert keys.shape[0] * keys.shape[2] <= limit + HEADROOM * batch.rows
+    assert torch.equal(row_history(batch, 1), expected[0])
+    for step in range(2 * HEADROOM):  # re-layouts as the columns run out: no spare rows
+        decode_step(batch, 100.0 + step)
+        assert batch.buffers(0)[0].shape[0] == batch.rows
+
+
+def test_without_a_limit_joins_reuse_the_spare_rows():
+    batch = KVBatch()
+    cache, mask, _ = prefilled([4] * 8, tag=0.0)
+    batch.join(layers_of(cache), mask)
+    batch.drop(list(range(1, 8)))
+    cache, mask, _ = prefilled([4], tag=5.0)
+    batch.join(layers_of(cache), mask)
+    assert batch.buffers(0)[0].shape[0] == 8

@@ -102,3 +102,17 @@ def test_a_step_prefills_the_oldest_prompts_within_the_token_limit_and_always_on
     assert prefill_share([300, 100, 200, 50], length=lambda n: n, max_tokens=512) == [300, 100]
     assert prefill_share([600, 10], length=lambda n: n, max_tokens=512) == [600]  # alone
     assert prefill_share([], length=lambda n: n, max_tokens=512) == []
+
+
+def test_the_budget_counts_rows_padded_to_the_longest_so_the_cache_stays_within_it():
+    """The cache holds every row as wide as the longest: one long request among short ones
+    reserves its width for each of them."""
+    scheduler = Scheduler(Budget(max_num_seqs=32, max_batch_total_tokens=1000))
+    long, shorts = Seq(400), [Seq(10) for _ in range(5)]
+    for seq in (long, *shorts):
+        scheduler.add(seq)
+    assert scheduler.schedule() == [long, shorts[0]]  # 3 rows of 400 would be 1,200
+    assert scheduler.token_usage == 0.8
+    scheduler.finish([long])
+    assert scheduler.schedule() == shorts[1:]
+    assert scheduler.token_usage == 5 * 10 / 1000
