@@ -178,6 +178,18 @@ def _empty(modules: Sequence[torch.nn.Module]) -> None:
         module.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
 
+def _own_the_rest(model: Any, packed: Sequence[torch.nn.Module]) -> None:
+    """Copies every parameter that is not packed (the norms; an untied embedding) out of the
+    checkpoint. transformers leaves parameters as views of the safetensors file's mapping, and
+    one small view keeps the whole mapping alive: the pages packing read would stay resident
+    as the weights' second copy (file-backed, but counted in the process's and the cgroup's
+    memory)."""
+    skip = {id(m.weight) for m in packed}
+    for parameter in model.parameters():
+        if id(parameter) not in skip:
+            parameter.data = parameter.data.clone()
+
+
 def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUnavailable]:
     weights = [p for p in model.parameters()]
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in weights):
@@ -210,6 +222,11 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     base = model.model
     embed_module, head_module = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head_module.weight is embed_module.weight
+    projections = [head_module] + [m for layer in base.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    if take_weights:
+        _own_the_rest(model, projections)
     keep: list[torch.Tensor] = [cos, sin]  # every tensor the kernel points into
 
     def held(tensor: Optional[torch.Tensor]) -> Optional[int]:
