@@ -13,6 +13,10 @@ its own engine.
 
   .venv/bin/python benchmarks/cpu_peer.py                   # 3 rounds, c = 1, 8, 32
   .venv/bin/python benchmarks/cpu_peer.py --rounds 5 --concurrency 1,32
+  .venv/bin/python benchmarks/cpu_peer.py --model-dir ~/.cache/llm-service/smollm2-135m-instruct \
+      --in-process llama --requests-per-client 2     # the real model (`make real-model`)
+
+It also reports each served system's peak memory (RSS) over the run.
 
 Workload: `fixed` (64 prompt + 64 output tokens, ignore_eos, temperature 0.7 seeded).
 llama.cpp: built on first use from the llama-cpp-python sdist (benchmarks/llamacpp.py, ~7 min
@@ -37,6 +41,7 @@ import engine_only  # noqa: E402
 import llamacpp  # noqa: E402
 import loadgen  # noqa: E402
 from median import spread  # noqa: E402
+from memory import PeakMemory  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
@@ -66,8 +71,10 @@ def measure_in_process(engine: Any, specs: list[workloads.RequestSpec],
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = workloads.rounds_parser(__doc__, requests_per_client=6,
-                                   max_seconds=30).parse_args(argv)
+    parser = workloads.rounds_parser(__doc__, requests_per_client=6, max_seconds=30)
+    parser.add_argument("--in-process", default="llama,hf",
+                        help="executors of the in-process engine to measure ('' for none)")
+    args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model_dir.resolve()
 
@@ -78,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from textgen.transformers_engine import TransformersEngine
 
     source = workloads.PromptSource(AutoTokenizer.from_pretrained(model_dir),
-                                    (model_dir / "heldout.txt").read_text())
+                                    (HERE.parent / "demo_model" / "heldout.txt").read_text())
     specs = workloads.build("fixed", max(levels) * args.requests_per_client, source, 2024)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cpu-peer-") as run_dir, ExitStack() as started:
@@ -91,14 +98,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             targets["llamacpp"] = started.enter_context(
                 llamacpp.server(Path(run_dir) / "llamacpp", model_dir))
         session = engine_thread.session_nice()
+        wanted = set(filter(None, args.in_process.split(",")))
         engines = {name: TransformersEngine(EngineConfig(model_dir=model_dir, executor=executor))
-                   for name, executor in (("engine", "llama"), ("engine_hf", "hf"))}
+                   for name, executor in (("engine", "llama"), ("engine_hf", "hf"))
+                   if executor in wanted}
         # An engine raises its process's session priority, here this load generator's: put it
         # back, so that the served systems keep a client at the normal priority.
         if session is not None:
             engine_thread.set_session_nice(session)
         for engine in engines.values():
             started.callback(engine.shutdown)
+        memory = {name: started.enter_context(PeakMemory(target.processes))
+                  for name, target in targets.items()}
         systems = [s for s in (*SERVED, *IN_PROCESS) if s in targets or s in engines]
         for name in systems:  # warm-up
             if name in targets:
@@ -122,6 +133,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
     print("\n" + table(rows))
+    for name, peak in memory.items():
+        print(f"peak RSS, {LABELS[name]}: " + ", ".join(
+            f"{role} {mib:,.0f} MiB" for role, mib in peak.result()["peak_rss_mib"].items()))
     return 0
 
 

@@ -70,7 +70,7 @@ GENERATE: list[Case] = [
     # Out of range: huge, negative, NaN, Infinity.
     Case("max-tokens-zero", b'{"text_input": "{P}", "max_tokens": 0}', 400),
     Case("max-tokens-negative", b'{"text_input": "{P}", "max_tokens": -1}', 400),
-    Case("max-tokens-over-limit", b'{"text_input": "{P}", "max_tokens": 257}', 400),
+    Case("max-tokens-over-limit", b'{"text_input": "{P}", "max_tokens": 513}', 400),
     Case("max-tokens-int32-overflow", b'{"text_input": "{P}", "max_tokens": 2147483648}', 400),
     Case("max-tokens-int64-overflow", b'{"text_input": "{P}", "max_tokens": 99999999999999999999}',
          400),

@@ -122,9 +122,9 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("body", [
     {"text_input": "hi"},
     {"text_input": "hi", "max_tokens": 1},
-    {"text_input": "hi", "max_tokens": 256},
+    {"text_input": "hi", "max_tokens": 512},
     {"text_input": "hi", "max_tokens": 0},
-    {"text_input": "hi", "max_tokens": 257},
+    {"text_input": "hi", "max_tokens": 513},
     {"text_input": "hi", "temperature": 2},
     {"text_input": "hi", "temperature": 2.5},
     {"text_input": "hi", "temperature": -0.1},
