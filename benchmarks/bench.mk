@@ -2,7 +2,7 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer bench-replicas bench-vllm aiperf
+.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm aiperf
 
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
@@ -18,6 +18,13 @@ bench-replicas: venv ## Replicas: failover under load, global rate-limit cost, 1
 
 bench-peer: venv ## The stack vs its engine in-process vs llama.cpp's server, interleaved, median of 3 (~10 min)
 	@$(PY) benchmarks/cpu_peer.py $(BENCH_ARGS)
+
+REAL_MODEL = $(shell $(PY) tools/real_model.py --print-dir 2>/dev/null)
+
+bench-real: venv real-model ## The real model (SmolLM2-135M): the engine vs llama-batched-bench at 1 and 2 threads, then the stack vs llama.cpp's server (~25 min)
+	@$(PY) benchmarks/cpu_threads.py $(BENCH_ARGS)
+	@$(PY) benchmarks/cpu_peer.py --model-dir "$(REAL_MODEL)" --in-process llama \
+		--requests-per-client 2 $(BENCH_ARGS)
 
 $(AIPERF_STAMP): benchmarks/aiperf.lock
 	@echo "==> creating $(AIPERF_VENV) with AIPerf 0.13 (its own pins: numpy 2, no torch)"

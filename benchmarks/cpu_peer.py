@@ -41,7 +41,7 @@ import engine_only  # noqa: E402
 import llamacpp  # noqa: E402
 import loadgen  # noqa: E402
 from median import spread  # noqa: E402
-from memory import PeakMemory  # noqa: E402
+from memory import PeakMemory, current_rss_mib  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
 
@@ -86,7 +86,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     source = workloads.PromptSource(AutoTokenizer.from_pretrained(model_dir),
                                     (HERE.parent / "demo_model" / "heldout.txt").read_text())
-    specs = workloads.build("fixed", max(levels) * args.requests_per_client, source, 2024)
+    def specs_for(round_: int, concurrency: int) -> list[workloads.RequestSpec]:
+        return workloads.fresh_fixed(source, max(16, args.requests_per_client * concurrency),
+                                     round_, concurrency)
+
+    warm_up = workloads.build("fixed", 4, source, 2024)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cpu-peer-") as run_dir, ExitStack() as started:
         targets = {"ours": started.enter_context(stack.triton_stack(
@@ -113,29 +117,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         systems = [s for s in (*SERVED, *IN_PROCESS) if s in targets or s in engines]
         for name in systems:  # warm-up
             if name in targets:
-                measure_served(targets[name], specs[:4], 2, 60)
+                measure_served(targets[name], warm_up, 2, 60)
             else:
-                measure_in_process(engines[name], specs[:4], 2)
+                measure_in_process(engines[name], warm_up, 2)
         for round_ in range(args.rounds):
             for concurrency in levels:
                 order = systems if round_ % 2 == 0 else list(reversed(systems))
-                count = max(16, args.requests_per_client * concurrency)
+                specs = specs_for(round_, concurrency)
                 for name in order:
-                    row = (measure_served(targets[name], specs[:count], concurrency,
-                                          args.max_seconds) if name in targets
-                           else measure_in_process(engines[name], specs[:count], concurrency))
+                    row = (measure_served(targets[name], specs, concurrency, args.max_seconds)
+                           if name in targets
+                           else measure_in_process(engines[name], specs, concurrency))
                     rows.append({"round": round_, "system": name, "concurrency": concurrency,
                                  **row})
                     print(f"  round {round_ + 1} c={concurrency:<3d} {LABELS[name]:32s} "
                           f"{row['tokens_per_s']:7.0f} tok/s  TTFT p50 {row['ttft_p50_ms']:7.1f}"
                           f" ms  ITL p50 {row['itl_p50_ms'] or float('nan'):5.2f} ms  "
                           f"errors {row['errors'] or 0}", flush=True)
+        final_rss = {name: current_rss_mib(target.processes())
+                     for name, target in targets.items()}
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
     print("\n" + table(rows))
     for name, peak in memory.items():
         print(f"peak RSS, {LABELS[name]}: " + ", ".join(
             f"{role} {mib:,.0f} MiB" for role, mib in peak.result()["peak_rss_mib"].items()))
+        print(f"RSS at the end, {LABELS[name]}: " + ", ".join(
+            f"{role} {mib:,.0f} MiB" for role, mib in final_rss[name].items()))
     return 0
 
 

@@ -123,14 +123,20 @@ def ensure_binary(name: str, log: Path, say=print) -> Path:
 
 
 # Runs the vendored converter with two answers for a byte-level BPE model it does not know:
-# the pre-tokenizer is "gpt-2" (see above), and there is no SentencePiece model (the converter
+# the pre-tokenizer is "gpt-2" (see above) when its hash is unknown, and there is no SentencePiece model (the converter
 # tries one first and expects FileNotFoundError, but imports `sentencepiece` before looking).
 _CONVERT = """
 import sys
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[1:]]
 sys.path.insert(0, {tree!r})
 from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+known = base.TextModel.get_vocab_base_pre
+def vocab_base_pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)  # a released model's tokenizer (SmolLM2's: "smollm")
+    except NotImplementedError:
+        return "gpt-2"
+base.TextModel.get_vocab_base_pre = vocab_base_pre
 def no_sentencepiece(self):
     raise FileNotFoundError("no tokenizer.model: a byte-level BPE tokenizer")
 base.TextModel._set_vocab_sentencepiece = no_sentencepiece

@@ -35,6 +35,13 @@ def _gpu_used_mib() -> Optional[int]:
         return None
 
 
+def current_rss_mib(processes: dict[str, int]) -> dict[str, float]:
+    """Each process's resident memory now (VmRSS), where the peak (VmHWM) may be a transient
+    of the model's load."""
+    return {role: round((_status_kib(pid, "VmRSS") or 0) / 1024, 1)
+            for role, pid in sorted(processes.items())}
+
+
 class PeakMemory:
     """Samples the processes named by `processes()` in a thread until `stop()`."""
 

@@ -214,14 +214,16 @@ def vllm_unavailable() -> str:
 
 
 @contextmanager
-def bare_vllm(run_dir: Path, model_dir: Path, extra: tuple[str, ...] = ()) -> Iterator[Target]:
+def bare_vllm(run_dir: Path, model_dir: Path, extra: tuple[str, ...] = (),
+              extra_env: Optional[dict[str, str]] = None) -> Iterator[Target]:
     """vLLM's OpenAI server on the model, on loopback, offline, fp32 as this service runs it on
     a CPU, serving it under the directory's name (as the OpenAI frontend does); stopped on
-    exit. `extra`: more flags for the server."""
+    exit. `extra`: more flags for the server; `extra_env`: more environment."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           **(extra_env or {})}
     command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(model_dir), "--served-model-name", model_dir.name,
                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",

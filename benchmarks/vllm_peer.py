@@ -36,6 +36,7 @@ import loadgen  # noqa: E402
 import median  # noqa: E402
 import stack  # noqa: E402
 import workload as workloads  # noqa: E402
+from textgen.cpus import engine_threads  # noqa: E402
 
 RUN_DIR = HERE.parent / ".run" / "bench-vllm"
 SYSTEMS = ("ours", "ours-vllm", "vllm")  # bare vLLM last: the others' ratios are to it
@@ -94,6 +95,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for vLLM's server, e.g. "
                              "--vllm-arg=--max-num-batched-tokens=16384 (repeatable)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OpenMP threads of vLLM's own server, bound to cores 0..N-1 "
+                             "(default: as many as this stack's engine takes, LLM_CPU_THREADS "
+                             "or its auto rule)")
     parser.add_argument("--api", choices=("chat", "generate_stream"), default="chat",
                         help="what this stack is driven through: the OpenAI API as vLLM is, "
                              "or Triton's generate_stream (no OpenAI frontend hop: what the "
@@ -104,8 +109,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     model_dir = args.model_dir.resolve()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    source = workloads.PromptSource(tokenizer, (model_dir / "heldout.txt").read_text())
-    specs = workloads.build("fixed", max(levels) * args.requests_per_client, source, 2024)
+    source = workloads.PromptSource(
+        tokenizer, (Path(__file__).resolve().parent.parent / "demo_model" / "heldout.txt")
+        .read_text())
     rows: list[dict[str, Any]] = []
     run_dir = RUN_DIR / time.strftime("%Y%m%d-%H%M%S")  # logs kept for a look afterwards
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +132,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if stack.vllm_unavailable():
         raise SystemExit(stack.vllm_unavailable())
     print("==> starting vLLM's server (the first start compiles for ~40 s)", flush=True)
-    with stack.bare_vllm(run_dir / "vllm", model_dir, tuple(args.vllm_arg)) as peer, \
+    threads = args.threads or engine_threads(None).count
+    print(f"==> vLLM's server on {threads} OpenMP thread(s), as this stack's engine", flush=True)
+    with stack.bare_vllm(run_dir / "vllm", model_dir, tuple(args.vllm_arg),
+                         {"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}) as peer, \
             stack.triton_stack("ours", run_dir / "ours", "continuous", model_dir,
                                {"LLM_ENGINE": "transformers"}, openai=chat) as ours, \
             stack.triton_stack("ours-vllm", run_dir / "ours-vllm", "continuous", model_dir,
@@ -144,6 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             f"vLLM's server exited before round {number + 1} at {clients} "
                             f"streams; last lines of {peer.server.log}:\n"
                             f"{peer.server.log_tail(30)}")
+                    specs = workloads.fresh_fixed(source, clients * args.requests_per_client,
+                                                  number, clients)
                     row = run_one(target, specs, clients, args.max_seconds)
                     row["round"] = number + 1
                     rows.append(row)

@@ -154,6 +154,17 @@ def summary(specs: list[RequestSpec]) -> dict[str, Any]:
 
 
 
+def fresh_fixed(source: PromptSource, count: int, round_: int,
+                concurrency: int) -> list[RequestSpec]:
+    """The fixed workload with new prompts for every round and level of a comparison.
+
+    Why: the peers cache prompts (llama.cpp's server keeps each slot's last prompt,
+    `cache_prompt`; vLLM has a prefix cache), this engine does not; a prompt sent again skips
+    its prefill there (llama.cpp at one stream on the real model: TTFT 24 against 220 ms) and
+    measures a cache hit, not serving."""
+    return build("fixed", count, source, 2024 + 1000 * (round_ + 1) + concurrency)
+
+
 def rounds_parser(description: str, requests_per_client: int,
                   max_seconds: float) -> argparse.ArgumentParser:
     """The options of the scripts that compare systems round by round on the fixed workload

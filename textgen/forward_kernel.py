@@ -22,7 +22,9 @@ hands it torch's copy: one runtime and one thread pool for the kernel and torch'
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +40,13 @@ SOURCE = Path(__file__).with_name("forward_kernel.c")
 FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
 PANEL = 32  # output rows of a panel (forward_kernel.c)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MADV_DONTNEED = 4
+try:
+    _LIBC: Optional[ctypes.CDLL] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                               use_errno=True)
+except OSError:  # not glibc: the pages go when the mapping does
+    _LIBC = None
 
 
 class _Layer(ctypes.Structure):
@@ -173,9 +182,18 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _empty(modules: Sequence[torch.nn.Module]) -> None:
-    """Frees the modules' weights (their packed copy serves instead)."""
+    """Frees the modules' weights (their packed copy serves instead), and their pages now:
+    transformers maps the checkpoint file and its tensors are views of one mapping, which
+    stays until the last view is gone, so every page packing read would stay resident until
+    the whole model is packed (a second copy of the weights at the load's peak). Only pages
+    wholly inside a weight are given back, so no neighbouring tensor is touched."""
     for module in modules:
+        weight = module.weight.detach()
+        first = -(-weight.data_ptr() // _PAGE) * _PAGE
+        last = (weight.data_ptr() + weight.numel() * weight.element_size()) // _PAGE * _PAGE
         module.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+        if _LIBC is not None and last > first:
+            _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
 def _own_the_rest(model: Any, packed: Sequence[torch.nn.Module]) -> None:

@@ -24,7 +24,7 @@ from .cpus import engine_threads
 from .executor import select_executor
 from .kv_batch import HEADROOM
 from .kv_budget import kv_bytes_per_token, token_budget
-from .loading import load_model, resolve_device, resolve_dtype
+from .loading import load_model, resolve_device, resolve_dtype, return_large_frees_to_the_os
 from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
                       send_text)
 from .sampling import make_rng, sample_next_tokens
@@ -67,6 +67,7 @@ class TransformersEngine:
         self.observer = observer or EngineObserver()
         self.device = resolve_device(config.device)
         if self.device.type == "cpu":
+            return_large_frees_to_the_os()
             threads = engine_threads(config.cpu_threads)
             torch.set_num_threads(threads.count)
             log.info("%d CPU threads (%s)", threads.count, threads.why)
