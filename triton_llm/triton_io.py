@@ -9,6 +9,7 @@ completion text.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Mapping, Optional
 
@@ -99,6 +100,29 @@ def log_request(meta: Mapping[str, str], status: str,
     if error:
         record["error"] = error
     pb_utils.Logger.log_info(json.dumps(record, separators=(",", ":")))
+
+
+class TritonLogHandler(logging.Handler):
+    """Python logging into Triton's log: the engine's load-time facts (threads and why, the
+    token budget and the cache's bound, the forward kernel's build, why a path is not taken)
+    are logged with `logging` by textgen, which knows nothing of Triton."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"{record.name}: {self.format(record)}"
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+def forward_engine_logs() -> None:
+    """textgen's INFO and above go to Triton's log (once per process)."""
+    engine_log = logging.getLogger("textgen")
+    if not any(isinstance(h, TritonLogHandler) for h in engine_log.handlers):
+        engine_log.addHandler(TritonLogHandler())
+        engine_log.setLevel(logging.INFO)
 
 
 class Logged:

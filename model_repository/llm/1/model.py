@@ -47,7 +47,8 @@ from textgen.outputs import OutputSink
 from textgen.validation import GenerationRequest, ValidationError, parse_request
 from triton_llm.metrics import TritonMetrics
 from triton_llm.triton_io import (FINAL, Logged, UnaryResponder, error_response,
-                                  log_request, output_dtypes, read_inputs, request_metadata)
+                                  forward_engine_logs, log_request, output_dtypes, read_inputs,
+                                  request_metadata)
 
 
 def refusal_kind(exc: Exception) -> ErrorKind:
@@ -60,6 +61,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         self._dtypes = output_dtypes(model_config)
         self._metrics = TritonMetrics(args["model_name"])
+        forward_engine_logs()
         try:
             config = load_engine_config(model_config, Path(args["model_repository"]))
             self._engine = create_engine(config, self._metrics)
