@@ -10,7 +10,9 @@
  * the cache, attention over each row's own columns, the output projection, the fused gate/up
  * product, SiLU and the down projection; then the final norm and the vocabulary projection.
  * A prefill is the same layers with the prompt's tokens as the rows, each attending to the
- * columns the tokens before it wrote.
+ * columns the tokens before it wrote. On a real model, where a step is bound by memory (few
+ * rows) or arithmetic (many), the packed panels below keep it ahead of the matrix library
+ * too, at every row count measured (README, Performance).
  *
  * Weights: every product's matrix arrives packed (forward_kernel.py, `pack`, once at load)
  * into panels of 32 output rows, transposed ([in][32]), so a product streams each panel once

@@ -30,11 +30,11 @@ def random_model(config_class, **extra):
     return AutoModelForCausalLM.from_config(config_class(**{**TINY, **extra})).eval()
 
 
-def hf_greedy(model, prompt: list[int]) -> list[int]:
+def hf_greedy(model, prompt: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:
     """HF `generate` alone on one prompt: the reference (EOS banned so lengths match)."""
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False,
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False,
                              pad_token_id=model.config.pad_token_id)
     return out[0, len(prompt):].tolist()
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from test_llama_executor import hf_greedy  # tests/unit is on sys.path (pytest)
 from textgen.llama_executor import LlamaExecutor
 
 CPU = torch.device("cpu")
@@ -39,14 +40,6 @@ def prompts(real) -> list[list[int]]:
             tokenizer.encode("def fibonacci(n):\n    ")]
 
 
-def hf_greedy(model, prompt: list[int]) -> list[int]:
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=model.config.pad_token_id)
-    return out[0, len(prompt):].tolist()
-
-
 def executor_greedy(executor, prompts: list[list[int]], banned: list[int]) -> list[list[int]]:
     """Greedy, the end-of-sequence tokens banned as `min_new_tokens` bans them in HF's."""
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -63,14 +56,14 @@ def executor_greedy(executor, prompts: list[list[int]], banned: list[int]) -> li
 
 def test_the_real_model_answers_the_capital_of_france(real, prompts):
     model, tokenizer = real
-    assert tokenizer.decode(hf_greedy(model, prompts[0])).startswith(
+    assert tokenizer.decode(hf_greedy(model, prompts[0], NEW_TOKENS)).startswith(
         "The capital of France is Paris.")
 
 
 @pytest.mark.parametrize("kernel_target", ["native", None], ids=["c", "tensor"])
 def test_greedy_tokens_match_hf_generate_on_the_real_model(real, prompts, kernel_target):
     model, _ = real
-    expected = [hf_greedy(model, p) for p in prompts]
+    expected = [hf_greedy(model, p, NEW_TOKENS) for p in prompts]
     executor = LlamaExecutor(model, model.config.pad_token_id, CPU,
                              model.config.max_position_embeddings, kernel_target=kernel_target)
     assert executor.decode_step == ("c" if kernel_target else "tensor")
