@@ -350,7 +350,8 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
                 memcpy(values + slot, row + (heads + kv_heads + kh) * dim, sizeof(float) * dim);
             }
         }
-#pragma omp for collapse(2) schedule(static)
+        /* Round-robin: in a prefill a later row attends to more columns. */
+#pragma omp for collapse(2) schedule(static, 1)
         for (int r = 0; r < rows; r++)
             for (int head = 0; head < heads; head++) {
                 const Place *p = &place[r];
@@ -444,30 +445,47 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
     return 0;
 }
 
-/* The prefill of one prompt of `length` tokens (positions 0..length-1): its tokens are the
- * rows of one forward pass, token t attending to the prompt's columns up to its own. kv: per
- * layer its key then its value buffer for this prompt alone, [kv_heads, columns, dim]; the
- * prompt goes to columns `first..first+length-1` (left padding before it is not touched).
- * Writes the logits of the last token only, [vocab]: the vocabulary projection of every
- * prompt token would cost as much as the layers. Returns 0, or -1 (nothing written) when a
- * token is outside the table or the prompt does not fit the columns or the rotary table. */
-int textgen_prefill(const Model *m, int32_t length, const int64_t *tokens, float *const *kv,
-                    int32_t columns, int32_t first, int32_t table_positions, float *logits,
-                    float *scratch, int32_t threads) {
-    if (length < 1 || first < 0 || first + length > columns || length > table_positions
-            || threads < 1)
-        return -1;
-    Scratch s = carve(m, scratch, length, columns);
-    if (embed(m, length, tokens, s.x)) return -1;
-    Place *place = malloc(sizeof(Place) * (size_t)length);
+/* The prefill of `count` prompts in one forward pass: their tokens are the rows, one prompt
+ * after another (`tokens`, `lengths`), each token at its position in its prompt and attending
+ * to its own prompt's columns up to its own; the weights are read once for all of them. kv:
+ * per layer its key then its value buffer, [count, kv_heads, columns, dim]; prompt i goes to
+ * its row of the buffers, right-aligned at `columns` (left padding before it is not touched).
+ * Writes the logits of each prompt's last token only, [count, vocab]: the vocabulary
+ * projection of every prompt token would cost as much as the layers. Returns 0, or -1
+ * (nothing written) when a token is outside the table or a prompt does not fit the columns or
+ * the rotary table. */
+int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
+                    const int64_t *tokens, float *const *kv, int32_t columns,
+                    int32_t table_positions, float *logits, float *scratch, int32_t threads) {
+    if (count < 1 || threads < 1) return -1;
+    int32_t rows = 0;
+    for (int i = 0; i < count; i++) {
+        if (lengths[i] < 1 || lengths[i] > columns || lengths[i] > table_positions) return -1;
+        rows += lengths[i];
+    }
+    Scratch s = carve(m, scratch, rows, columns);
+    if (embed(m, rows, tokens, s.x)) return -1;
+    Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
-    for (int r = 0; r < length; r++)
-        place[r] = (Place){.kv_offset = 0, .column = first + r, .first = first, .kept = NULL,
-                           .position = r};
+    for (int i = 0, r = 0; i < count; i++) {
+        int32_t first = columns - lengths[i];
+        for (int t = 0; t < lengths[i]; t++, r++)
+            place[r] = (Place){.kv_offset = (int64_t)i * m->kv_heads * columns * m->dim,
+                               .column = first + t, .first = first, .kept = NULL,
+                               .position = t};
+    }
 #pragma omp parallel num_threads(threads)
     {
-        layers(m, length, place, kv, columns, &s);
-        project(m, s.x + (int64_t)(length - 1) * m->hidden, &s, 1, logits);
+        layers(m, rows, place, kv, columns, &s);
+#pragma omp single
+        {   /* each prompt's last row to the front: the rows project() reads */
+            for (int i = 0, end = 0; i < count; i++) {
+                end += lengths[i];
+                memmove(s.x + (int64_t)i * m->hidden, s.x + (int64_t)(end - 1) * m->hidden,
+                        sizeof(float) * m->hidden);
+            }
+        }
+        project(m, s.x, &s, count, logits);
     }
     free(place);
     return 0;

@@ -101,7 +101,7 @@ class ForwardKernel:
         self._prefill.restype = ctypes.c_int
         self._prefill.argtypes = [
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
             ctypes.c_int32]
         self._scratch_floats = library.textgen_scratch_floats
         self._scratch_floats.restype = ctypes.c_int64
@@ -142,22 +142,22 @@ class ForwardKernel:
         to the longest (padding columns zero: the mask hides them), and the logits of each
         prompt's last token, [prompts, vocab].
 
-        Each prompt is its own call: no prompt pays for another's padding."""
+        All prompts are the rows of one call, so the weights are read once for the group (a
+        call per prompt read them once per prompt), and none pays for another's padding."""
         count, length = len(prompts), max(map(len, prompts))
         model = self._model
         shape = (count, model.kv_heads, length, model.dim)
         kv = [torch.zeros(shape) for _ in range(2 * model.layers)]
         logits = torch.empty((count, model.vocab), dtype=torch.float32)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
+        tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.int64)
+        pointers = (ctypes.c_void_p * len(kv))(*(t.data_ptr() for t in kv))
         threads = torch.get_num_threads()
-        scratch = self._scratch_for(length, length, threads)
-        for i, prompt in enumerate(prompts):
-            tokens = torch.tensor(prompt, dtype=torch.int64)
-            pointers = (ctypes.c_void_p * len(kv))(*(t[i].data_ptr() for t in kv))
-            if self._prefill(self._model_p, len(prompt), tokens.data_ptr(), pointers, length,
-                             length - len(prompt), self._positions, logits[i].data_ptr(),
-                             scratch, threads):
-                raise ValueError("a token id is outside the model's table, or the prompt is "
-                                 "empty or longer than its rotary table")
+        if self._prefill(self._model_p, count, lengths.data_ptr(), tokens.data_ptr(), pointers,
+                         length, self._positions, logits.data_ptr(),
+                         self._scratch_for(int(lengths.sum()), length, threads), threads):
+            raise ValueError("a token id is outside the model's table, or a prompt is empty "
+                             "or longer than its rotary table")
         return list(zip(kv[0::2], kv[1::2])), logits
 
     def _scratch_for(self, rows: int, columns: int, threads: int) -> int:
