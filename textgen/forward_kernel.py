@@ -245,7 +245,7 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
         layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
     if take_weights:
         _own_the_rest(model, projections)
-    keep: list[torch.Tensor] = [cos, sin]  # every tensor the kernel points into
+    keep: list[torch.Tensor] = []  # every tensor the kernel points into
 
     def held(tensor: Optional[torch.Tensor]) -> Optional[int]:
         if tensor is None:
