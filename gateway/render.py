@@ -31,7 +31,7 @@ import yaml
 
 from ratelimit.contract import (DESCRIPTORS, DOMAIN, HEADER_OF, LIMITED_BY, USAGE_METADATA,
                                 Entry)
-from textgen.config import ENV_OVERRIDES, Limits
+from textgen.config import ENV_OVERRIDES, Limits, model_context
 
 from error_contract import (GRPC_STATUS, LOCAL_REPLIES, OPENAI, OPENAI_PATH_PREFIX,
                             REPLICA_FAILED, REPLICA_FAILED_FLAGS, STATUS, TYPE_OF_STATUS,
@@ -237,8 +237,7 @@ def _model_limits(config: Path = MODEL_CONFIG,
     if not model_dir.is_absolute():
         model_dir = config.parent.parent.parent / model_dir
     try:
-        context = int(json.loads((model_dir / "config.json").read_text())
-                      .get("max_position_embeddings") or 2048)
+        context = model_context(json.loads((model_dir / "config.json").read_text()))
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot read the served model's context from {model_dir}: {error}")
     configured = {}

@@ -43,6 +43,17 @@ DECODE_STEPS = ("auto", "c", "tensor")  # see select_executor
 QUANTIZATIONS = ("none", "int8")
 
 
+DEFAULT_CONTEXT = 2048  # a model whose config names no max_position_embeddings
+
+
+def model_context(hf_config: Any) -> int:
+    """A model's context length from its Hugging Face config: the loaded object, or the dict of
+    its config.json (the gateway reads the file without transformers)."""
+    value = (hf_config.get("max_position_embeddings") if isinstance(hf_config, Mapping)
+             else getattr(hf_config, "max_position_embeddings", None))
+    return int(value or DEFAULT_CONTEXT)
+
+
 class ConfigError(ValueError):
     """A deployment mistake; the message says which parameter and how to fix it."""
 

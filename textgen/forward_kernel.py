@@ -209,8 +209,7 @@ def _own_the_rest(model: Any, packed: Sequence[torch.nn.Module]) -> None:
 
 
 def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUnavailable]:
-    weights = [p for p in model.parameters()]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in weights):
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in model.parameters()):
         return KernelUnavailable("the weights are not float32 on the CPU")
     if dim > MAX_HEAD_DIM or heads % kv_heads:
         return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")

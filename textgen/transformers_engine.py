@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from .admission import Admission
-from .config import EngineConfig, Limits
+from .config import EngineConfig, Limits, model_context
 from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .cpus import engine_threads
 from .executor import select_executor
@@ -108,8 +108,8 @@ class TransformersEngine:
         self._thread = start_engine_thread(self._run, "textgen-engine", config.engine_nice)
 
     def _limits_for_model(self, limits: Limits) -> Limits:
-        context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        return limits.for_model(context, int(self.model.config.vocab_size))
+        return limits.for_model(model_context(self.model.config),
+                                int(self.model.config.vocab_size))
 
     # ---- called from Triton's threads -------------------------------------------------
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .admission import Admission
-from .config import EngineConfig, Limits
+from .config import EngineConfig, Limits, model_context
 from .cpus import engine_threads
 from .engine_thread import session_nice, start_engine_thread, thread_nice
 from .kv_budget import kv_bytes_per_token, token_budget
@@ -160,7 +160,7 @@ class VllmEngine:
         from transformers import AutoConfig
 
         hf_config = AutoConfig.from_pretrained(self.config.model_dir)
-        context = int(getattr(hf_config, "max_position_embeddings", 0) or 2048)
+        context = model_context(hf_config)
         # The token budget both engines share (at least one full context).
         budget = token_budget(self.config.max_batch_total_tokens, self.config.max_num_seqs,
                               context, kv_bytes_per_token(hf_config, 4))
