@@ -27,8 +27,8 @@ def sse_events(url: str, body: dict[str, Any], headers: dict[str, str] | None = 
                 if line.startswith("data:")]
 
 
-def _grpc_inputs(prompt: str, max_tokens: int) -> list[Any]:
-    return infer_inputs(grpcclient, prompt, max_tokens=max_tokens)
+def _grpc_inputs(prompt: str, max_tokens: int, **params: Any) -> list[Any]:
+    return infer_inputs(grpcclient, prompt, max_tokens=max_tokens, **params)
 
 
 # Long enough (ignore_eos) to span at least one stream interval (25 ms by default): ~60 ms at
@@ -70,7 +70,9 @@ def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_ke
         results: "queue.Queue[Any]" = queue.Queue()
         client.start_stream(callback=lambda result, error: results.put((result, error)),
                             headers=headers)
-        client.async_stream_infer("llm_stream", _grpc_inputs("The list", 12),
+        # 200 tokens (ignore_eos) span several stream intervals: 12 took less than one on the
+        # faster engine, and the first token merged with the rest.
+        client.async_stream_infer("llm_stream", _grpc_inputs("The list", 200, ignore_eos=True),
                                   enable_empty_final_response=True)
         pieces = []
         while True:
@@ -83,9 +85,9 @@ def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_ke
         # Text responses (the first token alone, then what each stream interval gathered),
         # then the final response with the counts and no text.
         assert len(pieces) > 2 and pieces[-1] == ""
-        assert result.as_numpy("num_output_tokens").reshape(-1)[0] == 12
+        assert result.as_numpy("num_output_tokens").reshape(-1)[0] == 200
         unary = grpcclient.InferenceServerClient(triton.grpc_url).infer(
-            "llm", _grpc_inputs("The list", 12))
+            "llm", _grpc_inputs("The list", 200, ignore_eos=True))
         assert "The list" + "".join(pieces) == unary.as_numpy("text_output")[0][0].decode()
 
 
