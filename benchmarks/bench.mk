@@ -8,22 +8,22 @@ AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
 
 bench: venv ## Benchmark ours vs static batching vs the naive baseline, and the OpenAI path (~12 min)
-	@$(PY) benchmarks/bench.py $(BENCH_ARGS)
+	@$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 bench-quick: venv ## The same benchmark, fewer levels and requests (~90 s on 2 cores)
-	@$(PY) benchmarks/bench.py --quick $(BENCH_ARGS)
+	@$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
 
 bench-replicas: venv ## Replicas: failover under load, global rate-limit cost, 1 vs 2 replicas (~4 min)
-	@$(PY) benchmarks/replicas.py $(BENCH_ARGS)
+	@$(PY) -m benchmarks.replicas $(BENCH_ARGS)
 
 bench-peer: venv ## The stack vs its engine in-process vs llama.cpp's server, interleaved, median of 3 (~10 min)
-	@$(PY) benchmarks/cpu_peer.py $(BENCH_ARGS)
+	@$(PY) -m benchmarks.cpu_peer $(BENCH_ARGS)
 
-REAL_MODEL = $(shell $(PY) tools/real_model.py --print-dir 2>/dev/null)
+REAL_MODEL = $(shell $(PY) -m tools.real_model --print-dir 2>/dev/null)
 
 bench-real: venv real-model ## The real model (SmolLM2-135M): the engine vs llama-batched-bench at 1 and 2 threads, then the stack vs llama.cpp's server (~25 min)
-	@$(PY) benchmarks/cpu_threads.py $(BENCH_ARGS)
-	@$(PY) benchmarks/cpu_peer.py --model-dir "$(REAL_MODEL)" --in-process llama \
+	@$(PY) -m benchmarks.cpu_threads $(BENCH_ARGS)
+	@$(PY) -m benchmarks.cpu_peer --model-dir "$(REAL_MODEL)" --in-process llama \
 		--requests-per-client 2 $(BENCH_ARGS)
 
 $(AIPERF_STAMP): benchmarks/aiperf.lock
@@ -37,4 +37,4 @@ $(AIPERF_STAMP): benchmarks/aiperf.lock
 aiperf: $(AIPERF_STAMP) ## Install AIPerf in .venv-aiperf; `make bench` then drives the OpenAI API with it
 
 bench-vllm: venv vllm ## This service on both engines vs vLLM's own OpenAI server, same model and client, interleaved (~10 min)
-	@$(PY) benchmarks/vllm_peer.py $(BENCH_ARGS)
+	@$(PY) -m benchmarks.vllm_peer $(BENCH_ARGS)

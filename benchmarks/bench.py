@@ -48,18 +48,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from benchmarks import (aiperf_run, llamacpp, loadgen, memory, perf_analyzer, report, stack,
+                        workload as workloads)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 
-import aiperf_run  # noqa: E402
-import llamacpp  # noqa: E402
-import loadgen  # noqa: E402
-import memory  # noqa: E402
-import perf_analyzer  # noqa: E402
-import report  # noqa: E402
-import stack  # noqa: E402
-import workload as workloads  # noqa: E402
 
 SYSTEMS = ("ours", "static", "baseline", "int8", "openai", "llamacpp", "vllm-engine", "vllm")
 WORKLOADS = ("fixed", "mixed")
@@ -500,7 +494,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: dict[str, Any] = {}
     if not args.skip_quality:
         print("==> float32 vs int8, in-process", flush=True)
-        import quality
+        from benchmarks import quality
         start = time.perf_counter()
         results["quantization"] = quality.compare(args.model_dir, args.heldout,
                                                   max_windows=plan.quality_windows,

@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import engine_only, llamacpp, loadgen, stack
+from benchmarks import workload as workloads
+from benchmarks.median import spread
+from benchmarks.memory import PeakMemory, current_rss_mib
 
-import engine_only  # noqa: E402
-import llamacpp  # noqa: E402
-import loadgen  # noqa: E402
-from median import spread  # noqa: E402
-from memory import PeakMemory, current_rss_mib  # noqa: E402
-import stack  # noqa: E402
-import workload as workloads  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
 
 SERVED = ("ours", "llamacpp")  # measured over HTTP with the load generator
 IN_PROCESS = ("engine", "engine_hf")  # the transformers engine in this process
@@ -80,9 +76,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from textgen import engine_thread
-    from textgen.config import EngineConfig
-    from textgen.transformers_engine import TransformersEngine
+    from textgen.core import engine_thread
+    from textgen.core.config import EngineConfig
+    from textgen.transformers_engine.engine import TransformersEngine
 
     source = workloads.PromptSource(AutoTokenizer.from_pretrained(model_dir),
                                     (HERE.parent / "demo_model" / "heldout.txt").read_text())
@@ -108,8 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    if executor in wanted}
         # An engine raises its process's session priority, here this load generator's: put it
         # back, so that the served systems keep a client at the normal priority.
-        if session is not None:
-            engine_thread.set_session_nice(session)
+        if session is not None:  # lowering a priority needs no privilege
+            Path("/proc/self/autogroup").write_text(str(session))
         for engine in engines.values():
             started.callback(engine.shutdown)
         memory = {name: started.enter_context(PeakMemory(target.processes))

@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import llamacpp
+from tools import real_model
 
-import llamacpp  # noqa: E402
-import real_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -82,7 +81,7 @@ class _Sink:
 
 def ours(engine: Any, prompt: str, batch: int, new_tokens: int) -> dict[str, float]:
     """`batch` sequences submitted at once; the figures described in the module docstring."""
-    from textgen.validation import GenerationRequest
+    from textgen.core.validation import GenerationRequest
 
     sinks = [_Sink() for _ in range(batch)]
     start = time.monotonic()
@@ -166,8 +165,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from textgen.config import EngineConfig
-    from textgen.transformers_engine import TransformersEngine
+    from textgen.core.config import EngineConfig
+    from textgen.transformers_engine.engine import TransformersEngine
 
     log = RESULTS / "cpu_threads.build.log"
     binary = llamacpp.ensure_binary("llama-batched-bench", log)

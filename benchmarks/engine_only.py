@@ -22,15 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textgen.config import EngineConfig
-from textgen.transformers_engine import TransformersEngine
-from textgen.outputs import SequenceOutput
-from textgen.validation import GenerationRequest
+from benchmarks import workload
+from textgen.core.config import EngineConfig
+from textgen.core.outputs import SequenceOutput
+from textgen.core.validation import GenerationRequest
+from textgen.transformers_engine.engine import TransformersEngine
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import workload  # noqa: E402
 
 
 class _Client:

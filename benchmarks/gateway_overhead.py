@@ -24,11 +24,10 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.interleaved import SMALL_CALLS, latencies_ms
+from tools import runtime
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import runtime  # noqa: E402
-from interleaved import SMALL_CALLS, latencies_ms  # noqa: E402
 
 PORTS = {"LLM_HTTP_PORT": 18600, "LLM_GRPC_PORT": 18601, "LLM_METRICS_PORT": 18602,
          "GATEWAY_PORT": 18680, "GATEWAY_ADMIN_PORT": 18690}

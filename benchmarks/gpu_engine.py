@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from textgen.config import EngineConfig, Limits
+from textgen.core.config import EngineConfig, Limits
+from textgen.core.outputs import EngineObserver, SequenceOutput
+from textgen.core.validation import GenerationRequest
 from textgen.engines import create_engine
-from textgen.outputs import EngineObserver, SequenceOutput
-from textgen.validation import GenerationRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 

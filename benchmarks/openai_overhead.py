@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import loadgen, stack
+from benchmarks import workload as workloads
 
-import loadgen  # noqa: E402
-import stack  # noqa: E402
-import workload as workloads  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = workloads.rounds_parser(__doc__, requests_per_client=8,

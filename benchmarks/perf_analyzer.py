@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stack import Target, run_quiet
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import runtime  # noqa: E402
+from benchmarks.stack import Target, run_quiet
+from tools import runtime
 
 BINARY = Path(sys.executable).parent / "perf_analyzer"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from memory import weight_bytes
+from benchmarks.memory import weight_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ def tokens_per_second(model: Any, tokenizer: Any, prompt_ids: list[int], batch: 
 def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int = 256,
             new_tokens: int = 64, repeats: int = 2) -> dict[str, Any]:
     """fp32 vs int8 on the CPU, one after the other in this process."""
-    from textgen.loading import load_model
+    from textgen.core.loading import load_model
 
     cpu = torch.device("cpu")
     results: dict[str, Any] = {"device": "cpu", "method": {

@@ -41,13 +41,12 @@ from typing import Any, Optional
 
 import requests
 
+from benchmarks.interleaved import SMALL_CALLS, latencies_ms
+from benchmarks.loadgen import run_level
+from benchmarks.workload import RequestSpec
+from tools import runtime
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import runtime  # noqa: E402
-from interleaved import SMALL_CALLS, latencies_ms  # noqa: E402
-from loadgen import run_level  # noqa: E402
-from workload import RequestSpec  # noqa: E402
 
 ONE = {"LLM_HTTP_PORT": 18700, "LLM_GRPC_PORT": 18701, "LLM_METRICS_PORT": 18702,
        "LLM_OPENAI_PORT": 18703, "GATEWAY_PORT": 18780, "GATEWAY_ADMIN_PORT": 18790}

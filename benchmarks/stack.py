@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from benchmarks.workload import RequestSpec
+from textgen.core.config import EngineConfig
+from textgen.core.engine_thread import raise_session_priority
+from tools import runtime
+from tools.processes import (ServerProcess, free_port, gateway_process, http_ok, openai_process,
+                             triton_process, triton_settings)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tools"))
-from harness import (ServerProcess, free_port, gateway_process, http_ok,  # noqa: E402
-                     openai_process, triton_process, triton_settings)
-from workload import RequestSpec  # noqa: E402
-import runtime  # noqa: E402
-from textgen.config import EngineConfig  # noqa: E402
-from textgen.engine_thread import raise_session_priority  # noqa: E402
 
 LABELS = {
     "ours": "ours (continuous batching)",
@@ -185,7 +184,7 @@ def naive_baseline(run_dir: Path, model_dir: Path) -> Iterator[Target]:
     """benchmarks/naive_server.py on a free port; stopped on exit."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [sys.executable, str(Path(__file__).with_name("naive_server.py")),
+    command = [sys.executable, "-m", "benchmarks.naive_server",
                "--port", str(port), "--model-dir", str(model_dir)]
     server = ServerProcess("naive_server", command, dict(os.environ), run_dir / "naive.log")
     url = f"http://127.0.0.1:{port}"

@@ -29,14 +29,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import loadgen, median, stack
+from benchmarks import workload as workloads
+from textgen.core.cpus import engine_threads
 
-import loadgen  # noqa: E402
-import median  # noqa: E402
-import stack  # noqa: E402
-import workload as workloads  # noqa: E402
-from textgen.cpus import engine_threads  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
 
 RUN_DIR = HERE.parent / ".run" / "bench-vllm"
 SYSTEMS = ("ours", "ours-vllm", "vllm")  # bare vLLM last: the others' ratios are to it

@@ -3,9 +3,9 @@
 
 Examples:
   export LLM_API_KEY=llmk_...                       # printed by `make serve` / `make key`
-  python clients/llm_cli.py "The list"              # HTTP, whole answer at once
-  python clients/llm_cli.py --stream "The list"     # HTTP server-sent events, tokens as made
-  python clients/llm_cli.py --grpc --stream "The list" --max-tokens 64 --temperature 0.7
+  python -m clients.llm_cli "The list"              # HTTP, whole answer at once
+  python -m clients.llm_cli --stream "The list"     # HTTP server-sent events, tokens as made
+  python -m clients.llm_cli --grpc --stream "The list" --max-tokens 64 --temperature 0.7
 
 Errors are printed with their HTTP status and error type (or gRPC code) and the request id
 to quote when reporting a problem; the exit status is 1 for a rejected request and 2 for a

@@ -1,4 +1,4 @@
-"""The error contract of the gateway's KServe v2 and `/generate` routes: the one definition.
+"""The error contract of the service's routes: the one definition, imported as `contracts.errors`.
 
 Every error answer on those routes, whoever made it (Envoy, Triton or the model), is
 
@@ -13,8 +13,9 @@ gRPC callers get the status code of `GRPC_STATUS` and the same message as `grpc-
 Who reads this module:
   * gateway/render.py: Envoy's local-reply bodies (`LOCAL_REPLIES`) and the Lua table by
     which gateway/error_contract.lua gives Triton's errors a type and a status (`STATUS`);
-  * the model: `textgen/errors.py` names the types it sets (a unit
-    test keeps the two in step);
+  * the Triton models (triton_llm/): they set the types of `MODEL_ERRORS`, written by
+    `wire_message` (below);
+  * openai_frontend/errors.py: the OpenAI shape of the same types (`OPENAI`);
   * gateway/openapi.yaml documents `ErrorType` (a unit test checks it).
 """
 
@@ -144,3 +145,21 @@ OPENAI: dict[ErrorType, tuple[int, str]] = {
 
 # Where the OpenAI shape applies instead of the contract's.
 OPENAI_PATH_PREFIX = "/v1/"
+
+
+# The types the model itself sets on its error responses (the others come from Envoy or
+# Triton). Each has a gRPC code above.
+MODEL_ERRORS: frozenset[ErrorType] = frozenset(GRPC_STATUS)
+
+
+def wire_message(kind: ErrorType, message: str) -> str:
+    """The text of a model's error response: `<type>: <message>`, the type first.
+
+    Why the type travels inside the message: Triton's generate endpoints answer every model
+    error with HTTP 400 and a body of `{"error": "<message>"}`, so the message is the only
+    field that reaches the gateway; gateway/error_contract.lua reads the type back to set the
+    status (a full queue is a 503, not a 400) and the body.
+    """
+    if kind not in MODEL_ERRORS:
+        raise ValueError(f"the model does not set error type {kind.value!r}")
+    return f"{kind.value}: {message}"

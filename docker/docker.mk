@@ -11,14 +11,14 @@ DOCKER_TEST_ARGS ?=
 
 docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env)
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
-		$(PY) gateway/render.py --out gateway/envoy.container.yaml
+		$(PY) -m gateway.render --out gateway/envoy.container.yaml
 
 k8s-config: venv ## Render deploy/k8s/base/envoy.yaml (template + deploy/k8s/gateway.env)
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' deploy/k8s/gateway.env) \
-		$(PY) gateway/render.py --out deploy/k8s/base/envoy.yaml
+		$(PY) -m gateway.render --out deploy/k8s/base/envoy.yaml
 
 docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~4 min)
-	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)
+	@$(PY) -m tools.docker_test --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)
 
 docker-clean: ## Delete docker-test's cache (stand-in images, engine data)
-	@$(PY) tools/docker_test.py --cache "$(LLM_DOCKER_CACHE)" --clean
+	@$(PY) -m tools.docker_test --cache "$(LLM_DOCKER_CACHE)" --clean

@@ -17,7 +17,7 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
 
 # The app and the one definition of error types it shares with the gateway.
 COPY openai_frontend /opt/llm/openai_frontend
-COPY gateway/error_contract.py /opt/llm/gateway/error_contract.py
+COPY contracts /opt/llm/contracts
 
 ENV LLM_OPENAI_HOST=0.0.0.0 \
     LLM_OPENAI_PORT=8003 \

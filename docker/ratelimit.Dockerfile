@@ -13,6 +13,7 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
 
 # The service and the limits it enforces (the same tiers file as the gateway's).
 COPY ratelimit /opt/llm/ratelimit
+COPY contracts /opt/llm/contracts
 COPY gateway/tiers.yaml /opt/llm/gateway/tiers.yaml
 
 ENV LLM_RATELIMIT_BIND=0.0.0.0 \

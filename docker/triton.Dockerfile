@@ -18,10 +18,11 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
         -r /opt/llm/docker/requirements-triton.txt \
     && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
 
-# The project's own packages (pyproject.toml): the engine (`textgen`) and the Triton side
-# (`triton_llm`) that the models import by name, and `ratelimit`, whose descriptor contract
-# the key tool's renderer (gateway/render.py) reads.
+# The project's packages the model processes import by name (pyproject.toml): the engine
+# (`textgen`), the Triton side (`triton_llm`), the contracts both speak (`contracts`), and
+# `ratelimit`, whose descriptor contract the key tool's renderer (gateway/render.py) reads.
 COPY pyproject.toml /opt/llm/src/pyproject.toml
+COPY contracts /opt/llm/src/contracts
 COPY textgen /opt/llm/src/textgen
 COPY triton_llm /opt/llm/src/triton_llm
 COPY ratelimit /opt/llm/src/ratelimit
@@ -38,11 +39,12 @@ RUN if ! id -u triton-server >/dev/null 2>&1; then \
     && chown -R 1000:1000 /var/lib/llm \
     && chmod 0700 /var/lib/llm/keys
 
-# The same files `make serve` runs: the Triton command line comes from tools/runtime.py.
+# The same files `make serve` runs: the Triton command line comes from tools/runtime.py. The
+# packages `tools` and `gateway` run from the working directory, /opt/llm (`python3 -m`), where
+# tools/runtime.py also finds the model repository.
 COPY model_repository /opt/llm/model_repository
 COPY gateway /opt/llm/gateway
 COPY tools /opt/llm/tools
-COPY docker/triton-entrypoint.py /opt/llm/docker/triton-entrypoint.py
 # The bundled demo model; mount your own save_pretrained directory over /models/llm.
 COPY demo_model /models/llm
 
@@ -63,6 +65,6 @@ WORKDIR /opt/llm
 EXPOSE 8000 8001 8002
 # Ready means the model is loaded; loading a large model can take minutes.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["python3", "/opt/llm/docker/triton-entrypoint.py", "health"]
-ENTRYPOINT ["python3", "/opt/llm/docker/triton-entrypoint.py"]
+    CMD ["python3", "-m", "tools.triton_entrypoint", "health"]
+ENTRYPOINT ["python3", "-m", "tools.triton_entrypoint"]
 CMD ["serve"]

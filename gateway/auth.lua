@@ -5,10 +5,12 @@
 -- KEYS, a table of digests -> identity that `gateway/keys.py` generates and Envoy reloads
 -- through ECDS whenever the key store changes (no restart, in-flight requests unaffected).
 --
--- On success the key headers are removed, the caller's identity is set for Triton and the
--- access log (x-llm-key-id / x-llm-key-name / x-llm-tier; any client copy is dropped).
+-- On success the key headers are removed and the caller's identity is set: its key id and
+-- tier as headers for the services behind (any client copy of IDENTITY_HEADERS is dropped
+-- first), its name as dynamic metadata for the access log only.
 --
--- KEYS is defined above this code by gateway/render.py.
+-- KEYS, IDENTITY_HEADERS, KEY_ID_HEADER, TIER_HEADER and KEY_NAME_METADATA are defined above this code by
+-- gateway/render.py (the headers from contracts/headers.py).
 
 local bit = require("bit")
 local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
@@ -60,8 +62,6 @@ local function sha256(message)
   return table.concat(out)
 end
 
-local IDENTITY_HEADERS = {"x-llm-key-id", "x-llm-key-name", "x-llm-tier"}
-
 local function presented_key(headers)
   local key = headers:get("x-api-key")
   if key ~= nil then
@@ -93,7 +93,8 @@ function envoy_on_request(handle)
       "the API key is not valid")
     return
   end
-  headers:add("x-llm-key-id", entry.id)
-  headers:add("x-llm-key-name", entry.name)
-  headers:add("x-llm-tier", entry.tier)
+  headers:add(KEY_ID_HEADER, entry.id)
+  headers:add(TIER_HEADER, entry.tier)
+  handle:streamInfo():dynamicMetadata():set(KEY_NAME_METADATA[1], KEY_NAME_METADATA[2],
+                                            entry.name)
 end

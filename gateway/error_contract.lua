@@ -1,4 +1,4 @@
--- The gateway's error contract (gateway/error_contract.py): request ids on the way in, one error
+-- The gateway's error contract (contracts/errors.py): request ids on the way in, one error
 -- shape on the way out.
 --
 -- First filter of the chain, so it sees every request first and every answer last: Envoy's
@@ -9,14 +9,14 @@
 -- Triton answers errors as {"error": "<message>"}: with HTTP 400 for every model error on
 -- the generate routes, 500 for bodies its JSON reader rejects, and as a server-sent event on
 -- generate_stream. The model starts its messages with the error type it means
--- (`overloaded: ...`, textgen/errors.py), which says the status. Such a body becomes
+-- (`overloaded: ...`, contracts/errors.py), which says the status. Such a body becomes
 --   {"error": "<message> (request id <id>)", "code": <status>, "type": "<type>",
 --    "request_id": "<id>"}
 -- and a gRPC error keeps a proper status with `<message> (request id <id>)` as grpc-message.
 --
 -- STATUS (type -> HTTP status), TYPE_OF_STATUS (status -> type), GRPC_STATUS (type -> gRPC
 -- code), OPENAI_PATH_PREFIX and ERROR_TEXT (the `error` string's format) are defined above
--- this code by gateway/render.py from error_contract.py.
+-- this code by gateway/render.py from contracts/errors.py.
 
 -- A client's request id is kept when it is short and plain; anything else is replaced.
 local function ensure_request_id(headers)
@@ -74,7 +74,7 @@ local function triton_message(text)
   return message
 end
 
--- The type the model put before its message (textgen/errors.py), and the message without it.
+-- The type the model put before its message (contracts/errors.py), and the message without it.
 local function model_type(message)
   local kind, rest = message:match("^([%l_]+): (.*)$")
   if kind ~= nil and STATUS[kind] ~= nil then return kind, rest end

@@ -26,8 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import GatewaySettings, load_tiers, render_auth_filter, write_atomically  # noqa: E402
+from gateway.render import GatewaySettings, load_tiers, render_auth_filter, write_atomically
 
 KEY_PREFIX = "llmk_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -19,13 +19,14 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.error_contract import ErrorType
+from contracts.errors import ErrorType
+from contracts.headers import FORWARDED
 
 from . import responses
 from .errors import OpenAIError, invalid
 from .protocol import Request, parse_chat, parse_completion
 from .served_model import ServedModel
-from .triton import FORWARDED, Event, Finished, Triton
+from .triton import Event, Final, Triton
 
 log = logging.getLogger("openai_frontend")
 
@@ -159,7 +160,7 @@ class OpenAIFrontend:
 
     async def _answer(self, http: HTTPRequest, request: Request, prompt: str,
                       chat: bool) -> Response:
-        headers = {name: http.headers[name] for name in FORWARDED if name in http.headers}
+        headers = {h.value: http.headers[h.value] for h in FORWARDED if h.value in http.headers}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         response_id = ("chatcmpl-" if chat else "cmpl-") + request_id
         created = int(time.time())
@@ -176,11 +177,11 @@ class OpenAIFrontend:
         return EventStream(_stream(writer, echo, first, events))
 
 
-async def _collect(events: AsyncIterator[Event]) -> tuple[str, Finished]:
+async def _collect(events: AsyncIterator[Event]) -> tuple[str, Final]:
     pieces = []
     try:
         async for item in events:
-            if isinstance(item, Finished):
+            if isinstance(item, Final):
                 return "".join(pieces), item
             pieces.append(item)
     finally:
@@ -197,7 +198,7 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
         head = writer.first() + (writer.text(echo) if echo else b"")
         item = first
         while True:
-            if isinstance(item, Finished):
+            if isinstance(item, Final):
                 yield head + writer.finish(item) + responses.DONE
                 return
             yield head + writer.text(item)

@@ -1,6 +1,6 @@
 """Errors of the /v1 routes, in OpenAI's shape, from the gateway's one error contract.
 
-Statuses and OpenAI types come from gateway/error_contract.py (`OPENAI`), which also gives the
+Statuses and OpenAI types come from contracts/errors.py (`OPENAI`), which also gives the
 gateway's own /v1 answers (401, 403, 429, ...) the same shape, so a client sees one shape
 whoever answered. `code` is the contract's error type (`overloaded`, `invalid_request`, ...).
 """
@@ -11,9 +11,9 @@ import json
 import re
 from typing import Optional
 
-from gateway.error_contract import OPENAI, ErrorType
+from contracts.errors import OPENAI, ErrorType
 
-# The model writes its error messages as `<type>: <message>` (textgen/errors.py).
+# The model writes its error messages as `<type>: <message>` (contracts/errors.py).
 _MODEL_MESSAGE = re.compile(r"^([a-z_]+): (.*)$", re.S)
 # Its validation messages start with the offending input: "`top_p` must be in ...".
 _PARAM = re.compile(r"^`([a-z_]+)`")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .triton import Finished
+from .triton import Final
 
 DONE = b"data: [DONE]\n\n"
 
 
-def usage(final: Finished) -> dict[str, int]:
+def usage(final: Final) -> dict[str, int]:
     return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
             "total_tokens": final.prompt_tokens + final.completion_tokens}
 
@@ -52,7 +52,7 @@ class ChunkWriter:
     def text(self, piece: str) -> bytes:
         return (self._text % json.dumps(piece)).encode()
 
-    def finish(self, final: Finished) -> bytes:
+    def finish(self, final: Final) -> bytes:
         """The finish reason (its own chunk), then the usage chunk when it was asked for."""
         chunk = self._choice({} if self._chat else "", final.finish_reason)
         if self._include_usage:
@@ -69,7 +69,7 @@ class ChunkWriter:
 
 
 def completion(response_id: str, created: int, model: str, text: str,
-               final: Finished) -> dict[str, Any]:
+               final: Final) -> dict[str, Any]:
     return {"id": response_id, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None,
                          "finish_reason": final.finish_reason}],
@@ -77,7 +77,7 @@ def completion(response_id: str, created: int, model: str, text: str,
 
 
 def chat_completion(response_id: str, created: int, model: str, text: str,
-                    final: Finished) -> dict[str, Any]:
+                    final: Final) -> dict[str, Any]:
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "logprobs": None, "finish_reason": final.finish_reason}],

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from gateway.error_contract import ErrorType
+from contracts.errors import ErrorType
 
 from .errors import OpenAIError, from_model
 from .protocol import Sampling
@@ -27,13 +27,12 @@ from .protocol import Sampling
 STREAM_MODEL = "llm_stream"
 # Headers the gateway sets that the model's log line needs (Triton forwards them as request
 # parameters); the frontend never sees API keys.
-FORWARDED = ("x-request-id", "x-llm-key-id", "x-llm-key-name", "x-llm-tier")
 # OpenAI parameter names for the model's input names, so errors name what the client sent.
 OPENAI_NAMES = {"text_input": "prompt"}
 
 
 @dataclass(frozen=True)
-class Finished:
+class Final:
     """The last event of a generation, with the model's own counts."""
 
     finish_reason: str
@@ -41,7 +40,7 @@ class Finished:
     completion_tokens: int
 
 
-Event = Union[str, Finished]  # new text, or the end
+Event = Union[str, Final]  # new text, or the end
 
 
 def _tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
@@ -76,7 +75,7 @@ def model_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[grpcclie
     return inputs
 
 
-def _read(result: Any) -> tuple[str, Optional[Finished]]:
+def _read(result: Any) -> tuple[str, Optional[Final]]:
     """The new text and, on the last response, the end; read from the raw bytes (one element
     per output: BYTES are a 4-byte length then the bytes, INT32 four bytes, little-endian)."""
     response = result.get_response()
@@ -84,7 +83,7 @@ def _read(result: Any) -> tuple[str, Optional[Finished]]:
     text = raw["text_output"][4:].decode("utf-8") if "text_output" in raw else ""
     if "finish_reason" not in raw:
         return text, None
-    return text, Finished(raw["finish_reason"][4:].decode(),
+    return text, Final(raw["finish_reason"][4:].decode(),
                           int.from_bytes(raw["num_input_tokens"][:4], "little"),
                           int.from_bytes(raw["num_output_tokens"][:4], "little"))
 
@@ -110,7 +109,7 @@ class Triton:
 
     async def generate(self, prompt: str, sampling: Sampling, stream: bool,
                        headers: Mapping[str, str]) -> AsyncIterator[Event]:
-        """Text pieces, then one `Finished`; raises OpenAIError. Closing the iterator early
+        """Text pieces, then one `Final`; raises OpenAIError. Closing the iterator early
         (the client left) cancels the generation."""
         done = asyncio.Event()
         request = {"model_name": STREAM_MODEL, "inputs": model_inputs(prompt, sampling, stream)}

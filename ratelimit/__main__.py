@@ -16,7 +16,7 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .limits import TIERS_FILE, Limits
+from .limits import TIERS_FILE, TierLimits
 from .service import RateLimitService
 from .store import Store
 
@@ -25,7 +25,7 @@ async def serve(host: str, port: int, redis_url: str, tiers: Path) -> None:
     store = Store(redis_url)
     server = grpc.aio.server()
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-        RateLimitService(Limits.load(tiers), store), server)
+        RateLimitService(TierLimits.load(tiers), store), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     server.add_insecure_port(f"{host}:{port}")

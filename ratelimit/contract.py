@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from contracts.headers import Header
+
 
 class Kind(str, Enum):
     """Which limit a descriptor asks about."""
@@ -34,10 +36,10 @@ class Entry(str, Enum):
 
 # Request headers the gateway's filters set and the descriptors read.
 HEADER_OF: dict[Entry, str] = {
-    Entry.TIER: "x-llm-tier",
-    Entry.KEY: "x-llm-key-id",
-    Entry.REQUEST: "x-request-id",
-    Entry.RESERVE: "x-llm-token-reserve",
+    Entry.TIER: Header.TIER.value,
+    Entry.KEY: Header.KEY_ID.value,
+    Entry.REQUEST: Header.REQUEST_ID.value,
+    Entry.RESERVE: Header.TOKEN_RESERVE.value,
 }
 # Where gateway/token_budget.lua leaves the answer's token count (dynamic metadata).
 USAGE_METADATA = ("llm.usage", "tokens")

@@ -32,12 +32,12 @@ class Tier:
 
 
 @dataclass(frozen=True)
-class Limits:
+class TierLimits:
     tiers: dict[str, Tier]
     gateway: Bucket
 
     @classmethod
-    def load(cls, path: Path = TIERS_FILE) -> "Limits":
+    def load(cls, path: Path = TIERS_FILE) -> "TierLimits":
         data: dict[str, Any] = yaml.safe_load(path.read_text())
         tiers = {}
         for name, tier in data["tiers"].items():

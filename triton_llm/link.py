@@ -27,10 +27,10 @@ import time
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .errors import ErrorKind
-from .link_messages import (Cancel, Finished, FromEngine, Generate, Outputs, Refused, Text,
-                            ToEngine)
-from .outputs import OutputSink, SequenceOutput
+from contracts.errors import ErrorType
+from textgen.core.outputs import OutputSink, SequenceOutput
+from triton_llm.link_messages import (Cancel, Finished, FromEngine, Generate, Outputs, Refused,
+                                      Text, ToEngine)
 
 log = logging.getLogger("textgen.link")
 
@@ -43,7 +43,7 @@ ENGINE_GONE = "the generation engine went away; retry later"
 class LinkRefusal(Exception):
     """Raised by the submit function to refuse a request before it runs."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorType, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -106,7 +106,7 @@ class _RequestSink:
         self._channel.sinks.pop(self._id, None)
         self._sender.send(self._channel, self._id, Finished(output))
 
-    def refuse(self, kind: ErrorKind, message: str) -> None:
+    def refuse(self, kind: ErrorType, message: str) -> None:
         self._channel.sinks.pop(self._id, None)
         self._sender.send(self._channel, self._id, Refused(kind, message))
 
@@ -222,7 +222,7 @@ class EngineLinkServer:
                     sink.refuse(exc.kind, str(exc))
                 except Exception as exc:  # one bad request must not hang up on its neighbours
                     log.exception("submitting a streamed request failed")
-                    sink.refuse(ErrorKind.INTERNAL, f"the request could not be queued: {exc}")
+                    sink.refuse(ErrorType.INTERNAL, f"the request could not be queued: {exc}")
         except (EOFError, OSError):
             pass  # the stream side went away (or the server closed)
         finally:
@@ -322,7 +322,7 @@ class EngineClient:
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
-                    raise LinkRefusal(ErrorKind.UNAVAILABLE, "the generation engine (model "
+                    raise LinkRefusal(ErrorType.UNAVAILABLE, "the generation engine (model "
                                       "`llm`) is not running; retry later") from None
                 time.sleep(0.2)
         threading.Thread(target=self._read, args=(self._conn,), name="engine-link-reader",
@@ -351,7 +351,7 @@ class EngineClient:
                 self._conn = None
             orphans = [messages for sent_on, messages in self._queues.values() if sent_on is conn]
         for messages in orphans:
-            messages.put(Refused(ErrorKind.UNAVAILABLE, ENGINE_GONE))
+            messages.put(Refused(ErrorType.UNAVAILABLE, ENGINE_GONE))
         conn.close()
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
-from .errors import ErrorKind
-from .outputs import SequenceOutput
+from contracts.errors import ErrorType
+from textgen.core.outputs import SequenceOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class Finished:
 class Refused:
     """The request never ran or could not go on: why, and the message for the client."""
 
-    kind: ErrorKind
+    kind: ErrorType
     message: str
 
 

@@ -8,7 +8,7 @@ Why a thread of its own: every update is a round trip to Triton's server process
 engine thread they cost it ~1.3 ms per request (measured at 1 stream), one of them between the
 first token and its sending. The engine's hooks only queue what happened; the `llm-metrics`
 thread makes the updates, in order and one at a time, which Triton also needs: it crashed when
-metrics were updated from several threads at once (../shared/notes/platform.md). The endpoint
+metrics were updated from several threads at once (Triton 2.51's Python backend). The endpoint
 lags the engine by that queue, milliseconds. Triton 24.10's stub keeps the GIL during a round
 trip (a thread setting a gauge in a loop halved a Python loop's progress beside it), so the
 engine's Python still pauses for them, but its tensor operations run meanwhile and no token
@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import triton_python_backend_utils as pb_utils
 
-from textgen.outputs import EngineObserver, FinishReason, SequenceOutput
+from textgen.core.outputs import EngineObserver, FinishReason, SequenceOutput
 
 LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0]

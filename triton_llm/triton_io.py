@@ -16,24 +16,23 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from textgen.errors import ErrorKind, wire_message
-from textgen.outputs import FinishReason, OutputSink, SequenceOutput
+from contracts.errors import ErrorType, wire_message
+from contracts.headers import Header
+from contracts.tensors import INPUTS, OUTPUTS
+from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
 
-INPUT_NAMES = ("text_input", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-               "exclude_input_in_output", "ignore_eos")
-OUTPUT_NAMES = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 # Error kinds -> Triton codes, for gRPC callers (the gateway sets HTTP statuses from the kind).
 # Names, not values: pb_utils.TritonError only exists once the stub has started.
-_CODES = {ErrorKind.INVALID_REQUEST: "INVALID_ARG", ErrorKind.OVERLOADED: "UNAVAILABLE",
-          ErrorKind.UNAVAILABLE: "UNAVAILABLE", ErrorKind.INTERNAL: "INTERNAL"}
+_CODES = {ErrorType.INVALID_REQUEST: "INVALID_ARG", ErrorType.OVERLOADED: "UNAVAILABLE",
+          ErrorType.UNAVAILABLE: "UNAVAILABLE", ErrorType.INTERNAL: "INTERNAL"}
 
 
 def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
     """The request's tensors by name; optional inputs that were not sent are None."""
     inputs = {}
-    for name in INPUT_NAMES:
+    for name in INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         inputs[name] = None if tensor is None else tensor.as_numpy()
     return inputs
@@ -46,9 +45,9 @@ def request_metadata(request: Any) -> dict[str, str]:
     except ValueError:
         params = {}
     return {
-        "request_id": str(params.get("x-request-id") or request.request_id() or ""),
-        "key_id": str(params.get("x-llm-key-id", "")),
-        "tier": str(params.get("x-llm-tier", "")),
+        "request_id": str(params.get(Header.REQUEST_ID) or request.request_id() or ""),
+        "key_id": str(params.get(Header.KEY_ID, "")),
+        "tier": str(params.get(Header.TIER, "")),
     }
 
 
@@ -56,21 +55,21 @@ def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """Numpy dtypes of the outputs, read from the model config rather than hard-coded."""
     return {name: pb_utils.triton_string_to_numpy(
         pb_utils.get_output_config_by_name(model_config, name)["data_type"])
-        for name in OUTPUT_NAMES}
+        for name in OUTPUTS}
 
 
-def error_response(kind: ErrorKind, message: str) -> Any:
+def error_response(kind: ErrorType, message: str) -> Any:
     code = getattr(pb_utils.TritonError, _CODES[kind])
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(wire_message(kind, message),
                                                                  code))
 
 
-def output_error(output: SequenceOutput) -> Optional[tuple[ErrorKind, str]]:
+def output_error(output: SequenceOutput) -> Optional[tuple[ErrorType, str]]:
     """(kind, message) when a sequence ended without a usable result."""
     if output.finish_reason is FinishReason.REJECTED:
-        return ErrorKind.OVERLOADED, output.error
+        return ErrorType.OVERLOADED, output.error
     if output.finish_reason is FinishReason.ERROR:
-        return ErrorKind.INTERNAL, output.error
+        return ErrorType.INTERNAL, output.error
     return None
 
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import cpu_peer  # noqa: E402
+from benchmarks import cpu_peer
 
 
 def row(round_: int, system: str, tokens_per_s: float) -> dict:

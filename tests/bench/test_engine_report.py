@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from benchmarks import report
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import report  # noqa: E402
 
 
 def row(system: str, concurrency: int, tokens_per_s: float, ttft_p50: float) -> dict:

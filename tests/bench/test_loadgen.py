@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from benchmarks import loadgen, workload
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import loadgen  # noqa: E402
-import workload  # noqa: E402
 
 
 def spec(index: int = 0, max_tokens: int = 4) -> workload.RequestSpec:

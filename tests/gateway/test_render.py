@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import runtime
+from gateway.render import GatewaySettings, Replica, load_tiers, render_envoy_config
 from ratelimit.contract import DESCRIPTORS, HEADER_OF, Entry, Kind
-from ratelimit.limits import Bucket, Limits
-from render import GatewaySettings, Replica, load_tiers, render_envoy_config
+from ratelimit.limits import Bucket, TierLimits
+from tools import runtime
 
 
 def rendered(**env: str) -> dict[str, Any]:
@@ -130,14 +130,14 @@ def test_global_limits_are_off_unless_a_service_is_named_and_not_switched_off() 
 
 
 def test_token_budgets_come_from_the_tiers_file(tmp_path: Path) -> None:
-    limits = Limits.load()
+    limits = TierLimits.load()
     assert limits.tiers["test-tokens"].tokens == Bucket(300, 5.0)
     assert limits.tiers["benchmark"].tokens is None  # no token budget
     broken = tmp_path / "tiers.yaml"
     broken.write_text("tiers:\n  x: {requests_per_second: 1, burst: 1, tokens_per_minute: 0}\n"
                       "gateway: {requests_per_second: 1, burst: 1}\n")
     with pytest.raises(SystemExit, match="tokens_per_minute"):
-        Limits.load(broken)
+        TierLimits.load(broken)
 
 
 def test_a_bucket_says_how_long_until_it_holds_an_amount() -> None:

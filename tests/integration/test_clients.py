@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from harness import ROOT
+from tools.processes import ROOT
 
-CLI = [sys.executable, str(ROOT / "clients" / "llm_cli.py")]
+CLI = [sys.executable, "-m", "clients.llm_cli"]
 
 
 def run(command: list[str], key: str | None, timeout: float = 120,

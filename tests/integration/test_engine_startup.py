@@ -16,10 +16,10 @@ def engine_ready(triton_log: Path) -> dict:
                       .group(1))
 
 
-def test_demo_model_is_served_by_the_lean_llama_executor_with_its_c_decode_step(triton,
+def test_demo_model_is_served_by_the_lean_llama_executor_with_its_c_forward(triton,
                                                                                 triton_log):
     ready = engine_ready(triton_log)
-    assert (ready["executor"], ready["decode_step"]) == ("llama", "c")
+    assert (ready["executor"], ready["forward_path"]) == ("llama", "c")
 
 
 def test_engine_thread_runs_above_the_token_path_or_says_why_not(triton, triton_log):

@@ -20,10 +20,10 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-import runtime
-from harness import (assert_disconnect_cancels, assert_error_contract, gateway_process,
-                     http_ok, infer_inputs, model_log_records, triton_process,
-                     triton_settings, wait_for_metric, wait_for_metric_above)
+from tests.harness import (assert_disconnect_cancels, assert_error_contract, infer_inputs,
+                           model_log_records, wait_for_metric, wait_for_metric_above)
+from tools import runtime
+from tools.processes import gateway_process, http_ok, triton_process, triton_settings
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 For each error the gateway or the model can give, `tritonclient.http` and `tritonclient.grpc`
 raise `InferenceServerException` whose `str()` works and holds the message and the request
 id, with a meaningful `status()`; `perf_analyzer` reports a refusal and exits non-zero; the
-raw HTTP body is the one documented error shape (gateway/error_contract.py).
+raw HTTP body is the one documented error shape (contracts/errors.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 import urllib.request
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import openai
 import pytest
 import requests
@@ -24,9 +23,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from harness import (ROOT, assert_error_contract, gateway_process, http_ok, infer_inputs,
-                     openai_process, triton_process, triton_settings)
-import runtime
+from tests.harness import assert_error_contract, infer_inputs
+from tools import runtime
+from tools.processes import (ROOT, gateway_process, http_ok, openai_process, triton_process,
+                             triton_settings)
 
 REQUEST_ID = re.compile(r"\(request id ([\w\-.:]+)\)$")
 LONG = {"text_input": "The", "max_tokens": 256, "ignore_eos": True}

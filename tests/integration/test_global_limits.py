@@ -23,8 +23,9 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from harness import (ServerProcess, assert_error_contract, free_port, gateway_process, http_ok,
-                     infer_inputs, runtime)
+from tests.harness import assert_error_contract, infer_inputs
+from tools import runtime
+from tools.processes import ServerProcess, free_port, gateway_process, http_ok
 
 GENERATE = {"text_input": "The list", "max_tokens": 16, "ignore_eos": True}
 

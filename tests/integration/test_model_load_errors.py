@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import triton_process, triton_settings
+from tools.processes import triton_process, triton_settings
 
 
 def failed_load_log(tmp_path: Path, name: str, **env: str) -> str:

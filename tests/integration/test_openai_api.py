@@ -14,8 +14,8 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator
 
-from harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
-                     wait_for_metric)
+from tests.harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
+                           wait_for_metric)
 
 MODEL = "demo_model"
 QUESTION = [{"role": "user", "content": "What is a list?"}]

@@ -13,8 +13,8 @@ import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import (assert_disconnect_cancels, infer_inputs, metric, wait_for_metric,
-                     wait_for_metric_above)
+from tests.harness import (assert_disconnect_cancels, infer_inputs, metric, wait_for_metric,
+                           wait_for_metric_above)
 
 BODY = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
 

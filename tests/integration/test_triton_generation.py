@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from harness import infer_inputs, model_log_records
+from tests.harness import infer_inputs, model_log_records
 
 PROMPTS = ["The list", "A function is", "Python is a programming language",
            "The module provides", "Exceptions are"]

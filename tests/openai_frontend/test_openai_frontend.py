@@ -9,13 +9,13 @@ from typing import AsyncIterator
 
 import pytest
 
-from gateway.error_contract import OPENAI, ErrorType
+from contracts.errors import OPENAI, ErrorType
 from openai_frontend import responses
 from openai_frontend.app import _stream
 from openai_frontend.errors import OpenAIError, from_model
 from openai_frontend.protocol import parse_chat, parse_completion
 from openai_frontend.served_model import ServedModel
-from openai_frontend.triton import Finished
+from openai_frontend.triton import Final
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -117,7 +117,7 @@ def test_model_errors_map_to_openai_statuses_and_params(message, kind, status, p
 
 
 def test_chat_chunks_are_valid_json_with_the_role_first_and_usage_last():
-    final = Finished("length", 3, 2)
+    final = Final("length", 3, 2)
     writer = responses.ChunkWriter(True, "chatcmpl-1", 7, "m", include_usage=True)
     events = [writer.first(), writer.text('a "quoted"\n piece'), writer.finish(final)]
     chunks = [json.loads(line[6:]) for blob in events for line in blob.decode().split("\n\n")

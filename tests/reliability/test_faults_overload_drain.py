@@ -21,7 +21,9 @@ from typing import Any, Iterator, Optional
 import pytest
 import requests
 
-from harness import ROOT, RunnerStack, assert_error_contract, http_ok, runner_stack, runtime
+from tests.harness import assert_error_contract
+from tools import runtime
+from tools.processes import ROOT, RunnerStack, http_ok, runner_stack
 
 REPORT = ROOT / ".run" / "reports" / "reliability.jsonl"
 # The most a request may ask for (the demo model's max_tokens limit).
@@ -243,7 +245,7 @@ def test_offered_load_at_four_times_capacity_is_refused_fast_and_admitted_bounde
 
 
 def test_unreachable_triton_gives_a_fast_json_503(triton, tmp_path):
-    from harness import free_port, gateway_process
+    from tools.processes import free_port, gateway_process
 
     process, settings = gateway_process(triton, name="envoy-nowhere",
                                         LLM_HTTP_PORT=str(free_port()))
@@ -266,7 +268,7 @@ def test_unreachable_triton_gives_a_fast_json_503(triton, tmp_path):
 def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
     """Start (refusals while the model loads), then SIGTERM under load: readiness turns
     false, new requests get 503, every request in flight completes, the runner exits."""
-    from harness import ServerProcess, free_port
+    from tools.processes import ServerProcess, free_port
 
     env = {**os.environ, "LLM_RUN_DIR": str(tmp_path), "LLM_HTTP_PORT": str(free_port()),
            "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),

@@ -26,8 +26,9 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from harness import (ROOT, RunnerStack, ServerProcess, free_port, http_ok, infer_inputs,
-                     runner_stack, runtime)
+from tests.harness import infer_inputs
+from tools import runtime
+from tools.processes import ROOT, RunnerStack, ServerProcess, free_port, http_ok, runner_stack
 
 BODY = {"text_input": "The list", "max_tokens": 24, "ignore_eos": True}
 

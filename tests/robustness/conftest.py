@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fuzz_tally import TALLY
+from tests.robustness.fuzz_tally import TALLY
 
 # Every prompt these tests send contains this, so the log scan can prove none was logged.
 CANARY = f"Quokka-canary-{uuid.uuid4().hex[:12]}"

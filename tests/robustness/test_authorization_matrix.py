@@ -28,7 +28,7 @@ import requests
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from harness import assert_error_contract
+from tests.harness import assert_error_contract
 
 # A prompt no other text contains, so the log scan can look for it.
 PROMPT = f"Marzipan-heliotrope-authz-{secrets.token_hex(4)}"

@@ -29,15 +29,13 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_headers_conformance,
-                                               response_schema_conformance,
-                                               status_code_conformance)
+                                               response_schema_conformance, status_code_conformance)
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import InferenceServerException
 
-from fuzz_corpus import GENERATE, INFER, Case, fill
-from fuzz_tally import TALLY
-from harness import assert_error_contract, check_error_body
-from raw_http import RawReply, exchange, request
+from tests.harness import assert_error_contract, check_error_body
+from tests.robustness.fuzz_corpus import GENERATE, INFER, Case, fill
+from tests.robustness.fuzz_tally import TALLY
+from tests.robustness.raw_http import RawReply, exchange
 
 OPENAPI = Path(__file__).resolve().parents[2] / "gateway" / "openapi.yaml"
 DOCUMENT = yaml.safe_load(OPENAPI.read_text())

@@ -6,11 +6,11 @@ import importlib.util
 
 import pytest
 
-from textgen.config import EngineConfig
+from textgen.core.config import EngineConfig
+from textgen.core.loading import ModelLoadError
+from textgen.core.outputs import EngineObserver
 from textgen.engines import choose_engine, create_engine
-from textgen.loading import ModelLoadError
-from textgen.outputs import EngineObserver
-from textgen.vllm_engine import quantization_for, vllm_supports
+from textgen.vllm_engine.engine import quantization_for, vllm_supports
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
 

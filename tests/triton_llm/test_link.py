@@ -10,10 +10,10 @@ from typing import Any, Mapping
 import numpy as np
 import pytest
 
-from textgen.errors import ErrorKind
-from textgen.link import EngineClient, EngineLinkServer, LinkRefusal, _drained, merged
-from textgen.link_messages import Finished, Refused, Text
-from textgen.outputs import FinishReason, OutputSink, SequenceOutput
+from contracts.errors import ErrorType
+from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
+from triton_llm.link import EngineClient, EngineLinkServer, LinkRefusal, _drained, merged
+from triton_llm.link_messages import Finished, Refused, Text
 
 DONE = SequenceOutput(text="ab", finish_reason=FinishReason.LENGTH, prompt_tokens=1, completion_tokens=2,
                       queue_seconds=0, first_token_seconds=0, total_seconds=0)
@@ -94,11 +94,11 @@ def test_text_waiting_on_the_stream_side_goes_out_as_one_message_and_nothing_wai
 
 def test_refusal_reaches_the_stream_side_with_its_kind():
     def submit(inputs: Any, meta: Any, sink: OutputSink) -> None:
-        raise LinkRefusal(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
+        raise LinkRefusal(ErrorType.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")
 
     _, client = serve(submit)
     messages = list(client.stream({}, {}, never))
-    assert messages == [Refused(ErrorKind.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
+    assert messages == [Refused(ErrorType.INVALID_REQUEST, "`top_p` must be in (0, 1], got 2")]
 
 
 def test_a_request_that_breaks_submit_is_refused_and_its_neighbours_go_on():
@@ -109,7 +109,7 @@ def test_a_request_that_breaks_submit_is_refused_and_its_neighbours_go_on():
 
     _, client = serve(submit)
     refused = list(client.stream({}, {"bad": "1"}, never))
-    assert len(refused) == 1 and refused[0].kind is ErrorKind.INTERNAL
+    assert len(refused) == 1 and refused[0].kind is ErrorType.INTERNAL
     assert list(client.stream({}, {}, never)) == [Finished(DONE)]
 
 
@@ -169,7 +169,7 @@ def test_engine_going_away_mid_stream_ends_with_an_unavailable_error_and_a_new_e
     server.close()
     rest = list(stream)
     assert len(rest) == 1 and isinstance(rest[0], Refused)
-    assert rest[0].kind is ErrorKind.UNAVAILABLE
+    assert rest[0].kind is ErrorType.UNAVAILABLE
 
     def finish(inputs: Any, meta: Any, sink: OutputSink) -> None:
         sink.on_finish(DONE)

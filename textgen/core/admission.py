@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from .outputs import EngineObserver
+from textgen.core.outputs import EngineObserver
 
 
 class Overloaded(RuntimeError):

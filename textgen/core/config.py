@@ -8,10 +8,13 @@ with a message that names the parameter and says what is accepted.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+log = logging.getLogger("textgen")
 
 # parameter name in config.pbtxt -> environment variable that overrides it
 ENV_OVERRIDES = {
@@ -21,7 +24,7 @@ ENV_OVERRIDES = {
     "dtype": "LLM_DTYPE",
     "scheduling": "LLM_SCHEDULING",
     "executor": "LLM_EXECUTOR",
-    "decode_step": "LLM_DECODE_STEP",
+    "forward_path": "LLM_FORWARD_PATH",
     "quantization": "LLM_QUANTIZATION",
     "max_num_seqs": "LLM_MAX_NUM_SEQS",
     "max_queue_size": "LLM_MAX_QUEUE_SIZE",
@@ -39,7 +42,9 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULING = ("continuous", "static")
 EXECUTORS = ("auto", "hf", "llama")  # see executor.py
-DECODE_STEPS = ("auto", "c", "tensor")  # see select_executor
+FORWARD_PATHS = ("auto", "c", "tensor")  # see select_executor
+# Settings renamed since: still read, with a warning naming the new one.
+RENAMED = {"decode_step": ("forward_path", "LLM_DECODE_STEP")}
 QUANTIZATIONS = ("none", "int8")
 
 
@@ -99,21 +104,21 @@ class EngineConfig:
     # auto: the lean Llama-family forward where it computes exactly what the HF module does,
     # else the HF module (hf); llama insists on the lean one and fails the load otherwise.
     executor: str = "auto"
-    # auto: the llama executor's float32 CPU decode step and prefill in C
-    # (textgen/forward_kernel.c, compiled at load) where a C compiler is present, else tensor
-    # operations; tensor turns the native code off; c insists and fails the load with the
-    # reason otherwise.
-    decode_step: str = "auto"
+    # How the llama executor runs a float32 forward (decode steps and prefill) on a CPU. auto:
+    # in C (textgen/executors/native, compiled at load) where a C compiler is present, else in
+    # tensor operations; tensor turns the native code off; c insists and fails the load with
+    # the reason otherwise.
+    forward_path: str = "auto"
     quantization: str = "none"  # int8: 8-bit weights (bitsandbytes on CUDA, torch on CPU)
     max_num_seqs: int = 32
     # The running batch's token budget, rows counted padded to the widest (scheduler.py); it
-    # bounds the KV cache. None (`auto`): textgen/kv_budget.py's rule.
+    # bounds the KV cache. None (`auto`): textgen/core/kv_budget.py's rule.
     max_batch_total_tokens: Optional[int] = None
     max_queue_size: int = 128
     queue_timeout_s: float = 30.0
     # Threads the engine computes with on a CPU (the C forward's and torch's, one OpenMP pool).
     # None (`auto`): the cores this process may use less a share for the stack around it,
-    # divided among the engines on the host (textgen/cpus.py has the rule).
+    # divided among the engines on the host (textgen/core/cpus.py has the rule).
     cpu_threads: Optional[int] = None
     # Scheduling priority (nice, -20..19) of the engine thread. Every token wakes Triton, the
     # stream model, Envoy and the client; at the same priority they preempt the decode step
@@ -195,6 +200,12 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
     for name, variable in ENV_OVERRIDES.items():
         if env.get(variable):
             params[name] = env[variable]
+    for old, (new, old_variable) in RENAMED.items():
+        value = env.get(old_variable) or params.pop(old, None)
+        if value and not env.get(ENV_OVERRIDES[new]):
+            log.warning("`%s` (%s) is now `%s` (%s); the old name still works for now",
+                        old, old_variable, new, ENV_OVERRIDES[new])
+            params[new] = value
     if not params.get("model_dir"):
         raise ConfigError("parameter `model_dir` is empty: set it in config.pbtxt or export "
                           "LLM_MODEL_DIR=/path/to/final_model")
@@ -218,7 +229,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
         dtype=_choice(params, "dtype", DTYPES),
         scheduling=_choice(params, "scheduling", SCHEDULING),
         executor=_choice(params, "executor", EXECUTORS),
-        decode_step=_choice(params, "decode_step", DECODE_STEPS),
+        forward_path=_choice(params, "forward_path", FORWARD_PATHS),
         quantization=_choice(params, "quantization", QUANTIZATIONS),
         max_num_seqs=_positive_int(params, "max_num_seqs", EngineConfig.max_num_seqs),
         max_batch_total_tokens=_positive_int_or_auto(params, "max_batch_total_tokens"),

@@ -71,13 +71,6 @@ def raise_session_priority(nice: int, pid: Optional[int] = None) -> None:
         _autogroup(pid).write_text(str(nice))
 
 
-def set_session_nice(nice: int, pid: Optional[int] = None) -> None:
-    """Set the session group's nice value (lowering a priority needs no privilege); for
-    benchmarks that put peers on an equal footing."""
-    if session_nice(pid) is not None:
-        _autogroup(pid).write_text(str(nice))
-
-
 def thread_nice(thread: threading.Thread) -> int:
     """The nice value `thread` runs at, for the start-up log line."""
     assert thread.native_id is not None

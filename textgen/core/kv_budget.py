@@ -1,8 +1,8 @@
 """The running batch's token budget and the memory its key/value cache may take, for both engines.
 
-Why one place: `max_batch_total_tokens` bounds what the scheduler admits (textgen/scheduler.py
+Why one place: `max_batch_total_tokens` bounds what the scheduler admits (textgen/transformers_engine/scheduler.py
 counts rows padded to the widest), what the transformers engine's cache may hold
-(textgen/kv_batch.py) and the KV space the vLLM engine reserves on a CPU; a default that fit
+(textgen/executors/kv_batch.py) and the KV space the vLLM engine reserves on a CPU; a default that fit
 the demo model (8,192 tokens) was 0.4 GB on SmolLM2 and nothing on a 7B model, and vLLM's own
 CPU default (max_num_seqs full contexts) would be ~12 GB on SmolLM2.
 

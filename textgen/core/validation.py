@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import Limits
+from textgen.core.config import Limits
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 128

@@ -23,8 +23,8 @@ from typing import Any, Optional, Protocol
 
 import torch
 
-from .kv_batch import KVBatch, new_cache, prefill_inputs
-from .loading import ModelLoadError
+from textgen.core.loading import ModelLoadError
+from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs
 
 log = logging.getLogger("textgen")
 
@@ -33,7 +33,7 @@ class Executor(Protocol):
     """Rows are numbered in cache order: newcomers join below the running rows."""
 
     name: str
-    decode_step: str  # how a decode step runs, for the start-up log
+    forward_path: str  # how the forward (decode steps and prefill) runs, for the start-up log
 
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Run the prompts, add them as new rows; returns their next-token logits [n, vocab]."""
@@ -56,7 +56,7 @@ class HFExecutor:
     """The Hugging Face module's own forward over the slot cache of `KVBatch`."""
 
     name = "hf"
-    decode_step = "module"
+    forward_path = "module"
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
                  kv_tokens: Optional[int] = None) -> None:
@@ -92,33 +92,33 @@ class HFExecutor:
 
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
-                    context_length: int, decode_step: str = "auto",
+                    context_length: int, forward_path: str = "auto",
                     take_weights: bool = False, kv_tokens: Optional[int] = None) -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
-    `decode_step` (EngineConfig.decode_step): `auto` runs the Llama executor's decode step and
+    `forward_path` (EngineConfig.forward_path): `auto` runs the Llama executor's decode step and
     prefill in C where they compile, `tensor` never does (the switch to turn the native code
     off), `c` fails the load when it cannot. `take_weights`: the C forward may empty the HF
     module's projections as it packs them (LlamaExecutor); the engine passes True.
     `kv_tokens`: the cache's token limit (KVBatch), the engine's max_batch_total_tokens."""
-    from .llama_executor import LlamaExecutor
+    from textgen.executors.llama import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
     if requested == "llama" and reason:
         raise ModelLoadError(f"executor `llama` cannot run this model: {reason}; "
                              f"use executor `auto` or `hf`")
     if requested == "hf" or reason:
-        if decode_step == "c":
+        if forward_path == "c":
             why = "executor `hf` was asked for" if requested == "hf" else reason
-            raise ModelLoadError(f"decode step `c` needs the `llama` executor, and {why}; "
-                                 "use decode step `auto` or `tensor`")
+            raise ModelLoadError(f"forward_path `c` needs the `llama` executor, and {why}; "
+                                 "use forward_path `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
         return HFExecutor(model, pad_id, device, kv_tokens)
     executor = LlamaExecutor(model, pad_id, device, context_length,
-                             kernel_target=None if decode_step == "tensor" else "native",
+                             kernel_target=None if forward_path == "tensor" else "native",
                              take_weights=take_weights, kv_tokens=kv_tokens)
-    if decode_step == "c" and executor.kernel_unavailable:
-        raise ModelLoadError(f"decode step `c` is not available here: "
-                             f"{executor.kernel_unavailable}; use decode step `auto` or `tensor`")
+    if forward_path == "c" and executor.kernel_unavailable:
+        raise ModelLoadError(f"forward_path `c` is not available here: "
+                             f"{executor.kernel_unavailable}; use forward_path `auto` or `tensor`")
     return executor

@@ -30,8 +30,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from . import forward_kernel
-from .kv_batch import KVBatch, prefill_inputs, prefill_mask
+from textgen.executors.kv_batch import KVBatch, prefill_inputs, prefill_mask
+from textgen.executors.native import kernel as forward_kernel
 
 log = logging.getLogger("textgen")
 
@@ -72,7 +72,7 @@ class LlamaExecutor:
     name = "llama"
 
     @property
-    def decode_step(self) -> str:
+    def forward_path(self) -> str:
         """`c` (forward_kernel.c) or `tensor` (this module's forward): for the start-up log."""
         return "tensor" if self._kernel is None else "c"
 
@@ -131,7 +131,7 @@ class LlamaExecutor:
             model, self._cos, self._sin, self._heads, self._kv_heads, self._head_dim, self._eps,
             kernel_target, take_weights) \
             if kernel_target else forward_kernel.KernelUnavailable("turned off")
-        # Why the C forward is not used (None when it is): for the log and `decode_step` `c`.
+        # Why the C forward is not used (None when it is): for the log and `forward_path` `c`.
         self.kernel_unavailable: Optional[str] = None
         if isinstance(built, forward_kernel.KernelUnavailable):
             self.kernel_unavailable = str(built)

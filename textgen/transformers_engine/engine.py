@@ -10,33 +10,30 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
-from .admission import Admission
-from .config import EngineConfig, Limits, model_context
-from .engine_thread import session_nice, start_engine_thread, thread_nice
-from .cpus import engine_threads
-from .executor import select_executor
-from .kv_batch import HEADROOM
-from .kv_budget import kv_bytes_per_token, token_budget
-from .loading import load_model, resolve_device, resolve_dtype, return_large_frees_to_the_os
-from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
-                      send_text)
-from .sampling import make_rng, sample_next_tokens
-from .scheduler import Budget, Scheduler, Sized, prefill_groups, prefill_share
-from .tokenization import TextAssembler, fast_decoder
-from .validation import GenerationRequest, ValidationError, check_token_budget
+from textgen.core.config import EngineConfig, model_context
+from textgen.core.engine import EngineBase
+from textgen.core.kv_budget import kv_bytes_per_token, token_budget
+from textgen.core.loading import load_model, return_large_frees_to_the_os
+from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
+                                  send_finish, send_text)
+from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
+from textgen.executors.hf import select_executor
+from textgen.executors.kv_batch import HEADROOM
+from textgen.transformers_engine.sampling import make_rng, sample_next_tokens
+from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
+from textgen.transformers_engine.tokenization import TextAssembler, fast_decoder
 
 log = logging.getLogger("textgen")
 
 
 @dataclass(eq=False)
-class Sequence(Sized):
+class SequenceState:
     """One request's state while it waits or runs."""
 
     request: GenerationRequest
@@ -55,28 +52,25 @@ class Sequence(Sized):
         return len(self.prompt_ids) + self.request.max_tokens
 
 
-def _prompt_length(seq: Sequence) -> int:
+def _prompt_length(seq: SequenceState) -> int:
     return len(seq.prompt_ids)
 
 
-class TransformersEngine:
-    """Owns the model, the tokenizer and the scheduling loop (`textgen.engines` interface)."""
+class TransformersEngine(EngineBase):
+    """Owns the model, the tokenizer and the scheduling loop (textgen/core/engine.py)."""
+
+    name = "transformers"
 
     def __init__(self, config: EngineConfig, observer: Optional[EngineObserver] = None) -> None:
-        self.config = config
-        self.observer = observer or EngineObserver()
-        self.device = resolve_device(config.device)
+        super().__init__(config, observer)
         if self.device.type == "cpu":
             return_large_frees_to_the_os()
-            threads = engine_threads(config.cpu_threads)
-            torch.set_num_threads(threads.count)
-            log.info("%d CPU threads (%s)", threads.count, threads.why)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+            self._use_cpu_threads(torch.set_num_threads)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
-        self.limits = self._limits_for_model(config.limits)
+        self.limits = self._narrow_limits(model_context(self.model.config),
+                                          int(self.model.config.vocab_size))
         self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
-        self._stream_interval_s = config.stream_interval_ms / 1000
         self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -89,27 +83,13 @@ class TransformersEngine:
         log.info("token budget %d (%s); KV cache at most %d tokens, %.0f MiB",
                  self.budget.tokens, self.budget.why, bound, self._kv_bound_mib)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
-                                        self.limits.context_length, config.decode_step,
+                                        self.limits.context_length, config.forward_path,
                                         take_weights=True, kv_tokens=self.budget.tokens)
 
-        # State shared with submitting threads, guarded by `_wakeup`.
-        self._wakeup = threading.Condition()
-        self._scheduler: Scheduler[Sequence] = Scheduler(Budget(
+        # Every sequence's place (shared with submitting threads, guarded by `_wakeup`).
+        self._scheduler: Scheduler[SequenceState] = Scheduler(Budget(
             config.max_num_seqs, self.budget.tokens, static=config.scheduling == "static"))
-        self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
-                                    self.observer)
-        self._stopping = False  # the engine thread exits after its current step
-
-        # State owned by the engine thread: rows of the running batch, in the executor's order,
-        # and admitted sequences whose prompt is not in the cache yet, oldest first.
-        self._rows: list[Sequence] = []
-        self._unprefilled: list[Sequence] = []
-
-        self._thread = start_engine_thread(self._run, "textgen-engine", config.engine_nice)
-
-    def _limits_for_model(self, limits: Limits) -> Limits:
-        return limits.for_model(model_context(self.model.config),
-                                int(self.model.config.vocab_size))
+        self._start_thread("textgen-engine")
 
     # ---- called from Triton's threads -------------------------------------------------
 
@@ -121,9 +101,9 @@ class TransformersEngine:
         """
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
-        seq = Sequence(request=request, prompt_ids=prompt_ids, sink=sink,
-                       assembler=TextAssembler(self._detokenize, request.stop),
-                       rng=make_rng(request), pacer=Pacer(self._stream_interval_s))
+        seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
+                            assembler=TextAssembler(self._detokenize, request.stop),
+                            rng=make_rng(request), pacer=Pacer(self._stream_interval_s))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
@@ -133,17 +113,8 @@ class TransformersEngine:
             self._scheduler.add(seq)
             self._wakeup.notify()
 
-    def shutdown(self, drain_timeout: float = 30.0) -> None:
-        """Refuse new work, let admitted and queued sequences finish (up to `drain_timeout`),
-        then stop; whatever is still unfinished then ends with an error."""
-        deadline = time.monotonic() + drain_timeout
-        with self._wakeup:
-            self._admission.draining = True
-            while self._scheduler.has_unfinished() and time.monotonic() < deadline:
-                self._wakeup.wait(0.05)
-            self._stopping = True
-            self._wakeup.notify()
-        self._thread.join(drain_timeout)
+    def _has_unfinished(self) -> bool:
+        return self._scheduler.has_unfinished()
 
     # ---- the engine thread ------------------------------------------------------------
 
@@ -165,16 +136,15 @@ class TransformersEngine:
             now = time.monotonic()
             for seq in admitted:
                 seq.timeline.admitted_at = now
-            self._unprefilled.extend(admitted)
             try:
                 with torch.inference_mode():
-                    if self._unprefilled:
+                    if self._scheduler.admitted:
                         self._prefill()
-                    if self._rows:
+                    if self._scheduler.rows:
                         self._decode()
             except Exception as exc:  # a failed step must not kill the engine thread
                 log.exception("generation step failed; failing %d running sequences",
-                              len(self._rows))
+                              len(self._scheduler.running))
                 self._fail_running(f"generation failed: {exc}")
         self._fail_running("the server is shutting down")
         with self._wakeup:
@@ -186,7 +156,7 @@ class TransformersEngine:
         self.observer.on_queue(len(self._scheduler.running), len(self._scheduler.waiting))
         self.observer.on_cache_usage(self._scheduler.token_usage)
 
-    def _leaving_the_queue(self) -> tuple[list[Sequence], list[Sequence]]:
+    def _leaving_the_queue(self) -> tuple[list[SequenceState], list[SequenceState]]:
         """Waiting sequences whose client left, and those that waited too long."""
         cutoff = self._admission.expiry_cutoff()
         cancelled = [s for s in self._scheduler.waiting if s.sink.is_cancelled()]
@@ -202,22 +172,23 @@ class TransformersEngine:
         tokens, then decode in step and finish in step, and arrive again all at once. A step's
         worth of prompts at a time spreads them out, as chunked prefill does in vLLM. Static
         scheduling keeps its one batch: it prefills everything admitted together."""
-        share = (self._unprefilled if self.config.scheduling == "static" else
-                 prefill_share(self._unprefilled, _prompt_length, self.config.max_prefill_tokens))
+        admitted = self._scheduler.admitted
+        share = (admitted if self.config.scheduling == "static" else
+                 prefill_share(admitted, _prompt_length, self.config.max_prefill_tokens))
         for group in prefill_groups(share, _prompt_length, self.config.max_prefill_tokens):
             logits = self.executor.prefill([s.prompt_ids for s in group])
-            self._unprefilled = [s for s in self._unprefilled if s not in group]
-            first_row = len(self._rows)
-            self._rows.extend(group)
-            self._advance(range(first_row, len(self._rows)), logits)
+            with self._wakeup:
+                rows = self._scheduler.join_batch(group)
+            self._advance(rows, logits)
 
     def _decode(self) -> None:
-        logits = self.executor.decode([s.last_token for s in self._rows])
-        self._advance(range(len(self._rows)), logits)
+        rows = self._scheduler.rows
+        logits = self.executor.decode([s.last_token for s in rows])
+        self._advance(range(len(rows)), logits)
 
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
-        seqs = [self._rows[r] for r in rows]
+        seqs = [self._scheduler.rows[r] for r in rows]
         tokens = sample_next_tokens(logits, [s.request for s in seqs],
                                     [s.rng for s in seqs], self._eos_id)
         now = time.monotonic()
@@ -239,18 +210,19 @@ class TransformersEngine:
                 seq.finish_reason = FinishReason.CANCELLED
         self._retire()
 
-    def _emit(self, seq: Sequence, delta: str, now: float, final: bool = False) -> None:
+    def _emit(self, seq: SequenceState, delta: str, now: float, final: bool = False) -> None:
         if not send_text(seq.sink, seq.pacer, delta, now, final):
             seq.finish_reason = FinishReason.CANCELLED
 
     def _retire(self) -> None:
-        gone = [i for i, s in enumerate(self._rows) if s.finish_reason is not None]
+        rows = self._scheduler.rows
+        gone = [i for i, s in enumerate(rows) if s.finish_reason is not None]
         if not gone:
             return
-        finished = [self._rows[i] for i in gone]
-        self._rows = [self._rows[i] for i in self.executor.drop(gone)]
+        finished = [rows[i] for i in gone]
+        kept = self.executor.drop(gone)
         with self._wakeup:
-            self._scheduler.finish(finished)
+            self._scheduler.finish(finished, kept)
             self._report_queue()
         now = time.monotonic()
         for seq in finished:
@@ -259,8 +231,7 @@ class TransformersEngine:
             self._finish(seq, seq.finish_reason or FinishReason.ERROR)
 
     def _fail_running(self, message: str) -> None:
-        failed, self._rows = self._rows + self._unprefilled, []
-        self._unprefilled = []
+        failed = self._scheduler.running
         self.executor.reset()
         with self._wakeup:
             self._scheduler.finish(failed)
@@ -268,21 +239,14 @@ class TransformersEngine:
         for seq in failed:
             self._finish(seq, FinishReason.ERROR, message)
 
-    def _finish(self, seq: Sequence, reason: FinishReason, error: str = "") -> None:
+    def _finish(self, seq: SequenceState, reason: FinishReason, error: str = "") -> None:
         send_finish(seq.sink, seq.timeline.output(seq.assembler.text, reason,
                                                   len(seq.prompt_ids), seq.generated, error),
                     self.observer)
 
-    def describe(self) -> dict[str, Any]:
-        """Facts for the start-up log line."""
-        return {"engine": "transformers", "model_dir": str(self.config.model_dir),
-                "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."),
-                "parameters": self._parameters,
-                "scheduling": self.config.scheduling, "executor": self.executor.name,
-                "decode_step": self.executor.decode_step,
-                "context_length": self.limits.context_length,
+    def _facts(self) -> dict[str, Any]:
+        return {"parameters": self._parameters, "scheduling": self.config.scheduling,
+                "executor": self.executor.name, "forward_path": self.executor.forward_path,
                 "max_batch_total_tokens": self.budget.tokens,
                 "kv_cache_max_mib": round(self._kv_bound_mib),
-                "cpu_threads": torch.get_num_threads(),
-                "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}
+                "cpu_threads": torch.get_num_threads()}

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .validation import GenerationRequest
+from textgen.core.validation import GenerationRequest
 
 
 def make_rng(request: GenerationRequest) -> Optional[random.Random]:

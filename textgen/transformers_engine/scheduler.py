@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Callable, Generic, Iterable, Optional, Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,31 @@ class Budget:
     static: bool = False
 
 
-class Sized:
+class Budgeted(Protocol):
     """What the scheduler needs from a sequence: its worst-case token footprint."""
 
     @property
-    def token_budget(self) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def token_budget(self) -> int: ...
 
 
-S = TypeVar("S", bound=Sized)
+S = TypeVar("S", bound=Budgeted)
 
 
 class Scheduler(Generic[S]):
+    """Where every sequence of the engine is, in one place: waiting in the queue, admitted and
+    waiting for its prefill, or in the batch (`rows`, in the executor's row order). The engine
+    thread moves sequences between them; other threads read them under the engine's lock."""
+
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.waiting: deque[S] = deque()
-        self.running: list[S] = []
+        self.admitted: list[S] = []  # oldest first; prefilled a share per step
+        self.rows: list[S] = []      # row i of the executor's batch is rows[i]
+
+    @property
+    def running(self) -> list[S]:
+        """The sequences the budget counts: in the batch or about to join it."""
+        return self.rows + self.admitted
 
     def add(self, seq: S) -> None:
         """Called from any thread (under the engine's lock) when a request arrives."""
@@ -65,31 +74,43 @@ class Scheduler(Generic[S]):
         return seq.token_budget <= self.budget.max_batch_total_tokens
 
     def schedule(self) -> list[S]:
-        """Called before each step; moves admitted sequences to `running` and returns them."""
-        if self.budget.static and self.running:
+        """Called before each step; admits waiting sequences that fit and returns them."""
+        running = self.running
+        if self.budget.static and running:
             return []
         admitted: list[S] = []
-        longest = max((s.token_budget for s in self.running), default=0)
+        longest = max((s.token_budget for s in running), default=0)
         while self.waiting:
             seq = self.waiting[0]
-            if len(self.running) >= self.budget.max_num_seqs:
+            if len(running) + len(admitted) >= self.budget.max_num_seqs:
                 break
             widest = max(longest, seq.token_budget)
-            if self.footprint(len(self.running) + 1, widest) > \
+            if self.footprint(len(running) + len(admitted) + 1, widest) > \
                     self.budget.max_batch_total_tokens:
                 break
             self.waiting.popleft()
-            self.running.append(seq)
             longest = widest
             admitted.append(seq)
+        self.admitted.extend(admitted)
         return admitted
 
-    def finish(self, finished: Iterable[S]) -> None:
-        """Called after a step with the sequences that ended; frees their budget at once."""
+    def join_batch(self, group: list[S]) -> range:
+        """Admitted sequences just prefilled: the executor appended them as its last rows."""
+        joined = set(map(id, group))
+        self.admitted = [s for s in self.admitted if id(s) not in joined]
+        first = len(self.rows)
+        self.rows.extend(group)
+        return range(first, len(self.rows))
+
+    def finish(self, finished: Iterable[S], kept_rows: Optional[list[int]] = None) -> None:
+        """Called after a step with the sequences that ended; frees their budget at once.
+        `kept_rows`: the executor's new row order after it dropped theirs (old row numbers)."""
         done = set(map(id, finished))
-        if not done:
-            return
-        self.running = [s for s in self.running if id(s) not in done]
+        if kept_rows is not None:
+            self.rows = [self.rows[r] for r in kept_rows]
+        if done:
+            self.rows = [s for s in self.rows if id(s) not in done]
+            self.admitted = [s for s in self.admitted if id(s) not in done]
 
     def drop_waiting(self, dropped: Iterable[S]) -> None:
         """Remove sequences that left before running (cancelled or timed out in the queue)."""

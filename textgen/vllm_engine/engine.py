@@ -28,21 +28,18 @@ import locale
 import logging
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .admission import Admission
-from .config import EngineConfig, Limits, model_context
-from .cpus import engine_threads
-from .engine_thread import session_nice, start_engine_thread, thread_nice
-from .kv_budget import kv_bytes_per_token, token_budget
-from .loading import ModelLoadError, load_tokenizer, resolve_device, resolve_dtype
-from .outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline, send_finish,
-                      send_text)
-from .validation import GenerationRequest, check_token_budget
+from textgen.core.config import EngineConfig, model_context
+from textgen.core.engine import EngineBase
+from textgen.core.kv_budget import kv_bytes_per_token, token_budget
+from textgen.core.loading import ModelLoadError, load_tokenizer
+from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
+                                  send_finish, send_text)
+from textgen.core.validation import GenerationRequest, check_token_budget
 
 log = logging.getLogger("textgen")
 
@@ -102,7 +99,7 @@ def vllm_supports(model_dir: Path) -> Optional[str]:
 def _cpu_kv_cache_gib(hf_config: Any, tokens: int) -> int:
     """Whole GiB of KV cache (keys and values, fp32 at worst) for `tokens` tokens: on a CPU
     vLLM takes a fixed 4 GiB unless told. The engine asks for the token budget the
-    transformers engine has (textgen/kv_budget.py), not max_num_seqs full contexts: 32 of
+    transformers engine has (textgen/core/kv_budget.py), not max_num_seqs full contexts: 32 of
     SmolLM2's 8k contexts would be ~12 GB."""
     return max(1, math.ceil(kv_bytes_per_token(hf_config, 4) * tokens / 2**30))
 
@@ -125,36 +122,31 @@ def quantization_for(requested: str, device_type: str) -> Optional[str]:
                          "`transformers`, whose int8 runs on the CPU")
 
 
-class VllmEngine:
-    """Owns vLLM's engine and the thread that steps it (`textgen.engines` interface)."""
+class VllmEngine(EngineBase):
+    """Owns vLLM's engine and the thread that steps it (textgen/core/engine.py)."""
+
+    name = "vllm"
 
     def __init__(self, config: EngineConfig, observer: Optional[EngineObserver] = None) -> None:
-        self.config = config
-        self.observer = observer or EngineObserver()
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        super().__init__(config, observer)
         quantization = quantization_for(config.quantization, self.device.type)
         self.tokenizer = load_tokenizer(config.model_dir)
         self._llm = self._start_vllm(quantization)
         model_config = self._llm.model_config
         # vLLM's own scheduler (in this process), read for its queue and KV-cache figures.
         self._vllm_scheduler = self._llm.engine_core.engine_core.scheduler
-        self.limits = self._limits_for_model(config.limits, model_config)
-        self._stream_interval_s = config.stream_interval_ms / 1000
+        self.limits = self._narrow_limits(int(model_config.max_model_len),
+                                          int(model_config.get_vocab_size()))
         # next() on a count is atomic; submit() runs on many threads at once.
         self._ids = itertools.count()
 
         # State shared with submitting threads, guarded by `_wakeup`.
-        self._wakeup = threading.Condition()
-        self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
-                                    self.observer)
         self._arrived: list[_Sequence] = []
         self._count = 0  # sequences submitted and not finished (arrived + in vLLM)
-        self._stopping = False
 
         # Owned by the engine thread: sequences handed to vLLM, by request id.
         self._active: dict[str, _Sequence] = {}
-        self._thread = start_engine_thread(self._run, "vllm-engine", config.engine_nice)
+        self._start_thread("vllm-engine")
 
     def _start_vllm(self, quantization: Optional[str]) -> Any:
         from transformers import AutoConfig
@@ -191,11 +183,6 @@ class VllmEngine:
         except Exception as exc:  # vLLM raises many types; all mean "cannot serve this"
             raise ModelLoadError(f"vLLM cannot load {self.config.model_dir}: {exc}") from exc
 
-    @staticmethod
-    def _limits_for_model(limits: Limits, model_config: Any) -> Limits:
-        context = int(model_config.max_model_len)
-        return limits.for_model(context, int(model_config.get_vocab_size()))
-
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
@@ -224,15 +211,10 @@ class VllmEngine:
         self.observer.on_queue(len(scheduler.running), len(scheduler.waiting) + arrived)
         self.observer.on_cache_usage(scheduler.kv_cache_manager.usage)
 
-    def shutdown(self, drain_timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + drain_timeout
-        with self._wakeup:
-            self._admission.draining = True
-            while self._count and time.monotonic() < deadline:
-                self._wakeup.wait(0.05)
-            self._stopping = True
-            self._wakeup.notify()
-        self._thread.join(drain_timeout)
+    def _has_unfinished(self) -> bool:
+        return self._count > 0
+
+    def _close(self) -> None:
         self._llm.engine_core.shutdown()
 
     # ---- the engine thread ------------------------------------------------------------
@@ -244,9 +226,7 @@ class VllmEngine:
             # 2 cores). vLLM replaces torch.set_num_threads with a no-op once loaded.
             import torch
 
-            threads = engine_threads(self.config.cpu_threads)
-            torch._C.set_num_threads(threads.count)
-            log.info("%d CPU threads (%s)", threads.count, threads.why)
+            self._use_cpu_threads(torch._C.set_num_threads)
         while True:
             with self._wakeup:
                 while not self._stopping and not self._count:
@@ -344,12 +324,7 @@ class VllmEngine:
         send_finish(seq.sink, seq.timeline.output(seq.text, reason, len(seq.prompt_ids),
                                                   seq.generated, error), self.observer)
 
-    def describe(self) -> dict[str, Any]:
+    def _facts(self) -> dict[str, Any]:
         import vllm
 
-        return {"engine": "vllm", "vllm": vllm.__version__,
-                "model_dir": str(self.config.model_dir), "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."),
-                "context_length": self.limits.context_length,
-                "max_num_seqs": self.config.max_num_seqs,
-                "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}
+        return {"vllm": vllm.__version__, "max_num_seqs": self.config.max_num_seqs}

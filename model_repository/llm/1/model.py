@@ -1,31 +1,15 @@
 """Triton entry point of `llm`: parse each request, hand it to the engine, return at once.
 
-I/O contract (every tensor carries the batch dimension, e.g. shape [1, 1] for one request):
-
-inputs
-  text_input               BYTES  [1]   the prompt, UTF-8, not empty
-  max_tokens               INT32  [1]   new tokens to generate, 1..max_new_tokens
-                                        (default: default_max_tokens in config.pbtxt)
-  temperature              FP32   [1]   0 (greedy, the default) .. 2
-  top_p                    FP32   [1]   (0, 1], default 1
-  top_k                    INT32  [1]   0 (off, the default) .. vocabulary size
-  seed                     UINT64 [1]   makes a sampled request reproducible
-  stop                     BYTES  [-1]  up to 8 stop strings; the text ends before the first
-  exclude_input_in_output  BOOL   [1]   default false: text_output starts with the prompt
-  ignore_eos               BOOL   [1]   default false: keep going past end-of-sequence
-outputs
-  text_output              BYTES  [1]   the completion (after the prompt unless excluded)
-  finish_reason            BYTES  [1]   "stop" (EOS or a stop string) or "length"
-  num_input_tokens         INT32  [1]   prompt tokens
-  num_output_tokens        INT32  [1]   generated tokens
+Inputs and outputs: contracts/tensors.py (every tensor carries the batch dimension, e.g.
+shape [1, 1] for one request).
 
 `execute()` answers through each request's response sender and returns None, so Triton hands
 the next batch over while this one is still generating: the engine admits it between decode
 steps. An invalid request fails alone with INVALID_ARG (HTTP 400) naming the input; a full
-queue answers UNAVAILABLE. Each error message starts with its type (`textgen.errors`), which
+queue answers UNAVAILABLE. Each error message starts with its type (`contracts.errors`), which
 the gateway turns into the status (`overloaded`: HTTP 503). This model owns the engine
 (`textgen.engines`: transformers or vLLM, by parameter `engine` / LLM_ENGINE); `llm_stream`
-streams tokens from the same engine through `textgen.link`.
+streams tokens from the same engine through `triton_llm.link`.
 """
 
 from __future__ import annotations
@@ -37,23 +21,19 @@ from typing import Any, Callable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
-from textgen.admission import Overloaded
-from textgen.config import ConfigError, load_engine_config
-from textgen.engines import create_engine
-from textgen.errors import ErrorKind
-from textgen.link import EngineLinkServer, LinkRefusal, engine_address
-from textgen.loading import ModelLoadError
-from textgen.outputs import OutputSink
-from textgen.validation import GenerationRequest, ValidationError, parse_request
+from contracts.errors import ErrorType
+from textgen import (ConfigError, GenerationRequest, ModelLoadError, OutputSink, Overloaded,
+                     ValidationError, create_engine, load_engine_config, parse_request)
+from triton_llm.link import EngineLinkServer, LinkRefusal, engine_address
 from triton_llm.metrics import TritonMetrics
 from triton_llm.triton_io import (FINAL, Logged, UnaryResponder, error_response,
                                   forward_engine_logs, log_request, output_dtypes, read_inputs,
                                   request_metadata)
 
 
-def refusal_kind(exc: Exception) -> ErrorKind:
+def refusal_kind(exc: Exception) -> ErrorType:
     """A request refused before it ran: the client's mistake, or no capacity for it now."""
-    return ErrorKind.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorKind.OVERLOADED
+    return ErrorType.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorType.OVERLOADED
 
 
 class TritonPythonModel:
@@ -92,10 +72,10 @@ class TritonPythonModel:
             self._engine.submit(generation, Logged(make_sink(generation), meta, streamed))
         except ValidationError as exc:
             self._metrics.on_reject("invalid")
-            log_request(meta, ErrorKind.INVALID_REQUEST.value, error=str(exc))
+            log_request(meta, ErrorType.INVALID_REQUEST.value, error=str(exc))
             raise
         except Overloaded as exc:
-            log_request(meta, ErrorKind.OVERLOADED.value, error=str(exc))
+            log_request(meta, ErrorType.OVERLOADED.value, error=str(exc))
             raise
 
     def _submit_streamed(self, inputs: Mapping[str, Any], meta: Mapping[str, str],

@@ -1,6 +1,7 @@
 """Triton entry point of `llm_stream`: `llm`'s generation, streamed as it is produced.
 
-Same inputs and outputs as `llm` (see llm/1/model.py) plus `stream` (BOOL, default true).
+Inputs and outputs: contracts/tensors.py (`STREAM_INPUTS`: `llm`'s plus `stream`, BOOL,
+default true).
 With `stream` true every response carries the new text in `text_output` and the last one,
 flagged final, carries `finish_reason` and the token counts (its `text_output` is empty);
 streamed text never repeats the prompt. With `stream` false one response carries the whole
@@ -22,12 +23,12 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from textgen.errors import ErrorKind
-from textgen.link import EngineClient, LinkRefusal, engine_address
-from textgen.link_messages import Refused, Text
-from textgen.validation import ValidationError, parse_flag
-from triton_llm.triton_io import (FINAL, error_response, final_values, output_dtypes,
-                                  output_error, read_inputs, request_metadata, tensors)
+from contracts.errors import ErrorType
+from textgen.core.validation import ValidationError, parse_flag
+from triton_llm.link import EngineClient, LinkRefusal, engine_address
+from triton_llm.link_messages import Refused, Text
+from triton_llm.triton_io import (FINAL, error_response, final_values, output_dtypes, output_error,
+                                  read_inputs, request_metadata, tensors)
 
 
 class TritonPythonModel:
@@ -66,12 +67,12 @@ class TritonPythonModel:
                     sender.send(self._final(message.output, inputs, streaming, pieces),
                                 flags=FINAL)
         except ValidationError as exc:
-            sender.send(error_response(ErrorKind.INVALID_REQUEST, str(exc)), flags=FINAL)
+            sender.send(error_response(ErrorType.INVALID_REQUEST, str(exc)), flags=FINAL)
         except LinkRefusal as exc:
             sender.send(error_response(exc.kind, str(exc)), flags=FINAL)
         except Exception as exc:  # never leave a request without its final response
             pb_utils.Logger.log_error(f"llm_stream: forwarding failed: {exc!r}")
-            sender.send(error_response(ErrorKind.INTERNAL, f"streaming failed: {exc}"),
+            sender.send(error_response(ErrorType.INTERNAL, f"streaming failed: {exc}"),
                         flags=FINAL)
 
     def _final(self, output: Any, inputs: dict[str, Any], streaming: bool,

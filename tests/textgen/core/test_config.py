@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from textgen.config import ConfigError, Limits, load_engine_config
+from textgen.core.config import ConfigError, Limits, load_engine_config
 
 REPO_MODEL = Path("/srv/project/model_repository/llm")
 
@@ -44,7 +44,7 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "max_new_tokens": "8", "default_max_tokens": "9"},
      "`default_max_tokens` \\(9\\) must not exceed `max_new_tokens` \\(8\\)"),
     ({"model_dir": "m", "executor": "onnx"}, "`executor` must be one of auto, hf, llama"),
-    ({"model_dir": "m", "decode_step": "asm"}, "`decode_step` must be one of auto, c, tensor"),
+    ({"model_dir": "m", "forward_path": "asm"}, "`forward_path` must be one of auto, c, tensor"),
     ({"model_dir": "m", "engine": "tgi"}, "`engine` must be one of auto, transformers, vllm"),
     ({"model_dir": "m", "engine_nice": "-21"}, "`engine_nice` must be an integer from -20 to 19"),
     ({"model_dir": "m", "engine_nice": "high"}, "`engine_nice` must be an integer from -20"),
@@ -82,3 +82,22 @@ def test_limits_and_the_token_budget_are_overridden_from_the_environment():
                                      "LLM_MAX_BATCH_TOTAL_TOKENS": "65536"})
     assert (loaded.limits.max_prompt_tokens, loaded.limits.max_new_tokens,
             loaded.max_batch_total_tokens) == (2000, 500, 65536)
+
+
+@pytest.mark.parametrize("where", ["parameter", "environment"])
+def test_the_renamed_decode_step_setting_still_works_and_the_log_names_its_new_name(
+        where, caplog):
+    params = {"model_dir": "demo_model"} | ({"decode_step": "tensor"} if where == "parameter"
+                                            else {})
+    env = {"LLM_DECODE_STEP": "tensor"} if where == "environment" else {}
+    with caplog.at_level("WARNING", logger="textgen"):
+        loaded = load_engine_config(config(**params), REPO_MODEL, env=env)
+    assert loaded.forward_path == "tensor"
+    assert "`decode_step` (LLM_DECODE_STEP) is now `forward_path` (LLM_FORWARD_PATH)" \
+        in caplog.text
+
+
+def test_the_new_forward_path_setting_wins_over_the_old_name():
+    loaded = load_engine_config(config(model_dir="demo_model", decode_step="tensor"),
+                                REPO_MODEL, env={"LLM_FORWARD_PATH": "c"})
+    assert loaded.forward_path == "c"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from textgen.cpus import ENGINES_ON_HOST, cgroup_quota, default_threads, engine_threads
+from textgen.core.cpus import ENGINES_ON_HOST, cgroup_quota, default_threads, engine_threads
 
 
 @pytest.mark.parametrize("cpus, engines, threads", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from textgen.kv_budget import DEFAULT_KV_BYTES, kv_bytes_per_token, token_budget
+from textgen.core.kv_budget import DEFAULT_KV_BYTES, kv_bytes_per_token, token_budget
 
 SMOLLM2 = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, head_dim=64,
                           hidden_size=576, num_hidden_layers=30)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from textgen.config import ConfigError, load_engine_config
-from textgen.loading import ModelLoadError, load_model
+from textgen.core.config import ConfigError, load_engine_config
+from textgen.core.loading import ModelLoadError, load_model
 
 REPO_MODEL = Path("/srv/project/model_repository/llm")
 CPU = torch.device("cpu")

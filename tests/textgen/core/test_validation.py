@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from textgen.config import Limits
-from textgen.validation import (GenerationRequest, ValidationError, check_token_budget,
-                                parse_request)
+from textgen.core.config import Limits
+from textgen.core.validation import (GenerationRequest, ValidationError, check_token_budget,
+                                     parse_request)
 
 LIMITS = Limits(max_prompt_tokens=100, max_new_tokens=50, default_max_tokens=10,
                 context_length=128, vocab_size=4096)

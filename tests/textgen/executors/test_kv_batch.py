@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from textgen.kv_batch import HEADROOM, KVBatch, new_cache
+from textgen.executors.kv_batch import HEADROOM, KVBatch, new_cache
 
 HEADS, DIM, LAYERS = 2, 3, 2
 

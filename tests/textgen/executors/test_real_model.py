@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from test_llama_executor import hf_greedy  # tests/unit is on sys.path (pytest)
-from textgen.llama_executor import LlamaExecutor
+from tests.textgen.executors.models import hf_greedy
+from textgen.executors.llama import LlamaExecutor
 
 CPU = torch.device("cpu")
 NEW_TOKENS = 12
-HELDOUT = Path(__file__).resolve().parents[2] / "demo_model" / "heldout.txt"
+HELDOUT = Path(__file__).resolve().parents[3] / "demo_model" / "heldout.txt"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_greedy_tokens_match_hf_generate_on_the_real_model(real, prompts, kernel
     expected = [hf_greedy(model, p, NEW_TOKENS) for p in prompts]
     executor = LlamaExecutor(model, model.config.pad_token_id, CPU,
                              model.config.max_position_embeddings, kernel_target=kernel_target)
-    assert executor.decode_step == ("c" if kernel_target else "tensor")
+    assert executor.forward_path == ("c" if kernel_target else "tensor")
     eos = model.generation_config.eos_token_id
     assert executor_greedy(executor, prompts, eos if isinstance(eos, list) else [eos]) == expected
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from textgen.config import EngineConfig
-from textgen.admission import Overloaded
-from textgen.transformers_engine import TransformersEngine
-from textgen.outputs import EngineObserver, FinishReason, SequenceOutput
-from textgen.validation import GenerationRequest, ValidationError
+from textgen.core.admission import Overloaded
+from textgen.core.config import EngineConfig
+from textgen.core.outputs import EngineObserver, FinishReason, SequenceOutput
+from textgen.core.validation import GenerationRequest, ValidationError
+from textgen.transformers_engine.engine import TransformersEngine
 
 PROMPTS = ["The list", "A function is", "Python is a programming language", "Exceptions"]
 
@@ -116,7 +116,7 @@ def test_cancelled_sequence_stops_within_a_step_and_frees_its_row(engine):
     assert output.finish_reason is FinishReason.CANCELLED
     assert output.completion_tokens <= 4
     assert run(engine, [GenerationRequest(prompt="The", max_tokens=3)])[0].completion_tokens == 3
-    assert engine._rows == []  # nothing leaked
+    assert engine._scheduler.running == []  # nothing leaked
 
 
 def test_request_cancelled_while_queued_never_runs(demo_model_dir):

@@ -7,8 +7,8 @@ from collections import Counter
 
 import torch
 
-from textgen.sampling import filter_top_k_top_p, make_rng, sample_next_tokens
-from textgen.validation import GenerationRequest
+from textgen.core.validation import GenerationRequest
+from textgen.transformers_engine.sampling import filter_top_k_top_p, make_rng, sample_next_tokens
 
 
 def test_greedy_rows_take_the_argmax_and_need_no_random_stream():

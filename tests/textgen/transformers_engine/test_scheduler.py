@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textgen.scheduler import Budget, Scheduler, Sized, prefill_groups, prefill_share
+from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
 
 
 @dataclass(eq=False)
-class Seq(Sized):
+class Seq:  # a Budgeted sequence
     tokens: int
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from textgen.tokenization import TextAssembler, fast_decoder
+from textgen.transformers_engine.tokenization import TextAssembler, fast_decoder
 
 
 @pytest.fixture(scope="module")

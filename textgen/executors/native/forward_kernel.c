@@ -1,5 +1,5 @@
 /* The forward pass of the Llama family in plain C, over the same float32 weights and slot cache
- * as textgen/llama_executor.py (which compiles this at load and calls it through ctypes): one
+ * as textgen/executors/llama.py (which compiles this at load and calls it through ctypes): one
  * decode step of the running rows, or the prefill of one prompt.
  *
  * Why: a decode step of a small model on a CPU is bound by per-operation overhead, not by

@@ -49,7 +49,7 @@ except OSError:  # not glibc: the pages go when the mapping does
     _LIBC = None
 
 
-class _Layer(ctypes.Structure):
+class _LayerPointers(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
         "input_norm", "qkv", "qkv_bias", "out", "out_bias", "post_norm", "gate_up", "down")]
 
@@ -60,7 +60,7 @@ class _Model(ctypes.Structure):
         ("eps", ctypes.c_float),
         *[(name, ctypes.c_void_p) for name in (
             "embed", "final_norm", "lm_head", "cos", "sin")],
-        ("layer", ctypes.POINTER(_Layer))]
+        ("layer", ctypes.POINTER(_LayerPointers))]
 
 
 class KernelUnavailable(Exception):
@@ -260,7 +260,7 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     for layer in base.layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-        records.append(_Layer(
+        records.append(_LayerPointers(
             held(layer.input_layernorm.weight), held(pack(cat([m.weight for m in qkv]))),
             held(cat([m.bias for m in qkv])), held(pack(attn.o_proj.weight.detach())),
             held(attn.o_proj.bias), held(layer.post_attention_layernorm.weight),
@@ -273,11 +273,11 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     embed = None if tied else held(embed_module.weight)
     if take_weights:
         _empty([head_module, embed_module] if tied else [head_module])
-    layer_array = (_Layer * len(records))(*records)
+    layer_array = (_LayerPointers * len(records))(*records)
     inter = base.layers[0].mlp.gate_proj.out_features
     model_record = _Model(len(records), hidden, heads, kv_heads, dim, inter, vocab, eps,
                           embed, held(base.norm.weight), lm_head, held(cos), held(sin),
-                          ctypes.cast(layer_array, ctypes.POINTER(_Layer)))
+                          ctypes.cast(layer_array, ctypes.POINTER(_LayerPointers)))
     log.info("forward kernel compiled in %.1f s, weights packed in %.1f s",
              compiled - started, time.monotonic() - compiled)
     return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])

@@ -49,8 +49,7 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def serve(extra_flags: list[str]) -> int:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import runtime  # noqa: E402 (needs PyYAML; imported here so `health` stays cheap)
+    from tools import runtime  # needs PyYAML: imported here so `health` stays cheap
 
     settings = runtime.Settings.from_env()
     check_model_dir(settings.model_dir)

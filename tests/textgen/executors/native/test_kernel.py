@@ -1,0 +1,128 @@
+"""The native forward (textgen/executors/native): the same logits as the tensor forward on every
+path it compiles for and every shape it handles, the weights held once, bad tokens refused,
+and the tensor forward serving where no C compiler is."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from tests.textgen.executors.models import (
+    CPU,
+    LATE,
+    PROMPTS,
+    executor_greedy,
+    hf_greedy,
+    random_model,
+)
+from textgen.core.loading import ModelLoadError
+from textgen.executors.hf import select_executor
+from textgen.executors.llama import LlamaExecutor
+from textgen.executors.native import kernel
+
+
+def test_pack_lays_out_panels_of_32_transposed_output_rows_with_a_zeroed_tail():
+    weight = torch.arange(70 * 5, dtype=torch.float32).reshape(70, 5)  # 2 full panels + 6 rows
+    panels = kernel.pack(weight)
+    assert panels.shape == (3, 5, kernel.PANEL)
+    for row in range(70):
+        panel, lane = divmod(row, kernel.PANEL)
+        assert torch.equal(panels[panel, :, lane], weight[row])
+    assert not panels[2, :, 70 - 64:].any()
+
+
+# The C forward's paths: this CPU's (AVX-512 where it has it) and the generic loops that CPUs
+# without AVX-512 run.
+TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
+SHAPES = {  # attention heads / KV heads x head size, and what each covers
+    "4/2x16": dict(head_dim=16),
+    "4/2x32": dict(head_dim=32),  # attention's weighted sum in registers
+    "6/2x64": dict(num_attention_heads=6, num_key_value_heads=2, head_dim=64,  # GQA of 3
+                   hidden_size=96),
+    "3/1x128": dict(num_attention_heads=3, num_key_value_heads=1, head_dim=128, hidden_size=96),
+    # no size a multiple of 32 or 16: the panels' last, partial panel and plain attention
+    "odd sizes": dict(vocab_size=509, hidden_size=72, intermediate_size=100, head_dim=18),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target, shape):
+    """32 prompts of 1 to 45 tokens prefilled together (left padding in the cache), then
+    decode steps of 32 rows (tiles of 8) and, after rows leave, 11 (tiles of 8, 1 and 1...)."""
+    model = random_model(LlamaConfig, **SHAPES[shape])
+    prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + (13 * row) % 45)] for row in range(32)]
+    runs = []
+    with torch.inference_mode():
+        for kernel_target in (target, None):
+            executor = LlamaExecutor(model, 0, CPU, 256, kernel_target=kernel_target)
+            assert executor.forward_path == ("c" if kernel_target else "tensor")
+            logits = executor.prefill(prompts)
+            steps = [logits]
+            tokens = logits.argmax(dim=-1).tolist()
+            for step in range(12):
+                logits = executor.decode(tokens)
+                steps.append(logits)
+                tokens = logits.argmax(dim=-1).tolist()
+                if step == 5:
+                    order = executor.drop([row for row in range(32) if row % 3])
+                    tokens = [tokens[row] for row in order]
+            runs.append(steps)
+    for c_step, tensor_step in zip(*runs):
+        torch.testing.assert_close(c_step, tensor_step, rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkeypatch, caplog):
+    monkeypatch.setattr(kernel.shutil, "which", lambda name: None)
+    model = random_model(LlamaConfig)
+    with caplog.at_level("INFO", logger="textgen"):
+        executor = LlamaExecutor(model, 0, CPU, 256)
+    assert executor.forward_path == "tensor"
+    assert "decode step and prefill in tensor operations: no C compiler" in caplog.text
+    expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
+    assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+
+
+def test_the_forward_path_setting_turns_the_c_forward_off_or_insists_on_it(monkeypatch):
+    model = random_model(LlamaConfig)
+    assert select_executor("auto", model, 0, CPU, 256, forward_path="tensor").forward_path \
+        == "tensor"
+    assert select_executor("auto", model, 0, CPU, 256, forward_path="c").forward_path == "c"
+    with pytest.raises(ModelLoadError, match="forward_path `c` needs the `llama` executor"):
+        select_executor("hf", model, 0, CPU, 256, forward_path="c")
+    monkeypatch.setattr(kernel.shutil, "which", lambda name: None)
+    with pytest.raises(ModelLoadError,
+                       match="forward_path `c` is not available here: no C compiler"):
+        select_executor("auto", model, 0, CPU, 256, forward_path="c")
+
+
+def test_the_c_forward_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
+    model = random_model(LlamaConfig)
+    executor = LlamaExecutor(model, 0, CPU, 256)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="outside the model's table"):
+            executor.prefill([[5, model.config.vocab_size, 7]])
+        executor.prefill([[5, 6, 7]])
+        with pytest.raises(ValueError, match="outside the model's tables"):
+            executor.decode([model.config.vocab_size])
+
+
+def test_the_c_forward_taking_the_weights_leaves_one_packed_copy_and_the_same_tokens():
+    """With take_weights (the engine's way) the HF module's projections are emptied as the
+    kernel packs them: the process holds the weights once, and the tokens do not change."""
+    for tied in (True, False):
+        model = random_model(LlamaConfig, tie_word_embeddings=tied)
+        expected = [hf_greedy(model, p) for p in PROMPTS + LATE]
+        executor = LlamaExecutor(model, 0, CPU, 256, take_weights=True)
+        assert executor.forward_path == "c"
+        layer = model.model.layers[0]
+        for module in (layer.self_attn.q_proj, layer.mlp.down_proj,
+                       model.get_output_embeddings()):
+            assert module.weight.numel() == 0
+        assert (model.get_input_embeddings().weight.numel() == 0) == tied
+        assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
+
+
