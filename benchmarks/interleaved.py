@@ -1,5 +1,6 @@
 """Latency of the same small calls on two or more targets, interleaved call by call so that
-every target sees the same machine (this 2-core machine's load drifts by +-20-30%)."""
+every target sees the same machine (this 2-core machine's load drifts: docs/performance.md,
+The machine)."""
 
 from __future__ import annotations
 

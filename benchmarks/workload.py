@@ -160,8 +160,8 @@ def fresh_fixed(source: PromptSource, count: int, round_: int,
 
     Why: the peers cache prompts (llama.cpp's server keeps each slot's last prompt,
     `cache_prompt`; vLLM has a prefix cache), this engine does not; a prompt sent again skips
-    its prefill there (llama.cpp at one stream on the real model: TTFT 24 against 220 ms) and
-    measures a cache hit, not serving."""
+    its prefill there (llama.cpp's TTFT at one stream on the real model: docs/performance.md,
+    Figures behind design choices) and measures a cache hit, not serving."""
     return build("fixed", count, source, 2024 + 1000 * (round_ + 1) + concurrency)
 
 

@@ -22,7 +22,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from redis.exceptions import RedisError
 
 from .contract import DOMAIN, LIMITED_BY, Entry, Kind
-from .limits import Bucket, TierLimits
+from .limits import TierLimits
 from .store import Charge, Store
 
 LOG = logging.getLogger("ratelimit")

@@ -17,7 +17,8 @@ log = logging.getLogger("textgen")
 
 def choose_engine(config: EngineConfig) -> str:
     """`auto`: vLLM on CUDA where it runs the model; on CPUs this package's engine, which
-    streams faster through this stack at the concurrency a CPU serves (README, Engines)."""
+    streams faster through this stack at the concurrency a CPU serves (docs/performance.md,
+    The two engines)."""
     if config.engine != "auto":
         return config.engine
     if resolve_device(config.device).type != "cuda":

@@ -4,9 +4,9 @@ Why it exists: Triton runs every model in its own process, and the weights must 
 once. The engine lives in `llm` (which answers unary calls directly); `llm_stream`, the
 decoupled model that streams tokens, reaches the same engine over a Unix socket in the
 abstract namespace, named after the Triton server process. Triton's own model-to-model calls
-(BLS) hung under concurrent load on this server (see the README), so this link is plain
-`multiprocessing.connection`. Only processes of the same user may connect (checked with
-SO_PEERCRED).
+(BLS) hung under concurrent load on this server (docs/performance.md, Figures behind design
+choices), so this link is plain `multiprocessing.connection`. Only processes of the same user
+may connect (checked with SO_PEERCRED).
 
 One connection per `llm_stream` process carries all of its requests, each under an id the
 stream side picks, and the engine side writes everything its decode step produced for that

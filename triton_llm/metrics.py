@@ -5,14 +5,15 @@ which uses the same names) then work unchanged. Two counters vLLM lacks are adde
 `llm:` prefix: cancellations and rejections by reason.
 
 Why a thread of its own: every update is a round trip to Triton's server process. Made on the
-engine thread they cost it ~1.3 ms per request (measured at 1 stream), one of them between the
-first token and its sending. The engine's hooks only queue what happened; the `llm-metrics`
-thread makes the updates, in order and one at a time, which Triton also needs: it crashed when
-metrics were updated from several threads at once (Triton 2.51's Python backend). The endpoint
-lags the engine by that queue, milliseconds. Triton 24.10's stub keeps the GIL during a round
-trip (a thread setting a gauge in a loop halved a Python loop's progress beside it), so the
-engine's Python still pauses for them, but its tensor operations run meanwhile and no token
-waits for Triton's reply; updates are also kept few (gauges only when they change).
+engine thread they cost it time on every request (docs/performance.md, Before the C step, and
+the changes that led to it), one of them between the first token and its sending. The
+engine's hooks only queue what happened; the `llm-metrics` thread makes the updates, in order
+and one at a time, which Triton also needs: it crashed when metrics were updated from several
+threads at once (Triton 2.51's Python backend). The endpoint lags the engine by that queue,
+milliseconds. Triton 24.10's stub keeps the GIL during a round trip (a thread setting a gauge
+in a loop slowed a Python loop beside it: docs/performance.md, Figures behind design choices),
+so the engine's Python still pauses for them, but its tensor operations run meanwhile and no
+token waits for Triton's reply; updates are also kept few (gauges only when they change).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 # Windows end after PA_REQUESTS requests (robust on a busy 2-core machine).
 #   LLM_API_KEY=llmk_... clients/examples/perf_analyzer.sh [host:port]
 # Use a key of a tier whose rate allows the load: `make key NAME=perf TIER=benchmark` (at
-# concurrency 2 this measures ~160 requests/s, above the premium tier's 100/s).
+# concurrency 2 this measures more than the premium tier's 100/s: docs/performance.md,
+# Fixed workload, gateway overhead, memory, int8).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 url="${1:-127.0.0.1:8080}"

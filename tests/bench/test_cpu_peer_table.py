@@ -10,7 +10,7 @@ def row(round_: int, system: str, tokens_per_s: float) -> dict:
             "ttft_p50_ms": 50.0, "itl_p50_ms": 8.0, "itl_p95_ms": None, "errors": 0}
 
 
-def test_ratios_are_taken_within_each_round_then_the_median():
+def test_the_ratio_to_llamacpp_is_taken_within_each_round_then_the_median():
     # Round 1: ours 300 / llama.cpp 200 = 1.5x; round 2: 100 / 100 = 1.0x; round 3: 240 / 200.
     rows = [row(0, "ours", 300), row(0, "llamacpp", 200), row(1, "ours", 100),
             row(1, "llamacpp", 100), row(2, "ours", 240), row(2, "llamacpp", 200)]

@@ -11,7 +11,7 @@ def row(round_: int, system: str, tokens_per_s: float, errors: int = 0,
             "ttft_p50_ms": ttft_ms, "itl_p50_ms": 8.0, "errors": errors, "sent": 100}
 
 
-def test_ratios_are_taken_within_each_round_then_the_median():
+def test_the_ratio_to_vllm_is_taken_within_each_round_then_the_median():
     # Round 1: 300 / 200 = 1.5x; round 2: 100 / 100 = 1.0x; round 3: 240 / 200 = 1.2x.
     rows = [row(1, "ours", 300), row(1, "vllm", 200), row(2, "ours", 100),
             row(2, "vllm", 100), row(3, "ours", 240), row(3, "vllm", 200, errors=3)]

@@ -216,11 +216,6 @@ def test_body_over_the_limit_gets_413_before_triton(gateway, api_key):
     assert_error_contract(reply, 413, "payload_too_large")
 
 
-def test_oversized_headers_get_431_json(gateway, api_key):
-    reply = post(gateway, **{"X-API-Key": api_key, "X-Padding": "p" * 40000})
-    assert_error_contract(reply, 431, "headers_too_large")
-
-
 def test_reserved_parameters_field_on_generate_is_a_400(gateway, api_key):
     reply = post(gateway, body={**BODY, "parameters": {"x-llm-key-id": "someone"}},
                  **{"X-API-Key": api_key})

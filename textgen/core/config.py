@@ -96,7 +96,8 @@ class Limits:
 class EngineConfig:
     model_dir: Path
     # auto: vLLM on CUDA where it is installed and runs the architecture, else transformers
-    # (this package's own engine; faster through this stack on CPUs, README "Engines").
+    # (this package's own engine; faster through this stack on CPUs: docs/performance.md,
+    # The two engines).
     engine: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
@@ -122,26 +123,23 @@ class EngineConfig:
     cpu_threads: Optional[int] = None
     # Scheduling priority (nice, -20..19) of the engine thread. Every token wakes Triton, the
     # stream model, Envoy and the client; at the same priority they preempt the decode step
-    # (measured at 32 streams on 2 cores: the engine thread waited for a core 42% of the time
-    # and a step took 3x its unloaded time). Below 0 needs RLIMIT_NICE (`ulimit -e 30`) or
-    # CAP_SYS_NICE (root); without either the engine keeps the process's priority and logs
-    # how to allow it.
+    # (docs/performance.md, How the engine got here). Below 0 needs RLIMIT_NICE
+    # (`ulimit -e 30`) or CAP_SYS_NICE (root); without either the engine keeps the process's
+    # priority and logs how to allow it.
     engine_nice: int = -10
     # A streamed sequence hands its text on at most once per this many milliseconds (the
     # first token at once; what comes in between goes out as one piece). 0: every token.
     # 25 ms is below what a reader of a streamed answer notices (40 updates a second) and,
-    # measured at 32 streams on 2 cores, carried ~3.7 tokens per response and raised output
-    # tokens/s through the gateway by ~1.4x (README, Performance).
+    # measured at many streams, carries several tokens per response and raises output tokens/s
+    # through the gateway (docs/performance.md, How the engine got here).
     stream_interval_ms: int = 25
     # The most prompt tokens the transformers engine prefills in one step (oldest admitted
     # first; a longer prompt goes alone); the rest wait for the next step, after the running
     # rows decoded, as with chunked prefill. Why: a request that arrives during a step waits
     # for all of it, so a step's length is what a newcomer waits; and 32 arrivals at once no
     # longer all wait for all 32 prompts, then decode and finish in lockstep and arrive
-    # together again. Measured in-process at 32 streams of 64+64 tokens
-    # (benchmarks/engine_only.py --clients 32 --workload fixed --max-prefill-tokens N):
-    # TTFT p50 73-82 ms in one pass, 41-43 ms with 512, 27-29 ms with 256 at the same
-    # tokens/s (3,926-4,187 vs 4,003-4,175); 128 cut TTFT to 19-20 ms but cost ~9% tokens/s.
+    # together again. Measured in-process, 256 cut TTFT at the same tokens/s; a smaller budget
+    # cut it further but cost tokens/s (docs/performance.md, Figures behind design choices).
     max_prefill_tokens: int = 256
     limits: Limits = Limits()
 

@@ -1,17 +1,17 @@
 """The thread an engine steps its model on, started at a raised priority.
 
 Why raised: every token wakes Triton, the stream model, Envoy and the client; at the same
-priority they preempt the step that makes the next token (measured at 32 streams on 2 cores:
-the engine thread waited for a core 42% of the time and a step took 3x its unloaded time).
+priority they preempt the step that makes the next token (measured: docs/performance.md, How
+the engine got here).
 
 A thread's nice value only ranks it against its own scheduling group, though. Where the
 kernel groups processes by session (`sched_autogroup_enabled`, the default of Debian's and
 Ubuntu's kernels), Triton, Envoy, the OpenAI frontend and every client each run in a session
 of their own, and each session gets an equal share of the CPU whatever its threads' nice
 values. So a raised engine priority is also given to the session Triton runs in (Triton and
-its model processes): measured at 32 streams on 2 cores, the engine thread then waited for a
-core 3-5% of the time instead of 14-23%, and output tokens/s through the gateway rose ~1.2x.
-(Containers are scheduled by their cgroups instead, and this changes nothing there.)
+its model processes): the engine thread then waited for a core far less often, and output
+tokens/s through the gateway rose (docs/performance.md, Before the C step, and the changes that
+led to it). (Containers are scheduled by their cgroups instead, and this changes nothing there.)
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Why one place: `max_batch_total_tokens` bounds what the scheduler admits (textgen/transformers_engine/scheduler.py
 counts rows padded to the widest), what the transformers engine's cache may hold
-(textgen/executors/kv_batch.py) and the KV space the vLLM engine reserves on a CPU; a default that fit
-the demo model (8,192 tokens) was 0.4 GB on SmolLM2 and nothing on a 7B model, and vLLM's own
-CPU default (max_num_seqs full contexts) would be ~12 GB on SmolLM2.
+(textgen/executors/kv_batch.py) and the KV space the vLLM engine reserves on a CPU. Computed
+from the models' KV bytes per token, not measured: a default that fit the demo model (8,192
+tokens) was 0.4 GB on SmolLM2 and nothing on a 7B model, and vLLM's own CPU default
+(max_num_seqs full contexts) would be ~12 GB on SmolLM2.
 
 `auto` (the default): room for `max_num_seqs` full contexts, capped at DEFAULT_KV_BYTES of
 cache, the space vLLM reserves on a CPU by default (VLLM_CPU_KVCACHE_SPACE, 4 GiB), and never

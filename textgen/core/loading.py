@@ -28,9 +28,9 @@ def return_large_frees_to_the_os() -> None:
     Why: an engine allocates and frees large blocks every few steps (logits, prefill keys and
     values, re-laid-out caches). After the first large free glibc raises its mmap threshold
     (up to 32 MiB) and serves later blocks from its heap, which it keeps: the `llm` process
-    grew ~200 MiB over two bursts of 32 streams on SmolLM2. A fixed threshold keeps them
-    mapped and returned (an mmap a step of a few MiB: noise beside a step's work). No-op where
-    the C library is not glibc."""
+    grew over bursts of streams on SmolLM2 (docs/performance.md, Reliability). A fixed
+    threshold keeps them mapped and returned (an mmap a step of a few MiB: noise beside a
+    step's work). No-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)

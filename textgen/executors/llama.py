@@ -10,10 +10,11 @@ Fusing re-points the HF modules' weights at views of the fused matrices, so no w
 twice and the HF module still computes the same thing.
 
 On a CPU with a C compiler, a float32 model's decode step and prefill run instead as calls into
-C (forward_kernel.c, compiled at load in under a second) over weights packed for it once: the
-same mathematics without a tensor operation's dispatch per step and layer, on every thread the
-engine has, faster than the tensor forward at every row count measured (README, Performance).
-The kernel then holds the weights; the tensor forward's fused copies are never made.
+C (forward_kernel.c, compiled at load in a moment: docs/performance.md, The decode step in C)
+over weights packed for it once: the same mathematics without a tensor operation's dispatch per
+step and layer, on every thread the engine has, faster than the tensor forward at every row
+count measured (docs/performance.md, What made this: the packed C forward). The kernel then
+holds the weights; the tensor forward's fused copies are never made.
 
 Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
 demo model and on randomly initialised Llama, Mistral and Qwen2 models). What it cannot run

@@ -1,9 +1,10 @@
 """Choose each row's next token with that row's own sampling parameters, in batched passes.
 
-Why batched: at 32 running rows a per-row softmax + `torch.multinomial` cost more than the
-model's own decode step on the CPU. Here temperature, top-k and top-p are applied to all sampled
-rows at once (one pass for rows with a top-k/top-p cut, one for the rest) and each row draws
-by inverting its cumulative distribution.
+Why batched: with a full batch of running rows a per-row softmax + `torch.multinomial` cost more
+than the model's own decode step on the CPU (docs/performance.md, Figures behind design
+choices). Here temperature, top-k and top-p are applied to all sampled rows at once (one pass
+for rows with a top-k/top-p cut, one for the rest) and each row draws by inverting its
+cumulative distribution.
 
 Why each sequence owns a `random.Random`: requests batched together must never share
 randomness. A row's draw is one uniform number from its own seeded stream, so a seeded request

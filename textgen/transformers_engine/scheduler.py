@@ -140,9 +140,10 @@ def prefill_groups(admitted: list[S], length: Callable[[S], int], max_tokens: in
 
     Why: one pass left-pads every prompt to the longest, so eight arrivals with one 384-token
     prompt among them cost 8 x 384 tokens of forward pass, and every one of them waits for it
-    (the first wave of a mixed workload: ~170 ms TTFT). A group only grows while its padding
-    stays within `max_padding` of its real tokens and its padded size within `max_tokens`
-    (EngineConfig.max_prefill_tokens); short prompts go first and stream sooner.
+    (as the first wave of a mixed workload did: docs/performance.md, Figures behind design
+    choices). A group only grows while its padding stays within `max_padding` of its real
+    tokens and its padded size within `max_tokens` (EngineConfig.max_prefill_tokens); short
+    prompts go first and stream sooner.
     """
     groups: list[list[S]] = []
     real = 0

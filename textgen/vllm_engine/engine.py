@@ -4,14 +4,12 @@ stepped by one thread of this process, behind the same interface as the transfor
 Why in-process, stepped by our thread (vLLM's synchronous `LLMEngine` without its
 multiprocessing client), rather than with vLLM's engine core and worker in processes of their
 own: both work inside a Triton stub (a child needs `multiprocessing.set_executable`, since the
-stub's `sys.executable` is not an interpreter), and in-process was faster on 2 CPU cores
-(benchmarks/vllm_peer.py, one round each): at one stream 506-583 against 276 output tokens/s
-(with OMP_NUM_THREADS=1 and vLLM's own core binding in the child), at 32 streams 2,153
-against 1,735 with TTFT p50 111 against 238 ms; the extra processes poll and fight the token
-path for the same cores. The step loop has the same shape as the transformers engine's: take
-new requests, drop the cancelled and the expired, run one step, hand each sequence its new
-text; so cancellation takes effect at the next step (`abort_request`), as there. On a GPU the
-model runs on the device either way.
+stub's `sys.executable` is not an interpreter), and in-process was faster on 2 CPU cores, at
+one stream and at 32 (docs/performance.md, The two engines); the extra processes poll and
+fight the token path for the same cores. The step loop has the same shape as the transformers
+engine's: take new requests, drop the cancelled and the expired, run one step, hand each
+sequence its new text; so cancellation takes effect at the next step (`abort_request`), as
+there. On a GPU the model runs on the device either way.
 
 What is shared with the transformers engine (`engines.py`): admission (queue bound, queue
 timeout, drain), pacing of streamed text, the output record, the metrics hooks and the limits'
@@ -222,8 +220,9 @@ class VllmEngine(EngineBase):
     def _run(self) -> None:
         if self.device.type == "cpu":
             # OpenMP's thread count is per thread: this one would run vLLM's CPU attention on
-            # every core, spinning against the token path (3x slower a step at one stream on
-            # 2 cores). vLLM replaces torch.set_num_threads with a no-op once loaded.
+            # every core, spinning against the token path (a far slower step: docs/performance.md,
+            # Figures behind design choices). vLLM replaces torch.set_num_threads with a no-op
+            # once loaded.
             import torch
 
             self._use_cpu_threads(torch._C.set_num_threads)

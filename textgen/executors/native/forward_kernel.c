@@ -12,13 +12,14 @@
  * A prefill is the same layers with the prompt's tokens as the rows, each attending to the
  * columns the tokens before it wrote. On a real model, where a step is bound by memory (few
  * rows) or arithmetic (many), the packed panels below keep it ahead of the matrix library
- * too, at every row count measured (README, Performance).
+ * too, at every row count measured (docs/performance.md, What made this: the packed C forward).
  *
  * Weights: every product's matrix arrives packed (forward_kernel.py, `pack`, once at load)
  * into panels of 32 output rows, transposed ([in][32]), so a product streams each panel once
  * from memory in order and every row tile multiplies it from cache with no horizontal sums.
  * Packing per call instead cost a transposing pass over all the weights a step: on a 135M
- * model it was slower than the matrix library from 16 rows up.
+ * model it was slower than the matrix library at larger row counts (docs/performance.md,
+ * What made this: the packed C forward).
  *
  * The mathematics and the order of every operation follow llama_executor.py; only the order
  * of additions inside dot products differs (vector lanes), as it does between matrix

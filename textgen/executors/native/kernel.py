@@ -1,8 +1,9 @@
 """The forward pass in C (forward_kernel.c): compiled when the model loads, called through ctypes.
 
 Why: see forward_kernel.c. It runs both the decode step and the prefill of a prompt. Compiling
-takes about a second with the system's C compiler, for the CPU it runs on (`-march=native`),
-into a private temporary directory, so no binary built for another machine is ever loaded.
+takes a moment at load (docs/performance.md, The decode step in C) with the system's C
+compiler, for the CPU it runs on (`-march=native`), into a private temporary directory, so no
+binary built for another machine is ever loaded.
 Where there is no compiler, the model is not float32 on a CPU, or the build fails, `build` says
 why and the executor keeps its tensor forward: the kernel is a speed-up, never a requirement.
 ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
