@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 from benchmarks import workload
 from textgen.core.config import EngineConfig
@@ -69,8 +70,16 @@ class Pass:
     itl_p50_ms: float | None
 
 
-def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: int) -> Pass:
-    """One closed-loop pass over `specs` with `clients` clients."""
+# What `--controls` adds to every request: each penalty, and a bias on a few tokens.
+CONTROLS: dict[str, Any] = {"presence_penalty": 0.5, "frequency_penalty": 0.5,
+                            "repetition_penalty": 1.1,
+                            "logit_bias": ((3, -5.0), (17, 2.0), (99, -100.0), (250, 1.0))}
+
+
+def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: int,
+        controls: Optional[dict[str, Any]] = None) -> Pass:
+    """One closed-loop pass over `specs` with `clients` clients; `controls`: extra sampling
+    fields for every request."""
     pending = iter(specs)
     lock = threading.Lock()
     finished: list[_Client] = []
@@ -84,7 +93,7 @@ def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: 
             sink = _Client()
             engine.submit(GenerationRequest(prompt=spec.prompt, max_tokens=spec.max_tokens,
                                             temperature=workload.TEMPERATURE, seed=spec.seed,
-                                            ignore_eos=True), sink)
+                                            ignore_eos=True, **(controls or {})), sink)
             sink.done.wait()
             finished.append(sink)
 
@@ -113,6 +122,11 @@ def main() -> int:
     parser.add_argument("--max-prefill-tokens", type=int,
                         default=EngineConfig.max_prefill_tokens,
                         help="prompt tokens prefilled per step (LLM_MAX_PREFILL_TOKENS)")
+    parser.add_argument("--controls", action="store_true",
+                        help="instead of continuous vs static: the same requests with and "
+                             "without penalties and a logit_bias, alternating passes")
+    parser.add_argument("--cpu-threads", type=int, default=None,
+                        help="the engine's threads (LLM_CPU_THREADS; default: its own rule)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -122,6 +136,8 @@ def main() -> int:
     specs = workload.build(args.workload, args.requests, source, args.seed)
     print(f"{args.workload} workload, {args.requests} requests, {args.clients} clients, "
           f"median of {args.repeats}", flush=True)
+    if args.controls:
+        return compare_controls(args, specs)
     for policy in ("continuous", "static"):
         engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
                                                   max_prefill_tokens=args.max_prefill_tokens))
@@ -134,6 +150,30 @@ def main() -> int:
         print(f"  {policy:<10} {statistics.median(tps):7,.0f} tokens/s "
               f"(min {min(tps):,.0f}, max {max(tps):,.0f})   TTFT p50 "
               f"{statistics.median(p.ttft_p50_ms for p in passes):6.0f} ms", flush=True)
+    return 0
+
+
+def compare_controls(args: argparse.Namespace, specs: list[workload.RequestSpec]) -> int:
+    """Tokens/s with and without the sampling controls, passes alternating on one engine."""
+    engine = TransformersEngine(EngineConfig(model_dir=args.model_dir,
+                                             max_prefill_tokens=args.max_prefill_tokens,
+                                             cpu_threads=args.cpu_threads))
+    try:
+        run(engine, specs[:4], 4)  # warm-up
+        plain, controlled = [], []
+        for _ in range(args.repeats):
+            plain.append(run(engine, specs, args.clients).tokens_per_s)
+            controlled.append(run(engine, specs, args.clients, CONTROLS).tokens_per_s)
+        threads = engine.describe()["cpu_threads"]
+    finally:
+        engine.shutdown()
+    ratios = [c / p for c, p in zip(controlled, plain)]
+    print(f"  {threads} engine thread(s); {CONTROLS}", flush=True)
+    print(f"  plain      {statistics.median(plain):7,.0f} tokens/s (min {min(plain):,.0f}, "
+          f"max {max(plain):,.0f})", flush=True)
+    print(f"  controlled {statistics.median(controlled):7,.0f} tokens/s (min "
+          f"{min(controlled):,.0f}, max {max(controlled):,.0f}); per-pass ratio median "
+          f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return 0
 
 

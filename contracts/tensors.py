@@ -66,6 +66,17 @@ INPUTS: dict[str, Tensor] = _by_name(
            doc="default false: text_output starts with the prompt"),
     Tensor("ignore_eos", "TYPE_BOOL", optional=True,
            doc="default false: keep going past end-of-sequence"),
+    Tensor("min_tokens", "TYPE_INT32", optional=True,
+           doc="0 (the default) .. max_tokens: neither EOS nor a stop string ends it sooner"),
+    Tensor("presence_penalty", "TYPE_FP32", optional=True,
+           doc="-2 .. 2, default 0: subtracted from every token already generated"),
+    Tensor("frequency_penalty", "TYPE_FP32", optional=True,
+           doc="-2 .. 2, default 0: subtracted once per time a token was generated"),
+    Tensor("repetition_penalty", "TYPE_FP32", optional=True,
+           doc="(0, 2], default 1: divides (or, if negative, multiplies) the logit of every "
+               "token in the prompt or the output"),
+    Tensor("logit_bias", "TYPE_STRING", optional=True,
+           doc='a JSON object of token id -> bias in [-100, 100], e.g. {"50256": -100}'),
 )
 
 # `llm_stream` takes the same inputs and `stream` (false: one response with the whole text,

@@ -9,6 +9,7 @@ its messages name the field.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,6 +30,11 @@ class Sampling:
     seed: Optional[int] = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    min_tokens: Optional[int] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    logit_bias: Optional[str] = None  # the JSON object as text, checked by the model
 
 
 @dataclass(frozen=True)
@@ -56,12 +62,7 @@ _REFUSED = {
     "functions": (lambda v: v not in (None, []), "function calling is not supported"),
     "response_format": (lambda v: v not in (None, {"type": "text"}),
                         "only `response_format: {\"type\": \"text\"}` is supported"),
-    "logit_bias": (lambda v: v not in (None, {}), "`logit_bias` is not supported"),
     "suffix": (lambda v: v not in (None, ""), "`suffix` (insertion) is not supported"),
-    "presence_penalty": (lambda v: v not in (None, 0, 0.0), "`presence_penalty` is not "
-                         "supported"),
-    "frequency_penalty": (lambda v: v not in (None, 0, 0.0), "`frequency_penalty` is not "
-                          "supported"),
 }
 
 
@@ -115,6 +116,18 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
+def _logit_bias(body: dict[str, Any]) -> Optional[str]:
+    """OpenAI's `{"<token id>": <bias>}`, passed on as JSON; ids and ranges are the model's
+    to check (it knows its vocabulary)."""
+    value = body.get("logit_bias")
+    if value in (None, {}):
+        return None
+    if not isinstance(value, dict):
+        raise invalid(f"`logit_bias` must be an object of token id -> bias, got {value!r:.40}",
+                      "logit_bias")
+    return json.dumps(value)
+
+
 def _sampling(body: dict[str, Any]) -> Sampling:
     # `max_completion_tokens` is the newer name and wins, as in OpenAI's API.
     max_tokens = _integer(body, "max_completion_tokens", 1)
@@ -130,6 +143,11 @@ def _sampling(body: dict[str, Any]) -> Sampling:
         seed=_integer(body, "seed", 0, MAX_SEED),
         stop=_stop(body),
         ignore_eos=_flag(body, "ignore_eos"),
+        min_tokens=_integer(body, "min_tokens", 0),
+        presence_penalty=_number(body, "presence_penalty"),
+        frequency_penalty=_number(body, "frequency_penalty"),
+        repetition_penalty=_number(body, "repetition_penalty"),
+        logit_bias=_logit_bias(body),
     )
 
 

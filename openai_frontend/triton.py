@@ -20,6 +20,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from contracts.errors import ErrorType
+from contracts.tensors import STREAM_INPUTS
 
 from .errors import OpenAIError, from_model
 from .protocol import Sampling
@@ -43,36 +44,31 @@ class Final:
 Event = Union[str, Final]  # new text, or the end
 
 
-def _tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+def _tensor(name: str, values: list[Any]) -> grpcclient.InferInput:
+    """One input of `llm_stream` with its contract's datatype (contracts/tensors.py)."""
+    spec = STREAM_INPUTS[name]
+    if spec.datatype == "INT32":  # out of range is the model's to refuse, by name
+        values = [min(value, 2**31 - 1) for value in values]
+    elif spec.datatype == "BYTES":
+        values = [value.encode() for value in values]
+    array = np.array([values], dtype=spec.numpy_dtype)
+    tensor = grpcclient.InferInput(name, list(array.shape), spec.datatype)
     tensor.set_data_from_numpy(array)
     return tensor
 
 
 def model_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[grpcclient.InferInput]:
-    """The `llm_stream` tensors for one request (batch dimension included)."""
-    inputs = [
-        _tensor("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
-        _tensor("temperature", np.array([[sampling.temperature]], dtype=np.float32), "FP32"),
-        _tensor("exclude_input_in_output", np.array([[True]]), "BOOL"),
-        _tensor("stream", np.array([[stream]]), "BOOL"),
-    ]
-    if sampling.max_tokens is not None:
-        inputs.append(_tensor("max_tokens", np.array([[min(sampling.max_tokens, 2**31 - 1)]],
-                                                     dtype=np.int32), "INT32"))
-    if sampling.top_p is not None:
-        inputs.append(_tensor("top_p", np.array([[sampling.top_p]], dtype=np.float32), "FP32"))
-    if sampling.top_k is not None:
-        inputs.append(_tensor("top_k", np.array([[min(sampling.top_k, 2**31 - 1)]],
-                                                dtype=np.int32), "INT32"))
-    if sampling.seed is not None:
-        inputs.append(_tensor("seed", np.array([[sampling.seed]], dtype=np.uint64), "UINT64"))
-    if sampling.stop:
-        inputs.append(_tensor("stop", np.array([[s.encode() for s in sampling.stop]],
-                                               dtype=object), "BYTES"))
-    if sampling.ignore_eos:
-        inputs.append(_tensor("ignore_eos", np.array([[True]]), "BOOL"))
-    return inputs
+    """The `llm_stream` tensors for one request (batch dimension included): the prompt, and
+    every sampling field that is set, under its input name."""
+    values: dict[str, list[Any]] = {"text_input": [prompt], "exclude_input_in_output": [True],
+                                    "stream": [stream]}
+    for name, value in vars(sampling).items():
+        if name == "stop":
+            if value:
+                values[name] = list(value)
+        elif value is not None and value is not False:
+            values[name] = [value]
+    return [_tensor(name, row) for name, row in values.items()]
 
 
 def _read(result: Any) -> tuple[str, Optional[Final]]:

@@ -11,10 +11,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_engine_only_reports_tokens_per_second_for_both_policies():
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_only.py"),
+    run = subprocess.run([sys.executable, "-m", "benchmarks.engine_only",
                           "--requests", "6", "--clients", "3", "--repeats", "1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     for policy in ("continuous", "static"):
         assert re.search(rf"{policy}\s+[\d,]+ tokens/s \(min [\d,]+, max [\d,]+\)\s+TTFT p50\s+\d+ ms",
                          run.stdout), run.stdout
+
+
+def test_engine_only_compares_the_same_requests_with_and_without_sampling_controls():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", "--controls",
+                          "--requests", "6", "--clients", "3", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"plain\s+[\d,]+ tokens/s", run.stdout), run.stdout
+    assert re.search(r"controlled\s+[\d,]+ tokens/s .* per-pass ratio median \d\.\d{3}",
+                     run.stdout), run.stdout

@@ -207,3 +207,36 @@ def test_the_logs_record_each_request_without_its_text_or_the_key(stack):
     for log in (stack.triton_log, stack.access_log):
         text = log.read_text(errors="replace")
         assert SECRET not in text and stack.key not in text, log
+
+
+def test_logit_bias_min_tokens_and_penalties_are_served_per_request(stack):
+    """The sampling controls reach either engine through the gateway, each in its own
+    request: a +100 bias makes every token that one, min_tokens lets the text run past a stop
+    string it meets early, and a penalty changes a repetitive greedy answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL)
+    the = tokenizer.encode(" the")[0]
+    base = {"text_input": "The list", "max_tokens": 24, "exclude_input_in_output": True}
+
+    def text(**fields: Any) -> str:
+        reply = stack.generate({**base, **fields})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["text_output"]
+
+    plain = text()
+    assert text(max_tokens=5, logit_bias=json.dumps({str(the): 100})) == \
+        tokenizer.decode([the] * 5)
+    assert text(stop=["module"]).strip() == ""
+    assert "module" in text(stop=["module"], min_tokens=4)
+    assert text(frequency_penalty=2.0) != plain
+    assert text(repetition_penalty=2.0) != plain
+
+
+@pytest.mark.parametrize("field,value", [
+    ("logit_bias", json.dumps({"999999": 5})), ("presence_penalty", 2.5),
+    ("repetition_penalty", 0), ("min_tokens", 25)])
+def test_sampling_controls_out_of_range_are_a_400_naming_the_field(stack, field, value):
+    reply = stack.generate({"text_input": "The list", "max_tokens": 24, field: value})
+    body = assert_error_contract(reply, 400, "invalid_request")
+    assert f"`{field}`" in body["error"]

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 
 from tests.harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
                            wait_for_metric)
+from tools import runtime
 
 MODEL = "demo_model"
 QUESTION = [{"role": "user", "content": "What is a list?"}]
@@ -187,7 +188,6 @@ def test_async_client_streams_and_answers(async_client):
     ({"logprobs": True}, "logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logit_bias": {"1": 5}}, "logit_bias"),
 ])
 def test_invalid_or_unsupported_parameters_raise_bad_request_naming_them(client, params, param):
     with pytest.raises(openai.BadRequestError) as info:
@@ -324,3 +324,37 @@ def test_every_streamed_chunk_matches_the_openapi_document(gateway, api_key, pat
     for event in events[:-1]:
         problems = list(chunk_schema.iter_errors(json.loads(event)))
         assert not problems, (event, problems[0].message)
+
+
+def test_the_sdk_sends_logit_bias_penalties_and_min_tokens_streamed_or_not(client):
+    from transformers import AutoTokenizer
+
+    the = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL).encode(" the")[0]
+    forced = client.completions.create(model=MODEL, prompt="The list", max_tokens=4,
+                                       logit_bias={str(the): 100})
+    assert forced.choices[0].text == " the the the the"
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is a list?"}], max_tokens=4,
+        logit_bias={str(the): 100}, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        " the the the the"
+    plain = client.completions.create(model=MODEL, prompt="The list", max_tokens=24,
+                                      temperature=0)
+    penalized = client.completions.create(model=MODEL, prompt="The list", max_tokens=24,
+                                          temperature=0, presence_penalty=2.0,
+                                          frequency_penalty=1.0)
+    assert penalized.choices[0].text != plain.choices[0].text
+    stopped = client.completions.create(model=MODEL, prompt="The list", max_tokens=8,
+                                        temperature=0, stop=["module"],
+                                        extra_body={"min_tokens": 4,
+                                                    "repetition_penalty": 1.0})
+    assert "module" in stopped.choices[0].text
+
+
+@pytest.mark.parametrize("field,value", [("presence_penalty", 3.0), ("logit_bias", {"x": 1}),
+                                         ("frequency_penalty", -2.5)])
+def test_the_sdk_gets_a_bad_request_naming_an_out_of_range_control(client, field, value):
+    with pytest.raises(openai.BadRequestError, match=field) as info:
+        client.completions.create(model=MODEL, prompt="The list", max_tokens=4,
+                                  **{field: value})
+    assert info.value.body["param"] == field

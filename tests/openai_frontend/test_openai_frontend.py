@@ -15,7 +15,7 @@ from openai_frontend.app import _stream
 from openai_frontend.errors import OpenAIError, from_model
 from openai_frontend.protocol import parse_chat, parse_completion
 from openai_frontend.served_model import ServedModel
-from openai_frontend.triton import Final
+from openai_frontend.triton import Final, model_inputs
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -54,8 +54,7 @@ def test_unknown_fields_are_ignored():
 
 @pytest.mark.parametrize("field,value", [
     ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
-    ("response_format", {"type": "json_object"}), ("logit_bias", {"5": 1}),
-    ("presence_penalty", 0.5), ("frequency_penalty", 1)])
+    ("response_format", {"type": "json_object"})])
 def test_unimplemented_parameters_are_refused_by_name(field, value):
     error = _refused(parse_chat, {**CHAT, field: value})
     assert (error.status, error.param) == (400, field)
@@ -161,3 +160,22 @@ def test_a_model_without_a_chat_template_is_a_clear_400(demo_model_dir):
     error = pytest.raises(OpenAIError, model.chat_prompt, [{"role": "user", "content": "x"}])
     assert error.value.status == 400 and "no chat template" in error.value.message
     assert replace(model, id="x").card()["max_model_len"] == 512
+
+
+def test_sampling_controls_reach_the_model_under_their_input_names_and_datatypes():
+    request = parse_completion({"model": "m", "prompt": "hi", "min_tokens": 2,
+                                "presence_penalty": 0.5, "frequency_penalty": -1,
+                                "repetition_penalty": 1.2, "logit_bias": {"5": -100}})
+    tensors = {t.name(): t for t in model_inputs(request.prompt, request.sampling, False)}
+    assert {name: tensors[name].datatype() for name in (
+        "min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "logit_bias")} == {"min_tokens": "INT32", "presence_penalty": "FP32",
+                           "frequency_penalty": "FP32", "repetition_penalty": "FP32",
+                           "logit_bias": "BYTES"}
+    assert "top_p" not in tensors  # unset fields are the model's defaults
+
+
+@pytest.mark.parametrize("value", [[1, 2], "5:1", 3])
+def test_a_logit_bias_that_is_not_an_object_is_refused_by_name(value):
+    error = _refused(parse_completion, {"model": "m", "prompt": "hi", "logit_bias": value})
+    assert (error.status, error.param) == (400, "logit_bias")

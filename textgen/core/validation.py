@@ -8,6 +8,7 @@ Each failure raises `ValidationError` naming the parameter, the rule and the val
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -19,6 +20,9 @@ from textgen.core.config import Limits
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 128
 MAX_SEED = 2**63 - 1
+MAX_PENALTY = 2.0         # presence and frequency penalties: [-2, 2], as OpenAI's API
+MAX_LOGIT_BIAS = 100.0    # a bias in [-100, 100], as OpenAI's API
+MAX_LOGIT_BIAS_TOKENS = 1024
 
 
 class ValidationError(ValueError):
@@ -42,10 +46,21 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     exclude_input_in_output: bool = False
     ignore_eos: bool = False
+    min_tokens: int = 0  # neither EOS nor a stop string ends the sequence before this
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 means none
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids ascending
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the row's logits depend on the tokens it has seen."""
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
 
 
 def _scalar(name: str, value: Optional[np.ndarray]) -> Any:
@@ -122,6 +137,30 @@ def _stop(raw: Optional[np.ndarray]) -> tuple[str, ...]:
     return stops
 
 
+def _logit_bias(raw: Any, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """`{"<token id>": <bias>, ...}` as JSON text (OpenAI's `logit_bias`)."""
+    if raw is None:
+        return ()
+    try:
+        parsed = json.loads(_text("logit_bias", raw))
+    except ValueError as exc:
+        raise ValidationError("logit_bias", f"must be a JSON object, got invalid JSON ({exc})")
+    if not isinstance(parsed, dict):
+        raise ValidationError("logit_bias", "must be a JSON object of token id -> bias")
+    if len(parsed) > MAX_LOGIT_BIAS_TOKENS:
+        raise ValidationError("logit_bias", f"may name at most {MAX_LOGIT_BIAS_TOKENS} tokens, "
+                                            f"got {len(parsed)}")
+    biases = {}
+    for key, bias in parsed.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < vocab_size):
+            raise ValidationError("logit_bias", f"keys must be token ids in [0, {vocab_size - 1}]"
+                                                f", got {key!r:.40}")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise ValidationError("logit_bias", f"values must be numbers, got {bias!r:.40}")
+        biases[int(key)] = _number("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+    return tuple(sorted(biases.items()))
+
+
 def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) -> GenerationRequest:
     """Validate the named input tensors of one request (absent optional inputs are None)."""
     prompt = _text("text_input", _scalar("text_input", inputs.get("text_input")))
@@ -136,10 +175,15 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
     top_p = _scalar("top_p", inputs.get("top_p"))
     top_k = _scalar("top_k", inputs.get("top_k"))
     seed = _scalar("seed", inputs.get("seed"))
+    max_tokens = (limits.default_max_tokens if max_tokens is None
+                  else _integer("max_tokens", max_tokens, 1, limits.max_new_tokens))
+    min_tokens = _scalar("min_tokens", inputs.get("min_tokens"))
+    presence = _scalar("presence_penalty", inputs.get("presence_penalty"))
+    frequency = _scalar("frequency_penalty", inputs.get("frequency_penalty"))
+    repetition = _scalar("repetition_penalty", inputs.get("repetition_penalty"))
     return GenerationRequest(
         prompt=prompt,
-        max_tokens=(limits.default_max_tokens if max_tokens is None
-                    else _integer("max_tokens", max_tokens, 1, limits.max_new_tokens)),
+        max_tokens=max_tokens,
         temperature=0.0 if temperature is None else _number("temperature", temperature, 0, 2),
         top_p=1.0 if top_p is None else _number("top_p", top_p, 0, 1, low_open=True),
         top_k=0 if top_k is None else _integer("top_k", top_k, 0, limits.vocab_size),
@@ -149,6 +193,15 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
                                       _scalar("exclude_input_in_output",
                                               inputs.get("exclude_input_in_output")), False),
         ignore_eos=_flag("ignore_eos", _scalar("ignore_eos", inputs.get("ignore_eos")), False),
+        min_tokens=0 if min_tokens is None else _integer("min_tokens", min_tokens, 0, max_tokens),
+        presence_penalty=0.0 if presence is None else _number("presence_penalty", presence,
+                                                              -MAX_PENALTY, MAX_PENALTY),
+        frequency_penalty=0.0 if frequency is None else _number("frequency_penalty", frequency,
+                                                                -MAX_PENALTY, MAX_PENALTY),
+        repetition_penalty=1.0 if repetition is None else _number(
+            "repetition_penalty", repetition, 0, MAX_PENALTY, low_open=True),
+        logit_bias=_logit_bias(_scalar("logit_bias", inputs.get("logit_bias")),
+                               limits.vocab_size),
     )
 
 

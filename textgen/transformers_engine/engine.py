@@ -25,7 +25,7 @@ from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pace
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
 from textgen.executors.hf import select_executor
 from textgen.executors.kv_batch import HEADROOM
-from textgen.transformers_engine.sampling import make_rng, sample_next_tokens
+from textgen.transformers_engine.sampling import SeenTokens, make_rng, make_seen, sample_next_tokens
 from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
 from textgen.transformers_engine.tokenization import TextAssembler, fast_decoder
 
@@ -41,6 +41,7 @@ class SequenceState:
     sink: OutputSink
     assembler: TextAssembler
     rng: Optional[random.Random]
+    seen: Optional[SeenTokens]  # penalized requests only (sampling.make_seen)
     pacer: Pacer
     timeline: Timeline = field(default_factory=Timeline)
     generated: int = 0
@@ -68,8 +69,8 @@ class TransformersEngine(EngineBase):
             self._use_cpu_threads(torch.set_num_threads)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
-        self.limits = self._narrow_limits(model_context(self.model.config),
-                                          int(self.model.config.vocab_size))
+        self._vocab_size = int(self.model.config.vocab_size)  # the logits' width
+        self.limits = self._narrow_limits(model_context(self.model.config), self._vocab_size)
         self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
         self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
@@ -102,8 +103,11 @@ class TransformersEngine(EngineBase):
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
-                            assembler=TextAssembler(self._detokenize, request.stop),
-                            rng=make_rng(request), pacer=Pacer(self._stream_interval_s))
+                            assembler=TextAssembler(self._detokenize, request.stop,
+                                                    request.min_tokens),
+                            rng=make_rng(request),
+                            seen=make_seen(request, prompt_ids, self._vocab_size),
+                            pacer=Pacer(self._stream_interval_s))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
@@ -189,12 +193,15 @@ class TransformersEngine(EngineBase):
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
         seqs = [self._scheduler.rows[r] for r in rows]
-        tokens = sample_next_tokens(logits, [s.request for s in seqs],
-                                    [s.rng for s in seqs], self._eos_id)
+        tokens = sample_next_tokens(logits, [s.request for s in seqs], [s.rng for s in seqs],
+                                    self._eos_id, [s.generated for s in seqs],
+                                    [s.seen for s in seqs])
         now = time.monotonic()
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
             seq.last_token = token
+            if seq.seen is not None:
+                seq.seen.add(token)
             if seq.timeline.first_token_at is None:
                 seq.timeline.first_token_at = now
                 self.observer.on_first_token(now - seq.timeline.arrival)

@@ -6,6 +6,10 @@ choices). Here temperature, top-k and top-p are applied to all sampled rows at o
 for rows with a top-k/top-p cut, one for the rest) and each row draws by inverting its
 cumulative distribution.
 
+Before sampling, each row's logits get its request's controls, in vLLM's order: `logit_bias`,
+the EOS ban of `min_tokens`, then the repetition penalty (over the prompt and the output) and
+the presence and frequency penalties (over the output). Only the rows that ask pay for them.
+
 Why each sequence owns a `random.Random`: requests batched together must never share
 randomness. A row's draw is one uniform number from its own seeded stream, so a seeded request
 gives the same text whatever else is in the batch (and on any device: the number is drawn on
@@ -21,6 +25,61 @@ from typing import Optional, Sequence
 import torch
 
 from textgen.core.validation import GenerationRequest
+
+
+class SeenTokens:
+    """What a penalized sequence has seen: its prompt's tokens, and how often it generated each
+    token. Kept per sequence and updated a token at a time, so a step never re-counts."""
+
+    def __init__(self, prompt_ids: Sequence[int], vocab_size: int) -> None:
+        self.in_prompt = torch.zeros(vocab_size, dtype=torch.bool)
+        self.in_prompt[torch.tensor(list(prompt_ids), dtype=torch.long)] = True
+        self.counts = torch.zeros(vocab_size, dtype=torch.float32)
+
+    def add(self, token_id: int) -> None:
+        self.counts[token_id] += 1
+
+
+def make_seen(request: GenerationRequest, prompt_ids: Sequence[int],
+              vocab_size: int) -> Optional[SeenTokens]:
+    """The token record a penalized request needs; other requests need none."""
+    return SeenTokens(prompt_ids, vocab_size) if request.penalized else None
+
+
+def apply_controls(logits: torch.Tensor, requests: Sequence[GenerationRequest],
+                   generated: Sequence[int], seen: Sequence[Optional[SeenTokens]],
+                   eos_token_id: Optional[int]) -> None:
+    """Apply each row's logit_bias, min_tokens and penalties to `logits` ([rows, vocab]) in
+    place; rows that set none are not touched."""
+    for row, request in enumerate(requests):
+        if request.logit_bias:
+            ids, biases = zip(*request.logit_bias)
+            logits[row, list(ids)] += torch.tensor(biases, device=logits.device)
+    if eos_token_id is not None:
+        early = [row for row, request in enumerate(requests)
+                 if generated[row] < request.min_tokens]
+        if early:
+            logits[early, eos_token_id] = float("-inf")
+    rows = [row for row, request in enumerate(requests) if request.penalized]
+    if not rows:
+        return
+    records = [seen[row] for row in rows]
+    if any(record is None for record in records):
+        raise ValueError("every penalized row needs its token record (make_seen)")
+    device = logits.device
+    counts = torch.stack([r.counts for r in records]).to(device)  # type: ignore[union-attr]
+    in_prompt = torch.stack([r.in_prompt for r in records]).to(device)  # type: ignore[union-attr]
+    group = logits[rows]
+
+    def per_row(name: str) -> torch.Tensor:
+        return torch.tensor([getattr(requests[row], name) for row in rows],
+                            device=device).unsqueeze(1)
+
+    repetition = per_row("repetition_penalty")
+    group = torch.where(in_prompt | (counts > 0),
+                        torch.where(group > 0, group / repetition, group * repetition), group)
+    group -= per_row("frequency_penalty") * counts + per_row("presence_penalty") * (counts > 0)
+    logits[rows] = group
 
 
 def make_rng(request: GenerationRequest) -> Optional[random.Random]:
@@ -48,10 +107,18 @@ def filter_top_k_top_p(sorted_logits: torch.Tensor, top_k: torch.Tensor,
 
 
 def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationRequest],
-                       rngs: Sequence[Optional[random.Random]],
-                       eos_token_id: Optional[int]) -> list[int]:
-    """Next token per row of `logits` ([rows, vocab]), following each row's own request."""
+                       rngs: Sequence[Optional[random.Random]], eos_token_id: Optional[int],
+                       generated: Optional[Sequence[int]] = None,
+                       seen: Optional[Sequence[Optional[SeenTokens]]] = None) -> list[int]:
+    """Next token per row of `logits` ([rows, vocab]), following each row's own request.
+    `generated` (tokens each row has produced) and `seen` (make_seen) serve the controls of
+    `apply_controls`; without them none may be set."""
     logits = logits.float()
+    if any(r.logit_bias or r.min_tokens or r.penalized for r in requests):
+        if generated is None or seen is None:
+            raise ValueError("rows with logit_bias, min_tokens or penalties need `generated` "
+                             "and `seen`")
+        apply_controls(logits, requests, generated, seen, eos_token_id)
     if eos_token_id is not None:
         banned = [row for row, request in enumerate(requests) if request.ignore_eos]
         if banned:

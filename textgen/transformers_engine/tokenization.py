@@ -39,9 +39,11 @@ class TextAssembler:
     same however long the text grows.
     """
 
-    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()) -> None:
+    def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = (),
+                 min_tokens: int = 0) -> None:
         self._decode = decode  # see fast_decoder
         self._stop = tuple(stop)
+        self._min_tokens = min_tokens  # stop strings count only from this many tokens on
         self._ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
@@ -61,6 +63,8 @@ class TextAssembler:
 
     def _held_back(self) -> int:
         """Length of the longest tail of `text` that could still grow into a stop string."""
+        if len(self._ids) < self._min_tokens:
+            return 0
         longest = 0
         for stop in self._stop:
             for size in range(min(len(stop) - 1, len(self.text)), longest, -1):
@@ -82,7 +86,8 @@ class TextAssembler:
             return ""
         search_from = max(0, len(self.text) - max((len(s) for s in self._stop), default=0))
         self.text += delta
-        hits = [i for i in (self.text.find(s, search_from) for s in self._stop) if i >= 0]
+        hits = [i for i in (self.text.find(s, search_from) for s in self._stop) if i >= 0] \
+            if len(self._ids) >= self._min_tokens else []
         if hits:
             self.text = self.text[:min(hits)]
             self.stopped = True

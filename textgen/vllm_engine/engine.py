@@ -255,7 +255,10 @@ class VllmEngine(EngineBase):
             params = SamplingParams(
                 n=1, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                 top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None,
-                ignore_eos=r.ignore_eos, output_kind=RequestOutputKind.DELTA)
+                ignore_eos=r.ignore_eos, min_tokens=r.min_tokens,
+                presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
+                repetition_penalty=r.repetition_penalty,
+                logit_bias=dict(r.logit_bias) or None, output_kind=RequestOutputKind.DELTA)
             self._llm.add_request(seq.request_id,
                                   TokensPrompt(prompt_token_ids=seq.prompt_ids), params)
         except Exception as exc:  # vLLM's own checks: its message says what was wrong

@@ -112,3 +112,34 @@ def test_prompt_plus_max_tokens_over_the_context_names_all_numbers():
                        match=r"90 prompt tokens \+ 50 max_tokens = 140 > 128"):
         check_token_budget(90, GenerationRequest(prompt="x", max_tokens=50), LIMITS)
     check_token_budget(78, GenerationRequest(prompt="x", max_tokens=50), LIMITS)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("presence_penalty", 2.5, "`presence_penalty` must be in [-2, 2], got 2.5"),
+    ("frequency_penalty", -3.0, "`frequency_penalty` must be in [-2, 2], got -3"),
+    ("repetition_penalty", 0.0, "`repetition_penalty` must be in (0, 2], got 0"),
+    ("min_tokens", 11, "`min_tokens` must be in [0, 10], got 11"),  # above max_tokens (10)
+    ("logit_bias", b"[1, 2]", "`logit_bias` must be a JSON object of token id -> bias"),
+    ("logit_bias", b"{bad", "`logit_bias` must be a JSON object, got invalid JSON"),
+    ("logit_bias", b'{"4096": 1}', "`logit_bias` keys must be token ids in [0, 4095], got '4096'"),
+    ("logit_bias", b'{"-1": 1}', "`logit_bias` keys must be token ids in [0, 4095], got '-1'"),
+    ("logit_bias", b'{"5": 101}', "`logit_bias` must be in [-100, 100], got 101"),
+    ("logit_bias", b'{"5": "x"}', "`logit_bias` values must be numbers, got 'x'"),
+])
+def test_sampling_controls_outside_their_ranges_are_rejected_by_name(name, value, message):
+    with pytest.raises(ValidationError) as caught:
+        parse(**{name: value})
+    assert str(caught.value).startswith(message)
+    assert caught.value.parameter == name
+
+
+def test_sampling_controls_are_parsed_with_neutral_defaults():
+    assert (parse().min_tokens, parse().presence_penalty, parse().repetition_penalty,
+            parse().logit_bias) == (0, 0.0, 1.0, ())
+    request = parse(min_tokens=np.int32(4), presence_penalty=np.float32(0.5),
+                    frequency_penalty=np.float32(-1), repetition_penalty=np.float32(1.5),
+                    logit_bias=b'{"7": -100, "3": 2.5}')
+    assert (request.min_tokens, request.presence_penalty, request.frequency_penalty,
+            request.repetition_penalty, request.logit_bias) == (
+        4, 0.5, -1.0, 1.5, ((3, 2.5), (7, -100.0)))
+    assert request.penalized and not parse().penalized

@@ -59,3 +59,11 @@ def test_stop_string_spanning_tokens_is_found(tokenizer):
 def test_fast_decoder_gives_what_the_tokenizer_itself_decodes(tokenizer):
     ids = tokenizer.encode("caf\u00e9 \U0001f600 The list module") + [tokenizer.eos_token_id]
     assert fast_decoder(tokenizer)(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_stop_strings_count_only_once_min_tokens_were_generated(tokenizer):
+    ids = tokenizer.encode("The list module provides a module")
+    early = TextAssembler(fast_decoder(tokenizer), stop=["module"], min_tokens=len(ids) - 1)
+    pieces = feed(early, ids)
+    assert early.stopped  # the second "module" came after min_tokens
+    assert "".join(pieces) == early.text == "The list module provides a "
