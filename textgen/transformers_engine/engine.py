@@ -25,7 +25,8 @@ from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pace
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
 from textgen.executors.hf import select_executor
 from textgen.executors.kv_batch import HEADROOM
-from textgen.transformers_engine.sampling import SeenTokens, make_rng, make_seen, sample_next_tokens
+from textgen.transformers_engine.sampling import (RowControls, make_controls, make_rng,
+                                                  sample_next_tokens)
 from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
 from textgen.transformers_engine.tokenization import TextAssembler, fast_decoder
 
@@ -41,7 +42,7 @@ class SequenceState:
     sink: OutputSink
     assembler: TextAssembler
     rng: Optional[random.Random]
-    seen: Optional[SeenTokens]  # penalized requests only (sampling.make_seen)
+    controls: Optional[RowControls]  # logit_bias or penalties only (make_controls)
     pacer: Pacer
     timeline: Timeline = field(default_factory=Timeline)
     generated: int = 0
@@ -106,7 +107,7 @@ class TransformersEngine(EngineBase):
                             assembler=TextAssembler(self._detokenize, request.stop,
                                                     request.min_tokens),
                             rng=make_rng(request),
-                            seen=make_seen(request, prompt_ids, self._vocab_size),
+                            controls=make_controls(request, prompt_ids),
                             pacer=Pacer(self._stream_interval_s))
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
@@ -195,13 +196,13 @@ class TransformersEngine(EngineBase):
         seqs = [self._scheduler.rows[r] for r in rows]
         tokens = sample_next_tokens(logits, [s.request for s in seqs], [s.rng for s in seqs],
                                     self._eos_id, [s.generated for s in seqs],
-                                    [s.seen for s in seqs])
+                                    [s.controls for s in seqs])
         now = time.monotonic()
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
             seq.last_token = token
-            if seq.seen is not None:
-                seq.seen.add(token)
+            if seq.controls is not None and seq.controls.penalized:
+                seq.controls.add(token)
             if seq.timeline.first_token_at is None:
                 seq.timeline.first_token_at = now
                 self.observer.on_first_token(now - seq.timeline.arrival)

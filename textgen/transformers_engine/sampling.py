@@ -22,64 +22,101 @@ import random
 import secrets
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from textgen.core.validation import GenerationRequest
 
 
-class SeenTokens:
-    """What a penalized sequence has seen: its prompt's tokens, and how often it generated each
-    token. Kept per sequence and updated a token at a time, so a step never re-counts."""
+class RowControls:
+    """A request's logit_bias and penalties as arrays, made once at submit, and, for penalties,
+    what the sequence has seen, sparsely: each distinct token of its prompt and output once
+    (`ids`) and what the presence and frequency penalties take off each (`subtract`).
 
-    def __init__(self, prompt_ids: Sequence[int], vocab_size: int) -> None:
-        self.in_prompt = torch.zeros(vocab_size, dtype=torch.bool)
-        self.in_prompt[torch.tensor(list(prompt_ids), dtype=torch.long)] = True
-        self.counts = torch.zeros(vocab_size, dtype=torch.float32)
+    Why sparse: a penalty touches only seen tokens, a few hundred of a vocabulary of tens of
+    thousands, so a step gathers and scatters those instead of passing over [rows, vocab],
+    which cost far more than the target (docs/performance.md, Sampling controls). Why numpy,
+    with room for every new token: `add` runs per token on the engine thread, and a step
+    concatenates the batch's arrays at a fraction of torch's per-call cost at this size."""
+
+    def __init__(self, request: GenerationRequest, prompt_ids: Sequence[int]) -> None:
+        bias = request.logit_bias
+        self.bias_ids = np.array([token for token, _ in bias], dtype=np.int64)
+        self.bias_values = np.array([value for _, value in bias], dtype=np.float32)
+        self.penalized = request.penalized
+        # A seen token's logit is multiplied by 1 / repetition when positive, by repetition
+        # when not (vLLM's rule), then lowered by its `subtract`.
+        self.scale = np.array([1 / request.repetition_penalty, request.repetition_penalty],
+                              dtype=np.float32)
+        self._frequency = request.frequency_penalty
+        self._presence = request.presence_penalty
+        unique = list(dict.fromkeys(prompt_ids)) if self.penalized else []
+        self._slot = {token: slot for slot, token in enumerate(unique)}
+        capacity = len(unique) + request.max_tokens if self.penalized else 0
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.ids[:len(unique)] = unique
+        self._counts = [0] * capacity
+        # presence + frequency x count for each seen token, kept as tokens arrive
+        self.subtract = np.zeros(capacity, dtype=np.float32)
+        self.size = len(unique)
 
     def add(self, token_id: int) -> None:
-        self.counts[token_id] += 1
+        """Count a generated token (penalized rows only)."""
+        slot = self._slot.get(token_id)
+        if slot is None:
+            slot = self._slot[token_id] = self.size
+            self.ids[slot] = token_id
+            self.size += 1
+        self._counts[slot] += 1
+        self.subtract[slot] = self._presence + self._frequency * self._counts[slot]
 
 
-def make_seen(request: GenerationRequest, prompt_ids: Sequence[int],
-              vocab_size: int) -> Optional[SeenTokens]:
-    """The token record a penalized request needs; other requests need none."""
-    return SeenTokens(prompt_ids, vocab_size) if request.penalized else None
+def make_controls(request: GenerationRequest,
+                  prompt_ids: Sequence[int]) -> Optional[RowControls]:
+    """The record a request with a logit_bias or penalties needs; other requests need none."""
+    if request.logit_bias or request.penalized:
+        return RowControls(request, prompt_ids)
+    return None
 
 
 def apply_controls(logits: torch.Tensor, requests: Sequence[GenerationRequest],
-                   generated: Sequence[int], seen: Sequence[Optional[SeenTokens]],
+                   generated: Sequence[int], controls: Sequence[Optional[RowControls]],
                    eos_token_id: Optional[int]) -> None:
     """Apply each row's logit_bias, min_tokens and penalties to `logits` ([rows, vocab]) in
     place; rows that set none are not touched."""
-    for row, request in enumerate(requests):
-        if request.logit_bias:
-            ids, biases = zip(*request.logit_bias)
-            logits[row, list(ids)] += torch.tensor(biases, device=logits.device)
+    device = logits.device
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device)
+
+    rows = [row for row, record in enumerate(controls) if record is not None]
+    if len(rows) != sum(1 for r in requests if r.logit_bias or r.penalized):
+        raise ValueError("every row with logit_bias or penalties needs its record "
+                         "(make_controls)")
+    records: list[RowControls] = [controls[row] for row in rows]  # type: ignore[misc]
+    biased = [(row, r) for row, r in zip(rows, records) if len(r.bias_ids)]
+    if biased:  # one scatter for the whole batch: a per-row update costs as much as a step
+        where = (tensor(np.repeat(np.array([row for row, _ in biased], dtype=np.int64),
+                                  [len(r.bias_ids) for _, r in biased])),
+                 tensor(np.concatenate([r.bias_ids for _, r in biased])))
+        logits.index_put_(where, tensor(np.concatenate([r.bias_values for _, r in biased]))
+                          .to(logits.dtype), accumulate=True)
     if eos_token_id is not None:
         early = [row for row, request in enumerate(requests)
                  if generated[row] < request.min_tokens]
         if early:
             logits[early, eos_token_id] = float("-inf")
-    rows = [row for row, request in enumerate(requests) if request.penalized]
-    if not rows:
+    penalized = [(row, r) for row, r in zip(rows, records) if r.penalized]
+    if not penalized:
         return
-    records = [seen[row] for row in rows]
-    if any(record is None for record in records):
-        raise ValueError("every penalized row needs its token record (make_seen)")
-    device = logits.device
-    counts = torch.stack([r.counts for r in records]).to(device)  # type: ignore[union-attr]
-    in_prompt = torch.stack([r.in_prompt for r in records]).to(device)  # type: ignore[union-attr]
-    group = logits[rows]
-
-    def per_row(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(requests[row], name) for row in rows],
-                            device=device).unsqueeze(1)
-
-    repetition = per_row("repetition_penalty")
-    group = torch.where(in_prompt | (counts > 0),
-                        torch.where(group > 0, group / repetition, group * repetition), group)
-    group -= per_row("frequency_penalty") * counts + per_row("presence_penalty") * (counts > 0)
-    logits[rows] = group
+    sizes = [r.size for _, r in penalized]
+    where = (tensor(np.repeat(np.array([row for row, _ in penalized], dtype=np.int64), sizes)),
+             tensor(np.concatenate([r.ids[:r.size] for _, r in penalized])))
+    scale = np.repeat(np.stack([r.scale for _, r in penalized]), sizes, axis=0)
+    values = logits[where].float().cpu().numpy()
+    values *= np.where(values > 0, scale[:, 0], scale[:, 1])
+    values -= np.concatenate([r.subtract[:r.size] for _, r in penalized])
+    logits.index_put_(where, torch.from_numpy(values).to(device=device, dtype=logits.dtype))
 
 
 def make_rng(request: GenerationRequest) -> Optional[random.Random]:
@@ -109,16 +146,16 @@ def filter_top_k_top_p(sorted_logits: torch.Tensor, top_k: torch.Tensor,
 def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationRequest],
                        rngs: Sequence[Optional[random.Random]], eos_token_id: Optional[int],
                        generated: Optional[Sequence[int]] = None,
-                       seen: Optional[Sequence[Optional[SeenTokens]]] = None) -> list[int]:
+                       controls: Optional[Sequence[Optional[RowControls]]] = None) -> list[int]:
     """Next token per row of `logits` ([rows, vocab]), following each row's own request.
-    `generated` (tokens each row has produced) and `seen` (make_seen) serve the controls of
-    `apply_controls`; without them none may be set."""
+    `generated` (tokens each row has produced) and `controls` (make_controls) serve
+    `apply_controls`; without them no row may set logit_bias, min_tokens or penalties."""
     logits = logits.float()
     if any(r.logit_bias or r.min_tokens or r.penalized for r in requests):
-        if generated is None or seen is None:
+        if generated is None or controls is None:
             raise ValueError("rows with logit_bias, min_tokens or penalties need `generated` "
-                             "and `seen`")
-        apply_controls(logits, requests, generated, seen, eos_token_id)
+                             "and `controls`")
+        apply_controls(logits, requests, generated, controls, eos_token_id)
     if eos_token_id is not None:
         banned = [row for row, request in enumerate(requests) if request.ignore_eos]
         if banned:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from textgen.core.validation import GenerationRequest
-from textgen.transformers_engine.sampling import (apply_controls, filter_top_k_top_p, make_rng,
-                                                  make_seen, sample_next_tokens)
+from textgen.transformers_engine.sampling import (apply_controls, filter_top_k_top_p, make_controls,
+                                                  make_rng, sample_next_tokens)
 
 
 def test_greedy_rows_take_the_argmax_and_need_no_random_stream():
@@ -91,7 +91,9 @@ def test_logit_bias_can_force_or_ban_a_token_for_its_own_row_only():
     logits = torch.tensor([[0.0, 3.0, 1.0, 0.5]] * 3)
     rows = [_controls(logit_bias=((2, 100.0),)), _controls(logit_bias=((1, -100.0),)),
             _controls()]
-    assert sample_next_tokens(logits, rows, [None] * 3, None, [0] * 3, [None] * 3) == [2, 2, 1]
+    records = [make_controls(row, [0]) for row in rows]
+    assert records[2] is None  # a request without controls keeps no record
+    assert sample_next_tokens(logits, rows, [None] * 3, None, [0] * 3, records) == [2, 2, 1]
 
 
 def test_min_tokens_bans_eos_until_that_many_tokens_were_generated():
@@ -102,13 +104,13 @@ def test_min_tokens_bans_eos_until_that_many_tokens_were_generated():
 
 
 def test_penalties_follow_vllm_repetition_then_frequency_and_presence():
-    prompt, vocab = [0], 5
+    prompt = [0]
     request = _controls(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
-    seen = make_seen(request, prompt, vocab)
+    record = make_controls(request, prompt)
     for token in (3, 3, 4):
-        seen.add(token)
+        record.add(token)
     logits = torch.tensor([[4.0, 4.0, -4.0, 4.0, -4.0]])
-    apply_controls(logits, [request], [3], [seen], eos_token_id=None)
+    apply_controls(logits, [request], [3], [record], eos_token_id=None)
     # token 0: in the prompt, positive: 4 / 2; token 1: unseen; token 2: unseen, negative;
     # token 3: generated twice: 4 / 2 - 0.5 * 2 - 0.25; token 4: once, negative: -4 * 2 - 0.75.
     assert logits.tolist() == [[2.0, 4.0, -4.0, 0.75, -8.75]]
@@ -117,14 +119,14 @@ def test_penalties_follow_vllm_repetition_then_frequency_and_presence():
 def test_a_penalized_row_changes_nothing_for_its_neighbours():
     plain = _controls()
     penalized = _controls(presence_penalty=2.0, frequency_penalty=1.0)  # token 1: 3 - 3
-    seen = make_seen(penalized, [1], 3)
-    seen.add(1)
+    record = make_controls(penalized, [1])
+    record.add(1)
     logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
     assert sample_next_tokens(logits, [plain, penalized], [None, None], None, [1, 1],
-                              [None, seen]) == [1, 2]
-    assert make_seen(plain, [1], 3) is None  # requests without penalties keep no record
+                              [None, record]) == [1, 2]
+    assert make_controls(plain, [1]) is None  # requests without penalties keep no record
 
 
 def test_controls_without_the_rows_history_are_refused_not_ignored():
-    with pytest.raises(ValueError, match="need `generated` and `seen`"):
+    with pytest.raises(ValueError, match="need `generated` and `controls`"):
         sample_next_tokens(torch.zeros(1, 3), [_controls(min_tokens=1)], [None], 0)
