@@ -143,8 +143,9 @@ OPENAI: dict[ErrorType, tuple[int, str]] = {
     ErrorType.TIMEOUT: (504, "server_error"),
 }
 
-# Where the OpenAI shape applies instead of the contract's.
-OPENAI_PATH_PREFIX = "/v1/"
+# Where the OpenAI shape applies instead of the contract's: the /v1 API and vLLM's tokenizer
+# routes, all served by the OpenAI frontend (path prefixes).
+OPENAI_PATH_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
 
 # The types the model itself sets on its error responses (the others come from Envoy or

@@ -15,7 +15,7 @@
 -- and a gRPC error keeps a proper status with `<message> (request id <id>)` as grpc-message.
 --
 -- STATUS (type -> HTTP status), TYPE_OF_STATUS (status -> type), GRPC_STATUS (type -> gRPC
--- code), OPENAI_PATH_PREFIX and ERROR_TEXT (the `error` string's format) are defined above
+-- code), OPENAI_PATH_PREFIXES and ERROR_TEXT (the `error` string's format) are defined above
 -- this code by gateway/render.py from contracts/errors.py.
 
 -- A client's request id is kept when it is short and plain; anything else is replaced.
@@ -38,7 +38,11 @@ function envoy_on_request(handle)
   metadata:set("llm.gateway", "request_id", ensure_request_id(headers))
   -- The OpenAI-compatible routes answer in OpenAI's own error shape (openai_frontend/).
   local path = headers:get(":path") or ""
-  metadata:set("llm.gateway", "openai", path:sub(1, #OPENAI_PATH_PREFIX) == OPENAI_PATH_PREFIX)
+  local openai = false
+  for _, prefix in ipairs(OPENAI_PATH_PREFIXES) do
+    if path:sub(1, #prefix) == prefix then openai = true end
+  end
+  metadata:set("llm.gateway", "openai", openai)
 end
 
 -- Triton's own messages that name a condition other than their status says. Its JSON reader

@@ -24,7 +24,8 @@ from contracts.headers import FORWARDED
 
 from . import responses
 from .errors import OpenAIError, invalid
-from .protocol import Request, parse_chat, parse_completion
+from .protocol import (Request, parse_chat, parse_completion, parse_detokenize,
+                       parse_tokenize)
 from .served_model import ServedModel
 from .triton import Event, Final, Triton
 
@@ -145,6 +146,27 @@ class OpenAIFrontend:
         self._check_model(request.model)
         return await self._answer(http, request, request.prompt, chat=False)
 
+    async def tokenize(self, http: HTTPRequest) -> Response:
+        """vLLM's /tokenize: the ids the model would see, and its context length."""
+        request = parse_tokenize(await _json_body(http))
+        self._check_model(request.model)
+        if request.prompt is not None:
+            text, special = request.prompt, request.add_special_tokens
+        else:
+            text = self.model.chat_prompt(request.messages, request.add_generation_prompt)
+            special = request.add_special_tokens
+        tokens = self.model.tokenizer.encode(text, add_special_tokens=special)
+        strings = (self.model.tokenizer.convert_ids_to_tokens(tokens)
+                   if request.return_token_strs else None)
+        return JSONResponse({"count": len(tokens), "max_model_len": self.model.context_length,
+                             "tokens": tokens, "token_strs": strings})
+
+    async def detokenize(self, http: HTTPRequest) -> Response:
+        """vLLM's /detokenize: the text of a list of token ids."""
+        model, tokens = parse_detokenize(await _json_body(http), self.model.vocab_size)
+        self._check_model(model)
+        return JSONResponse({"prompt": self.model.tokenizer.decode(tokens)})
+
     async def chat_completions(self, http: HTTPRequest) -> Response:
         request = parse_chat(await _json_body(http))
         self._check_model(request.model)  # before rendering with that model's template
@@ -242,5 +264,7 @@ def create_app(frontend: OpenAIFrontend) -> Starlette:
         Route("/v1/models/{model:path}", _handled(frontend.get_model), methods=["GET"]),
         Route("/v1/completions", _handled(frontend.completions), methods=["POST"]),
         Route("/v1/chat/completions", _handled(frontend.chat_completions), methods=["POST"]),
+        Route("/tokenize", _handled(frontend.tokenize), methods=["POST"]),
+        Route("/detokenize", _handled(frontend.detokenize), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})

@@ -202,8 +202,7 @@ def _content(message: dict[str, Any], index: int) -> str:
                   f"messages[{index}].content")
 
 
-def parse_chat(body: Any) -> Request:
-    body = _object(body)
+def _messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("`messages` must be a non-empty list of {role, content} objects",
@@ -213,6 +212,61 @@ def parse_chat(body: Any) -> Request:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise invalid("each message needs a string `role`", f"messages[{index}]")
         parsed.append({"role": message["role"], "content": _content(message, index)})
+    return tuple(parsed)
+
+
+def parse_chat(body: Any) -> Request:
+    body = _object(body)
+    messages = _messages(body)
     stream = _flag(body, "stream")
     return Request(model=_model(body), sampling=_sampling(body), stream=stream,
-                   include_usage=_stream_options(body, stream), messages=tuple(parsed))
+                   include_usage=_stream_options(body, stream), messages=messages)
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """POST /tokenize, vLLM's shape: a completion `prompt` or chat `messages`."""
+
+    model: str
+    prompt: Optional[str] = None
+    messages: tuple[dict[str, str], ...] = ()
+    add_special_tokens: bool = True  # for a prompt; a rendered chat template has its own
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+def _optional_flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    return default if body.get(name) is None else _flag(body, name)
+
+
+def parse_tokenize(body: Any) -> TokenizeRequest:
+    body = _object(body)
+    model = _model(body)
+    if ("prompt" in body) == ("messages" in body):
+        raise invalid("send either `prompt` (a string) or `messages` (a chat), not both",
+                      "prompt")
+    flags = dict(return_token_strs=_optional_flag(body, "return_token_strs", False),
+                 add_generation_prompt=_optional_flag(body, "add_generation_prompt", True))
+    if "prompt" in body:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str):
+            raise invalid("`prompt` must be a string", "prompt")
+        return TokenizeRequest(model, prompt=prompt,
+                               add_special_tokens=_optional_flag(body, "add_special_tokens",
+                                                                 True), **flags)
+    return TokenizeRequest(model, messages=_messages(body),
+                           add_special_tokens=_optional_flag(body, "add_special_tokens", False),
+                           **flags)
+
+
+def parse_detokenize(body: Any, vocab_size: int) -> tuple[str, list[int]]:
+    """POST /detokenize, vLLM's shape: the model and its `tokens`."""
+    body = _object(body)
+    model = _model(body)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size
+            for t in tokens):
+        raise invalid(f"`tokens` must be a list of token ids in [0, {vocab_size - 1}]",
+                      "tokens")
+    return model, tokens

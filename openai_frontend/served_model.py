@@ -40,14 +40,20 @@ class ServedModel:
         return {"id": self.id, "object": "model", "created": self.created,
                 "owned_by": "llm-service", "max_model_len": self.context_length}
 
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+    @property
+    def vocab_size(self) -> int:
+        """Token ids this tokenizer knows, added tokens included."""
+        return len(self.tokenizer)
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]],
+                    add_generation_prompt: bool = True) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise invalid(f"the model `{self.id}` has no chat template, so it cannot serve "
                           "/v1/chat/completions; use /v1/completions with a plain prompt, or "
                           "add a chat_template.jinja to the model directory", "messages")
         try:
-            return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
         except Exception as exc:  # the template itself refused these messages
             raise invalid(f"the model's chat template refused these messages: {exc}",
                           "messages") from exc

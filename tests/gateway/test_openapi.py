@@ -58,7 +58,7 @@ def test_the_document_is_valid_openapi_3():
     ("get", "/v2/models/llm"), ("get", "/v2/models/llm/config"),
     ("get", "/v2/models/llm/ready"), ("get", "/healthz"), ("get", "/readyz"),
     ("get", "/v1/models"), ("get", "/v1/models/{model}"), ("post", "/v1/completions"),
-    ("post", "/v1/chat/completions"),
+    ("post", "/v1/chat/completions"), ("post", "/tokenize"), ("post", "/detokenize"),
 ])
 def test_every_public_route_is_documented(method, path):
     assert method in DOCUMENT["paths"][path]

@@ -358,3 +358,57 @@ def test_the_sdk_gets_a_bad_request_naming_an_out_of_range_control(client, field
         client.completions.create(model=MODEL, prompt="The list", max_tokens=4,
                                   **{field: value})
     assert info.value.body["param"] == field
+
+
+def _schema(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                 "components": OPENAPI["components"]})
+
+
+def test_tokenize_and_detokenize_round_trip_through_the_gateway(gateway, api_key):
+    """vLLM's tokenizer routes, behind the same keys: the ids the model sees for a prompt or
+    a chat, and the text back from ids."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL)
+    headers = {"X-API-Key": api_key}
+    reply = requests.post(gateway.url + "/tokenize", headers=headers, timeout=10, json={
+        "model": MODEL, "prompt": "The list module", "return_token_strs": True})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert not list(_schema("TokenizeResponse").iter_errors(body))
+    assert body["tokens"] == tokenizer.encode("The list module")
+    assert (body["count"], body["max_model_len"]) == (len(body["tokens"]), 512)
+    assert body["token_strs"] == tokenizer.convert_ids_to_tokens(body["tokens"])
+    back = requests.post(gateway.url + "/detokenize", headers=headers, timeout=10,
+                         json={"model": MODEL, "tokens": body["tokens"]})
+    assert back.json() == {"prompt": "The list module"}
+    chat = requests.post(gateway.url + "/tokenize", headers=headers, timeout=10, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "What is a list?"}]}).json()
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "What is a list?"}],
+                                             tokenize=False, add_generation_prompt=True)
+    assert chat["tokens"] == tokenizer.encode(rendered, add_special_tokens=False)
+    assert chat["token_strs"] is None
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("/detokenize", {"model": MODEL, "tokens": [1, 999999]}, 400, "tokens"),
+    ("/detokenize", {"model": MODEL, "tokens": "1 2"}, 400, "tokens"),
+    ("/tokenize", {"model": MODEL}, 400, "prompt"),
+    ("/tokenize", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+])
+def test_tokenizer_routes_refuse_bad_input_in_openais_shape(gateway, api_key, path, body,
+                                                            status, param):
+    reply = requests.post(gateway.url + path, json=body, headers={"X-API-Key": api_key},
+                          timeout=10)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and reply.headers["x-request-id"]
+    assert not list(_schema("OpenAIError").iter_errors(reply.json()))
+
+
+def test_tokenizer_routes_need_a_key_and_say_so_in_openais_shape(gateway):
+    reply = requests.post(gateway.url + "/tokenize", json={"model": MODEL, "prompt": "x"},
+                          timeout=10)
+    assert reply.status_code == 401
+    assert reply.json()["error"]["type"] == "authentication_error"

@@ -179,3 +179,28 @@ def test_sampling_controls_reach_the_model_under_their_input_names_and_datatypes
 def test_a_logit_bias_that_is_not_an_object_is_refused_by_name(value):
     error = _refused(parse_completion, {"model": "m", "prompt": "hi", "logit_bias": value})
     assert (error.status, error.param) == (400, "logit_bias")
+
+
+def test_tokenize_takes_a_prompt_or_messages_with_vllms_defaults():
+    from openai_frontend.protocol import parse_tokenize
+
+    prompt = parse_tokenize({"model": "m", "prompt": "hi"})
+    assert (prompt.prompt, prompt.add_special_tokens, prompt.return_token_strs) == (
+        "hi", True, False)
+    chat = parse_tokenize({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                           "add_generation_prompt": False})
+    assert (chat.messages, chat.add_special_tokens, chat.add_generation_prompt) == (
+        ({"role": "user", "content": "hi"},), False, False)
+    for body in ({"model": "m"}, {"model": "m", "prompt": "a", "messages": []},
+                 {"model": "m", "prompt": 3}):
+        assert _refused(parse_tokenize, body).param == "prompt"
+
+
+def test_detokenize_refuses_ids_outside_the_vocabulary_by_name():
+    from openai_frontend.protocol import parse_detokenize
+
+    assert parse_detokenize({"model": "m", "tokens": [0, 5]}, 6) == ("m", [0, 5])
+    for tokens in ([6], [-1], [True], "0 1", None):
+        with pytest.raises(OpenAIError) as info:
+            parse_detokenize({"model": "m", "tokens": tokens}, 6)
+        assert info.value.param == "tokens"

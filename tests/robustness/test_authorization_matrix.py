@@ -28,6 +28,7 @@ import requests
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from contracts.errors import OPENAI_PATH_PREFIXES
 from tests.harness import assert_error_contract
 
 # A prompt no other text contains, so the log scan can look for it.
@@ -78,6 +79,8 @@ HTTP_ROUTES = [
     Route("GET", "/v1/models/demo_model", "key"),
     Route("POST", "/v1/completions", "key", OPENAI_COMPLETION),
     Route("POST", "/v1/chat/completions", "key", OPENAI_CHAT),
+    Route("POST", "/tokenize", "key", {"model": "demo_model", "prompt": PROMPT}),
+    Route("POST", "/detokenize", "key", {"model": "demo_model", "tokens": [264, 548]}),
     Route("POST", "/v1/embeddings", "hidden", {"model": "demo_model", "input": PROMPT}),
     Route("GET", "/v1/files", "hidden"),
     # The rest of Triton's HTTP API: model repository, statistics of every model, shared
@@ -195,7 +198,7 @@ def test_http_route_answers_by_policy(gateway, keys, route: Route, state: str):
     if expected == 200:
         assert reply.status_code == 200, reply.text[:300]
         return
-    if route.path.startswith("/v1/"):
+    if route.path.startswith(OPENAI_PATH_PREFIXES):
         message = assert_openai_error(reply, expected, ERROR_TYPES[expected])
     else:
         message = assert_error_contract(reply, expected, ERROR_TYPES[expected])["error"]
