@@ -62,6 +62,12 @@ class GenerationRequest:
         return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
                 or self.repetition_penalty != 1.0)
 
+    @property
+    def reshapes_logits(self) -> bool:
+        """Whether sampling changes this row's logits before drawing (bias or penalties),
+        which needs a per-sequence record of arrays."""
+        return bool(self.logit_bias) or self.penalized
+
 
 def _scalar(name: str, value: Optional[np.ndarray]) -> Any:
     """One element from a tensor of any shape that holds exactly one element, or None."""

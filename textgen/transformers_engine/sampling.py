@@ -74,7 +74,7 @@ class RowControls:
 def make_controls(request: GenerationRequest,
                   prompt_ids: Sequence[int]) -> Optional[RowControls]:
     """The record a request with a logit_bias or penalties needs; other requests need none."""
-    if request.logit_bias or request.penalized:
+    if request.reshapes_logits:
         return RowControls(request, prompt_ids)
     return None
 
@@ -90,7 +90,7 @@ def apply_controls(logits: torch.Tensor, requests: Sequence[GenerationRequest],
         return torch.from_numpy(array).to(device)
 
     rows = [row for row, record in enumerate(controls) if record is not None]
-    if len(rows) != sum(1 for r in requests if r.logit_bias or r.penalized):
+    if len(rows) != sum(1 for r in requests if r.reshapes_logits):
         raise ValueError("every row with logit_bias or penalties needs its record "
                          "(make_controls)")
     records: list[RowControls] = [controls[row] for row in rows]  # type: ignore[misc]
@@ -151,7 +151,7 @@ def sample_next_tokens(logits: torch.Tensor, requests: Sequence[GenerationReques
     `generated` (tokens each row has produced) and `controls` (make_controls) serve
     `apply_controls`; without them no row may set logit_bias, min_tokens or penalties."""
     logits = logits.float()
-    if any(r.logit_bias or r.min_tokens or r.penalized for r in requests):
+    if any(r.reshapes_logits or r.min_tokens for r in requests):
         if generated is None or controls is None:
             raise ValueError("rows with logit_bias, min_tokens or penalties need `generated` "
                              "and `controls`")
