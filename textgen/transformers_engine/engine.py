@@ -70,8 +70,8 @@ class TransformersEngine(EngineBase):
             self._use_cpu_threads(torch.set_num_threads)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
-        self._vocab_size = int(self.model.config.vocab_size)  # the logits' width
-        self.limits = self._narrow_limits(model_context(self.model.config), self._vocab_size)
+        self.limits = self._narrow_limits(model_context(self.model.config),
+                                          int(self.model.config.vocab_size))
         self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
         self._detokenize = fast_decoder(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
@@ -201,7 +201,7 @@ class TransformersEngine(EngineBase):
         for seq, token in zip(seqs, tokens):
             seq.generated += 1
             seq.last_token = token
-            if seq.controls is not None and seq.controls.penalized:
+            if seq.controls is not None:
                 seq.controls.add(token)
             if seq.timeline.first_token_at is None:
                 seq.timeline.first_token_at = now

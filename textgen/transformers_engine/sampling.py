@@ -61,7 +61,9 @@ class RowControls:
         self.size = len(unique)
 
     def add(self, token_id: int) -> None:
-        """Count a generated token (penalized rows only)."""
+        """Count a generated token; only penalties need the count."""
+        if not self.penalized:
+            return
         slot = self._slot.get(token_id)
         if slot is None:
             slot = self._slot[token_id] = self.size

@@ -106,10 +106,11 @@ class Scheduler(Generic[S]):
         """Called after a step with the sequences that ended; frees their budget at once.
         `kept_rows`: the executor's new row order after it dropped theirs (old row numbers)."""
         done = set(map(id, finished))
-        if kept_rows is not None:
+        if kept_rows is not None:  # the executor's order already leaves theirs out
             self.rows = [self.rows[r] for r in kept_rows]
-        if done:
+        elif done:
             self.rows = [s for s in self.rows if id(s) not in done]
+        if done:
             self.admitted = [s for s in self.admitted if id(s) not in done]
 
     def drop_waiting(self, dropped: Iterable[S]) -> None:

@@ -11,9 +11,9 @@ engine's: take new requests, drop the cancelled and the expired, run one step, h
 sequence its new text; so cancellation takes effect at the next step (`abort_request`), as
 there. On a GPU the model runs on the device either way.
 
-What is shared with the transformers engine (`engines.py`): admission (queue bound, queue
-timeout, drain), pacing of streamed text, the output record, the metrics hooks and the limits'
-shape; vLLM contributes the model execution, its own scheduling within `max_num_seqs`, sampling
+What is shared with the transformers engine (`EngineBase`, textgen/core/engine.py): admission
+(queue bound, queue timeout, drain), pacing of streamed text, the output record, the metrics
+hooks and the limits' shape; vLLM contributes the model execution, its own scheduling within `max_num_seqs`, sampling
 (seeded per request), stop strings and detokenising.
 """
 
