@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from benchmarks import llamacpp
 from tools import real_model
@@ -65,7 +65,7 @@ class _Sink:
     tokens: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         now = time.monotonic()
         if self.first is None:
             self.first = now

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from benchmarks import workload
 from textgen.core.config import EngineConfig
@@ -43,7 +43,7 @@ class _Client:
         self.tokens = 0
         self.total = 0.0
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         if self.first is None:
             self.first = time.monotonic() - self.sent
 

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -76,7 +77,7 @@ class _Done:
         self.event = threading.Event()
         self.output: SequenceOutput | None = None
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         pass
 
     def on_finish(self, output: SequenceOutput) -> None:

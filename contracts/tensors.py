@@ -55,7 +55,8 @@ def _by_name(*tensors: Tensor) -> dict[str, Tensor]:
 INPUTS: dict[str, Tensor] = _by_name(
     Tensor("text_input", "TYPE_STRING", doc="the prompt, UTF-8, not empty"),
     Tensor("max_tokens", "TYPE_INT32", optional=True,
-           doc="new tokens to generate, 1..max_new_tokens (default: default_max_tokens)"),
+           doc="new tokens to generate, 1..max_new_tokens (default: default_max_tokens); 0 "
+               "with prompt_logprobs only scores the prompt"),
     Tensor("temperature", "TYPE_FP32", optional=True, doc="0 (greedy, the default) .. 2"),
     Tensor("top_p", "TYPE_FP32", optional=True, doc="(0, 1], default 1"),
     Tensor("top_k", "TYPE_INT32", optional=True, doc="0 (off, the default) .. vocabulary size"),
@@ -77,6 +78,11 @@ INPUTS: dict[str, Tensor] = _by_name(
                "token in the prompt or the output"),
     Tensor("logit_bias", "TYPE_STRING", optional=True,
            doc='a JSON object of token id -> bias in [-100, 100], e.g. {"50256": -100}'),
+    Tensor("logprobs", "TYPE_INT32", optional=True,
+           doc="0..20: return each generated token's log-probability and this many of the most "
+               "likely tokens at its position, in token_logprobs"),
+    Tensor("prompt_logprobs", "TYPE_INT32", optional=True,
+           doc="0..20: the same for each prompt token, in prompt_token_logprobs"),
 )
 
 # `llm_stream` takes the same inputs and `stream` (false: one response with the whole text,
@@ -86,6 +92,7 @@ STREAM_INPUTS: dict[str, Tensor] = {**INPUTS, **_by_name(
            doc="default true; false: one response with the whole text"))}
 
 # The outputs of both models. A stream's last response carries `finish_reason` and the counts.
+# The logprobs outputs are in a response only when the request asked for them.
 OUTPUTS: dict[str, Tensor] = _by_name(
     Tensor("text_output", "TYPE_STRING",
            doc="the completion (after the prompt unless excluded); a stream's piece"),
@@ -93,4 +100,10 @@ OUTPUTS: dict[str, Tensor] = _by_name(
            doc='"stop" (EOS or a stop string) or "length"; empty until the end'),
     Tensor("num_input_tokens", "TYPE_INT32", doc="prompt tokens"),
     Tensor("num_output_tokens", "TYPE_INT32", doc="generated tokens"),
+    Tensor("token_logprobs", "TYPE_STRING",
+           doc="only with `logprobs`: JSON, one entry per generated token of this response "
+               "(contracts/logprobs.py)"),
+    Tensor("prompt_token_logprobs", "TYPE_STRING",
+           doc="only with `prompt_logprobs`: JSON, one entry per prompt token, the first null; in "
+               "the final response"),
 )

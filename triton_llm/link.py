@@ -25,9 +25,10 @@ import struct
 import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from contracts.errors import ErrorType
+from contracts.logprobs import TokenLogprobs
 from textgen.core.outputs import OutputSink, SequenceOutput
 from triton_llm.link_messages import (Cancel, Finished, FromEngine, Generate, Outputs, Refused,
                                       Text, ToEngine)
@@ -65,7 +66,8 @@ def merged(items: list[tuple[int, FromEngine]]) -> list[tuple[int, FromEngine]]:
         if isinstance(message, Text) and at is not None:
             previous = out[at][1]
             assert isinstance(previous, Text)
-            out[at] = (request_id, Text(previous.delta + message.delta))
+            out[at] = (request_id, Text(previous.delta + message.delta,
+                                        previous.logprobs + message.logprobs))
             continue
         open_text.pop(request_id, None)
         if isinstance(message, Text):
@@ -99,8 +101,8 @@ class _RequestSink:
         self._sender = sender
         self.cancelled = False
 
-    def on_text(self, delta: str) -> None:
-        self._sender.send(self._channel, self._id, Text(delta))
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
+        self._sender.send(self._channel, self._id, Text(delta, tuple(logprobs)))
 
     def on_finish(self, output: SequenceOutput) -> None:
         self._channel.sinks.pop(self._id, None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
 from contracts.errors import ErrorType
+from contracts.logprobs import TokenLogprobs
 from textgen.core.outputs import SequenceOutput
 
 
@@ -36,9 +37,11 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Text:
-    """New text of the sequence (pieces that queued up may arrive merged, never reordered)."""
+    """New text of the sequence (pieces that queued up may arrive merged, never reordered),
+    and the logprobs of the tokens behind it when the request asked for them."""
 
     delta: str
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from contracts import logprobs as logprobs_wire
 from contracts.errors import ErrorType, wire_message
 from contracts.headers import Header
+from contracts.logprobs import TokenLogprobs
 from contracts.tensors import INPUTS, OUTPUTS
 from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
 
@@ -79,11 +81,23 @@ def tensors(values: Mapping[str, Any], dtypes: Mapping[str, Any]) -> list[Any]:
             for name, value in values.items()]
 
 
-def final_values(output: SequenceOutput, text: str) -> dict[str, Any]:
-    return {"text_output": text.encode("utf-8"),
-            "finish_reason": output.finish_reason.value.encode(),
-            "num_input_tokens": output.prompt_tokens,
-            "num_output_tokens": output.completion_tokens}
+def final_values(output: SequenceOutput, text: str, streamed: bool = False) -> dict[str, Any]:
+    """The last response's outputs; a stream's carries no text and no token logprobs (its
+    pieces had them)."""
+    values = {"text_output": text.encode("utf-8"),
+              "finish_reason": output.finish_reason.value.encode(),
+              "num_input_tokens": output.prompt_tokens,
+              "num_output_tokens": output.completion_tokens}
+    if output.logprobs is not None:
+        values.update(logprobs_values(() if streamed else output.logprobs))
+    if output.prompt_logprobs is not None:
+        values["prompt_token_logprobs"] = logprobs_wire.dumps(output.prompt_logprobs).encode()
+    return values
+
+
+def logprobs_values(logprobs: Sequence[TokenLogprobs]) -> dict[str, Any]:
+    """The `token_logprobs` output of a response that carries these tokens."""
+    return {"token_logprobs": logprobs_wire.dumps(logprobs).encode()}
 
 
 def log_request(meta: Mapping[str, str], status: str,
@@ -131,8 +145,8 @@ class Logged:
         self._sink = sink
         self._meta = {**meta, "mode": "stream" if streamed else "unary"}
 
-    def on_text(self, delta: str) -> None:
-        self._sink.on_text(delta)
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
+        self._sink.on_text(delta, logprobs)
 
     def on_finish(self, output: SequenceOutput) -> None:
         failure = output_error(output)
@@ -159,8 +173,8 @@ class UnaryResponder:
         self._next_poll = 0.0
         self._cancelled = False
 
-    def on_text(self, delta: str) -> None:
-        """Unary callers get the whole text at the end."""
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
+        """Unary callers get the whole text (and logprobs) at the end."""
 
     def on_finish(self, output: SequenceOutput) -> None:
         failure = output_error(output)

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from contracts.errors import LOCAL_REPLIES, ErrorType
+from contracts.logprobs import MAX_TOP_LOGPROBS
 from textgen.core.config import Limits
 from textgen.core.validation import (MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, ValidationError,
                                      parse_request)
@@ -95,7 +96,9 @@ def test_the_limits_are_the_models():
     assert prompt["maxLength"] == LIMITS.max_prompt_chars
     assert str(LIMITS.max_prompt_tokens) in prompt["description"].replace(",", "")
     assert (fields["max_tokens"]["minimum"], fields["max_tokens"]["maximum"]) == (
-        1, LIMITS.max_new_tokens)
+        0, LIMITS.max_new_tokens)  # 0 only with prompt_logprobs (the schema's `if`)
+    assert (fields["logprobs"]["maximum"], fields["prompt_logprobs"]["maximum"]) == (
+        MAX_TOP_LOGPROBS, MAX_TOP_LOGPROBS)
     assert fields["max_tokens"]["default"] == LIMITS.default_max_tokens
     assert fields["top_k"]["maximum"] == LIMITS.vocab_size
     assert fields["seed"]["maximum"] == MAX_SEED
@@ -108,7 +111,7 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
     """The tensors Triton's generate endpoint makes of a JSON body."""
     dtypes = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32,
               "top_k": np.int32, "seed": np.uint64, "exclude_input_in_output": np.bool_,
-              "ignore_eos": np.bool_}
+              "ignore_eos": np.bool_, "logprobs": np.int32, "prompt_logprobs": np.int32}
     tensors = {}
     for name, value in body.items():
         if name in ("text_input", "stop"):
@@ -147,6 +150,12 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
     {"text_input": "x" * 8176},
     {"text_input": "x" * 8177},
     {"text_input": "hi", "ignore_eos": True, "exclude_input_in_output": False},
+    {"text_input": "hi", "logprobs": 0},
+    {"text_input": "hi", "logprobs": 20},
+    {"text_input": "hi", "logprobs": 21},
+    {"text_input": "hi", "logprobs": -1},
+    {"text_input": "hi", "prompt_logprobs": 5, "max_tokens": 0},
+    {"text_input": "hi", "prompt_logprobs": 21},
 ])
 def test_the_schema_and_the_model_agree_on_each_field(body):
     in_schema = _validator("GenerateRequest").is_valid(body)

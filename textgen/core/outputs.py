@@ -6,7 +6,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
+
+from contracts.logprobs import TokenLogprobs
 
 log = logging.getLogger("textgen")
 
@@ -40,6 +42,10 @@ class SequenceOutput:
     first_token_seconds: float  # from arrival; equals total when no token was produced
     total_seconds: float
     error: str = ""  # set when finish_reason is REJECTED or ERROR
+    # Only for a request that asked (None otherwise): each generated token's, and each prompt
+    # position's (the first is None: nothing predicts it).
+    logprobs: Optional[tuple[TokenLogprobs, ...]] = None
+    prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
 
 
 @dataclass
@@ -51,7 +57,10 @@ class Timeline:
     first_token_at: Optional[float] = None
 
     def output(self, text: str, reason: FinishReason, prompt_tokens: int,
-               completion_tokens: int, error: str = "") -> SequenceOutput:
+               completion_tokens: int, error: str = "",
+               logprobs: Optional[Sequence[TokenLogprobs]] = None,
+               prompt_logprobs: Optional[Sequence[Optional[TokenLogprobs]]] = None
+               ) -> SequenceOutput:
         """The sequence's end as the sinks and metrics see it, timed from now."""
         now = time.monotonic()
         return SequenceOutput(
@@ -59,12 +68,15 @@ class Timeline:
             completion_tokens=completion_tokens,
             queue_seconds=(self.admitted_at or now) - self.arrival,
             first_token_seconds=(self.first_token_at or now) - self.arrival,
-            total_seconds=now - self.arrival, error=error)
+            total_seconds=now - self.arrival, error=error,
+            logprobs=None if logprobs is None else tuple(logprobs),
+            prompt_logprobs=None if prompt_logprobs is None else tuple(prompt_logprobs))
 
 
 class Pacer:
     """How often a stream hands text on: the first piece at once, then at most once per
-    `interval_s` (what came in between goes out together), and all of it at the end.
+    `interval_s` (what came in between goes out together), and all of it at the end. The
+    logprobs of the tokens behind the text travel with it.
 
     Why: every hand-over costs a link message, a Triton response, an SSE event and a client
     wake-up, on the cores the model needs; vLLM's stream interval makes the same trade. A piece
@@ -74,25 +86,33 @@ class Pacer:
     def __init__(self, interval_s: float) -> None:
         self._interval_s = interval_s
         self._unsent = ""
+        self._unsent_logprobs: list[TokenLogprobs] = []
         self._sent_at = float("-inf")
 
-    def take(self, delta: str, now: float, final: bool = False) -> str:
-        """Add `delta`; returns the text to hand on now (empty: hold it)."""
+    def take(self, delta: str, now: float, final: bool = False,
+             logprobs: Sequence[TokenLogprobs] = ()) -> tuple[str, list[TokenLogprobs]]:
+        """Add `delta` (and its tokens' logprobs); returns what to hand on now (nothing
+        held back: hold it)."""
         self._unsent += delta
-        if not self._unsent or not (final or now - self._sent_at >= self._interval_s):
-            return ""
-        text, self._unsent, self._sent_at = self._unsent, "", now
-        return text
+        self._unsent_logprobs.extend(logprobs)
+        if not (self._unsent or self._unsent_logprobs) or not (
+                final or now - self._sent_at >= self._interval_s):
+            return "", []
+        taken = self._unsent, self._unsent_logprobs
+        self._unsent, self._unsent_logprobs, self._sent_at = "", [], now
+        return taken
 
 
 class OutputSink(Protocol):
     """Where one sequence's results go. Called from the engine thread only.
 
-    `on_text` receives each piece of final text as it is produced; exactly one `on_finish`
-    follows, on success, cancellation and error alike.
+    `on_text` receives each piece of final text as it is produced, with the logprobs of the
+    tokens behind it when the request asked for them (a piece may hold logprobs and no text:
+    an incomplete character, text held back for a stop string, the end-of-sequence token);
+    exactly one `on_finish` follows, on success, cancellation and error alike.
     """
 
-    def on_text(self, delta: str) -> None: ...
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None: ...
 
     def on_finish(self, output: SequenceOutput) -> None: ...
 
@@ -119,14 +139,14 @@ class EngineObserver:
 
 
 def send_text(sink: OutputSink, pacer: Pacer, delta: str, now: float,
-              final: bool = False) -> bool:
+              final: bool = False, logprobs: Sequence[TokenLogprobs] = ()) -> bool:
     """Hand `delta` to the sink when its pacer says so; False when the sink failed (the
     client is gone), which the engine treats as a cancellation."""
-    text = pacer.take(delta, now, final)
-    if not text:
+    text, taken = pacer.take(delta, now, final, logprobs)
+    if not (text or taken):
         return True
     try:
-        sink.on_text(text)
+        sink.on_text(text, taken)
     except Exception:
         log.warning("sending a token failed; cancelling the sequence", exc_info=True)
         return False

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from contracts.logprobs import MAX_TOP_LOGPROBS
 from textgen.core.config import Limits
 
 MAX_STOP_STRINGS = 8
@@ -51,6 +52,9 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # 1 means none
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids ascending
+    # None: not asked; k: each generated token's (prompt token's) logprob and the top k there
+    logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
 
     @property
     def greedy(self) -> bool:
@@ -181,8 +185,14 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
     top_p = _scalar("top_p", inputs.get("top_p"))
     top_k = _scalar("top_k", inputs.get("top_k"))
     seed = _scalar("seed", inputs.get("seed"))
+    logprobs = _scalar("logprobs", inputs.get("logprobs"))
+    prompt_logprobs = _scalar("prompt_logprobs", inputs.get("prompt_logprobs"))
+    if prompt_logprobs is not None:
+        prompt_logprobs = _integer("prompt_logprobs", prompt_logprobs, 0, MAX_TOP_LOGPROBS)
+    # max_tokens 0 only scores the prompt: it needs prompt_logprobs.
     max_tokens = (limits.default_max_tokens if max_tokens is None
-                  else _integer("max_tokens", max_tokens, 1, limits.max_new_tokens))
+                  else _integer("max_tokens", max_tokens, 0 if prompt_logprobs is not None else 1,
+                                limits.max_new_tokens))
     min_tokens = _scalar("min_tokens", inputs.get("min_tokens"))
     presence = _scalar("presence_penalty", inputs.get("presence_penalty"))
     frequency = _scalar("frequency_penalty", inputs.get("frequency_penalty"))
@@ -208,6 +218,9 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
             "repetition_penalty", repetition, 0, MAX_PENALTY, low_open=True),
         logit_bias=_logit_bias(_scalar("logit_bias", inputs.get("logit_bias")),
                                limits.vocab_size),
+        logprobs=None if logprobs is None else _integer("logprobs", logprobs, 0,
+                                                        MAX_TOP_LOGPROBS),
+        prompt_logprobs=prompt_logprobs,
     )
 
 

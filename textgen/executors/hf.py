@@ -19,12 +19,12 @@ and says why not otherwise, in the start-up log.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
 from textgen.core.loading import ModelLoadError
-from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs
+from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
 
 log = logging.getLogger("textgen")
 
@@ -35,8 +35,13 @@ class Executor(Protocol):
     name: str
     forward_path: str  # how the forward (decode steps and prefill) runs, for the start-up log
 
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Run the prompts, add them as new rows; returns their next-token logits [n, vocab]."""
+    def prefill(self, prompts: list[list[int]],
+                every_position: Sequence[bool] = ()) -> torch.Tensor:
+        """Run the prompts, add them as new rows; returns their next-token logits [n, vocab].
+
+        A prompt whose `every_position` is set (prompt logprobs) gets the logits after each of
+        its tokens instead of the last one only, so the result holds, prompt after prompt, one
+        row or len(prompt) rows (kv_batch.prefill_positions)."""
         ...
 
     def decode(self, last_tokens: list[int]) -> torch.Tensor:
@@ -66,15 +71,19 @@ class HFExecutor:
         self._kv_tokens = kv_tokens
         self._batch = KVBatch(kv_tokens)
 
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, prompts: list[list[int]],
+                every_position: Sequence[bool] = ()) -> torch.Tensor:
         ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
         # logits_to_keep=1: only the last position's logits are sampled; computing the
-        # vocabulary projection for every prompt token would dominate the prefill.
+        # vocabulary projection for every prompt token would dominate the prefill. With
+        # prompt logprobs the module projects every position of the group (it takes one cut for
+        # all rows), which the prompts beside one that asks pay for too.
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
+                         past_key_values=new_cache(), use_cache=True,
+                         logits_to_keep=0 if any(every_position) else 1)
         self._batch.join([(layer.keys, layer.values) for layer in out.past_key_values.layers],
                          mask)
-        return out.logits[:, -1, :]
+        return prefill_positions(out.logits, prompts, every_position)
 
     def decode(self, last_tokens: list[int]) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()

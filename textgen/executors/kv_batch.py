@@ -209,3 +209,15 @@ def prefill_inputs(prompts: list[list[int]], pad_id: int,
         ids[row, mask.shape[1] - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
+
+
+def prefill_positions(padded: torch.Tensor, prompts: list[list[int]],
+                      every_position: Sequence[bool]) -> torch.Tensor:
+    """From `padded` ([prompts, longest, ...], left padded as `prefill_inputs` lays them), the
+    positions a prefill returns: each prompt's last one, or all of its own where
+    `every_position` is set (prompt logprobs), prompt after prompt."""
+    if not any(every_position):
+        return padded[:, -1]
+    longest = padded.shape[1]
+    return torch.cat([padded[i, longest - len(p):] if every else padded[i, -1:]
+                      for i, (p, every) in enumerate(zip(prompts, every_position))])

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from textgen.executors.kv_batch import KVBatch, prefill_inputs, prefill_mask
+from textgen.executors.kv_batch import KVBatch, prefill_inputs, prefill_mask, prefill_positions
 from textgen.executors.native import kernel as forward_kernel
 
 log = logging.getLogger("textgen")
@@ -170,9 +170,10 @@ class LlamaExecutor:
 
     # ---- the Executor interface ---------------------------------------------------------
 
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, prompts: list[list[int]],
+                every_position: Sequence[bool] = ()) -> torch.Tensor:
         if self._kernel is not None:
-            layers, logits = self._kernel.prefill(prompts)
+            layers, logits = self._kernel.prefill(prompts, every_position)
             self._batch.join(layers, prefill_mask(prompts))
             return logits
         ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
@@ -194,7 +195,7 @@ class LlamaExecutor:
 
         hidden = self._forward(ids, positions, attend)
         self._batch.join(layers, mask)
-        return self._logits(hidden)
+        return self._logits(prefill_positions(hidden, prompts, every_position))
 
     def decode(self, last_tokens: list[int]) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()
@@ -219,7 +220,7 @@ class LlamaExecutor:
         ids = torch.tensor(last_tokens, device=self._device).unsqueeze(1)
         hidden = self._forward(ids, positions, attend)
         self._batch.commit_decode()
-        return self._logits(hidden)
+        return self._logits(hidden[:, -1])
 
     def drop(self, rows: list[int]) -> list[int]:
         return self._batch.drop(rows)
@@ -231,7 +232,8 @@ class LlamaExecutor:
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Any) -> torch.Tensor:
         """The decoder stack over `ids` ([rows, tokens]); `attend(layer, q, k, v)` stores the
-        new keys and values and returns the attention output, [rows, heads, tokens, dim]."""
+        new keys and values and returns the attention output, [rows, heads, tokens, dim].
+        Returns the hidden state of every position, [rows, tokens, hidden]."""
         rows, tokens = ids.shape
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
         qk_width = (heads + kv_heads) * dim
@@ -250,10 +252,10 @@ class LlamaExecutor:
             h = F.rms_norm(x, self._hidden, layer.post_norm, self._eps)
             gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
-        return x[:, -1]
+        return x
 
-    def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        """Only the last position's logits: the vocabulary projection of every prompt token
-        would dominate the prefill."""
-        return F.linear(F.rms_norm(last_hidden, self._hidden, self._final_norm, self._eps),
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits of the positions chosen (a prompt's last one unless it asked for all:
+        the vocabulary projection of every prompt token would dominate the prefill)."""
+        return F.linear(F.rms_norm(hidden, self._hidden, self._final_norm, self._eps),
                         self._lm_head)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 
+from contracts.logprobs import TokenLogprobs
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
@@ -25,10 +26,11 @@ from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pace
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
 from textgen.executors.hf import select_executor
 from textgen.executors.kv_batch import HEADROOM
+from textgen.transformers_engine.logprobs import normalized, prompt_records, records
 from textgen.transformers_engine.sampling import (RowControls, make_controls, make_rng,
                                                   sample_next_tokens)
 from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
-from textgen.transformers_engine.tokenization import TextAssembler, fast_decoder
+from textgen.transformers_engine.tokenization import TextAssembler, TokenTexts, fast_decoder
 
 log = logging.getLogger("textgen")
 
@@ -48,6 +50,9 @@ class SequenceState:
     generated: int = 0
     last_token: int = -1
     finish_reason: Optional[FinishReason] = None
+    # Only when the request asks for them (None otherwise).
+    logprobs: Optional[list[TokenLogprobs]] = None
+    prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
 
     @property
     def token_budget(self) -> int:
@@ -74,6 +79,7 @@ class TransformersEngine(EngineBase):
                                           int(self.model.config.vocab_size))
         self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
         self._detokenize = fast_decoder(self.tokenizer)
+        self._token_text = TokenTexts(self.tokenizer)
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
@@ -108,7 +114,8 @@ class TransformersEngine(EngineBase):
                                                     request.min_tokens),
                             rng=make_rng(request),
                             controls=make_controls(request, prompt_ids),
-                            pacer=Pacer(self._stream_interval_s))
+                            pacer=Pacer(self._stream_interval_s),
+                            logprobs=None if request.logprobs is None else [])
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
                 f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
@@ -181,10 +188,29 @@ class TransformersEngine(EngineBase):
         share = (admitted if self.config.scheduling == "static" else
                  prefill_share(admitted, _prompt_length, self.config.max_prefill_tokens))
         for group in prefill_groups(share, _prompt_length, self.config.max_prefill_tokens):
-            logits = self.executor.prefill([s.prompt_ids for s in group])
+            every = [s.request.prompt_logprobs is not None for s in group]
+            logits = self.executor.prefill([s.prompt_ids for s in group], every)
+            if any(every):
+                logits = self._score_prompts(group, logits)
             with self._wakeup:
                 rows = self._scheduler.join_batch(group)
             self._advance(rows, logits)
+
+    def _score_prompts(self, group: list[SequenceState], logits: torch.Tensor) -> torch.Tensor:
+        """Keep the prompt logprobs of the prompts that asked, from the logits of each of
+        their positions; returns each prompt's last logits, [prompts, vocab]."""
+        last, at = [], 0
+        for seq in group:
+            if seq.request.prompt_logprobs is None:
+                last.append(logits[at])
+                at += 1
+                continue
+            positions = logits[at:at + len(seq.prompt_ids)]
+            seq.prompt_logprobs = prompt_records(positions, seq.prompt_ids,
+                                                 seq.request.prompt_logprobs, self._token_text)
+            last.append(positions[-1])
+            at += len(seq.prompt_ids)
+        return torch.stack(last)
 
     def _decode(self) -> None:
         rows = self._scheduler.rows
@@ -194,11 +220,22 @@ class TransformersEngine(EngineBase):
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
         seqs = [self._scheduler.rows[r] for r in rows]
+        asking = [i for i, s in enumerate(seqs) if s.logprobs is not None]
+        # Before sampling: its controls change the logits in place.
+        scored = normalized(logits[asking]) if asking else None
         tokens = sample_next_tokens(logits, [s.request for s in seqs], [s.rng for s in seqs],
                                     self._eos_id, [s.generated for s in seqs],
                                     [s.controls for s in seqs])
+        entries: dict[int, TokenLogprobs] = {}
+        if scored is not None:
+            entries = dict(zip(asking, records(
+                scored, [tokens[i] for i in asking],
+                [seqs[i].request.logprobs or 0 for i in asking], self._token_text)))
         now = time.monotonic()
-        for seq, token in zip(seqs, tokens):
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            if seq.request.max_tokens == 0:  # it only scored its prompt
+                seq.finish_reason = FinishReason.LENGTH
+                continue
             seq.generated += 1
             seq.last_token = token
             if seq.controls is not None:
@@ -206,20 +243,26 @@ class TransformersEngine(EngineBase):
             if seq.timeline.first_token_at is None:
                 seq.timeline.first_token_at = now
                 self.observer.on_first_token(now - seq.timeline.arrival)
+            entry = entries.get(i)
+            if entry is not None and seq.logprobs is not None:
+                seq.logprobs.append(entry)
+            delta = ""
             if token == self._eos_id and not seq.request.ignore_eos:
                 seq.finish_reason = FinishReason.STOP
             else:
-                self._emit(seq, seq.assembler.add(token), now)
+                delta = seq.assembler.add(token)
                 if seq.assembler.stopped:
                     seq.finish_reason = FinishReason.STOP
+            self._emit(seq, delta, now, logprobs=() if entry is None else (entry,))
             if seq.finish_reason is None and seq.generated >= seq.request.max_tokens:
                 seq.finish_reason = FinishReason.LENGTH
             if seq.finish_reason is None and seq.sink.is_cancelled():
                 seq.finish_reason = FinishReason.CANCELLED
         self._retire()
 
-    def _emit(self, seq: SequenceState, delta: str, now: float, final: bool = False) -> None:
-        if not send_text(seq.sink, seq.pacer, delta, now, final):
+    def _emit(self, seq: SequenceState, delta: str, now: float, final: bool = False,
+              logprobs: tuple[TokenLogprobs, ...] = ()) -> None:
+        if not send_text(seq.sink, seq.pacer, delta, now, final, logprobs):
             seq.finish_reason = FinishReason.CANCELLED
 
     def _retire(self) -> None:
@@ -249,7 +292,8 @@ class TransformersEngine(EngineBase):
 
     def _finish(self, seq: SequenceState, reason: FinishReason, error: str = "") -> None:
         send_finish(seq.sink, seq.timeline.output(seq.assembler.text, reason,
-                                                  len(seq.prompt_ids), seq.generated, error),
+                                                  len(seq.prompt_ids), seq.generated, error,
+                                                  seq.logprobs, seq.prompt_logprobs),
                     self.observer)
 
     def _facts(self) -> dict[str, Any]:

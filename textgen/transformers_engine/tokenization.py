@@ -32,6 +32,22 @@ def fast_decoder(tokenizer: Tokenizer) -> Callable[[Sequence[int]], str]:
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
+class TokenTexts:
+    """Each token's text alone, for logprobs: decoded once per token id, special tokens
+    shown (as vLLM shows them), a part of a character as U+FFFD."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self._tokenizer.decode(
+                [token_id], skip_special_tokens=False)
+        return text
+
+
 class TextAssembler:
     """Detokenise one sequence token by token and apply its stop strings.
 

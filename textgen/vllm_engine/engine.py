@@ -13,8 +13,8 @@ there. On a GPU the model runs on the device either way.
 
 What is shared with the transformers engine (`EngineBase`, textgen/core/engine.py): admission
 (queue bound, queue timeout, drain), pacing of streamed text, the output record, the metrics
-hooks and the limits' shape; vLLM contributes the model execution, its own scheduling within `max_num_seqs`, sampling
-(seeded per request), stop strings and detokenising.
+hooks and the limits' shape; vLLM contributes the model execution, its own scheduling within
+`max_num_seqs`, sampling (seeded per request), logprobs, stop strings and detokenising.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+from contracts.logprobs import FLOOR, Candidate, TokenLogprobs
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
@@ -38,6 +39,7 @@ from textgen.core.loading import ModelLoadError, load_tokenizer
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
 from textgen.core.validation import GenerationRequest, check_token_budget
+from textgen.transformers_engine.tokenization import TokenTexts
 
 log = logging.getLogger("textgen")
 
@@ -61,6 +63,9 @@ class _Sequence:
     text: str = ""
     generated: int = 0
     done: bool = False  # on_finish was called (an abort can race with the final output)
+    # Only when the request asks for them (None otherwise).
+    logprobs: Optional[list[TokenLogprobs]] = None
+    prompt_logprobs: Optional[list[Optional[TokenLogprobs]]] = None
 
 
 def _prepare_process() -> None:
@@ -129,6 +134,7 @@ class VllmEngine(EngineBase):
         super().__init__(config, observer)
         quantization = quantization_for(config.quantization, self.device.type)
         self.tokenizer = load_tokenizer(config.model_dir)
+        self._token_text = TokenTexts(self.tokenizer)
         self._llm = self._start_vllm(quantization)
         model_config = self._llm.model_config
         # vLLM's own scheduler (in this process), read for its queue and KV-cache figures.
@@ -189,7 +195,8 @@ class VllmEngine(EngineBase):
         prompt_ids = self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
-                        sink=sink, pacer=Pacer(self._stream_interval_s))
+                        sink=sink, pacer=Pacer(self._stream_interval_s),
+                        logprobs=None if request.logprobs is None else [])
         with self._wakeup:
             self._admission.admit(self._waiting())
             self._arrived.append(seq)
@@ -252,13 +259,16 @@ class VllmEngine(EngineBase):
 
         r = seq.request
         try:
+            # vLLM generates at least one token; a request that only scores its prompt
+            # (max_tokens 0) ends at its first output (_step).
             params = SamplingParams(
-                n=1, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                n=1, max_tokens=max(1, r.max_tokens), temperature=r.temperature, top_p=r.top_p,
                 top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None,
                 ignore_eos=r.ignore_eos, min_tokens=r.min_tokens,
                 presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
                 repetition_penalty=r.repetition_penalty,
-                logit_bias=dict(r.logit_bias) or None, output_kind=RequestOutputKind.DELTA)
+                logit_bias=dict(r.logit_bias) or None, logprobs=r.logprobs,
+                prompt_logprobs=r.prompt_logprobs, output_kind=RequestOutputKind.DELTA)
             self._llm.add_request(seq.request_id,
                                   TokensPrompt(prompt_token_ids=seq.prompt_ids), params)
         except Exception as exc:  # vLLM's own checks: its message says what was wrong
@@ -289,19 +299,50 @@ class VllmEngine(EngineBase):
             if seq is None or seq.done:  # aborted by us this step
                 continue
             completion = out.outputs[0]
+            if seq.request.prompt_logprobs is not None and seq.prompt_logprobs is None:
+                seq.prompt_logprobs = self._entries(out.prompt_logprobs or [None],
+                                                    seq.prompt_ids, seq.request.prompt_logprobs)
+            if seq.request.max_tokens == 0:  # it only scored its prompt
+                self._abort(seq, FinishReason.LENGTH)
+                continue
             if seq.timeline.first_token_at is None and completion.token_ids:
                 seq.timeline.admitted_at, seq.timeline.first_token_at = started, now
                 self.observer.on_first_token(now - seq.timeline.arrival)
             seq.generated += len(completion.token_ids)
             seq.text += completion.text
-            self._emit(seq, completion.text, now, final=out.finished)
+            entries: list[TokenLogprobs] = []
+            if seq.logprobs is not None and completion.logprobs is not None:
+                entries = [e for e in self._entries(completion.logprobs, completion.token_ids,
+                                                    seq.request.logprobs or 0) if e is not None]
+                seq.logprobs.extend(entries)
+            self._emit(seq, completion.text, now, final=out.finished, logprobs=entries)
             if out.finished:
                 self._finish(seq, _FINISH_REASONS.get(completion.finish_reason or "",
                                                       FinishReason.ERROR))
 
-    def _emit(self, seq: _Sequence, delta: str, now: float, final: bool) -> None:
-        if not send_text(seq.sink, seq.pacer, delta, now, final):
+    def _emit(self, seq: _Sequence, delta: str, now: float, final: bool,
+              logprobs: Sequence[TokenLogprobs] = ()) -> None:
+        if not send_text(seq.sink, seq.pacer, delta, now, final, logprobs):
             self._abort(seq, FinishReason.CANCELLED)
+
+    def _entries(self, positions: Sequence[Optional[Mapping[int, Any]]], tokens: Sequence[int],
+                 top: int) -> list[Optional[TokenLogprobs]]:
+        """vLLM's logprobs (per position a token id -> Logprob mapping holding the position's
+        token and its `top` best, ranked) as this service's records."""
+        def candidate(token_id: int, found: Any) -> Candidate:
+            text = found.decoded_token
+            return Candidate(token_id, self._token_text(token_id) if text is None else text,
+                             max(float(found.logprob), FLOOR))
+
+        out: list[Optional[TokenLogprobs]] = []
+        for position, token in zip(positions, tokens):
+            if position is None:
+                out.append(None)
+                continue
+            ranked = sorted(position.items(), key=lambda item: item[1].rank or 0)
+            out.append(TokenLogprobs(candidate(token, position[token]), tuple(
+                candidate(i, found) for i, found in ranked if (found.rank or 0) <= top)[:top]))
+        return out
 
     def _fail_all(self, message: str) -> None:
         """End every sequence with an error; vLLM may be broken, so its abort may fail too."""
@@ -324,7 +365,8 @@ class VllmEngine(EngineBase):
             self._count -= 1
             self._wakeup.notify_all()
         send_finish(seq.sink, seq.timeline.output(seq.text, reason, len(seq.prompt_ids),
-                                                  seq.generated, error), self.observer)
+                                                  seq.generated, error, seq.logprobs,
+                                                  seq.prompt_logprobs), self.observer)
 
     def _facts(self) -> dict[str, Any]:
         import vllm

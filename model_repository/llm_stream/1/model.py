@@ -27,8 +27,9 @@ from contracts.errors import ErrorType
 from textgen.core.validation import ValidationError, parse_flag
 from triton_llm.link import EngineClient, LinkRefusal, engine_address
 from triton_llm.link_messages import Refused, Text
-from triton_llm.triton_io import (FINAL, error_response, final_values, output_dtypes, output_error,
-                                  read_inputs, request_metadata, tensors)
+from triton_llm.triton_io import (FINAL, error_response, final_values, logprobs_values,
+                                  output_dtypes, output_error, read_inputs, request_metadata,
+                                  tensors)
 
 
 class TritonPythonModel:
@@ -53,12 +54,16 @@ class TritonPythonModel:
             stream_tensor = pb_utils.get_input_tensor_by_name(request, "stream")
             streaming = parse_flag("stream", None if stream_tensor is None
                                    else stream_tensor.as_numpy(), True)
+            with_logprobs = inputs["logprobs"] is not None
             pieces: list[str] = []
             for message in self._engine.stream(inputs, request_metadata(request),
                                                sender.is_cancelled):
                 if isinstance(message, Text) and streaming:
+                    values = {"text_output": message.delta.encode("utf-8")}
+                    if with_logprobs:
+                        values.update(logprobs_values(message.logprobs))
                     sender.send(pb_utils.InferenceResponse(output_tensors=tensors(
-                        {"text_output": message.delta.encode("utf-8")}, self._dtypes)))
+                        values, self._dtypes)))
                 elif isinstance(message, Text):
                     pieces.append(message.delta)
                 elif isinstance(message, Refused):
@@ -87,8 +92,8 @@ class TritonPythonModel:
                                  False)
             prompt = bytes(inputs["text_input"].reshape(-1)[0]).decode("utf-8")
             text = ("" if exclude else prompt) + "".join(pieces)
-        return pb_utils.InferenceResponse(output_tensors=tensors(final_values(output, text),
-                                                                 self._dtypes))
+        return pb_utils.InferenceResponse(output_tensors=tensors(
+            final_values(output, text, streamed=streaming), self._dtypes))
 
     def finalize(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)

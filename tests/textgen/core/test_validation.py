@@ -143,3 +143,23 @@ def test_sampling_controls_are_parsed_with_neutral_defaults():
             request.repetition_penalty, request.logit_bias) == (
         4, 0.5, -1.0, 1.5, ((3, 2.5), (7, -100.0)))
     assert request.penalized and not parse().penalized
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"logprobs": 21}, "`logprobs` must be in [0, 20], got 21"),
+    ({"logprobs": -1}, "`logprobs` must be in [0, 20], got -1"),
+    ({"prompt_logprobs": 21}, "`prompt_logprobs` must be in [0, 20], got 21"),
+    ({"prompt_logprobs": 1, "max_tokens": -1}, "`max_tokens` must be in [0, 50], got -1"),
+])
+def test_logprobs_counts_outside_their_ranges_are_rejected_by_name(inputs, message):
+    with pytest.raises(ValidationError) as caught:
+        parse(**inputs)
+    assert str(caught.value) == message
+
+
+def test_max_tokens_0_only_scores_a_prompt_that_asked_for_its_logprobs():
+    assert parse(prompt_logprobs=np.int32(0), max_tokens=np.int32(0)).max_tokens == 0
+    with pytest.raises(ValidationError, match=r"`max_tokens` must be in \[1, 50\], got 0"):
+        parse(logprobs=np.int32(5), max_tokens=np.int32(0))
+    assert (parse().logprobs, parse().prompt_logprobs) == (None, None)
+    assert parse(logprobs=np.int32(0)).logprobs == 0

@@ -73,3 +73,24 @@ def test_models_it_cannot_run_exactly_go_to_the_hf_executor(model_factory, reaso
     assert isinstance(select_executor("auto", model, 0, CPU, 128), HFExecutor)
     with pytest.raises(ModelLoadError, match=f"executor `llama` cannot run this model: .*{reason}"):
         select_executor("llama", model, 0, CPU, 128)
+
+
+def test_prefill_returns_every_position_only_for_the_prompts_that_ask(demo_model_dir):
+    """Prompt logprobs need the logits after every prompt token; the other prompts of the same
+    prefill keep their last position only, and the cache is the same either way."""
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir).eval()
+    prompts = [[5, 17, 33, 9, 41, 7], [12, 3], [8, 22, 19, 4]]
+    with torch.inference_mode():
+        reference = [model(torch.tensor([p])).logits[0] for p in prompts]
+        for executor in (LlamaExecutor(model, 1, CPU, 512),
+                         LlamaExecutor(model, 1, CPU, 512, kernel_target=None),
+                         HFExecutor(model, 1, CPU)):
+            rows = executor.prefill(prompts, [True, False, True])
+            assert rows.shape[0] == len(prompts[0]) + 1 + len(prompts[2]), executor.name
+            expected = torch.cat([reference[0], reference[1][-1:], reference[2]])
+            torch.testing.assert_close(rows, expected, atol=1e-4, rtol=1e-4)
+            # The next step continues every row as if no position had been asked for.
+            after = executor.decode([1, 2, 3])
+            plain = HFExecutor(model, 1, CPU)
+            plain.prefill(prompts)
+            torch.testing.assert_close(after, plain.decode([1, 2, 3]), atol=1e-4, rtol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Sequence
 
 import pytest
 
@@ -21,13 +22,15 @@ class Sink:
 
     def __init__(self, cancel_after: int | None = None, cancelled: bool = False) -> None:
         self.pieces: list[str] = []
+        self.logprobs: list[Any] = []  # what the pieces carried
         self.output: SequenceOutput | None = None
         self.done = threading.Event()
         self._cancel_after = cancel_after
         self._cancelled = cancelled
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         self.pieces.append(delta)
+        self.logprobs.extend(logprobs)
 
     def on_finish(self, output: SequenceOutput) -> None:
         self.output = output
@@ -52,10 +55,10 @@ class GateSink(Sink):
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         self.started.set()
         self.release.wait(30)
-        super().on_text(delta)
+        super().on_text(delta, logprobs)
 
 
 def run(engine: TransformersEngine, requests: list[GenerationRequest]) -> list[SequenceOutput]:
@@ -272,7 +275,7 @@ class FirstTokenClock(Sink):
         self.clock = clock
         self.first_at: int | None = None
 
-    def on_text(self, delta: str) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
         if self.first_at is None:
             self.first_at = len(self.clock.pieces)
         super().on_text(delta)

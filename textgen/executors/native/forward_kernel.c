@@ -429,6 +429,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
         if (positions[r] < 0 || positions[r] >= table_positions) return -1;
     Scratch s = carve(m, scratch, rows, columns);
     if (embed(m, rows, tokens, s.x)) return -1;
+    int32_t projected = 0; /* rows of logits written; shared by the parallel region */
     Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
     for (int r = 0; r < rows; r++) {
@@ -452,12 +453,15 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
  * per layer its key then its value buffer, [count, kv_heads, columns, dim]; prompt i goes to
  * its row of the buffers, right-aligned at `columns` (left padding before it is not touched).
  * Writes the logits of each prompt's last token only, [count, vocab]: the vocabulary
- * projection of every prompt token would cost as much as the layers. Returns 0, or -1
+ * projection of every prompt token would cost as much as the layers. A prompt whose
+ * `every_position` is set (NULL: none is) gets the logits of each of its tokens instead, so
+ * the logits hold, prompt after prompt, one row or `lengths[i]` rows. Returns 0, or -1
  * (nothing written) when a token is outside the table or a prompt does not fit the columns or
  * the rotary table. */
 int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
-                    const int64_t *tokens, float *const *kv, int32_t columns,
-                    int32_t table_positions, float *logits, float *scratch, int32_t threads) {
+                    const int64_t *tokens, const int32_t *every_position, float *const *kv,
+                    int32_t columns, int32_t table_positions, float *logits, float *scratch,
+                    int32_t threads) {
     if (count < 1 || threads < 1) return -1;
     int32_t rows = 0;
     for (int i = 0; i < count; i++) {
@@ -466,6 +470,7 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
     }
     Scratch s = carve(m, scratch, rows, columns);
     if (embed(m, rows, tokens, s.x)) return -1;
+    int32_t projected = 0; /* rows of logits written; shared by the parallel region */
     Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
     for (int i = 0, r = 0; i < count; i++) {
@@ -479,14 +484,17 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
     {
         layers(m, rows, place, kv, columns, &s);
 #pragma omp single
-        {   /* each prompt's last row to the front: the rows project() reads */
+        {   /* the rows to project to the front, in order (each moves down or stays) */
             for (int i = 0, end = 0; i < count; i++) {
+                int32_t keep = every_position && every_position[i] ? lengths[i] : 1;
                 end += lengths[i];
-                memmove(s.x + (int64_t)i * m->hidden, s.x + (int64_t)(end - 1) * m->hidden,
-                        sizeof(float) * m->hidden);
+                memmove(s.x + (int64_t)projected * m->hidden,
+                        s.x + (int64_t)(end - keep) * m->hidden,
+                        sizeof(float) * m->hidden * (size_t)keep);
+                projected += keep;
             }
         }
-        project(m, s.x, &s, count, logits);
+        project(m, s.x, &s, projected, logits);
     }
     free(place);
     return 0;

@@ -102,8 +102,8 @@ class ForwardKernel:
         self._prefill.restype = ctypes.c_int
         self._prefill.argtypes = [
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_int32]
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_int32]
         self._scratch_floats = library.textgen_scratch_floats
         self._scratch_floats.restype = ctypes.c_int64
         self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32,
@@ -137,11 +137,13 @@ class ForwardKernel:
                              "or column outside the cache")
         return logits
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[
+    def prefill(self, prompts: Sequence[Sequence[int]],
+                every_position: Sequence[bool] = ()) -> tuple[
             list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The prompts' keys and values, per layer [prompts, kv_heads, length, dim] left padded
         to the longest (padding columns zero: the mask hides them), and the logits of each
-        prompt's last token, [prompts, vocab].
+        prompt's last token or, where `every_position` is set, of each of its tokens, prompt
+        after prompt ([rows, vocab], the layout of executors.hf.Executor.prefill).
 
         All prompts are the rows of one call, so the weights are read once for the group (a
         call per prompt read them once per prompt), and none pays for another's padding."""
@@ -149,13 +151,16 @@ class ForwardKernel:
         model = self._model
         shape = (count, model.kv_heads, length, model.dim)
         kv = [torch.zeros(shape) for _ in range(2 * model.layers)]
-        logits = torch.empty((count, model.vocab), dtype=torch.float32)
+        every = torch.tensor([bool(e) for e in every_position] or [False] * count,
+                             dtype=torch.int32)
+        rows = sum(len(p) if e else 1 for p, e in zip(prompts, every.tolist()))
+        logits = torch.empty((rows, model.vocab), dtype=torch.float32)
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int32)
         tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.int64)
         pointers = (ctypes.c_void_p * len(kv))(*(t.data_ptr() for t in kv))
         threads = torch.get_num_threads()
-        if self._prefill(self._model_p, count, lengths.data_ptr(), tokens.data_ptr(), pointers,
-                         length, self._positions, logits.data_ptr(),
+        if self._prefill(self._model_p, count, lengths.data_ptr(), tokens.data_ptr(),
+                         every.data_ptr(), pointers, length, self._positions, logits.data_ptr(),
                          self._scratch_for(int(lengths.sum()), length, threads), threads):
             raise ValueError("a token id is outside the model's table, or a prompt is empty "
                              "or longer than its rotary table")
