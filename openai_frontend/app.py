@@ -24,10 +24,9 @@ from contracts.headers import FORWARDED
 
 from . import responses
 from .errors import OpenAIError, invalid
-from .protocol import (Request, parse_chat, parse_completion, parse_detokenize,
-                       parse_tokenize)
+from .protocol import Request, parse_chat, parse_completion, parse_detokenize, parse_tokenize
 from .served_model import ServedModel
-from .triton import Event, Final, Triton
+from .triton import Event, Final, Piece, Triton
 
 log = logging.getLogger("openai_frontend")
 
@@ -187,24 +186,37 @@ class OpenAIFrontend:
         response_id = ("chatcmpl-" if chat else "cmpl-") + request_id
         created = int(time.time())
         echo = prompt if request.echo else ""
+        with_logprobs = request.sampling.logprobs is not None
         events = self.triton.generate(prompt, request.sampling, request.stream, headers)
         if not request.stream:
-            text, final = await _or_disconnect(http, _collect(events))
-            build = responses.chat_completion if chat else responses.completion
-            return JSONResponse(build(response_id, created, self.model.id, echo + text, final))
+            whole, final = await _or_disconnect(http, _collect(events))
+            if chat:
+                return JSONResponse(responses.chat_completion(
+                    response_id, created, self.model.id, whole.text, final,
+                    responses.chat_logprobs(whole.logprobs) if with_logprobs else None))
+            shaped = None
+            if with_logprobs:
+                scored = list(final.prompt_logprobs or ()) if request.echo else []
+                shaped = responses.completion_logprobs(
+                    scored + list(whole.logprobs),
+                    first_token=self.model.first_token_text(prompt) if scored else "")
+            return JSONResponse(responses.completion(response_id, created, self.model.id,
+                                                     echo + whole.text, final, shaped))
         # The first event is awaited before answering, so a refusal is still a plain status.
         first = await _or_disconnect(http, events.__anext__())
         writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
-                                       request.include_usage)
+                                       request.include_usage, with_logprobs, len(echo))
         return EventStream(_stream(writer, echo, first, events))
 
 
-async def _collect(events: AsyncIterator[Event]) -> tuple[str, Final]:
-    pieces = []
+async def _collect(events: AsyncIterator[Event]) -> tuple[Piece, Final]:
+    """All of a generation: its pieces joined into one, and its end."""
+    pieces: list[Piece] = []
     try:
         async for item in events:
             if isinstance(item, Final):
-                return "".join(pieces), item
+                return Piece("".join(p.text for p in pieces),
+                             tuple(e for p in pieces for e in p.logprobs)), item
             pieces.append(item)
     finally:
         await events.aclose()  # ends the gRPC stream now, not when collected
@@ -223,7 +235,7 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
             if isinstance(item, Final):
                 yield head + writer.finish(item) + responses.DONE
                 return
-            yield head + writer.text(item)
+            yield head + writer.text(item.text, item.logprobs)
             head = b""
             item = await events.__anext__()
     except OpenAIError as error:

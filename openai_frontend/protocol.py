@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
+
+from contracts.logprobs import MAX_TOP_LOGPROBS
 
 from .errors import invalid
 
@@ -35,6 +37,8 @@ class Sampling:
     frequency_penalty: Optional[float] = None
     repetition_penalty: Optional[float] = None
     logit_bias: Optional[str] = None  # the JSON object as text, checked by the model
+    logprobs: Optional[int] = None  # alternatives per generated token (None: no logprobs)
+    prompt_logprobs: Optional[int] = None  # the same for the prompt (completions' echo)
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,6 @@ class Request:
 _REFUSED = {
     "n": (lambda v: v not in (None, 1), "only `n: 1` is supported"),
     "best_of": (lambda v: v not in (None, 1), "only `best_of: 1` is supported"),
-    "logprobs": (lambda v: v not in (None, False, 0), "`logprobs` is not supported"),
-    "top_logprobs": (lambda v: v not in (None, 0), "`top_logprobs` is not supported"),
     "tools": (lambda v: v not in (None, []), "tool calling is not supported"),
     "tool_choice": (lambda v: v not in (None, "none", "auto"), "tool calling is not supported"),
     "functions": (lambda v: v not in (None, []), "function calling is not supported"),
@@ -128,11 +130,11 @@ def _logit_bias(body: dict[str, Any]) -> Optional[str]:
     return json.dumps(value)
 
 
-def _sampling(body: dict[str, Any]) -> Sampling:
+def _sampling(body: dict[str, Any], least_tokens: int = 1) -> Sampling:
     # `max_completion_tokens` is the newer name and wins, as in OpenAI's API.
-    max_tokens = _integer(body, "max_completion_tokens", 1)
+    max_tokens = _integer(body, "max_completion_tokens", least_tokens)
     if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1)
+        max_tokens = _integer(body, "max_tokens", least_tokens)
     temperature = _number(body, "temperature")
     top_k = _integer(body, "top_k", -1)
     return Sampling(
@@ -170,6 +172,8 @@ def _model(body: dict[str, Any]) -> str:
 
 
 def parse_completion(body: Any) -> Request:
+    """A completion; `logprobs` (an integer: alternatives per token) with `echo` also scores
+    the prompt, and `echo` allows `max_tokens: 0` (the prompt alone, as vLLM)."""
     body = _object(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -177,8 +181,18 @@ def parse_completion(body: Any) -> Request:
     if not isinstance(prompt, str):
         raise invalid("`prompt` must be a string (one prompt per request)", "prompt")
     stream = _flag(body, "stream")
-    return Request(model=_model(body), sampling=_sampling(body), stream=stream,
-                   include_usage=_stream_options(body, stream), echo=_flag(body, "echo"),
+    echo = _flag(body, "echo")
+    logprobs = _integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    sampling = _sampling(body, least_tokens=0 if echo else 1)
+    if echo and logprobs is not None:
+        if stream:
+            raise invalid("the prompt's logprobs (`echo` with `logprobs`) are only returned "
+                          "without `stream`", "echo")
+        sampling = replace(sampling, prompt_logprobs=logprobs)
+    elif sampling.max_tokens == 0:  # the model scores a prompt that generates nothing
+        sampling = replace(sampling, prompt_logprobs=0)
+    return Request(model=_model(body), sampling=replace(sampling, logprobs=logprobs),
+                   stream=stream, include_usage=_stream_options(body, stream), echo=echo,
                    prompt=prompt)
 
 
@@ -216,10 +230,16 @@ def _messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
 
 
 def parse_chat(body: Any) -> Request:
+    """A chat completion; `logprobs: true` with `top_logprobs` alternatives per token."""
     body = _object(body)
     messages = _messages(body)
     stream = _flag(body, "stream")
-    return Request(model=_model(body), sampling=_sampling(body), stream=stream,
+    top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    logprobs = _flag(body, "logprobs")
+    if top is not None and not logprobs:
+        raise invalid("`top_logprobs` needs `logprobs: true`", "top_logprobs")
+    sampling = replace(_sampling(body), logprobs=(top or 0) if logprobs else None)
+    return Request(model=_model(body), sampling=sampling, stream=stream,
                    include_usage=_stream_options(body, stream), messages=messages)
 
 

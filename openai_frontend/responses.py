@@ -8,7 +8,9 @@ per-chunk object building or validation. Whole (non-streamed) answers are built 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional, Sequence
+
+from contracts.logprobs import Candidate, TokenLogprobs
 
 from .triton import Final
 
@@ -24,12 +26,56 @@ def event(body: Any) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
+def completion_logprobs(entries: Sequence[Optional[TokenLogprobs]], offset: int = 0,
+                        first_token: str = "") -> dict[str, Any]:
+    """Completions' shape (vLLM's): parallel lists, `top_logprobs` a token -> logprob
+    object holding the top tokens and the chosen one, `text_offset` where each token's text
+    starts in the choice's text (from `offset`). A None entry is a prompt's first token,
+    whose text is `first_token`, with null logprobs."""
+    tokens: list[str] = []
+    values: list[Optional[float]] = []
+    tops: list[Optional[dict[str, float]]] = []
+    offsets: list[int] = []
+    for entry in entries:
+        offsets.append(offset)
+        if entry is None:
+            tokens.append(first_token)
+            values.append(None)
+            tops.append(None)
+            offset += len(first_token)
+            continue
+        tokens.append(entry.chosen.token)
+        values.append(entry.chosen.logprob)
+        top = {c.token: c.logprob for c in entry.top}
+        top.setdefault(entry.chosen.token, entry.chosen.logprob)
+        tops.append(top)
+        offset += len(entry.chosen.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+def _chat_token(candidate: Candidate) -> dict[str, Any]:
+    return {"token": candidate.token, "logprob": candidate.logprob,
+            "bytes": list(candidate.token.encode("utf-8"))}
+
+
+def chat_logprobs(entries: Sequence[TokenLogprobs]) -> dict[str, Any]:
+    """Chat's shape: one object per generated token, with its `top_logprobs`."""
+    return {"content": [{**_chat_token(e.chosen), "top_logprobs": [_chat_token(c)
+                                                                   for c in e.top]}
+                        for e in entries]}
+
+
 class ChunkWriter:
     """The chunks of one streamed answer: `chat.completion.chunk` or `text_completion`."""
 
     def __init__(self, chat: bool, response_id: str, created: int, model: str,
-                 include_usage: bool) -> None:
+                 include_usage: bool, with_logprobs: bool = False, offset: int = 0) -> None:
+        """`with_logprobs`: each chunk carries its tokens' logprobs; `offset`: where the
+        completion's text starts in the choice's (after an echoed prompt)."""
         self._chat = chat
+        self._with_logprobs = with_logprobs
+        self._offset = offset
         kind = "chat.completion.chunk" if chat else "text_completion"
         self._envelope = {"id": response_id, "object": kind, "created": created, "model": model}
         # With include_usage every chunk but the last carries "usage": null, as OpenAI's do.
@@ -49,8 +95,14 @@ class ChunkWriter:
             return b""
         return self._choice({"role": "assistant", "content": ""}, None)
 
-    def text(self, piece: str) -> bytes:
-        return (self._text % json.dumps(piece)).encode()
+    def text(self, piece: str, logprobs: Sequence[TokenLogprobs] = ()) -> bytes:
+        if not self._with_logprobs:
+            return (self._text % json.dumps(piece)).encode()
+        if self._chat:
+            return self._choice({"content": piece}, None, chat_logprobs(logprobs))
+        shaped = completion_logprobs(logprobs, self._offset)
+        self._offset += sum(len(e.chosen.token) for e in logprobs)
+        return self._choice(piece, None, shaped)
 
     def finish(self, final: Final) -> bytes:
         """The finish reason (its own chunk), then the usage chunk when it was asked for."""
@@ -59,26 +111,26 @@ class ChunkWriter:
             chunk += event({**self._envelope, "choices": [], "usage": usage(final)})
         return chunk
 
-    def _choice(self, delta: Any, finish_reason: Any) -> bytes:
+    def _choice(self, delta: Any, finish_reason: Any, logprobs: Any = None) -> bytes:
         choice = {"index": 0, "delta": delta} if self._chat else {"index": 0, "text": delta}
-        choice.update(logprobs=None, finish_reason=finish_reason)
+        choice.update(logprobs=logprobs, finish_reason=finish_reason)
         body = {**self._envelope, "choices": [choice]}
         if self._include_usage:
             body["usage"] = None
         return event(body)
 
 
-def completion(response_id: str, created: int, model: str, text: str,
-               final: Final) -> dict[str, Any]:
+def completion(response_id: str, created: int, model: str, text: str, final: Final,
+               logprobs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return {"id": response_id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None,
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                          "finish_reason": final.finish_reason}],
             "usage": usage(final)}
 
 
-def chat_completion(response_id: str, created: int, model: str, text: str,
-                    final: Final) -> dict[str, Any]:
+def chat_completion(response_id: str, created: int, model: str, text: str, final: Final,
+                    logprobs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": final.finish_reason}],
+                         "logprobs": logprobs, "finish_reason": final.finish_reason}],
             "usage": usage(final)}

@@ -45,6 +45,13 @@ class ServedModel:
         """Token ids this tokenizer knows, added tokens included."""
         return len(self.tokenizer)
 
+    def first_token_text(self, prompt: str) -> str:
+        """The text of the prompt's first token as the model tokenizes it: the one token an
+        echo's logprobs name without a logprob (nothing predicts it), so the model does not
+        send it."""
+        ids = self.tokenizer.encode(prompt)
+        return self.tokenizer.decode(ids[:1])
+
     def chat_prompt(self, messages: Sequence[dict[str, str]],
                     add_generation_prompt: bool = True) -> str:
         if not getattr(self.tokenizer, "chat_template", None):

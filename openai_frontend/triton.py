@@ -19,7 +19,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from contracts import logprobs as logprobs_wire
 from contracts.errors import ErrorType
+from contracts.logprobs import TokenLogprobs
 from contracts.tensors import STREAM_INPUTS
 
 from .errors import OpenAIError, from_model
@@ -33,15 +35,25 @@ OPENAI_NAMES = {"text_input": "prompt"}
 
 
 @dataclass(frozen=True)
+class Piece:
+    """New text, and its tokens' logprobs when the request asked for them."""
+
+    text: str
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True)
 class Final:
-    """The last event of a generation, with the model's own counts."""
+    """The last event of a generation, with the model's own counts (and the prompt's
+    logprobs when the request asked for them)."""
 
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
 
 
-Event = Union[str, Final]  # new text, or the end
+Event = Union[Piece, Final]  # new text, or the end
 
 
 def _tensor(name: str, values: list[Any]) -> grpcclient.InferInput:
@@ -71,17 +83,25 @@ def model_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[grpcclie
     return [_tensor(name, row) for name, row in values.items()]
 
 
-def _read(result: Any) -> tuple[str, Optional[Final]]:
-    """The new text and, on the last response, the end; read from the raw bytes (one element
-    per output: BYTES are a 4-byte length then the bytes, INT32 four bytes, little-endian)."""
+def _read(result: Any) -> tuple[Piece, Optional[Final]]:
+    """The new text (and logprobs) and, on the last response, the end; read from the raw
+    bytes (one element per output: BYTES are a 4-byte length then the bytes, INT32 four bytes,
+    little-endian)."""
     response = result.get_response()
     raw = {out.name: data for out, data in zip(response.outputs, response.raw_output_contents)}
     text = raw["text_output"][4:].decode("utf-8") if "text_output" in raw else ""
+    logprobs = ()
+    if "token_logprobs" in raw:
+        logprobs = tuple(p for p in logprobs_wire.loads(raw["token_logprobs"][4:].decode())
+                         if p is not None)
+    piece = Piece(text, logprobs)
     if "finish_reason" not in raw:
-        return text, None
-    return text, Final(raw["finish_reason"][4:].decode(),
-                          int.from_bytes(raw["num_input_tokens"][:4], "little"),
-                          int.from_bytes(raw["num_output_tokens"][:4], "little"))
+        return piece, None
+    prompt = raw.get("prompt_token_logprobs")
+    return piece, Final(raw["finish_reason"][4:].decode(),
+                        int.from_bytes(raw["num_input_tokens"][:4], "little"),
+                        int.from_bytes(raw["num_output_tokens"][:4], "little"),
+                        None if prompt is None else tuple(logprobs_wire.loads(prompt[4:].decode())))
 
 
 class Triton:
@@ -105,7 +125,7 @@ class Triton:
 
     async def generate(self, prompt: str, sampling: Sampling, stream: bool,
                        headers: Mapping[str, str]) -> AsyncIterator[Event]:
-        """Text pieces, then one `Final`; raises OpenAIError. Closing the iterator early
+        """Pieces of text, then one `Final`; raises OpenAIError. Closing the iterator early
         (the client left) cancels the generation."""
         done = asyncio.Event()
         request = {"model_name": STREAM_MODEL, "inputs": model_inputs(prompt, sampling, stream)}
@@ -120,9 +140,9 @@ class Triton:
             async for result, error in call:
                 if error is not None:
                     raise from_model(error.message(), OPENAI_NAMES)
-                text, final = _read(result)
-                if text:
-                    yield text
+                piece, final = _read(result)
+                if piece.text or piece.logprobs:
+                    yield piece
                 if final is not None:
                     finished = True
                     yield final

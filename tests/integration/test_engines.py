@@ -240,3 +240,33 @@ def test_sampling_controls_out_of_range_are_a_400_naming_the_field(stack, field,
     reply = stack.generate({"text_input": "The list", "max_tokens": 24, field: value})
     body = assert_error_contract(reply, 400, "invalid_request")
     assert f"`{field}`" in body["error"]
+
+
+def test_logprobs_and_prompt_logprobs_are_the_models_own(stack):
+    """Each engine scores tokens with the model's distribution: the streamed and the unary
+    token logprobs agree, and the prompt's equal the HF module's log-softmax (float32), with
+    max_tokens 0 scoring the prompt alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "Python is a programming language"
+    ids = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL).encode(prompt)
+    model = AutoModelForCausalLM.from_pretrained(runtime.DEMO_MODEL).eval()
+    with torch.inference_mode():
+        expected = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    reply = stack.generate({"text_input": prompt, "max_tokens": 0, "prompt_logprobs": 3})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    scored = json.loads(body["prompt_token_logprobs"])
+    assert (body["num_output_tokens"], len(scored), scored[0]) == (0, len(ids), None)
+    for t in range(1, len(ids)):
+        assert scored[t]["id"] == ids[t]
+        assert scored[t]["logprob"] == pytest.approx(expected[t - 1, ids[t]].item(), abs=1e-3)
+        assert [c["id"] for c in scored[t]["top"]] == \
+            torch.topk(expected[t - 1], 3).indices.tolist()
+    request = {"text_input": prompt, "max_tokens": 8, "logprobs": 1, "ignore_eos": True}
+    unary = json.loads(stack.generate(request).json()["token_logprobs"])
+    streamed = [entry for event in stack.stream(request)
+                for entry in json.loads(event.get("token_logprobs", "[]"))]
+    assert len(unary) == 8 and [e["id"] for e in streamed] == [e["id"] for e in unary]
+    assert unary[0]["logprob"] == pytest.approx(expected[-1].max().item(), abs=1e-3)

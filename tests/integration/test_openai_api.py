@@ -185,7 +185,8 @@ def test_async_client_streams_and_answers(async_client):
     ({"max_tokens": 100000}, "max_tokens"),
     ({"temperature": 5}, "temperature"),
     ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
 ])
@@ -412,3 +413,85 @@ def test_tokenizer_routes_need_a_key_and_say_so_in_openais_shape(gateway):
                           timeout=10)
     assert reply.status_code == 401
     assert reply.json()["error"]["type"] == "authentication_error"
+
+
+# ---- logprobs -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_logprobs():
+    """The log-softmax of the demo model's own logits after each of `ids` (HF module)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(runtime.DEMO_MODEL).eval()
+    tokenizer = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL)
+
+    def logprobs(text: str, extra: list[int] = ()) -> tuple[list[int], Any]:
+        ids = tokenizer.encode(text) + list(extra)
+        with torch.inference_mode():
+            return ids, torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return logprobs
+
+
+def test_the_sdk_gets_chat_logprobs_streamed_or_not_and_they_agree(client):
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8,
+                                           temperature=0, logprobs=True, top_logprobs=3)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.top_logprobs[0].token == token.token
+        assert bytes(token.bytes).decode("utf-8", "replace") == token.token
+        assert [t.logprob for t in token.top_logprobs] == sorted(
+            (t.logprob for t in token.top_logprobs), reverse=True)
+    assert "".join(t.token for t in content).startswith(whole.choices[0].message.content)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True,
+        top_logprobs=3, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [
+        (t.token, round(t.logprob, 4)) for t in content]
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert plain.choices[0].logprobs is None  # only when asked
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(client, model_logprobs):
+    """What lm-evaluation-harness sends for a loglikelihood: the prompt's token logprobs, the
+    first null, equal to the model's own; max_tokens 0 generates nothing."""
+    prompt = "Python is a programming language"
+    ids, expected = model_logprobs(prompt)
+    scored = client.completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True,
+                                       logprobs=1)
+    choice = scored.choices[0]
+    assert choice.text == prompt and scored.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(ids) == scored.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    for t in range(1, len(ids)):
+        assert lp.token_logprobs[t] == pytest.approx(expected[t - 1, ids[t]].item(), abs=1e-4)
+    assert "".join(lp.tokens) == prompt and lp.text_offset[0] == 0
+    generated = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3,
+                                          temperature=0, echo=True, logprobs=2)
+    lp = generated.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + generated.usage.completion_tokens
+    assert generated.choices[0].text.startswith(prompt)
+    # greedy: the first generated token is the most likely after the prompt
+    assert lp.token_logprobs[len(ids)] == pytest.approx(expected[-1].max().item(), abs=1e-4)
+
+
+def test_generate_api_returns_token_logprobs_as_json(gateway, api_key):
+    reply = requests.post(gateway.url + "/generate", headers={"X-API-Key": api_key},
+                          json={"text_input": "The list", "max_tokens": 4, "logprobs": 2,
+                                "prompt_logprobs": 0, "exclude_input_in_output": True},
+                          timeout=60)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    tokens = json.loads(body["token_logprobs"])
+    prompt = json.loads(body["prompt_token_logprobs"])
+    assert len(tokens) == body["num_output_tokens"] and len(prompt) == body["num_input_tokens"]
+    assert prompt[0] is None and all(len(t["top"]) == 2 for t in tokens)
+    assert "".join(t["token"] for t in tokens).startswith(body["text_output"])
+    assert _schema("GenerateResponse").is_valid(body)
+    plain = requests.post(gateway.url + "/generate", headers={"X-API-Key": api_key},
+                          json={"text_input": "The list", "max_tokens": 2}, timeout=60).json()
+    assert "token_logprobs" not in plain and "prompt_token_logprobs" not in plain

@@ -91,6 +91,31 @@ def test_grpc_stream_yields_tokens_then_a_final_response(triton, gateway, api_ke
         assert "The list" + "".join(pieces) == unary.as_numpy("text_output")[0][0].decode()
 
 
+def test_grpc_stream_pieces_carry_their_tokens_logprobs_and_unary_carries_all(triton):
+    """tritonclient as a user calls it: `logprobs` in, `token_logprobs` (JSON) out; each
+    streamed response holds its own tokens' entries, which together are the unary answer's."""
+    inputs = _grpc_inputs("The list", 60, ignore_eos=True, logprobs=2)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    results: "queue.Queue[Any]" = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.async_stream_infer("llm_stream", inputs, enable_empty_final_response=True)
+    streamed = []
+    while True:
+        result, error = results.get(timeout=30)
+        assert error is None, error
+        streamed += json.loads(result.as_numpy("token_logprobs").reshape(-1)[0])
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    client.stop_stream()
+    unary = client.infer("llm", inputs)
+    whole = json.loads(unary.as_numpy("token_logprobs").reshape(-1)[0])
+    assert len(whole) == 60 and all(len(entry["top"]) == 2 for entry in whole)
+    assert [(e["id"], round(e["logprob"], 4)) for e in streamed] == [
+        (e["id"], round(e["logprob"], 4)) for e in whole]
+    plain = client.infer("llm", _grpc_inputs("The list", 4))
+    assert plain.as_numpy("token_logprobs") is None  # only when asked
+
+
 def test_stream_false_answers_the_generate_endpoint_in_one_response(triton):
     reply = requests.post(f"{triton.http_url}/v2/models/llm_stream/generate",
                           json={**BODY, "stream": False}, timeout=60)

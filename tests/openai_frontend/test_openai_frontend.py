@@ -10,12 +10,13 @@ from typing import AsyncIterator
 import pytest
 
 from contracts.errors import OPENAI, ErrorType
+from contracts.logprobs import Candidate, TokenLogprobs
 from openai_frontend import responses
 from openai_frontend.app import _stream
 from openai_frontend.errors import OpenAIError, from_model
 from openai_frontend.protocol import parse_chat, parse_completion
 from openai_frontend.served_model import ServedModel
-from openai_frontend.triton import Final, model_inputs
+from openai_frontend.triton import Final, Piece, model_inputs
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -53,8 +54,7 @@ def test_unknown_fields_are_ignored():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function"}]),
-    ("response_format", {"type": "json_object"})])
+    ("n", 2), ("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"})])
 def test_unimplemented_parameters_are_refused_by_name(field, value):
     error = _refused(parse_chat, {**CHAT, field: value})
     assert (error.status, error.param) == (400, field)
@@ -139,12 +139,13 @@ def test_completion_chunks_carry_text_and_no_usage_unless_asked():
 
 def test_an_error_after_the_stream_started_is_a_final_error_event():
     async def events() -> AsyncIterator[object]:
-        yield "more"
+        yield Piece("more")
         raise OpenAIError(ErrorType.UNAVAILABLE, "the model server went away")
 
     async def body() -> bytes:
         writer = responses.ChunkWriter(True, "c", 1, "m", include_usage=False)
-        return b"".join([part async for part in _stream(writer, "", "first", events())])
+        return b"".join([part async for part in _stream(writer, "", Piece("first"),
+                                                        events())])
 
     text = asyncio.run(body()).decode()
     blocks = [b for b in text.split("\n\n") if b]
@@ -204,3 +205,54 @@ def test_detokenize_refuses_ids_outside_the_vocabulary_by_name():
         with pytest.raises(OpenAIError) as info:
             parse_detokenize({"model": "m", "tokens": tokens}, 6)
         assert info.value.param == "tokens"
+
+
+def test_logprobs_are_asked_of_the_model_as_each_api_names_them():
+    chat = parse_chat({**CHAT, "logprobs": True, "top_logprobs": 3})
+    assert (chat.sampling.logprobs, chat.sampling.prompt_logprobs) == (3, None)
+    assert parse_chat({**CHAT, "logprobs": True}).sampling.logprobs == 0
+    assert parse_chat({**CHAT, "logprobs": False}).sampling.logprobs is None
+    assert _refused(parse_chat, {**CHAT, "top_logprobs": 2}).param == "top_logprobs"
+    assert _refused(parse_chat, {**CHAT, "logprobs": True, "top_logprobs": 21}
+                    ).param == "top_logprobs"
+    plain = {"model": "m", "prompt": "p"}
+    completion = parse_completion({**plain, "logprobs": 2})
+    assert (completion.sampling.logprobs, completion.sampling.prompt_logprobs) == (2, None)
+    echoed = parse_completion({**plain, "logprobs": 1, "echo": True, "max_tokens": 0})
+    assert (echoed.sampling.logprobs, echoed.sampling.prompt_logprobs,
+            echoed.sampling.max_tokens) == (1, 1, 0)
+    # max_tokens 0 only with echo, where the model scores the prompt that it returns
+    assert parse_completion({**plain, "echo": True, "max_tokens": 0}
+                            ).sampling.prompt_logprobs == 0
+    assert _refused(parse_completion, {**plain, "max_tokens": 0}).param == "max_tokens"
+    assert _refused(parse_completion, {**plain, "logprobs": 1, "echo": True, "stream": True}
+                    ).param == "echo"
+    tensors = {t.name(): t for t in model_inputs("p", echoed.sampling, False)}
+    assert {n: tensors[n].datatype() for n in ("logprobs", "prompt_logprobs", "max_tokens")} \
+        == {"logprobs": "INT32", "prompt_logprobs": "INT32", "max_tokens": "INT32"}
+
+
+def _entry(token: str, logprob: float, *top: tuple[str, float]) -> TokenLogprobs:
+    return TokenLogprobs(Candidate(len(token), token, logprob),
+                         tuple(Candidate(len(t), t, v) for t, v in top))
+
+
+def test_completion_logprobs_have_openais_parallel_lists_and_offsets_into_the_text():
+    entries = [None, _entry(" b", -0.5, (" c", -0.2)), _entry("d", -1.0, ("d", -1.0))]
+    shaped = responses.completion_logprobs(entries, first_token="a")
+    assert shaped == {"tokens": ["a", " b", "d"], "token_logprobs": [None, -0.5, -1.0],
+                      "top_logprobs": [None, {" c": -0.2, " b": -0.5}, {"d": -1.0}],
+                      "text_offset": [0, 1, 3]}
+
+
+def test_streamed_chunks_carry_their_tokens_logprobs_in_each_apis_shape():
+    chat = responses.ChunkWriter(True, "c", 1, "m", False, with_logprobs=True)
+    chunk = json.loads(chat.text(" b", [_entry(" b", -0.5, (" b", -0.5))]).decode()[6:])
+    assert chunk["choices"][0]["logprobs"] == {"content": [{
+        "token": " b", "logprob": -0.5, "bytes": [32, 98],
+        "top_logprobs": [{"token": " b", "logprob": -0.5, "bytes": [32, 98]}]}]}
+    completion = responses.ChunkWriter(False, "c", 1, "m", False, with_logprobs=True, offset=4)
+    first = json.loads(completion.text(" b", [_entry(" b", -0.5)]).decode()[6:])
+    second = json.loads(completion.text("d", [_entry("d", -1.0)]).decode()[6:])
+    assert [first["choices"][0]["logprobs"]["text_offset"],
+            second["choices"][0]["logprobs"]["text_offset"]] == [[4], [6]]
