@@ -10,6 +10,7 @@ for each, median of `--repeats`.
 
   .venv/bin/python benchmarks/engine_only.py                  # mixed, 32 clients, 192 requests
   .venv/bin/python benchmarks/engine_only.py --clients 8 --workload fixed
+  .venv/bin/python -m benchmarks.engine_only --logprobs --workload fixed   # what logprobs cost
 """
 
 from __future__ import annotations
@@ -74,12 +75,14 @@ class Pass:
 CONTROLS: dict[str, Any] = {"presence_penalty": 0.5, "frequency_penalty": 0.5,
                             "repetition_penalty": 1.1,
                             "logit_bias": ((3, -5.0), (17, 2.0), (99, -100.0), (250, 1.0))}
+# What `--logprobs` adds: each token's logprob and its top 5.
+LOGPROBS: dict[str, Any] = {"logprobs": 5}
 
 
 def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: int,
         controls: Optional[dict[str, Any]] = None) -> Pass:
-    """One closed-loop pass over `specs` with `clients` clients; `controls`: extra sampling
-    fields for every request."""
+    """One closed-loop pass over `specs` with `clients` clients; `controls`: extra fields
+    (sampling controls, logprobs) for every request."""
     pending = iter(specs)
     lock = threading.Lock()
     finished: list[_Client] = []
@@ -122,9 +125,12 @@ def main() -> int:
     parser.add_argument("--max-prefill-tokens", type=int,
                         default=EngineConfig.max_prefill_tokens,
                         help="prompt tokens prefilled per step (LLM_MAX_PREFILL_TOKENS)")
-    parser.add_argument("--controls", action="store_true",
-                        help="instead of continuous vs static: the same requests with and "
-                             "without penalties and a logit_bias, alternating passes")
+    extra = parser.add_mutually_exclusive_group()
+    extra.add_argument("--controls", action="store_true",
+                       help="instead of continuous vs static: the same requests with and "
+                            "without penalties and a logit_bias, alternating passes")
+    extra.add_argument("--logprobs", action="store_true",
+                       help="the same, with and without logprobs (top 5)")
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="the engine's threads (LLM_CPU_THREADS; default: its own rule)")
     args = parser.parse_args()
@@ -136,8 +142,8 @@ def main() -> int:
     specs = workload.build(args.workload, args.requests, source, args.seed)
     print(f"{args.workload} workload, {args.requests} requests, {args.clients} clients, "
           f"median of {args.repeats}", flush=True)
-    if args.controls:
-        return compare_controls(args, specs)
+    if args.controls or args.logprobs:
+        return compare_fields(args, specs, CONTROLS if args.controls else LOGPROBS)
     for policy in ("continuous", "static"):
         engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
                                                   max_prefill_tokens=args.max_prefill_tokens))
@@ -153,8 +159,10 @@ def main() -> int:
     return 0
 
 
-def compare_controls(args: argparse.Namespace, specs: list[workload.RequestSpec]) -> int:
-    """Tokens/s with and without the sampling controls, passes alternating on one engine."""
+def compare_fields(args: argparse.Namespace, specs: list[workload.RequestSpec],
+                   fields: dict[str, Any]) -> int:
+    """Tokens/s with and without `fields` on every request, passes alternating on one
+    engine."""
     engine = TransformersEngine(EngineConfig(model_dir=args.model_dir,
                                              max_prefill_tokens=args.max_prefill_tokens,
                                              cpu_threads=args.cpu_threads))
@@ -163,15 +171,15 @@ def compare_controls(args: argparse.Namespace, specs: list[workload.RequestSpec]
         plain, controlled = [], []
         for _ in range(args.repeats):
             plain.append(run(engine, specs, args.clients).tokens_per_s)
-            controlled.append(run(engine, specs, args.clients, CONTROLS).tokens_per_s)
+            controlled.append(run(engine, specs, args.clients, fields).tokens_per_s)
         threads = engine.describe()["cpu_threads"]
     finally:
         engine.shutdown()
     ratios = [c / p for c, p in zip(controlled, plain)]
-    print(f"  {threads} engine thread(s); {CONTROLS}", flush=True)
+    print(f"  {threads} engine thread(s); {fields}", flush=True)
     print(f"  plain      {statistics.median(plain):7,.0f} tokens/s (min {min(plain):,.0f}, "
           f"max {max(plain):,.0f})", flush=True)
-    print(f"  controlled {statistics.median(controlled):7,.0f} tokens/s (min "
+    print(f"  with them  {statistics.median(controlled):7,.0f} tokens/s (min "
           f"{min(controlled):,.0f}, max {max(controlled):,.0f}); per-pass ratio median "
           f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return 0

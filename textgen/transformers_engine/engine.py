@@ -79,7 +79,7 @@ class TransformersEngine(EngineBase):
                                           int(self.model.config.vocab_size))
         self._parameters = sum(p.numel() for p in self.model.parameters())  # before packing
         self._detokenize = fast_decoder(self.tokenizer)
-        self._token_text = TokenTexts(self.tokenizer)
+        self._token_texts = TokenTexts(self.tokenizer, self.limits.vocab_size)
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
@@ -207,7 +207,7 @@ class TransformersEngine(EngineBase):
                 continue
             positions = logits[at:at + len(seq.prompt_ids)]
             seq.prompt_logprobs = prompt_records(positions, seq.prompt_ids,
-                                                 seq.request.prompt_logprobs, self._token_text)
+                                                 seq.request.prompt_logprobs, self._token_texts)
             last.append(positions[-1])
             at += len(seq.prompt_ids)
         return torch.stack(last)
@@ -222,7 +222,8 @@ class TransformersEngine(EngineBase):
         seqs = [self._scheduler.rows[r] for r in rows]
         asking = [i for i, s in enumerate(seqs) if s.logprobs is not None]
         # Before sampling: its controls change the logits in place.
-        scored = normalized(logits[asking]) if asking else None
+        scored = None if not asking else normalized(
+            logits if len(asking) == len(seqs) else logits[asking])
         tokens = sample_next_tokens(logits, [s.request for s in seqs], [s.rng for s in seqs],
                                     self._eos_id, [s.generated for s in seqs],
                                     [s.controls for s in seqs])
@@ -230,7 +231,7 @@ class TransformersEngine(EngineBase):
         if scored is not None:
             entries = dict(zip(asking, records(
                 scored, [tokens[i] for i in asking],
-                [seqs[i].request.logprobs or 0 for i in asking], self._token_text)))
+                [seqs[i].request.logprobs or 0 for i in asking], self._token_texts)))
         now = time.monotonic()
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
             if seq.request.max_tokens == 0:  # it only scored its prompt

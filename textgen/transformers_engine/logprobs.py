@@ -9,7 +9,7 @@ with `every_position`), in chunks, so a long prompt never holds two copies of it
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -24,9 +24,9 @@ def normalized(logits: torch.Tensor) -> torch.Tensor:
 
 
 def records(logprobs: torch.Tensor, chosen: Sequence[int], top: Sequence[int],
-            text: Callable[[int], str]) -> list[TokenLogprobs]:
+            texts: Sequence[str]) -> list[TokenLogprobs]:
     """Per row of `logprobs` ([rows, vocab], `normalized`): the chosen token's entry and the
-    row's `top` best, best first. `text(id)`: a token's text."""
+    row's `top` best, best first. `texts[id]`: a token's text (tokenization.TokenTexts)."""
     index = torch.tensor(chosen, dtype=torch.long, device=logprobs.device).unsqueeze(1)
     values = logprobs.gather(1, index).squeeze(1).clamp_(min=FLOOR).tolist()
     k = max(top, default=0)
@@ -37,21 +37,19 @@ def records(logprobs: torch.Tensor, chosen: Sequence[int], top: Sequence[int],
         best_values = found.values.clamp_(min=FLOOR).tolist()
         best_ids = found.indices.tolist()
 
-    def entry(token_id: int, value: float) -> Candidate:
-        return Candidate(token_id, text(token_id), value)
-
-    return [TokenLogprobs(entry(token, value),
-                          tuple(entry(i, v) for i, v in zip(ids[:n], vals[:n])))
+    text = texts.__getitem__
+    return [TokenLogprobs(Candidate(token, text(token), value),
+                          tuple(map(Candidate, ids[:n], map(text, ids[:n]), vals[:n])))
             for token, value, n, ids, vals in zip(chosen, values, top, best_ids, best_values)]
 
 
 def prompt_records(logits: torch.Tensor, prompt_ids: Sequence[int], top: int,
-                   text: Callable[[int], str]) -> tuple[Optional[TokenLogprobs], ...]:
+                   texts: Sequence[str]) -> tuple[Optional[TokenLogprobs], ...]:
     """Each prompt token's entry from the logits after every prompt position ([len, vocab]):
     position t is predicted by the logits after t - 1; nothing predicts the first."""
     out: list[Optional[TokenLogprobs]] = [None]
     for start in range(0, len(prompt_ids) - 1, PROMPT_CHUNK):
         end = min(start + PROMPT_CHUNK, len(prompt_ids) - 1)
         out += records(normalized(logits[start:end]), prompt_ids[start + 1:end + 1],
-                       [top] * (end - start), text)
+                       [top] * (end - start), texts)
     return tuple(out)

@@ -134,13 +134,13 @@ class VllmEngine(EngineBase):
         super().__init__(config, observer)
         quantization = quantization_for(config.quantization, self.device.type)
         self.tokenizer = load_tokenizer(config.model_dir)
-        self._token_text = TokenTexts(self.tokenizer)
         self._llm = self._start_vllm(quantization)
         model_config = self._llm.model_config
         # vLLM's own scheduler (in this process), read for its queue and KV-cache figures.
         self._vllm_scheduler = self._llm.engine_core.engine_core.scheduler
         self.limits = self._narrow_limits(int(model_config.max_model_len),
                                           int(model_config.get_vocab_size()))
+        self._token_texts = TokenTexts(self.tokenizer, self.limits.vocab_size)
         # next() on a count is atomic; submit() runs on many threads at once.
         self._ids = itertools.count()
 
@@ -331,7 +331,7 @@ class VllmEngine(EngineBase):
         token and its `top` best, ranked) as this service's records."""
         def candidate(token_id: int, found: Any) -> Candidate:
             text = found.decoded_token
-            return Candidate(token_id, self._token_text(token_id) if text is None else text,
+            return Candidate(token_id, self._token_texts[token_id] if text is None else text,
                              max(float(found.logprob), FLOOR))
 
         out: list[Optional[TokenLogprobs]] = []
