@@ -83,6 +83,9 @@ INPUTS: dict[str, Tensor] = _by_name(
                "likely tokens at its position, in token_logprobs"),
     Tensor("prompt_logprobs", "TYPE_INT32", optional=True,
            doc="0..20: the same for each prompt token, in prompt_token_logprobs"),
+    Tensor("input_ids", "TYPE_INT32", dims=(-1,), optional=True, ragged=True,
+           doc="the prompt as token ids, run as they are instead of text_input's tokens "
+               "(text_input still gives the prompt's text)"),
 )
 
 # `llm_stream` takes the same inputs and `stream` (false: one response with the whole text,

@@ -143,7 +143,10 @@ class OpenAIFrontend:
     async def completions(self, http: HTTPRequest) -> Response:
         request = parse_completion(await _json_body(http))
         self._check_model(request.model)
-        return await self._answer(http, request, request.prompt, chat=False)
+        # A prompt sent as token ids runs as those ids; its text is for the echo (and the log).
+        prompt = (self.model.tokenizer.decode(list(request.prompt_ids))
+                  if request.prompt_ids else request.prompt)
+        return await self._answer(http, request, prompt, chat=False)
 
     async def tokenize(self, http: HTTPRequest) -> Response:
         """vLLM's /tokenize: the ids the model would see, and its context length."""
@@ -187,7 +190,8 @@ class OpenAIFrontend:
         created = int(time.time())
         echo = prompt if request.echo else ""
         with_logprobs = request.sampling.logprobs is not None
-        events = self.triton.generate(prompt, request.sampling, request.stream, headers)
+        events = self.triton.generate(prompt, request.sampling, request.stream, headers,
+                                      request.prompt_ids)
         if not request.stream:
             whole, final = await _or_disconnect(http, _collect(events))
             if chat:
@@ -199,7 +203,8 @@ class OpenAIFrontend:
                 scored = list(final.prompt_logprobs or ()) if request.echo else []
                 shaped = responses.completion_logprobs(
                     scored + list(whole.logprobs),
-                    first_token=self.model.first_token_text(prompt) if scored else "")
+                    first_token=self.model.first_token_text(prompt, request.prompt_ids)
+                    if scored else "")
             return JSONResponse(responses.completion(response_id, created, self.model.id,
                                                      echo + whole.text, final, shaped))
         # The first event is awaited before answering, so a refusal is still a plain status.

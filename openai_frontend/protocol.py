@@ -51,6 +51,7 @@ class Request:
     include_usage: bool = False
     echo: bool = False  # completions only: the answer starts with the prompt
     prompt: str = ""  # completions
+    prompt_ids: tuple[int, ...] = ()  # completions: a prompt sent as token ids
     messages: tuple[dict[str, str], ...] = field(default_factory=tuple)  # chat
 
 
@@ -171,15 +172,31 @@ def _model(body: dict[str, Any]) -> str:
     return model
 
 
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def _prompt(value: Any) -> tuple[str, tuple[int, ...]]:
+    """One prompt: a string, or token ids (a list of integers, as tokenizing clients such as
+    lm-evaluation-harness send), either alone or as a list of one. The ids' range is the
+    model's to check."""
+    if isinstance(value, list) and len(value) == 1 and (isinstance(value[0], str)
+                                                        or _is_ids(value[0])):
+        value = value[0]
+    if isinstance(value, str):
+        return value, ()
+    if _is_ids(value):
+        return "", tuple(value)
+    raise invalid("`prompt` must be a string or a list of token ids (one prompt per request)",
+                  "prompt")
+
+
 def parse_completion(body: Any) -> Request:
     """A completion; `logprobs` (an integer: alternatives per token) with `echo` also scores
     the prompt, and `echo` allows `max_tokens: 0` (the prompt alone, as vLLM)."""
     body = _object(body)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise invalid("`prompt` must be a string (one prompt per request)", "prompt")
+    prompt, prompt_ids = _prompt(body.get("prompt"))
     stream = _flag(body, "stream")
     echo = _flag(body, "echo")
     logprobs = _integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
@@ -193,7 +210,7 @@ def parse_completion(body: Any) -> Request:
         sampling = replace(sampling, prompt_logprobs=0)
     return Request(model=_model(body), sampling=replace(sampling, logprobs=logprobs),
                    stream=stream, include_usage=_stream_options(body, stream), echo=echo,
-                   prompt=prompt)
+                   prompt=prompt, prompt_ids=prompt_ids)
 
 
 def _content(message: dict[str, Any], index: int) -> str:

@@ -45,11 +45,11 @@ class ServedModel:
         """Token ids this tokenizer knows, added tokens included."""
         return len(self.tokenizer)
 
-    def first_token_text(self, prompt: str) -> str:
-        """The text of the prompt's first token as the model tokenizes it: the one token an
-        echo's logprobs name without a logprob (nothing predicts it), so the model does not
-        send it."""
-        ids = self.tokenizer.encode(prompt)
+    def first_token_text(self, prompt: str, prompt_ids: Sequence[int] = ()) -> str:
+        """The text of the prompt's first token (of its ids, or as the model tokenizes its
+        text): the one token an echo's logprobs name without a logprob (nothing predicts it),
+        so the model does not send it."""
+        ids = list(prompt_ids) or self.tokenizer.encode(prompt)
         return self.tokenizer.decode(ids[:1])
 
     def chat_prompt(self, messages: Sequence[dict[str, str]],

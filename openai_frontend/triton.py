@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Mapping, Optional, Sequence, Union
 
 import grpc
 import numpy as np
@@ -31,7 +31,7 @@ STREAM_MODEL = "llm_stream"
 # Headers the gateway sets that the model's log line needs (Triton forwards them as request
 # parameters); the frontend never sees API keys.
 # OpenAI parameter names for the model's input names, so errors name what the client sent.
-OPENAI_NAMES = {"text_input": "prompt"}
+OPENAI_NAMES = {"text_input": "prompt", "input_ids": "prompt"}
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,15 @@ def _tensor(name: str, values: list[Any]) -> grpcclient.InferInput:
     return tensor
 
 
-def model_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[grpcclient.InferInput]:
-    """The `llm_stream` tensors for one request (batch dimension included): the prompt, and
-    every sampling field that is set, under its input name."""
+def model_inputs(prompt: str, sampling: Sampling, stream: bool,
+                 prompt_ids: Sequence[int] = ()) -> list[grpcclient.InferInput]:
+    """The `llm_stream` tensors for one request (batch dimension included): the prompt (and
+    its token ids when the client sent those), and every sampling field that is set, under
+    its input name."""
     values: dict[str, list[Any]] = {"text_input": [prompt], "exclude_input_in_output": [True],
                                     "stream": [stream]}
+    if prompt_ids:
+        values["input_ids"] = list(prompt_ids)
     for name, value in vars(sampling).items():
         if name == "stop":
             if value:
@@ -124,11 +128,13 @@ class Triton:
             return False
 
     async def generate(self, prompt: str, sampling: Sampling, stream: bool,
-                       headers: Mapping[str, str]) -> AsyncIterator[Event]:
+                       headers: Mapping[str, str],
+                       prompt_ids: Sequence[int] = ()) -> AsyncIterator[Event]:
         """Pieces of text, then one `Final`; raises OpenAIError. Closing the iterator early
         (the client left) cancels the generation."""
         done = asyncio.Event()
-        request = {"model_name": STREAM_MODEL, "inputs": model_inputs(prompt, sampling, stream)}
+        request = {"model_name": STREAM_MODEL,
+                   "inputs": model_inputs(prompt, sampling, stream, prompt_ids)}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request

@@ -117,6 +117,8 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
         if name in ("text_input", "stop"):
             row = value if isinstance(value, list) else [value]
             tensors[name] = np.array([[v.encode() for v in row]], dtype=object)
+        elif name == "input_ids":
+            tensors[name] = np.array([value], dtype=np.int32)
         elif name in dtypes:
             tensors[name] = np.array([[value]], dtype=dtypes[name])
     return tensors
@@ -156,6 +158,10 @@ def _tensors(body: dict[str, Any]) -> dict[str, np.ndarray]:
     {"text_input": "hi", "logprobs": -1},
     {"text_input": "hi", "prompt_logprobs": 5, "max_tokens": 0},
     {"text_input": "hi", "prompt_logprobs": 21},
+    {"text_input": "hi", "input_ids": [1, 4095]},
+    {"text_input": "hi", "input_ids": [4096]},
+    {"text_input": "hi", "input_ids": [-1]},
+    {"text_input": "hi", "input_ids": []},
 ])
 def test_the_schema_and_the_model_agree_on_each_field(body):
     in_schema = _validator("GenerateRequest").is_valid(body)

@@ -495,3 +495,20 @@ def test_generate_api_returns_token_logprobs_as_json(gateway, api_key):
     plain = requests.post(gateway.url + "/generate", headers={"X-API-Key": api_key},
                           json={"text_input": "The list", "max_tokens": 2}, timeout=60).json()
     assert "token_logprobs" not in plain and "prompt_token_logprobs" not in plain
+
+
+def test_a_prompt_of_token_ids_runs_as_those_ids(client, model_logprobs):
+    """lm-evaluation-harness's default (`tokenized_requests`): the prompt as token ids, which
+    the model runs without tokenizing again; an id outside the vocabulary is a 400."""
+    ids, _ = model_logprobs("The list")
+    ids = ids + [ids[0], ids[-1]]  # a sequence the text's tokenization would not give back
+    _, expected = model_logprobs("", ids)
+    scored = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, temperature=0,
+                                       echo=True, logprobs=1)
+    lp = scored.choices[0].logprobs
+    assert scored.usage.prompt_tokens == len(ids) and len(lp.token_logprobs) == len(ids) + 1
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(
+        [expected[t - 1, ids[t]].item() for t in range(1, len(ids))], abs=1e-4)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=[[1, 999999]], max_tokens=1)
+    assert info.value.body["param"] == "prompt" and "999999" in info.value.body["message"]

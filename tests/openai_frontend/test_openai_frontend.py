@@ -83,9 +83,12 @@ def test_malformed_chat_requests_name_the_parameter(body, param):
     assert _refused(parse_chat, body).param == param
 
 
-def test_completions_take_one_string_prompt_and_refuse_suffix():
+def test_completions_take_one_string_or_token_id_prompt_and_refuse_suffix():
     assert parse_completion({"model": "m", "prompt": ["one"]}).prompt == "one"
-    assert _refused(parse_completion, {"model": "m", "prompt": ["a", "b"]}).param == "prompt"
+    assert parse_completion({"model": "m", "prompt": [5, 9]}).prompt_ids == (5, 9)
+    assert parse_completion({"model": "m", "prompt": [[5, 9]]}).prompt_ids == (5, 9)
+    for prompt in (["a", "b"], [[1], [2]], [], [True], [1.5], [[]]):
+        assert _refused(parse_completion, {"model": "m", "prompt": prompt}).param == "prompt"
     assert _refused(parse_completion, {"model": "m", "prompt": "a", "suffix": "z"}
                     ).param == "suffix"
 

@@ -55,6 +55,8 @@ class GenerationRequest:
     # None: not asked; k: each generated token's (prompt token's) logprob and the top k there
     logprobs: Optional[int] = None
     prompt_logprobs: Optional[int] = None
+    # The prompt's tokens when the client sent them (input_ids); else the engine tokenizes
+    prompt_ids: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -171,10 +173,31 @@ def _logit_bias(raw: Any, vocab_size: int) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(biases.items()))
 
 
+def _token_ids(raw: Optional[np.ndarray], limits: Limits) -> tuple[int, ...]:
+    """`input_ids`: one row of token ids, each in the vocabulary (its length is checked
+    against max_prompt_tokens with a tokenized prompt's, in check_token_budget)."""
+    if raw is None:
+        return ()
+    array = np.asarray(raw)
+    if array.dtype.kind not in "iu":
+        raise ValidationError("input_ids", f"must be integers, got {array.dtype}")
+    ids = array.reshape(-1)
+    if array.ndim > 1 and array.shape[0] != 1:
+        raise ValidationError("input_ids", f"must be one row of token ids, got shape "
+                                           f"{list(array.shape)}")
+    if not ids.size:
+        raise ValidationError("input_ids", "must not be empty")
+    if ids.min() < 0 or ids.max() >= limits.vocab_size:
+        bad = int(ids[(ids < 0) | (ids >= limits.vocab_size)][0])
+        raise ValidationError("input_ids", f"must be token ids in [0, {limits.vocab_size - 1}]"
+                                           f", got {bad}")
+    return tuple(int(i) for i in ids)
+
+
 def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) -> GenerationRequest:
     """Validate the named input tensors of one request (absent optional inputs are None)."""
     prompt = _text("text_input", _scalar("text_input", inputs.get("text_input")))
-    if not prompt.strip():
+    if not prompt.strip() and inputs.get("input_ids") is None:  # ids: the text may be blank
         raise ValidationError("text_input", "must not be empty")
     if len(prompt) > limits.max_prompt_chars:
         raise ValidationError("text_input", f"must have at most {limits.max_prompt_chars} "
@@ -221,6 +244,7 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
         logprobs=None if logprobs is None else _integer("logprobs", logprobs, 0,
                                                         MAX_TOP_LOGPROBS),
         prompt_logprobs=prompt_logprobs,
+        prompt_ids=_token_ids(inputs.get("input_ids"), limits),
     )
 
 

@@ -102,12 +102,12 @@ class TransformersEngine(EngineBase):
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
-        """Tokenise, check the limits and queue.
+        """Tokenise (unless the client sent token ids), check the limits and queue.
 
         Raises ValidationError for a request that can never run and Overloaded when the
         waiting queue is full; both before anything is queued.
         """
-        prompt_ids = self.tokenizer.encode(request.prompt)
+        prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
                             assembler=TextAssembler(self._detokenize, request.stop,

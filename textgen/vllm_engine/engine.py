@@ -190,9 +190,9 @@ class VllmEngine(EngineBase):
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
-        """Tokenise, check the limits and queue; refusals are raised before anything is
-        queued (ValidationError, Overloaded)."""
-        prompt_ids = self.tokenizer.encode(request.prompt)
+        """Tokenise (unless the client sent token ids), check the limits and queue;
+        refusals are raised before anything is queued (ValidationError, Overloaded)."""
+        prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
                         sink=sink, pacer=Pacer(self._stream_interval_s),

@@ -163,3 +163,20 @@ def test_max_tokens_0_only_scores_a_prompt_that_asked_for_its_logprobs():
         parse(logprobs=np.int32(5), max_tokens=np.int32(0))
     assert (parse().logprobs, parse().prompt_logprobs) == (None, None)
     assert parse(logprobs=np.int32(0)).logprobs == 0
+
+
+def test_token_id_prompts_are_one_row_of_ids_in_the_vocabulary():
+    assert parse(input_ids=np.int32(7)).prompt_ids == (7,)
+    tensors = {"text_input": np.array([[b"hello"]], dtype=object),
+               "input_ids": np.array([[5, 0, 4095]], dtype=np.int32)}
+    assert parse_request(tensors, LIMITS).prompt_ids == (5, 0, 4095)
+    for ids, message in (([[4096]], "`input_ids` must be token ids in [0, 4095], got 4096"),
+                         ([[1, -2]], "`input_ids` must be token ids in [0, 4095], got -2"),
+                         (np.zeros((1, 0)), "`input_ids` must be integers, got float64"),
+                         (np.zeros((1, 0), dtype=np.int32), "`input_ids` must not be empty"),
+                         ([[1], [2]], "`input_ids` must be one row of token ids, got shape "
+                                      "[2, 1]")):
+        with pytest.raises(ValidationError) as caught:
+            parse_request({**tensors, "input_ids": np.asarray(ids)}, LIMITS)
+        assert str(caught.value) == message
+    assert parse().prompt_ids == ()
