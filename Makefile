@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv vllm serve up down status gateway redis key keys revoke test unit soak demo-model real-model lock clean
+.PHONY: help venv vllm lm-eval serve up down status gateway redis key keys revoke test unit soak demo-model real-model lock clean
 
 # LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
 ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
@@ -52,6 +52,22 @@ $(VLLM_STAMP): requirements-vllm.lock pyproject.toml
 
 vllm: $(VLLM_STAMP) ## Install the vLLM engine's environment, .venv-vllm (LLM_ENGINE=vllm; ~3.4 GB)
 
+# lm-evaluation-harness, a client nobody here wrote, in its own environment, .venv-eval: the
+# tests and benchmarks/lm_eval_suite.py run its `lm_eval` command against the service and
+# against its own `hf` backend (requirements-eval.lock says how the pins were made).
+EVAL_VENV ?= .venv-eval
+EVAL_STAMP := $(EVAL_VENV)/.installed-$(shell cat requirements.lock requirements-eval.lock | cksum | cut -d' ' -f1)
+
+$(EVAL_STAMP): requirements.lock requirements-eval.lock
+	@echo "==> creating $(EVAL_VENV) with lm-evaluation-harness 0.4.13 (~2.5 GB; first run: about 2 minutes)"
+	@test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	@$(EVAL_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+		--no-deps -r requirements.lock -r requirements-eval.lock
+	@$(EVAL_VENV)/bin/python -m pip check --disable-pip-version-check
+	@rm -f $(EVAL_VENV)/.installed-* && touch $@
+
+lm-eval: $(EVAL_STAMP) ## Install lm-evaluation-harness's environment, .venv-eval (its tests and benchmark; ~2.5 GB)
+
 serve: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
 	@$(PY) -m tools.serve serve
 
@@ -83,7 +99,7 @@ keys: venv ## List API keys (ids, names, tiers; never the keys)
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
 	@$(PY) -m gateway.keys revoke "$(KEY)"
 
-test: venv vllm redis real-model ## Run the whole test suite (unit + integration with real servers, both engines)
+test: venv vllm lm-eval redis real-model ## Run the whole test suite (unit + integration with real servers, both engines)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tests: one folder per package (tests/<package>), no servers started.

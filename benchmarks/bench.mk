@@ -2,7 +2,7 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm aiperf
+.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm bench-lm-eval aiperf
 
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
@@ -38,3 +38,6 @@ aiperf: $(AIPERF_STAMP) ## Install AIPerf in .venv-aiperf; `make bench` then dri
 
 bench-vllm: venv vllm ## This service on both engines vs vLLM's own OpenAI server, same model and client, interleaved (~10 min)
 	@$(PY) -m benchmarks.vllm_peer $(BENCH_ARGS)
+
+bench-lm-eval: venv lm-eval ## lm-evaluation-harness on the running service (make up) vs its own hf backend, same model (LLM_MODEL_DIR, LLM_API_KEY; ~1 min)
+	@$(PY) -m benchmarks.lm_eval_suite --model-dir "$(or $(LLM_MODEL_DIR),demo_model)" $(BENCH_ARGS)
