@@ -1,4 +1,5 @@
-"""benchmarks/engine_only.py runs both policies end to end (its numbers are not checked)."""
+"""benchmarks/engine_only.py runs both policies, and its with/without comparisons, end to end (its
+numbers are not checked)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,11 +23,14 @@ def test_engine_only_reports_tokens_per_second_for_both_policies():
                          run.stdout), run.stdout
 
 
-def test_engine_only_compares_the_same_requests_with_and_without_sampling_controls():
-    run = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", "--controls",
+@pytest.mark.parametrize("flag,field", [("--controls", "presence_penalty"),
+                                        ("--logprobs", "logprobs")])
+def test_engine_only_compares_the_same_requests_with_and_without_extra_fields(flag, field):
+    run = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", flag,
                           "--requests", "6", "--clients", "3", "--repeats", "1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert f"'{field}'" in run.stdout, run.stdout
     assert re.search(r"plain\s+[\d,]+ tokens/s", run.stdout), run.stdout
-    assert re.search(r"controlled\s+[\d,]+ tokens/s .* per-pass ratio median \d\.\d{3}",
+    assert re.search(r"with them\s+[\d,]+ tokens/s .* per-pass ratio median \d\.\d{3}",
                      run.stdout), run.stdout

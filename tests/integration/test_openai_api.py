@@ -455,6 +455,21 @@ def test_the_sdk_gets_chat_logprobs_streamed_or_not_and_they_agree(client):
     assert plain.choices[0].logprobs is None  # only when asked
 
 
+def test_the_sdk_gets_completion_logprobs_streamed_or_not_and_they_agree(client):
+    whole = client.completions.create(model=MODEL, prompt="The list", max_tokens=8,
+                                      temperature=0, logprobs=2)
+    lp = whole.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == whole.usage.completion_tokens
+    assert all(len(top) >= 2 for top in lp.top_logprobs)
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(lp.tokens))]
+    chunks = list(client.completions.create(model=MODEL, prompt="The list", max_tokens=8,
+                                            temperature=0, logprobs=2, stream=True))
+    streamed = [(token, round(value, 4)) for c in chunks if c.choices and c.choices[0].logprobs
+                for token, value in zip(c.choices[0].logprobs.tokens,
+                                        c.choices[0].logprobs.token_logprobs)]
+    assert streamed == [(t, round(v, 4)) for t, v in zip(lp.tokens, lp.token_logprobs)]
+
+
 def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(client, model_logprobs):
     """What lm-evaluation-harness sends for a loglikelihood: the prompt's token logprobs, the
     first null, equal to the model's own; max_tokens 0 generates nothing."""
