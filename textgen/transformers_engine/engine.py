@@ -26,7 +26,8 @@ from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pace
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
 from textgen.executors.hf import select_executor
 from textgen.executors.kv_batch import HEADROOM
-from textgen.transformers_engine.logprobs import normalized, prompt_records, records
+from textgen.transformers_engine.logprobs import (check_prompt_logits, normalized, prompt_records,
+                                                  records)
 from textgen.transformers_engine.sampling import (RowControls, make_controls, make_rng,
                                                   sample_next_tokens)
 from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
@@ -109,6 +110,8 @@ class TransformersEngine(EngineBase):
         """
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
+        if request.prompt_logprobs is not None:
+            check_prompt_logits(len(prompt_ids), self.limits.vocab_size)
         seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
                             assembler=TextAssembler(self._detokenize, request.stop,
                                                     request.min_tokens),

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from tests.textgen.transformers_engine.test_engine import Sink, run
 from textgen.core.config import EngineConfig
 from textgen.core.outputs import FinishReason
-from textgen.core.validation import GenerationRequest
+from textgen.core.validation import GenerationRequest, ValidationError
 from textgen.transformers_engine.engine import TransformersEngine
 
 
@@ -99,3 +99,15 @@ def test_streamed_pieces_carry_every_tokens_entry_once(engine):
     assert sink.logprobs == list(output.logprobs)
     assert len(output.logprobs) == output.completion_tokens
     assert all(entry.top == () for entry in output.logprobs)
+
+
+def test_prompt_logprobs_past_the_logits_bound_are_refused_with_the_longest_allowed():
+    from textgen.transformers_engine.logprobs import MAX_PROMPT_LOGITS_BYTES, check_prompt_logits
+
+    vocab = 49152
+    most = MAX_PROMPT_LOGITS_BYTES // (vocab * 4)
+    check_prompt_logits(most, vocab)
+    with pytest.raises(ValidationError) as caught:
+        check_prompt_logits(most + 1, vocab)
+    assert caught.value.parameter == "prompt_logprobs"
+    assert f"score at most {most} tokens" in str(caught.value)
