@@ -143,7 +143,7 @@ class OpenAIFrontend:
     async def completions(self, http: HTTPRequest) -> Response:
         request = parse_completion(await _json_body(http))
         self._check_model(request.model)
-        # A prompt sent as token ids runs as those ids; its text is for the echo (and the log).
+        # A prompt sent as token ids runs as those ids; its text is the echo and text_input.
         prompt = (self.model.tokenizer.decode(list(request.prompt_ids))
                   if request.prompt_ids else request.prompt)
         return await self._answer(http, request, prompt, chat=False)
