@@ -270,3 +270,18 @@ def test_logprobs_and_prompt_logprobs_are_the_models_own(stack):
                 for entry in json.loads(event.get("token_logprobs", "[]"))]
     assert len(unary) == 8 and [e["id"] for e in streamed] == [e["id"] for e in unary]
     assert unary[0]["logprob"] == pytest.approx(expected[-1].max().item(), abs=1e-3)
+
+
+def test_a_prompt_of_token_ids_runs_as_its_text_does(stack):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL).encode("The list")
+    request = {"max_tokens": 12, "exclude_input_in_output": True}
+    as_text = stack.generate({**request, "text_input": "The list"})
+    as_ids = stack.generate({**request, "text_input": " ", "input_ids": ids})
+    assert as_ids.status_code == 200, as_ids.text
+    assert as_ids.json()["text_output"] == as_text.json()["text_output"]
+    assert as_ids.json()["num_input_tokens"] == len(ids)
+    body = assert_error_contract(stack.generate({**request, "text_input": "x",
+                                                 "input_ids": [10**6]}), 400, "invalid_request")
+    assert "`input_ids`" in body["error"]
