@@ -3,14 +3,16 @@
 
 Why: through the gateway every token also costs Triton, the stream model, Envoy and the
 client, all on the same two cores, which blurs what the scheduler and the cache do. This
-drives the transformers engine (`textgen.transformers_engine.TransformersEngine`) directly
-with N closed-loop clients (each submits its next request when the last one finishes) on
-the same seeded workload, one policy after the other, and prints output tokens/s and TTFT
-for each, median of `--repeats`.
+drives an engine (the transformers engine unless `--engine vllm`) directly with N
+closed-loop clients (each submits its next request when the last one finishes) on the same
+seeded workload, one policy after the other, and prints output tokens/s and TTFT for each,
+median of `--repeats`; or, with `--controls` / `--logprobs`, the same requests with and
+without those fields, passes alternating on one engine.
 
-  .venv/bin/python benchmarks/engine_only.py                  # mixed, 32 clients, 192 requests
-  .venv/bin/python benchmarks/engine_only.py --clients 8 --workload fixed
+  .venv/bin/python -m benchmarks.engine_only                  # mixed, 32 clients, 192 requests
+  .venv/bin/python -m benchmarks.engine_only --clients 8 --workload fixed
   .venv/bin/python -m benchmarks.engine_only --logprobs --workload fixed   # what logprobs cost
+  .venv-vllm/bin/python -m benchmarks.engine_only --engine vllm --logprobs --workload fixed
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from typing import Any, Optional, Sequence
 
 from benchmarks import workload
 from textgen.core.config import EngineConfig
-from textgen.core.outputs import SequenceOutput
+from textgen.core.cpus import engine_threads
+from textgen.core.engine import GenerationEngine
+from textgen.core.outputs import EngineObserver, SequenceOutput
 from textgen.core.validation import GenerationRequest
-from textgen.transformers_engine.engine import TransformersEngine
+from textgen.engines import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +83,7 @@ CONTROLS: dict[str, Any] = {"presence_penalty": 0.5, "frequency_penalty": 0.5,
 LOGPROBS: dict[str, Any] = {"logprobs": 5}
 
 
-def run(engine: TransformersEngine, specs: list[workload.RequestSpec], clients: int,
+def run(engine: GenerationEngine, specs: list[workload.RequestSpec], clients: int,
         controls: Optional[dict[str, Any]] = None) -> Pass:
     """One closed-loop pass over `specs` with `clients` clients; `controls`: extra fields
     (sampling controls, logprobs) for every request."""
@@ -133,6 +137,9 @@ def main() -> int:
                        help="the same, with and without logprobs (top 5)")
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="the engine's threads (LLM_CPU_THREADS; default: its own rule)")
+    parser.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                        help="with --controls or --logprobs: which engine (vllm: run this "
+                             "with .venv-vllm/bin/python)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -145,8 +152,9 @@ def main() -> int:
     if args.controls or args.logprobs:
         return compare_fields(args, specs, CONTROLS if args.controls else LOGPROBS)
     for policy in ("continuous", "static"):
-        engine = TransformersEngine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
-                                                  max_prefill_tokens=args.max_prefill_tokens))
+        engine = create_engine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
+                                            max_prefill_tokens=args.max_prefill_tokens),
+                               EngineObserver())
         try:
             run(engine, specs[:4], 4)  # warm-up
             passes = [run(engine, specs, args.clients) for _ in range(args.repeats)]
@@ -163,20 +171,20 @@ def compare_fields(args: argparse.Namespace, specs: list[workload.RequestSpec],
                    fields: dict[str, Any]) -> int:
     """Tokens/s with and without `fields` on every request, passes alternating on one
     engine."""
-    engine = TransformersEngine(EngineConfig(model_dir=args.model_dir,
-                                             max_prefill_tokens=args.max_prefill_tokens,
-                                             cpu_threads=args.cpu_threads))
+    engine = create_engine(EngineConfig(model_dir=args.model_dir, engine=args.engine,
+                                        max_prefill_tokens=args.max_prefill_tokens,
+                                        cpu_threads=args.cpu_threads), EngineObserver())
     try:
         run(engine, specs[:4], 4)  # warm-up
         plain, controlled = [], []
         for _ in range(args.repeats):
             plain.append(run(engine, specs, args.clients).tokens_per_s)
             controlled.append(run(engine, specs, args.clients, fields).tokens_per_s)
-        threads = engine.describe()["cpu_threads"]
+        threads = engine_threads(args.cpu_threads).count  # the rule both engines follow
     finally:
         engine.shutdown()
     ratios = [c / p for c, p in zip(controlled, plain)]
-    print(f"  {threads} engine thread(s); {fields}", flush=True)
+    print(f"  engine {args.engine}, {threads} engine thread(s); {fields}", flush=True)
     print(f"  plain      {statistics.median(plain):7,.0f} tokens/s (min {min(plain):,.0f}, "
           f"max {max(plain):,.0f})", flush=True)
     print(f"  with them  {statistics.median(controlled):7,.0f} tokens/s (min "
