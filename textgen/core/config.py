@@ -36,6 +36,7 @@ ENV_OVERRIDES = {
     "max_prompt_tokens": "LLM_MAX_PROMPT_TOKENS",
     "max_new_tokens": "LLM_MAX_NEW_TOKENS",
     "max_batch_total_tokens": "LLM_MAX_BATCH_TOTAL_TOKENS",
+    "max_prompt_logits_mib": "LLM_MAX_PROMPT_LOGITS_MIB",
 }
 ENGINES = ("auto", "transformers", "vllm")  # see engines.py
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,6 +142,10 @@ class EngineConfig:
     # together again. Measured in-process, 256 cut TTFT at the same tokens/s; a smaller budget
     # cut it further but cost tokens/s (docs/performance.md, Figures behind design choices).
     max_prefill_tokens: int = 256
+    # Prompt logprobs need the logits of every prompt position, which the transformers engine
+    # holds at once (float32, tokens x vocabulary): a request whose would be larger is refused
+    # with the longest prompt it may score. 1 GiB is 5,461 tokens of a 49,152-token vocabulary.
+    max_prompt_logits_mib: int = 1024
     limits: Limits = Limits()
 
 
@@ -240,5 +245,7 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
                                          EngineConfig.max_prefill_tokens),
         queue_timeout_s=float(_positive_int(params, "queue_timeout_seconds",
                                             int(EngineConfig.queue_timeout_s))),
+        max_prompt_logits_mib=_positive_int(params, "max_prompt_logits_mib",
+                                            EngineConfig.max_prompt_logits_mib),
         limits=limits,
     )

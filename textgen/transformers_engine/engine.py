@@ -111,7 +111,8 @@ class TransformersEngine(EngineBase):
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         if request.prompt_logprobs is not None:
-            check_prompt_logits(len(prompt_ids), self.limits.vocab_size)
+            check_prompt_logits(len(prompt_ids), self.limits.vocab_size,
+                                self.config.max_prompt_logits_mib)
         seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
                             assembler=TextAssembler(self._detokenize, request.stop,
                                                     request.min_tokens),

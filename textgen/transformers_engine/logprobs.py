@@ -17,21 +17,19 @@ from contracts.logprobs import FLOOR, Candidate, TokenLogprobs
 from textgen.core.validation import ValidationError
 
 PROMPT_CHUNK = 512  # prompt positions normalized at a time
-# The most memory one prompt's logits may take (float32, every position x the vocabulary):
-# its prefill holds them all at once, so this bounds what one request can ask for.
-MAX_PROMPT_LOGITS_BYTES = 2**30
 
 
-def check_prompt_logits(prompt_tokens: int, vocab_size: int) -> None:
-    """Refuse prompt logprobs whose logits would exceed MAX_PROMPT_LOGITS_BYTES, saying how
-    long a prompt may be scored."""
+def check_prompt_logits(prompt_tokens: int, vocab_size: int, limit_mib: int) -> None:
+    """Refuse prompt logprobs whose logits (float32, every position x the vocabulary, held at
+    once by the prefill) would pass `limit_mib` (EngineConfig.max_prompt_logits_mib), saying
+    how long a prompt may be scored."""
     needed = prompt_tokens * vocab_size * 4
-    if needed > MAX_PROMPT_LOGITS_BYTES:
-        most = MAX_PROMPT_LOGITS_BYTES // (vocab_size * 4)
+    if needed > limit_mib * 2**20:
+        most = limit_mib * 2**20 // (vocab_size * 4)
         raise ValidationError("prompt_logprobs", (
             f"needs the logits of every prompt position: {prompt_tokens} tokens x "
-            f"{vocab_size} = {needed / 2**20:,.0f} MiB, over this engine's "
-            f"{MAX_PROMPT_LOGITS_BYTES / 2**20:,.0f} MiB; score at most {most} tokens per "
+            f"{vocab_size} = {needed / 2**20:,.0f} MiB, over this server's "
+            f"max_prompt_logits_mib ({limit_mib:,}); score at most {most} tokens per "
             "request"))
 
 

@@ -51,6 +51,8 @@ def test_limits_are_read_from_the_parameters():
     ({"model_dir": "m", "stream_interval_ms": "-1"}, "`stream_interval_ms` must be an integer "
                                                      "from 0 to 1000"),
     ({"model_dir": "m", "max_prefill_tokens": "0"}, "`max_prefill_tokens` must be a positive"),
+    ({"model_dir": "m", "max_prompt_logits_mib": "1e3"},
+     "`max_prompt_logits_mib` must be a positive integer"),
 ])
 def test_bad_settings_fail_with_a_message_naming_the_parameter(params, message):
     with pytest.raises(ConfigError, match=message):
@@ -79,9 +81,13 @@ def test_limits_and_the_token_budget_are_overridden_from_the_environment():
     loaded = load_engine_config(config(model_dir="m"), REPO_MODEL,
                                 env={"LLM_MAX_PROMPT_TOKENS": "2000",
                                      "LLM_MAX_NEW_TOKENS": "500",
-                                     "LLM_MAX_BATCH_TOTAL_TOKENS": "65536"})
+                                     "LLM_MAX_BATCH_TOTAL_TOKENS": "65536",
+                                     "LLM_MAX_PROMPT_LOGITS_MIB": "4096"})
     assert (loaded.limits.max_prompt_tokens, loaded.limits.max_new_tokens,
-            loaded.max_batch_total_tokens) == (2000, 500, 65536)
+            loaded.max_batch_total_tokens, loaded.max_prompt_logits_mib) == (
+        2000, 500, 65536, 4096)
+    assert load_engine_config(config(model_dir="m"), REPO_MODEL, env={}
+                              ).max_prompt_logits_mib == 1024
 
 
 @pytest.mark.parametrize("where", ["parameter", "environment"])

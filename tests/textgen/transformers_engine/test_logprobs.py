@@ -102,12 +102,14 @@ def test_streamed_pieces_carry_every_tokens_entry_once(engine):
 
 
 def test_prompt_logprobs_past_the_logits_bound_are_refused_with_the_longest_allowed():
-    from textgen.transformers_engine.logprobs import MAX_PROMPT_LOGITS_BYTES, check_prompt_logits
+    from textgen.transformers_engine.logprobs import check_prompt_logits
 
-    vocab = 49152
-    most = MAX_PROMPT_LOGITS_BYTES // (vocab * 4)
-    check_prompt_logits(most, vocab)
+    vocab, limit_mib = 49152, 1024
+    most = limit_mib * 2**20 // (vocab * 4)
+    assert most == 5461
+    check_prompt_logits(most, vocab, limit_mib)
     with pytest.raises(ValidationError) as caught:
-        check_prompt_logits(most + 1, vocab)
+        check_prompt_logits(most + 1, vocab, limit_mib)
     assert caught.value.parameter == "prompt_logprobs"
+    assert "max_prompt_logits_mib (1,024)" in str(caught.value)
     assert f"score at most {most} tokens" in str(caught.value)
