@@ -65,7 +65,7 @@ class _Sink:
     tokens: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         now = time.monotonic()
         if self.first is None:
             self.first = now

@@ -48,7 +48,7 @@ class _Client:
         self.tokens = 0
         self.total = 0.0
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         if self.first is None:
             self.first = time.monotonic() - self.sent
 

@@ -77,7 +77,7 @@ class _Done:
         self.event = threading.Event()
         self.output: SequenceOutput | None = None
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         pass
 
     def on_finish(self, output: SequenceOutput) -> None:

@@ -86,6 +86,9 @@ INPUTS: dict[str, Tensor] = _by_name(
     Tensor("input_ids", "TYPE_INT32", dims=(-1,), optional=True, ragged=True,
            doc="the prompt as token ids, run as they are instead of text_input's tokens "
                "(text_input still gives the prompt's text)"),
+    Tensor("n", "TYPE_INT32", optional=True,
+           doc="1 (the default) .. 8 sequences from the prompt, prefilled once; above 1 only "
+               "streamed (llm_stream), each response naming its sequence in `index`"),
 )
 
 # `llm_stream` takes the same inputs and `stream` (false: one response with the whole text,
@@ -109,4 +112,7 @@ OUTPUTS: dict[str, Tensor] = _by_name(
     Tensor("prompt_token_logprobs", "TYPE_STRING",
            doc="only with `prompt_logprobs`: JSON, one entry per prompt token, the first null; in "
                "the final response"),
+    Tensor("index", "TYPE_INT32",
+           doc="only with `n` above 1: the sequence (0 .. n-1) the response belongs to; each "
+               "sequence ends with a response holding its finish_reason and counts"),
 )

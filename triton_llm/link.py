@@ -55,23 +55,26 @@ def engine_address(server_pid: int) -> str:
 
 
 def merged(items: list[tuple[int, FromEngine]]) -> list[tuple[int, FromEngine]]:
-    """`items` with each request's consecutive text pieces joined, order otherwise kept.
+    """`items` with each sequence's consecutive text pieces joined, order otherwise kept.
 
     Why: when a writer or reader fell behind, the pieces that queued up go on as one, so a
     slow moment never builds a backlog (as vLLM's output collector merges deltas)."""
     out: list[tuple[int, FromEngine]] = []
-    open_text: dict[int, int] = {}  # request id -> index in `out` of its text still open
+    # (request id, sequence) -> index in `out` of its text still open; any other message of
+    # the request closes all of them, so nothing moves past it
+    open_text: dict[tuple[int, int], int] = {}
     for request_id, message in items:
-        at = open_text.get(request_id)
+        at = open_text.get((request_id, message.index)) if isinstance(message, Text) else None
         if isinstance(message, Text) and at is not None:
             previous = out[at][1]
             assert isinstance(previous, Text)
             out[at] = (request_id, Text(previous.delta + message.delta,
-                                        previous.logprobs + message.logprobs))
+                                        previous.logprobs + message.logprobs, message.index))
             continue
-        open_text.pop(request_id, None)
         if isinstance(message, Text):
-            open_text[request_id] = len(out)
+            open_text[(request_id, message.index)] = len(out)
+        else:
+            open_text = {key: at for key, at in open_text.items() if key[0] != request_id}
         out.append((request_id, message))
     return out
 
@@ -93,19 +96,25 @@ class _Channel:
 
 
 class _RequestSink:
-    """OutputSink of one request; queues its messages for the sender thread."""
+    """OutputSink of one request (all of its `choices` sequences); queues its messages for
+    the sender thread."""
 
-    def __init__(self, channel: _Channel, request_id: int, sender: "_Sender") -> None:
+    def __init__(self, channel: _Channel, request_id: int, sender: "_Sender",
+                 choices: int = 1) -> None:
         self._channel = channel
         self._id = request_id
         self._sender = sender
+        self._open = choices
         self.cancelled = False
 
-    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
-        self._sender.send(self._channel, self._id, Text(delta, tuple(logprobs)))
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = (),
+                index: int = 0) -> None:
+        self._sender.send(self._channel, self._id, Text(delta, tuple(logprobs), index))
 
     def on_finish(self, output: SequenceOutput) -> None:
-        self._channel.sinks.pop(self._id, None)
+        self._open -= 1
+        if not self._open:  # a cancellation reaches every sequence until the last ends
+            self._channel.sinks.pop(self._id, None)
         self._sender.send(self._channel, self._id, Finished(output))
 
     def refuse(self, kind: ErrorType, message: str) -> None:
@@ -216,7 +225,7 @@ class EngineLinkServer:
                     if sink is not None:
                         sink.cancelled = True
                     continue
-                sink = _RequestSink(channel, message.request_id, self._sender)
+                sink = _RequestSink(channel, message.request_id, self._sender, message.choices)
                 channel.sinks[message.request_id] = sink
                 try:
                     self._submit(message.inputs, message.meta, sink)
@@ -273,9 +282,10 @@ class EngineClient:
         self._ids = itertools.count(1)
 
     def stream(self, inputs: Mapping[str, Any], meta: Mapping[str, str],
-               is_cancelled: Callable[[], bool],
+               is_cancelled: Callable[[], bool], choices: int = 1,
                poll_seconds: float = 0.02) -> Iterator[FromEngine]:
-        """Send one request and yield the engine's messages: Text ..., then Finished or Refused.
+        """Send one request and yield the engine's messages: Text ..., then a Finished for
+        each of its `choices` sequences, or one Refused.
 
         Text that queued up is yielded merged. `is_cancelled` is asked every `poll_seconds`;
         when it turns true the engine is told, and the sequence ends with finish reason
@@ -286,8 +296,9 @@ class EngineClient:
         with self._lock:
             conn = self._connected()
             self._queues[request_id] = (conn, messages)
-            _send_or_lose(conn, Generate(request_id, dict(inputs), dict(meta)))
+            _send_or_lose(conn, Generate(request_id, dict(inputs), dict(meta), choices))
         ended = told = False
+        open_choices = choices
         try:
             next_check = time.monotonic() + poll_seconds
             while True:
@@ -303,7 +314,9 @@ class EngineClient:
                 except queue.Empty:
                     continue
                 for message in _drained(first, messages):
-                    ended = not isinstance(message, Text)
+                    if isinstance(message, Finished):
+                        open_choices -= 1
+                    ended = isinstance(message, Refused) or not open_choices
                     yield message
                     if ended:
                         return
@@ -373,7 +386,7 @@ def _drained(first: FromEngine, messages: queue.SimpleQueue[FromEngine]) -> list
     a time and the client would fall behind. Merging only what is already waiting never delays
     a token: when the stream keeps up, each message still goes out alone."""
     waiting = [first]
-    while isinstance(waiting[-1], Text):  # nothing follows a request's last message
+    while not isinstance(waiting[-1], Refused):  # nothing follows a refusal
         try:
             waiting.append(messages.get_nowait())
         except queue.Empty:

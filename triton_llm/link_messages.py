@@ -6,7 +6,8 @@ an id the stream side chose:
 
   stream -> engine   Generate(id), then Cancel(id) if the client goes away
   engine -> stream   Outputs: what the engine produced since its last write, for any number
-                     of requests; per request, Text ... then exactly one of Finished | Refused
+                     of requests; per request, Text ... then Finished once per sequence (n,
+                     `choices`), or one Refused
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Generate:
     request_id: int
     inputs: Mapping[str, Any]
     meta: Mapping[str, str]
+    choices: int = 1  # its sequences (`n`): each ends with its own Finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Text:
 
     delta: str
     logprobs: tuple[TokenLogprobs, ...] = ()
+    index: int = 0  # which of the request's sequences
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -81,13 +82,16 @@ def tensors(values: Mapping[str, Any], dtypes: Mapping[str, Any]) -> list[Any]:
             for name, value in values.items()]
 
 
-def final_values(output: SequenceOutput, text: str, streamed: bool = False) -> dict[str, Any]:
-    """The last response's outputs; a stream's carries no text and no token logprobs (its
-    pieces had them)."""
+def final_values(output: SequenceOutput, text: str, streamed: bool = False,
+                 indexed: bool = False) -> dict[str, Any]:
+    """A sequence's last response's outputs; a stream's carries no text and no token
+    logprobs (its pieces had them). `indexed`: the request has n > 1 sequences."""
     values = {"text_output": text.encode("utf-8"),
               "finish_reason": output.finish_reason.value.encode(),
               "num_input_tokens": output.prompt_tokens,
               "num_output_tokens": output.completion_tokens}
+    if indexed:
+        values["index"] = output.index
     if output.logprobs is not None:
         values.update(logprobs_values(() if streamed else output.logprobs))
     if output.prompt_logprobs is not None:
@@ -139,19 +143,32 @@ def forward_engine_logs() -> None:
 
 
 class Logged:
-    """Wraps an OutputSink to write the request's log line when it ends."""
+    """Wraps an OutputSink to write the request's log line when it ends: when the last of
+    its `choices` sequences ends, with their generated tokens added up."""
 
-    def __init__(self, sink: OutputSink, meta: Mapping[str, str], streamed: bool) -> None:
+    def __init__(self, sink: OutputSink, meta: Mapping[str, str], streamed: bool,
+                 choices: int = 1) -> None:
         self._sink = sink
         self._meta = {**meta, "mode": "stream" if streamed else "unary"}
+        if choices > 1:
+            self._meta["n"] = str(choices)
+        self._open = choices
+        self._generated = 0
+        self._failure: Optional[tuple[ErrorType, str]] = None
 
-    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
-        self._sink.on_text(delta, logprobs)
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = (),
+                index: int = 0) -> None:
+        self._sink.on_text(delta, logprobs, index)
 
     def on_finish(self, output: SequenceOutput) -> None:
-        failure = output_error(output)
-        log_request(self._meta, failure[0].value if failure else "ok", output,
-                    failure[1] if failure else "")
+        self._open -= 1
+        self._generated += output.completion_tokens
+        self._failure = self._failure or output_error(output)
+        if not self._open:
+            failure = self._failure
+            log_request(self._meta, failure[0].value if failure else "ok",
+                        replace(output, completion_tokens=self._generated),
+                        failure[1] if failure else "")
         self._sink.on_finish(output)
 
     def is_cancelled(self) -> bool:
@@ -173,7 +190,8 @@ class UnaryResponder:
         self._next_poll = 0.0
         self._cancelled = False
 
-    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = (),
+                index: int = 0) -> None:
         """Unary callers get the whole text (and logprobs) at the end."""
 
     def on_finish(self, output: SequenceOutput) -> None:

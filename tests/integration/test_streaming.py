@@ -116,6 +116,38 @@ def test_grpc_stream_pieces_carry_their_tokens_logprobs_and_unary_carries_all(tr
     assert plain.as_numpy("token_logprobs") is None  # only when asked
 
 
+def test_n_sequences_stream_with_their_index_and_each_ends_on_its_own(triton):
+    """`n`: one request, n sequences; every event names its sequence, each sequence ends
+    with an event holding its finish reason and counts, the last flagged final (SSE and
+    tritonclient gRPC alike); seeded, sequence i is the request seeded seed + i."""
+    body = {**BODY, "max_tokens": 12, "temperature": 1.0, "seed": 5, "ignore_eos": True}
+    events = sse_events(f"{triton.http_url}/v2/models/llm_stream/generate_stream",
+                        {**body, "n": 3})
+    ends = [e for e in events if "finish_reason" in e]
+    assert sorted(e["index"] for e in ends) == [0, 1, 2] and events[-1] in ends
+    assert all(e["num_output_tokens"] == 12 for e in ends)
+    for i in range(3):
+        alone = requests.post(f"{triton.http_url}/v2/models/llm/generate",
+                              json={**body, "seed": 5 + i}, timeout=60).json()
+        assert "".join(e["text_output"] for e in events if e["index"] == i) == \
+            alone["text_output"]
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    results: "queue.Queue[Any]" = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.async_stream_infer("llm_stream", _grpc_inputs("The list", 6, n=2))
+    finals, indexes = 0, set()
+    while not finals:
+        result, error = results.get(timeout=30)
+        assert error is None, error
+        indexes.add(int(result.as_numpy("index").reshape(-1)[0]))
+        finals += result.get_response().parameters["triton_final_response"].bool_param
+    client.stop_stream()
+    assert indexes == {0, 1}
+    refused = requests.post(f"{triton.http_url}/v2/models/llm/generate",
+                            json={**BODY, "n": 2}, timeout=60)
+    assert refused.status_code == 400 and "`n` above 1 needs a stream" in refused.text
+
+
 def test_stream_false_answers_the_generate_endpoint_in_one_response(triton):
     reply = requests.post(f"{triton.http_url}/v2/models/llm_stream/generate",
                           json={**BODY, "stream": False}, timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -42,6 +43,40 @@ def test_text_then_finished_arrive_in_order_pieces_merged_at_most():
     assert messages[-1] == Finished(DONE)
     assert all(isinstance(message, Text) for message in messages[:-1])
     assert "".join(message.delta for message in messages[:-1]) == "ab"
+
+
+def test_a_request_of_n_sequences_ends_after_the_last_and_is_cancellable_until_then():
+    """Each sequence's end is delivered; the stream ends with the last one, and a
+    cancellation still reaches the engine after the first ended."""
+    sinks: list[OutputSink] = []
+    first_ended = threading.Event()
+
+    def submit(inputs: Mapping[str, Any], meta: Mapping[str, str], sink: OutputSink) -> None:
+        sinks.append(sink)
+
+        def produce() -> None:
+            sink.on_text("a", index=0)
+            sink.on_text("b", index=1)
+            sink.on_finish(replace(DONE, index=0))
+            first_ended.wait(5)
+            deadline = time.monotonic() + 5
+            while not sink.is_cancelled() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sink.on_finish(replace(DONE, index=1, finish_reason=FinishReason.CANCELLED))
+        threading.Thread(target=produce, daemon=True).start()
+
+    _, client = serve(submit)
+    cancelled = threading.Event()
+    messages = []
+    for message in client.stream({}, {}, cancelled.is_set, choices=2):
+        messages.append(message)
+        if isinstance(message, Finished):
+            first_ended.set()
+            cancelled.set()  # the client leaves after the first sequence ended
+    ends = [m.output for m in messages if isinstance(m, Finished)]
+    assert [(o.index, o.finish_reason) for o in ends] == [
+        (0, FinishReason.LENGTH), (1, FinishReason.CANCELLED)]
+    assert {(m.delta, m.index) for m in messages if isinstance(m, Text)} == {("a", 0), ("b", 1)}
 
 
 def test_concurrent_requests_share_one_connection_and_each_gets_only_its_own_text():
@@ -87,9 +122,19 @@ def test_text_waiting_on_the_stream_side_goes_out_as_one_message_and_nothing_wai
     instead of several) but never holds a piece back to wait for the next."""
     waiting: queue.SimpleQueue = queue.SimpleQueue()
     assert _drained(Text("a"), waiting) == [Text("a")]  # alone: sent at once
-    for message in (Text("c"), Finished(DONE), Text("late")):
+    for message in (Text("c"), Finished(DONE), Text("d", index=1),
+                    Refused(ErrorType.INTERNAL, "x"), Text("late")):
         waiting.put(message)
-    assert _drained(Text("b"), waiting) == [Text("bc"), Finished(DONE)]  # stops at the end
+    # One sequence's end does not stop it (a request's others may go on: `n`); a refusal does.
+    assert _drained(Text("b"), waiting) == [Text("bc"), Finished(DONE), Text("d", index=1),
+                                            Refused(ErrorType.INTERNAL, "x")]
+
+
+def test_the_sequences_of_one_request_are_merged_each_on_its_own():
+    items = [(1, Text("a")), (1, Text("x", index=1)), (1, Text("b")), (1, Text("y", index=1)),
+             (1, Finished(DONE)), (1, Text("z", index=1))]
+    assert merged(items) == [(1, Text("ab")), (1, Text("xy", index=1)), (1, Finished(DONE)),
+                             (1, Text("z", index=1))]
 
 
 def test_refusal_reaches_the_stream_side_with_its_kind():

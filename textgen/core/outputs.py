@@ -46,6 +46,7 @@ class SequenceOutput:
     # position's (the first is None: nothing predicts it).
     logprobs: Optional[tuple[TokenLogprobs, ...]] = None
     prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
+    index: int = 0  # which of the request's n sequences this is
 
 
 @dataclass
@@ -59,8 +60,8 @@ class Timeline:
     def output(self, text: str, reason: FinishReason, prompt_tokens: int,
                completion_tokens: int, error: str = "",
                logprobs: Optional[Sequence[TokenLogprobs]] = None,
-               prompt_logprobs: Optional[Sequence[Optional[TokenLogprobs]]] = None
-               ) -> SequenceOutput:
+               prompt_logprobs: Optional[Sequence[Optional[TokenLogprobs]]] = None,
+               index: int = 0) -> SequenceOutput:
         """The sequence's end as the sinks and metrics see it, timed from now."""
         now = time.monotonic()
         return SequenceOutput(
@@ -70,7 +71,8 @@ class Timeline:
             first_token_seconds=(self.first_token_at or now) - self.arrival,
             total_seconds=now - self.arrival, error=error,
             logprobs=None if logprobs is None else tuple(logprobs),
-            prompt_logprobs=None if prompt_logprobs is None else tuple(prompt_logprobs))
+            prompt_logprobs=None if prompt_logprobs is None else tuple(prompt_logprobs),
+            index=index)
 
 
 class Pacer:
@@ -109,10 +111,13 @@ class OutputSink(Protocol):
     `on_text` receives each piece of final text as it is produced, with the logprobs of the
     tokens behind it when the request asked for them (a piece may hold logprobs and no text:
     an incomplete character, text held back for a stop string, the end-of-sequence token);
-    exactly one `on_finish` follows, on success, cancellation and error alike.
+    exactly one `on_finish` follows, on success, cancellation and error alike. A request with
+    `n` sequences has one sink for all of them: each piece names its sequence (`index`), and
+    each sequence ends with its own `on_finish` (`output.index`), n in all.
     """
 
-    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = ()) -> None: ...
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = (),
+                index: int = 0) -> None: ...
 
     def on_finish(self, output: SequenceOutput) -> None: ...
 
@@ -139,14 +144,15 @@ class EngineObserver:
 
 
 def send_text(sink: OutputSink, pacer: Pacer, delta: str, now: float,
-              final: bool = False, logprobs: Sequence[TokenLogprobs] = ()) -> bool:
+              final: bool = False, logprobs: Sequence[TokenLogprobs] = (),
+              index: int = 0) -> bool:
     """Hand `delta` to the sink when its pacer says so; False when the sink failed (the
     client is gone), which the engine treats as a cancellation."""
     text, taken = pacer.take(delta, now, final, logprobs)
     if not (text or taken):
         return True
     try:
-        sink.on_text(text, taken)
+        sink.on_text(text, taken, index)
     except Exception:
         log.warning("sending a token failed; cancelling the sequence", exc_info=True)
         return False

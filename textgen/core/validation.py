@@ -24,6 +24,7 @@ MAX_SEED = 2**63 - 1
 MAX_PENALTY = 2.0         # presence and frequency penalties: [-2, 2], as OpenAI's API
 MAX_LOGIT_BIAS = 100.0    # a bias in [-100, 100], as OpenAI's API
 MAX_LOGIT_BIAS_TOKENS = 1024
+MAX_CHOICES = 8           # `n`: sequences from one prompt
 
 
 class ValidationError(ValueError):
@@ -57,6 +58,7 @@ class GenerationRequest:
     prompt_logprobs: Optional[int] = None
     # The prompt's tokens when the client sent them (input_ids); else the engine tokenizes
     prompt_ids: tuple[int, ...] = ()
+    n: int = 1  # sequences from this prompt, each with its own `index` and random stream
 
     @property
     def greedy(self) -> bool:
@@ -194,6 +196,12 @@ def _token_ids(raw: Optional[np.ndarray], limits: Limits) -> tuple[int, ...]:
     return tuple(int(i) for i in ids)
 
 
+def parse_choices(raw: Optional[np.ndarray]) -> int:
+    """`n`: how many sequences (choices) one request asks for, 1 to MAX_CHOICES."""
+    value = _scalar("n", raw)
+    return 1 if value is None else _integer("n", value, 1, MAX_CHOICES)
+
+
 def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) -> GenerationRequest:
     """Validate the named input tensors of one request (absent optional inputs are None)."""
     prompt = _text("text_input", _scalar("text_input", inputs.get("text_input")))
@@ -245,6 +253,7 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
                                                         MAX_TOP_LOGPROBS),
         prompt_logprobs=prompt_logprobs,
         prompt_ids=_token_ids(inputs.get("input_ids"), limits),
+        n=parse_choices(inputs.get("n")),
     )
 
 

@@ -48,6 +48,10 @@ class Executor(Protocol):
         """One token per running row (in row order); returns the logits [rows, vocab]."""
         ...
 
+    def fork(self, rows: list[int]) -> None:
+        """Add a copy of each of `rows` (its cache so far) as new last rows, in order."""
+        ...
+
     def drop(self, rows: list[int]) -> list[int]:
         """Forget `rows`; returns the remaining rows' old indices in their new order."""
         ...
@@ -92,6 +96,9 @@ class HFExecutor:
                          past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
         self._batch.commit_decode()
         return out.logits[:, -1, :]
+
+    def fork(self, rows: list[int]) -> None:
+        self._batch.fork(rows)
 
     def drop(self, rows: list[int]) -> list[int]:
         return self._batch.drop(rows)

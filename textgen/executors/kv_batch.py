@@ -119,6 +119,20 @@ class KVBatch:
         self._start = min(self._start, first)
         self._bind()
 
+    def fork(self, sources: list[int]) -> None:
+        """Add a copy of each of rows `sources` below our rows, in order: the n sequences of
+        one request share its prompt's keys and values, computed once."""
+        if self.rows + len(sources) > self._mask.shape[0]:
+            self._relayout(self.rows + len(sources), left=0)
+        columns = slice(self._start, self._end)
+        new = slice(self.rows, self.rows + len(sources))
+        index = torch.tensor(sources, dtype=torch.long, device=self._mask.device)
+        for buffer in (*self._keys, *self._values):
+            buffer[new, :, columns] = buffer[index, :, columns]
+        self._mask[new, columns] = self._mask[index, columns]
+        self.rows += len(sources)
+        self._bind()
+
     def drop(self, finished: list[int]) -> list[int]:
         """Remove the `finished` rows; returns the old row indices in their new order.
 

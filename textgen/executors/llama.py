@@ -222,6 +222,9 @@ class LlamaExecutor:
         self._batch.commit_decode()
         return self._logits(hidden[:, -1])
 
+    def fork(self, rows: list[int]) -> None:
+        self._batch.fork(rows)  # the C step reads the same buffers
+
     def drop(self, rows: list[int]) -> list[int]:
         return self._batch.drop(rows)
 

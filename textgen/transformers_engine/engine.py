@@ -54,10 +54,19 @@ class SequenceState:
     # Only when the request asks for them (None otherwise).
     logprobs: Optional[list[TokenLogprobs]] = None
     prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
+    index: int = 0  # which of its request's n sequences
+    # The request's other sequences, until they join the batch beside this one: its prefill
+    # is theirs (the executor copies this row's cache for each).
+    forks: list["SequenceState"] = field(default_factory=list)
 
     @property
     def token_budget(self) -> int:
         return len(self.prompt_ids) + self.request.max_tokens
+
+    @property
+    def width(self) -> int:
+        """Rows it takes when it joins the batch: itself and its forks."""
+        return 1 + len(self.forks)
 
 
 def _prompt_length(seq: SequenceState) -> int:
@@ -113,21 +122,31 @@ class TransformersEngine(EngineBase):
         if request.prompt_logprobs is not None:
             check_prompt_logits(len(prompt_ids), self.limits.vocab_size,
                                 self.config.max_prompt_logits_mib)
-        seq = SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
-                            assembler=TextAssembler(self._detokenize, request.stop,
-                                                    request.min_tokens),
-                            rng=make_rng(request),
-                            controls=make_controls(request, prompt_ids),
-                            pacer=Pacer(self._stream_interval_s),
-                            logprobs=None if request.logprobs is None else [])
+        seq = self._sequence(request, prompt_ids, sink, 0)
+        seq.forks = [self._sequence(request, prompt_ids, sink, i) for i in range(1, request.n)]
+        if seq.width > self.config.max_num_seqs:
+            raise ValidationError("n", f"must be at most this server's max_num_seqs "
+                                       f"({self.config.max_num_seqs}), got {request.n}")
         if not self._scheduler.fits_ever(seq):
             raise ValidationError("max_tokens", (
-                f"plus the prompt needs {seq.token_budget} tokens, more than this server's "
-                f"max_batch_total_tokens ({self.budget.tokens})"))
+                f"plus the prompt needs {seq.token_budget} tokens"
+                + (f" for each of {seq.width} sequences" if seq.width > 1 else "")
+                + f", more than this server's max_batch_total_tokens ({self.budget.tokens})"))
         with self._wakeup:
             self._admission.admit(len(self._scheduler.waiting))
             self._scheduler.add(seq)
             self._wakeup.notify()
+
+    def _sequence(self, request: GenerationRequest, prompt_ids: list[int], sink: OutputSink,
+                  index: int) -> SequenceState:
+        """Sequence `index` of a request: its own text, random stream, controls and pacing."""
+        return SequenceState(request=request, prompt_ids=prompt_ids, sink=sink,
+                             assembler=TextAssembler(self._detokenize, request.stop,
+                                                     request.min_tokens),
+                             rng=make_rng(request, index),
+                             controls=make_controls(request, prompt_ids),
+                             pacer=Pacer(self._stream_interval_s),
+                             logprobs=None if request.logprobs is None else [], index=index)
 
     def _has_unfinished(self) -> bool:
         return self._scheduler.has_unfinished()
@@ -196,8 +215,18 @@ class TransformersEngine(EngineBase):
             logits = self.executor.prefill([s.prompt_ids for s in group], every)
             if any(every):
                 logits = self._score_prompts(group, logits)
+            forks = [(j, fork) for j, seq in enumerate(group) for fork in seq.forks]
+            if forks:  # n sequences: one prefill, its cache copied for the others
+                first = len(self._scheduler.rows)  # the group's first row
+                self.executor.fork([first + j for j, _ in forks])
+                logits = torch.cat([logits, logits[[j for j, _ in forks]]])
+                for j, fork in forks:
+                    fork.prompt_logprobs = group[j].prompt_logprobs
+                    fork.timeline.admitted_at = group[j].timeline.admitted_at
             with self._wakeup:
-                rows = self._scheduler.join_batch(group)
+                rows = self._scheduler.join_batch(group + [fork for _, fork in forks])
+                for seq in group:
+                    seq.forks = []
             self._advance(rows, logits)
 
     def _score_prompts(self, group: list[SequenceState], logits: torch.Tensor) -> torch.Tensor:
@@ -267,7 +296,7 @@ class TransformersEngine(EngineBase):
 
     def _emit(self, seq: SequenceState, delta: str, now: float, final: bool = False,
               logprobs: tuple[TokenLogprobs, ...] = ()) -> None:
-        if not send_text(seq.sink, seq.pacer, delta, now, final, logprobs):
+        if not send_text(seq.sink, seq.pacer, delta, now, final, logprobs, seq.index):
             seq.finish_reason = FinishReason.CANCELLED
 
     def _retire(self) -> None:
@@ -296,10 +325,12 @@ class TransformersEngine(EngineBase):
             self._finish(seq, FinishReason.ERROR, message)
 
     def _finish(self, seq: SequenceState, reason: FinishReason, error: str = "") -> None:
-        send_finish(seq.sink, seq.timeline.output(seq.assembler.text, reason,
-                                                  len(seq.prompt_ids), seq.generated, error,
-                                                  seq.logprobs, seq.prompt_logprobs),
-                    self.observer)
+        """End `seq`, and the forks that never joined it (it left before its prefill)."""
+        for one in (seq, *seq.forks):
+            send_finish(one.sink, one.timeline.output(
+                one.assembler.text, reason, len(one.prompt_ids), one.generated, error,
+                one.logprobs, one.prompt_logprobs, one.index), self.observer)
+        seq.forks = []
 
     def _facts(self) -> dict[str, Any]:
         return {"parameters": self._parameters, "scheduling": self.config.scheduling,

@@ -121,11 +121,14 @@ def apply_controls(logits: torch.Tensor, requests: Sequence[GenerationRequest],
     logits.index_put_(where, torch.from_numpy(values).to(device=device, dtype=logits.dtype))
 
 
-def make_rng(request: GenerationRequest) -> Optional[random.Random]:
-    """A private random stream for a sampled request; greedy requests need none."""
+def make_rng(request: GenerationRequest, index: int = 0) -> Optional[random.Random]:
+    """A private random stream for sequence `index` of a sampled request (a seeded one's
+    sequence i draws from seed + i, so each is reproducible alone); greedy ones need none."""
     if request.greedy:
         return None
-    return random.Random(request.seed if request.seed is not None else secrets.randbits(63))
+    if request.seed is None:
+        return random.Random(secrets.randbits(63))
+    return random.Random((request.seed + index) % 2**63)
 
 
 def filter_top_k_top_p(sorted_logits: torch.Tensor, top_k: torch.Tensor,

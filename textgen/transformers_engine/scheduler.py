@@ -28,10 +28,14 @@ class Budget:
 
 
 class Budgeted(Protocol):
-    """What the scheduler needs from a sequence: its worst-case token footprint."""
+    """What the scheduler needs from a sequence: its worst-case token footprint, and the rows
+    it takes when it joins (a request's n sequences are admitted together)."""
 
     @property
     def token_budget(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
 
 
 S = TypeVar("S", bound=Budgeted)
@@ -58,6 +62,11 @@ class Scheduler(Generic[S]):
         self.waiting.append(seq)
 
     @staticmethod
+    def rows_of(seqs: Iterable[S]) -> int:
+        """The batch rows `seqs` take (each sequence with its forks)."""
+        return sum(s.width for s in seqs)
+
+    @staticmethod
     def footprint(rows: int, longest: int) -> int:
         """Cache tokens `rows` rows reserve when the largest worst case among them is
         `longest`: each row padded to it."""
@@ -67,11 +76,12 @@ class Scheduler(Generic[S]):
     def token_usage(self) -> float:
         """The share of max_batch_total_tokens the running sequences reserve (0-1)."""
         longest = max((s.token_budget for s in self.running), default=0)
-        return self.footprint(len(self.running), longest) / self.budget.max_batch_total_tokens
+        return self.footprint(self.rows_of(self.running), longest) / \
+            self.budget.max_batch_total_tokens
 
     def fits_ever(self, seq: S) -> bool:
-        """Whether the sequence could run in an otherwise empty batch."""
-        return seq.token_budget <= self.budget.max_batch_total_tokens
+        """Whether the sequence (with its forks) could run in an otherwise empty batch."""
+        return self.footprint(seq.width, seq.token_budget) <= self.budget.max_batch_total_tokens
 
     def schedule(self) -> list[S]:
         """Called before each step; admits waiting sequences that fit and returns them."""
@@ -80,16 +90,17 @@ class Scheduler(Generic[S]):
             return []
         admitted: list[S] = []
         longest = max((s.token_budget for s in running), default=0)
+        rows = self.rows_of(running)
         while self.waiting:
             seq = self.waiting[0]
-            if len(running) + len(admitted) >= self.budget.max_num_seqs:
+            if rows + seq.width > self.budget.max_num_seqs:
                 break
             widest = max(longest, seq.token_budget)
-            if self.footprint(len(running) + len(admitted) + 1, widest) > \
-                    self.budget.max_batch_total_tokens:
+            if self.footprint(rows + seq.width, widest) > self.budget.max_batch_total_tokens:
                 break
             self.waiting.popleft()
             longest = widest
+            rows += seq.width
             admitted.append(seq)
         self.admitted.extend(admitted)
         return admitted

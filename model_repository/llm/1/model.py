@@ -69,7 +69,13 @@ class TritonPythonModel:
         """Validate and queue one request; a refusal is logged and counted, then re-raised."""
         try:
             generation = parse_request(inputs, self._engine.limits)
-            self._engine.submit(generation, Logged(make_sink(generation), meta, streamed))
+            if generation.n > 1 and not streamed:
+                raise ValidationError("n", (
+                    f"above 1 needs a stream, whose responses name their sequence (`index`), "
+                    f"got {generation.n}: use model llm_stream (generate_stream, gRPC "
+                    "streaming) or the OpenAI API"))
+            self._engine.submit(generation, Logged(make_sink(generation), meta, streamed,
+                                                   generation.n))
         except ValidationError as exc:
             self._metrics.on_reject("invalid")
             log_request(meta, ErrorType.INVALID_REQUEST.value, error=str(exc))

@@ -143,3 +143,19 @@ def test_without_a_limit_joins_reuse_the_spare_rows():
     cache, mask, _ = prefilled([4], tag=5.0)
     batch.join(layers_of(cache), mask)
     assert batch.buffers(0)[0].shape[0] == 8
+
+
+def test_a_forked_row_sees_its_sources_history_and_then_its_own():
+    """n sequences of one request: the copies start from the prompt's cache and diverge."""
+    batch = KVBatch()
+    cache, mask, first = prefilled([5, 3], tag=0.0)
+    batch.join(layers_of(cache), mask)
+    batch.fork([1, 1, 0])  # two copies of row 1, one of row 0, past the row capacity
+    assert batch.rows == 5
+    decode_step(batch, 7.0)
+    step7 = torch.full((HEADS, 1, DIM), 7.0)
+    for row, source in ((2, 1), (3, 1), (4, 0)):
+        assert torch.equal(row_history(batch, row), torch.cat([first[source], step7], 1))
+    _, positions = batch.decode_inputs()
+    assert positions.squeeze(1).tolist() == [6, 4, 4, 4, 6]
+    assert batch.drop([1, 2]) == [0, 3, 4]  # the copies leave like any row

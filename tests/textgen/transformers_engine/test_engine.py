@@ -28,7 +28,7 @@ class Sink:
         self._cancel_after = cancel_after
         self._cancelled = cancelled
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         self.pieces.append(delta)
         self.logprobs.extend(logprobs)
 
@@ -55,7 +55,7 @@ class GateSink(Sink):
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         self.started.set()
         self.release.wait(30)
         super().on_text(delta, logprobs)
@@ -275,7 +275,7 @@ class FirstTokenClock(Sink):
         self.clock = clock
         self.first_at: int | None = None
 
-    def on_text(self, delta: str, logprobs: Sequence[Any] = ()) -> None:
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
         if self.first_at is None:
             self.first_at = len(self.clock.pieces)
         super().on_text(delta)

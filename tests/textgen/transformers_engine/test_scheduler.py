@@ -10,6 +10,7 @@ from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_gro
 @dataclass(eq=False)
 class Seq:  # a Budgeted sequence
     tokens: int
+    width: int = 1  # with its forks (a request's n sequences)
 
     @property
     def token_budget(self) -> int:
@@ -116,3 +117,15 @@ def test_the_budget_counts_rows_padded_to_the_longest_so_the_cache_stays_within_
     scheduler.finish([long])
     assert scheduler.schedule() == shorts[1:]
     assert scheduler.token_usage == 5 * 10 / 1000
+
+
+def test_a_request_of_n_sequences_is_admitted_whole_and_counted_as_n_rows():
+    scheduler = Scheduler(Budget(max_num_seqs=4, max_batch_total_tokens=100))
+    running, family, single = Seq(20), Seq(20, width=3), Seq(20)
+    scheduler.add(running)
+    assert scheduler.schedule() == [running]
+    scheduler.add(family)
+    scheduler.add(single)
+    assert scheduler.schedule() == [family]  # 1 + 3 rows: the single one waits its turn
+    assert scheduler.token_usage == 0.8      # 4 rows x 20 tokens of 100
+    assert scheduler.fits_ever(Seq(25, width=4)) and not scheduler.fits_ever(Seq(26, width=4))
