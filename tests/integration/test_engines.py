@@ -285,3 +285,15 @@ def test_a_prompt_of_token_ids_runs_as_its_text_does(stack):
     body = assert_error_contract(stack.generate({**request, "text_input": "x",
                                                  "input_ids": [10**6]}), 400, "invalid_request")
     assert "`input_ids`" in body["error"]
+
+
+def test_n_sequences_stream_each_with_its_index_and_its_own_end(stack):
+    events = stack.stream({"text_input": "The list", "max_tokens": 10, "n": MAX_NUM_SEQS,
+                           "temperature": 1.0, "seed": 11, "ignore_eos": True})
+    ends = [e for e in events if "finish_reason" in e]
+    assert sorted(e["index"] for e in ends) == [0, 1] and events[-1] in ends
+    assert all(e["num_output_tokens"] == 10 for e in ends)
+    texts = {i: "".join(e["text_output"] for e in events if e["index"] == i) for i in range(2)}
+    assert all(texts.values()) and len(set(texts.values())) > 1  # sampled apart
+    reply = stack.generate({"text_input": "The list", "max_tokens": 4, "n": 2})
+    assert_error_contract(reply, 400, "invalid_request")

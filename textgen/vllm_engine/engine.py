@@ -51,21 +51,33 @@ _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
 
 
 @dataclass(eq=False)
+class _Choice:
+    """One of a request's n sequences (vLLM's CompletionOutput of that index)."""
+
+    index: int
+    pacer: Pacer
+    text: str = ""
+    generated: int = 0
+    done: bool = False  # its on_finish was called
+    logprobs: Optional[list[TokenLogprobs]] = None  # only when the request asks
+
+
+@dataclass(eq=False)
 class _Sequence:
-    """One request between submit() and its final output."""
+    """One request between submit() and the final output of its last sequence."""
 
     request_id: str
     request: GenerationRequest
     prompt_ids: list[int]
     sink: OutputSink
-    pacer: Pacer
+    choices: list[_Choice]
     timeline: Timeline = field(default_factory=Timeline)
-    text: str = ""
-    generated: int = 0
-    done: bool = False  # on_finish was called (an abort can race with the final output)
-    # Only when the request asks for them (None otherwise).
-    logprobs: Optional[list[TokenLogprobs]] = None
-    prompt_logprobs: Optional[list[Optional[TokenLogprobs]]] = None
+    prompt_logprobs: Optional[list[Optional[TokenLogprobs]]] = None  # only when asked
+
+    @property
+    def done(self) -> bool:
+        """Every sequence got its on_finish (an abort can race with the final output)."""
+        return all(choice.done for choice in self.choices)
 
 
 def _prepare_process() -> None:
@@ -195,8 +207,10 @@ class VllmEngine(EngineBase):
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
-                        sink=sink, pacer=Pacer(self._stream_interval_s),
-                        logprobs=None if request.logprobs is None else [])
+                        sink=sink, choices=[
+                            _Choice(i, Pacer(self._stream_interval_s),
+                                    logprobs=None if request.logprobs is None else [])
+                            for i in range(request.n)])
         with self._wakeup:
             self._admission.admit(self._waiting())
             self._arrived.append(seq)
@@ -262,7 +276,7 @@ class VllmEngine(EngineBase):
             # vLLM generates at least one token; a request that only scores its prompt
             # (max_tokens 0) ends at its first output (_step).
             params = SamplingParams(
-                n=1, max_tokens=max(1, r.max_tokens), temperature=r.temperature, top_p=r.top_p,
+                n=r.n, max_tokens=max(1, r.max_tokens), temperature=r.temperature, top_p=r.top_p,
                 top_k=r.top_k, seed=r.seed, stop=list(r.stop) or None,
                 ignore_eos=r.ignore_eos, min_tokens=r.min_tokens,
                 presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
@@ -298,32 +312,44 @@ class VllmEngine(EngineBase):
             seq = self._active.get(out.request_id)
             if seq is None or seq.done:  # aborted by us this step
                 continue
-            completion = out.outputs[0]
             if seq.request.prompt_logprobs is not None and seq.prompt_logprobs is None:
                 seq.prompt_logprobs = self._entries(out.prompt_logprobs or [None],
                                                     seq.prompt_ids, seq.request.prompt_logprobs)
             if seq.request.max_tokens == 0:  # it only scored its prompt
                 self._abort(seq, FinishReason.LENGTH)
                 continue
-            if seq.timeline.first_token_at is None and completion.token_ids:
-                seq.timeline.admitted_at, seq.timeline.first_token_at = started, now
-                self.observer.on_first_token(now - seq.timeline.arrival)
-            seq.generated += len(completion.token_ids)
-            seq.text += completion.text
-            entries: list[TokenLogprobs] = []
-            if seq.logprobs is not None and completion.logprobs is not None:
-                entries = [e for e in self._entries(completion.logprobs, completion.token_ids,
-                                                    seq.request.logprobs or 0) if e is not None]
-                seq.logprobs.extend(entries)
-            self._emit(seq, completion.text, now, final=out.finished, logprobs=entries)
-            if out.finished:
-                self._finish(seq, _FINISH_REASONS.get(completion.finish_reason or "",
-                                                      FinishReason.ERROR))
+            for completion in out.outputs:  # the sequences (of n) with new tokens
+                choice = seq.choices[completion.index]
+                if choice.done:
+                    continue
+                if seq.timeline.first_token_at is None and completion.token_ids:
+                    seq.timeline.admitted_at, seq.timeline.first_token_at = started, now
+                    self.observer.on_first_token(now - seq.timeline.arrival)
+                choice.generated += len(completion.token_ids)
+                choice.text += completion.text
+                entries: list[TokenLogprobs] = []
+                if choice.logprobs is not None and completion.logprobs is not None:
+                    entries = [e for e in self._entries(
+                        completion.logprobs, completion.token_ids, seq.request.logprobs or 0)
+                        if e is not None]
+                    choice.logprobs.extend(entries)
+                ended = completion.finish_reason is not None or out.finished
+                if not self._emit(seq, choice, completion.text, now, ended, entries):
+                    break  # the client is gone: the request was aborted
+                if ended:
+                    self._finish_choice(seq, choice, _FINISH_REASONS.get(
+                        completion.finish_reason or "", FinishReason.ERROR))
+            if out.finished and not seq.done:  # no sequence may outlive its request
+                self._finish(seq, FinishReason.ERROR, "vLLM ended the request early")
 
-    def _emit(self, seq: _Sequence, delta: str, now: float, final: bool,
-              logprobs: Sequence[TokenLogprobs] = ()) -> None:
-        if not send_text(seq.sink, seq.pacer, delta, now, final, logprobs):
-            self._abort(seq, FinishReason.CANCELLED)
+    def _emit(self, seq: _Sequence, choice: _Choice, delta: str, now: float, final: bool,
+              logprobs: Sequence[TokenLogprobs] = ()) -> bool:
+        """Hand on a sequence's text; False when the client is gone (the request is then
+        aborted, every sequence of it)."""
+        if send_text(seq.sink, choice.pacer, delta, now, final, logprobs, choice.index):
+            return True
+        self._abort(seq, FinishReason.CANCELLED)
+        return False
 
     def _entries(self, positions: Sequence[Optional[Mapping[int, Any]]], tokens: Sequence[int],
                  top: int) -> list[Optional[TokenLogprobs]]:
@@ -357,16 +383,24 @@ class VllmEngine(EngineBase):
             self._finish(seq, FinishReason.ERROR, message)
 
     def _finish(self, seq: _Sequence, reason: FinishReason, error: str = "") -> None:
-        if seq.done:
+        """End every sequence of the request that has not ended."""
+        for choice in seq.choices:
+            self._finish_choice(seq, choice, reason, error)
+
+    def _finish_choice(self, seq: _Sequence, choice: _Choice, reason: FinishReason,
+                       error: str = "") -> None:
+        """End one sequence; the request leaves with its last."""
+        if choice.done:
             return
-        seq.done = True
-        self._active.pop(seq.request_id, None)
-        with self._wakeup:
-            self._count -= 1
-            self._wakeup.notify_all()
-        send_finish(seq.sink, seq.timeline.output(seq.text, reason, len(seq.prompt_ids),
-                                                  seq.generated, error, seq.logprobs,
-                                                  seq.prompt_logprobs), self.observer)
+        choice.done = True
+        if seq.done:
+            self._active.pop(seq.request_id, None)
+            with self._wakeup:
+                self._count -= 1
+                self._wakeup.notify_all()
+        send_finish(seq.sink, seq.timeline.output(
+            choice.text, reason, len(seq.prompt_ids), choice.generated, error, choice.logprobs,
+            seq.prompt_logprobs, choice.index), self.observer)
 
     def _facts(self) -> dict[str, Any]:
         import vllm
