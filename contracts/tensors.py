@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_CHOICES = 8  # the most sequences (`n`) one request may ask for
+
 # Triton's config.pbtxt type -> (KServe v2 datatype, numpy dtype).
 _TYPES = {
     "TYPE_STRING": ("BYTES", "object"),

@@ -33,6 +33,7 @@ from contracts.errors import (GRPC_STATUS, LOCAL_REPLIES, OPENAI, OPENAI_PATH_PR
                               REPLICA_FAILED, REPLICA_FAILED_FLAGS, STATUS, TYPE_OF_STATUS,
                               error_text)
 from contracts.headers import IDENTITY, KEY_NAME_METADATA, Header
+from contracts.tensors import MAX_CHOICES
 from ratelimit.contract import DESCRIPTORS, DOMAIN, HEADER_OF, LIMITED_BY, USAGE_METADATA, Entry
 from textgen.core.config import ENV_OVERRIDES, Limits, model_context
 
@@ -261,7 +262,8 @@ def render_token_budget(settings: GatewaySettings) -> str:
             "model_repository/llm/config.pbtxt.\n"
             f"DEFAULT_MAX_TOKENS = {limits['default_max_tokens']}\n"
             f"MAX_NEW_TOKENS = {limits['max_new_tokens']}\n"
-            f"MAX_PROMPT_TOKENS = {limits['max_prompt_tokens']}\n\n"
+            f"MAX_PROMPT_TOKENS = {limits['max_prompt_tokens']}\n"
+            f"MAX_CHOICES = {MAX_CHOICES}\n\n"
             + (GATEWAY_DIR / "token_budget.lua").read_text())
 
 

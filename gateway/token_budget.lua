@@ -5,7 +5,7 @@
 -- Requests: a generation call gets `x-llm-token-reserve` = an upper bound on its tokens.
 -- JSON bodies: the body's bytes (each prompt token is at least one byte) plus the
 -- max_tokens it asks for (max_completion_tokens wins; the model's default when absent,
--- capped at its maximum). gRPC calls are streams whose bodies are not read here: they
+-- capped at its maximum) for each of the `n` sequences it asks for (at most MAX_CHOICES). gRPC calls are streams whose bodies are not read here: they
 -- reserve the model's per-request maximum (prompt + new tokens). A client's own copy of the
 -- header is dropped.
 -- Answers: the last token counts seen in the body (Triton's num_input_tokens /
@@ -14,7 +14,7 @@
 -- that reports no counts (gRPC, an OpenAI stream without include_usage) keeps its
 -- reservation. Runs after auth.lua (which sets x-llm-key-id) and the body size limit.
 -- DEFAULT_MAX_TOKENS, MAX_NEW_TOKENS and MAX_PROMPT_TOKENS are generated from the model's
--- config.pbtxt by render.py.
+-- config.pbtxt by render.py, MAX_CHOICES from contracts/tensors.py.
 
 local RESERVE_HEADER = "x-llm-token-reserve"
 
@@ -44,7 +44,9 @@ local function json_reservation(handle)
   local asked = text:match('"max_completion_tokens"%s*:%s*(%d+)')
       or text:match('"max_tokens"%s*:%s*(%d+)')
   local new_tokens = math.min(tonumber(asked or "") or DEFAULT_MAX_TOKENS, MAX_NEW_TOKENS)
-  return #text + new_tokens
+  local choices = math.max(1, math.min(tonumber(text:match('"n"%s*:%s*(%d+)') or "") or 1,
+                                       MAX_CHOICES))
+  return #text + new_tokens * choices
 end
 
 function envoy_on_request(handle)

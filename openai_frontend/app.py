@@ -189,58 +189,77 @@ class OpenAIFrontend:
         response_id = ("chatcmpl-" if chat else "cmpl-") + request_id
         created = int(time.time())
         echo = prompt if request.echo else ""
-        with_logprobs = request.sampling.logprobs is not None
+        choices = request.sampling.n or 1
         events = self.triton.generate(prompt, request.sampling, request.stream, headers,
                                       request.prompt_ids)
         if not request.stream:
-            whole, final = await _or_disconnect(http, _collect(events))
-            if chat:
-                return JSONResponse(responses.chat_completion(
-                    response_id, created, self.model.id, whole.text, final,
-                    responses.chat_logprobs(whole.logprobs) if with_logprobs else None))
-            shaped = None
-            if with_logprobs:
-                scored = list(final.prompt_logprobs or ()) if request.echo else []
-                shaped = responses.completion_logprobs(
-                    scored + list(whole.logprobs),
-                    first_token=self.model.first_token_text(prompt, request.prompt_ids)
-                    if scored else "")
-            return JSONResponse(responses.completion(response_id, created, self.model.id,
-                                                     echo + whole.text, final, shaped))
+            whole = await _or_disconnect(http, _collect(events, choices))
+            build = responses.chat_completion if chat else responses.completion
+            return JSONResponse(build(response_id, created, self.model.id, [
+                self._choice(request, prompt, echo, piece, final, chat)
+                for piece, final in whole]))
         # The first event is awaited before answering, so a refusal is still a plain status.
         first = await _or_disconnect(http, events.__anext__())
         writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
-                                       request.include_usage, with_logprobs, len(echo))
+                                       request.include_usage,
+                                       request.sampling.logprobs is not None, len(echo), choices)
         return EventStream(_stream(writer, echo, first, events))
 
+    def _choice(self, request: Request, prompt: str, echo: str, piece: Piece, final: Final,
+                chat: bool) -> responses.Choice:
+        """One whole sequence of a non-streamed answer, its logprobs in the API's shape."""
+        if request.sampling.logprobs is None:
+            shaped = None
+        elif chat:
+            shaped = responses.chat_logprobs(piece.logprobs)
+        else:
+            scored = list(final.prompt_logprobs or ()) if request.echo else []
+            shaped = responses.completion_logprobs(
+                scored + list(piece.logprobs),
+                first_token=self.model.first_token_text(prompt, request.prompt_ids)
+                if scored else "")
+        return responses.Choice(echo + piece.text, final, shaped)
 
-async def _collect(events: AsyncIterator[Event]) -> tuple[Piece, Final]:
-    """All of a generation: its pieces joined into one, and its end."""
-    pieces: list[Piece] = []
+
+async def _collect(events: AsyncIterator[Event], choices: int) -> list[tuple[Piece, Final]]:
+    """All of a generation: per sequence (by index), its pieces joined into one and its end."""
+    pieces: list[list[Piece]] = [[] for _ in range(choices)]
+    finals: dict[int, Final] = {}
     try:
         async for item in events:
             if isinstance(item, Final):
-                return Piece("".join(p.text for p in pieces),
-                             tuple(e for p in pieces for e in p.logprobs)), item
-            pieces.append(item)
+                finals[item.index] = item
+            else:
+                pieces[item.index].append(item)
     finally:
         await events.aclose()  # ends the gRPC stream now, not when collected
-    raise OpenAIError(ErrorType.INTERNAL, "the generation ended without its final response")
+    if len(finals) != choices:
+        raise OpenAIError(ErrorType.INTERNAL, "the generation ended without its final response")
+    return [(Piece("".join(p.text for p in own), tuple(e for p in own for e in p.logprobs), i),
+             finals[i]) for i, own in enumerate(pieces)]
 
 
 async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
                   events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     """The SSE body. It is cancelled when the client disconnects; closing `events` then
     cancels the generation. An error after the start is a final `error` event. The opening
-    chunks (role, echo) go out in the same write as the first text."""
+    chunks (role, echo: one per choice) go out in the same write as the first text; each
+    choice ends with its finish chunk, the last one with the usage and `[DONE]`."""
     try:
-        head = writer.first() + (writer.text(echo) if echo else b"")
+        head = writer.first() + (b"".join(writer.text(echo, index=i)
+                                          for i in range(writer.choices)) if echo else b"")
+        ended: list[Final] = []
         item = first
         while True:
             if isinstance(item, Final):
-                yield head + writer.finish(item) + responses.DONE
-                return
-            yield head + writer.text(item.text, item.logprobs)
+                ended.append(item)
+                chunk = head + writer.finish(item)
+                if len(ended) == writer.choices:
+                    yield chunk + writer.end(ended) + responses.DONE
+                    return
+                yield chunk
+            else:
+                yield head + writer.text(item.text, item.logprobs, item.index)
             head = b""
             item = await events.__anext__()
     except OpenAIError as error:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from contracts.logprobs import MAX_TOP_LOGPROBS
+from contracts.tensors import MAX_CHOICES
 
 from .errors import invalid
 
@@ -39,6 +40,7 @@ class Sampling:
     logit_bias: Optional[str] = None  # the JSON object as text, checked by the model
     logprobs: Optional[int] = None  # alternatives per generated token (None: no logprobs)
     prompt_logprobs: Optional[int] = None  # the same for the prompt (completions' echo)
+    n: Optional[int] = None  # choices from one prompt (None: one)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,6 @@ class Request:
 # Parameters this API does not implement, refused when set to anything but their neutral
 # value, with the reason a client needs.
 _REFUSED = {
-    "n": (lambda v: v not in (None, 1), "only `n: 1` is supported"),
     "best_of": (lambda v: v not in (None, 1), "only `best_of: 1` is supported"),
     "tools": (lambda v: v not in (None, []), "tool calling is not supported"),
     "tool_choice": (lambda v: v not in (None, "none", "auto"), "tool calling is not supported"),
@@ -138,6 +139,7 @@ def _sampling(body: dict[str, Any], least_tokens: int = 1) -> Sampling:
         max_tokens = _integer(body, "max_tokens", least_tokens)
     temperature = _number(body, "temperature")
     top_k = _integer(body, "top_k", -1)
+    n = _integer(body, "n", 1, MAX_CHOICES)
     return Sampling(
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else temperature,
@@ -151,6 +153,7 @@ def _sampling(body: dict[str, Any], least_tokens: int = 1) -> Sampling:
         frequency_penalty=_number(body, "frequency_penalty"),
         repetition_penalty=_number(body, "repetition_penalty"),
         logit_bias=_logit_bias(body),
+        n=None if n in (None, 1) else n,
     )
 
 

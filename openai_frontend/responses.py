@@ -8,6 +8,7 @@ per-chunk object building or validation. Whole (non-streamed) answers are built 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from contracts.logprobs import Candidate, TokenLogprobs
@@ -17,9 +18,21 @@ from .triton import Final
 DONE = b"data: [DONE]\n\n"
 
 
-def usage(final: Final) -> dict[str, int]:
-    return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-            "total_tokens": final.prompt_tokens + final.completion_tokens}
+def usage(finals: Sequence[Final]) -> dict[str, int]:
+    """A request's usage: its prompt once, the tokens of all its sequences (`n`)."""
+    prompt = finals[0].prompt_tokens
+    completion = sum(final.completion_tokens for final in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One whole sequence of an answer: its text, its end, its logprobs in the API's shape."""
+
+    text: str
+    final: Final
+    logprobs: Optional[dict[str, Any]] = None
 
 
 def event(body: Any) -> bytes:
@@ -70,49 +83,57 @@ class ChunkWriter:
     """The chunks of one streamed answer: `chat.completion.chunk` or `text_completion`."""
 
     def __init__(self, chat: bool, response_id: str, created: int, model: str,
-                 include_usage: bool, with_logprobs: bool = False, offset: int = 0) -> None:
+                 include_usage: bool, with_logprobs: bool = False, offset: int = 0,
+                 choices: int = 1) -> None:
         """`with_logprobs`: each chunk carries its tokens' logprobs; `offset`: where the
-        completion's text starts in the choice's (after an echoed prompt)."""
+        completion's text starts in each choice's (after an echoed prompt); `choices`: `n`."""
         self._chat = chat
         self._with_logprobs = with_logprobs
-        self._offset = offset
+        self._offsets = [offset] * choices
+        self.choices = choices
         kind = "chat.completion.chunk" if chat else "text_completion"
         self._envelope = {"id": response_id, "object": kind, "created": created, "model": model}
         # With include_usage every chunk but the last carries "usage": null, as OpenAI's do.
         tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
         head = json.dumps(self._envelope, separators=(",", ":"))[:-1]
         if chat:
-            self._text = (f'data: {head},"choices":[{{"index":0,"delta":{{"content":%s}},'
+            self._text = (f'data: {head},"choices":[{{"index":%d,"delta":{{"content":%s}},'
                           f'"logprobs":null,"finish_reason":null}}]{tail}')
         else:
-            self._text = (f'data: {head},"choices":[{{"index":0,"text":%s,'
+            self._text = (f'data: {head},"choices":[{{"index":%d,"text":%s,'
                           f'"logprobs":null,"finish_reason":null}}]{tail}')
         self._include_usage = include_usage
 
     def first(self) -> bytes:
-        """Chat answers open with the assistant's role (OpenAI's first delta)."""
+        """Chat answers open with the assistant's role (OpenAI's first delta), per choice."""
         if not self._chat:
             return b""
-        return self._choice({"role": "assistant", "content": ""}, None)
+        return b"".join(self._choice({"role": "assistant", "content": ""}, None, index=i)
+                        for i in range(self.choices))
 
-    def text(self, piece: str, logprobs: Sequence[TokenLogprobs] = ()) -> bytes:
+    def text(self, piece: str, logprobs: Sequence[TokenLogprobs] = (), index: int = 0) -> bytes:
         if not self._with_logprobs:
-            return (self._text % json.dumps(piece)).encode()
+            return (self._text % (index, json.dumps(piece))).encode()
         if self._chat:
-            return self._choice({"content": piece}, None, chat_logprobs(logprobs))
-        shaped = completion_logprobs(logprobs, self._offset)
-        self._offset += sum(len(e.chosen.token) for e in logprobs)
-        return self._choice(piece, None, shaped)
+            return self._choice({"content": piece}, None, chat_logprobs(logprobs), index)
+        shaped = completion_logprobs(logprobs, self._offsets[index])
+        self._offsets[index] += sum(len(e.chosen.token) for e in logprobs)
+        return self._choice(piece, None, shaped, index)
 
     def finish(self, final: Final) -> bytes:
-        """The finish reason (its own chunk), then the usage chunk when it was asked for."""
-        chunk = self._choice({} if self._chat else "", final.finish_reason)
-        if self._include_usage:
-            chunk += event({**self._envelope, "choices": [], "usage": usage(final)})
-        return chunk
+        """A choice's finish reason, in its own chunk."""
+        return self._choice({} if self._chat else "", final.finish_reason, index=final.index)
 
-    def _choice(self, delta: Any, finish_reason: Any, logprobs: Any = None) -> bytes:
-        choice = {"index": 0, "delta": delta} if self._chat else {"index": 0, "text": delta}
+    def end(self, finals: Sequence[Final]) -> bytes:
+        """After the last choice: the usage chunk, when it was asked for."""
+        if not self._include_usage:
+            return b""
+        return event({**self._envelope, "choices": [], "usage": usage(finals)})
+
+    def _choice(self, delta: Any, finish_reason: Any, logprobs: Any = None,
+                index: int = 0) -> bytes:
+        choice = ({"index": index, "delta": delta} if self._chat
+                  else {"index": index, "text": delta})
         choice.update(logprobs=logprobs, finish_reason=finish_reason)
         body = {**self._envelope, "choices": [choice]}
         if self._include_usage:
@@ -120,17 +141,18 @@ class ChunkWriter:
         return event(body)
 
 
-def completion(response_id: str, created: int, model: str, text: str, final: Final,
-               logprobs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def completion(response_id: str, created: int, model: str,
+               choices: Sequence[Choice]) -> dict[str, Any]:
     return {"id": response_id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs,
-                         "finish_reason": final.finish_reason}],
-            "usage": usage(final)}
+            "choices": [{"index": i, "text": c.text, "logprobs": c.logprobs,
+                         "finish_reason": c.final.finish_reason} for i, c in enumerate(choices)],
+            "usage": usage([c.final for c in choices])}
 
 
-def chat_completion(response_id: str, created: int, model: str, text: str, final: Final,
-                    logprobs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def chat_completion(response_id: str, created: int, model: str,
+                    choices: Sequence[Choice]) -> dict[str, Any]:
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": logprobs, "finish_reason": final.finish_reason}],
-            "usage": usage(final)}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                         "logprobs": c.logprobs, "finish_reason": c.final.finish_reason}
+                        for i, c in enumerate(choices)],
+            "usage": usage([c.final for c in choices])}

@@ -40,6 +40,7 @@ class Piece:
 
     text: str
     logprobs: tuple[TokenLogprobs, ...] = ()
+    index: int = 0  # which of the request's n sequences
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class Final:
     prompt_tokens: int
     completion_tokens: int
     prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
+    index: int = 0  # which of the request's n sequences ended
 
 
-Event = Union[Piece, Final]  # new text, or the end
+Event = Union[Piece, Final]  # new text, or a sequence's end
 
 
 def _tensor(name: str, values: list[Any]) -> grpcclient.InferInput:
@@ -98,14 +100,16 @@ def _read(result: Any) -> tuple[Piece, Optional[Final]]:
     if "token_logprobs" in raw:
         logprobs = tuple(p for p in logprobs_wire.loads(raw["token_logprobs"][4:].decode())
                          if p is not None)
-    piece = Piece(text, logprobs)
+    index = int.from_bytes(raw["index"][:4], "little") if "index" in raw else 0
+    piece = Piece(text, logprobs, index)
     if "finish_reason" not in raw:
         return piece, None
     prompt = raw.get("prompt_token_logprobs")
     return piece, Final(raw["finish_reason"][4:].decode(),
                         int.from_bytes(raw["num_input_tokens"][:4], "little"),
                         int.from_bytes(raw["num_output_tokens"][:4], "little"),
-                        None if prompt is None else tuple(logprobs_wire.loads(prompt[4:].decode())))
+                        None if prompt is None else tuple(logprobs_wire.loads(prompt[4:].decode())),
+                        index)
 
 
 class Triton:
@@ -130,9 +134,12 @@ class Triton:
     async def generate(self, prompt: str, sampling: Sampling, stream: bool,
                        headers: Mapping[str, str],
                        prompt_ids: Sequence[int] = ()) -> AsyncIterator[Event]:
-        """Pieces of text, then one `Final`; raises OpenAIError. Closing the iterator early
-        (the client left) cancels the generation."""
+        """Pieces of text, and a `Final` as each of the request's `sampling.n` sequences
+        ends; raises OpenAIError. Closing the iterator early (the client left) cancels the
+        generation. More than one sequence is always streamed from Triton."""
         done = asyncio.Event()
+        choices = sampling.n or 1
+        stream = stream or choices > 1
         request = {"model_name": STREAM_MODEL,
                    "inputs": model_inputs(prompt, sampling, stream, prompt_ids)}
 
@@ -150,9 +157,11 @@ class Triton:
                 if piece.text or piece.logprobs:
                     yield piece
                 if final is not None:
-                    finished = True
+                    choices -= 1
+                    finished = not choices
                     yield final
-                    return
+                    if finished:
+                        return
             raise OpenAIError(ErrorType.UNAVAILABLE, "the model server ended the stream "
                               "before the generation finished; retry later")
         except grpc.RpcError as exc:

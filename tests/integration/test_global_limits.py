@@ -10,6 +10,7 @@ policy holds (open: serve on local limits; closed: the JSON 503).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -130,6 +131,21 @@ def test_token_quota_is_reserved_on_arrival_and_charged_what_was_used(
         assert time.monotonic() < deadline, f"the bucket stays at {level}, not ~{300 - used}"
         time.sleep(0.1)
     assert not shared.client().keys("llm:rl:reserved:*"), "a settled reservation is left"
+
+
+def test_a_request_for_n_sequences_reserves_n_times_its_max_tokens(shared: SharedLimits) -> None:
+    key = issue(shared, "tokens-n", "test-tokens")
+    body = {**GENERATE, "max_tokens": 40, "n": 3}
+    with requests.post(shared.urls[0] + "/generate_stream", json=body, stream=True,
+                       headers={"X-API-Key": key}, timeout=30) as reply:
+        assert reply.status_code == 200, reply.text
+        remaining = int(reply.headers["x-ratelimit-remaining-tokens"])
+        ends = [line for line in reply.iter_lines(decode_unicode=True)
+                if "finish_reason" in line]
+    assert len(ends) == 3
+    reserved = len(json.dumps(body)) + 3 * 40
+    # Taken from a full budget of 300 on arrival (a few tokens refill meanwhile).
+    assert 300 - reserved - 2 <= remaining <= 300 - reserved + 5, (remaining, reserved)
 
 
 def test_over_quota_key_gets_429_naming_the_token_budget_and_others_are_untouched(

@@ -184,7 +184,7 @@ def test_async_client_streams_and_answers(async_client):
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 100000}, "max_tokens"),
     ({"temperature": 5}, "temperature"),
-    ({"n": 2}, "n"),
+    ({"n": 9}, "n"),
     ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
@@ -527,3 +527,27 @@ def test_a_prompt_of_token_ids_runs_as_those_ids(client, model_logprobs):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt=[[1, 999999]], max_tokens=1)
     assert info.value.body["param"] == "prompt" and "999999" in info.value.body["message"]
+
+
+def test_the_sdk_gets_n_choices_streamed_or_not_each_with_its_index_and_end(client):
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, n=3,
+                                           temperature=1.0, seed=9, logprobs=True)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") and c.message.content is not None
+               and len(c.logprobs.content) >= 1 for c in whole.choices)
+    assert whole.usage.completion_tokens == sum(len(c.logprobs.content) for c in whole.choices)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=6, n=3, temperature=1.0, seed=9,
+        stream=True, stream_options={"include_usage": True}))
+    streamed = {i: "".join(c.choices[0].delta.content or "" for c in chunks
+                           if c.choices and c.choices[0].index == i) for i in range(3)}
+    assert streamed == {c.index: c.message.content for c in whole.choices}  # seeded
+    assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 3
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    echoed = client.completions.create(model=MODEL, prompt="The list", max_tokens=3, n=2,
+                                       echo=True, temperature=0)
+    assert [c.text.startswith("The list") for c in echoed.choices] == [True, True]
+    assert echoed.choices[0].text == echoed.choices[1].text  # greedy: the same sequence
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="The list", max_tokens=3, n=9)
+    assert info.value.body["param"] == "n"

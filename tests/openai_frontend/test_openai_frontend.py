@@ -54,7 +54,8 @@ def test_unknown_fields_are_ignored():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("n", 2), ("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"})])
+    ("best_of", 2), ("tools", [{"type": "function"}]),
+    ("response_format", {"type": "json_object"})])
 def test_unimplemented_parameters_are_refused_by_name(field, value):
     error = _refused(parse_chat, {**CHAT, field: value})
     assert (error.status, error.param) == (400, field)
@@ -121,7 +122,8 @@ def test_model_errors_map_to_openai_statuses_and_params(message, kind, status, p
 def test_chat_chunks_are_valid_json_with_the_role_first_and_usage_last():
     final = Final("length", 3, 2)
     writer = responses.ChunkWriter(True, "chatcmpl-1", 7, "m", include_usage=True)
-    events = [writer.first(), writer.text('a "quoted"\n piece'), writer.finish(final)]
+    events = [writer.first(), writer.text('a "quoted"\n piece'), writer.finish(final),
+              writer.end([final])]
     chunks = [json.loads(line[6:]) for blob in events for line in blob.decode().split("\n\n")
               if line]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -259,3 +261,19 @@ def test_streamed_chunks_carry_their_tokens_logprobs_in_each_apis_shape():
     second = json.loads(completion.text("d", [_entry("d", -1.0)]).decode()[6:])
     assert [first["choices"][0]["logprobs"]["text_offset"],
             second["choices"][0]["logprobs"]["text_offset"]] == [[4], [6]]
+
+
+def test_n_choices_are_asked_for_and_each_streams_under_its_index():
+    assert parse_chat({**CHAT, "n": 3}).sampling.n == 3
+    assert parse_chat({**CHAT, "n": 1}).sampling.n is None  # the model's default
+    for n in (0, 9, True):
+        assert _refused(parse_chat, {**CHAT, "n": n}).param == "n"
+    writer = responses.ChunkWriter(True, "c", 1, "m", include_usage=True, choices=2)
+    roles = [json.loads(line[6:]) for line in writer.first().decode().split("\n\n") if line]
+    assert [c["choices"][0]["index"] for c in roles] == [0, 1]
+    piece = json.loads(writer.text("x", index=1).decode()[6:])["choices"][0]
+    assert (piece["index"], piece["delta"]["content"]) == (1, "x")
+    ends = [Final("stop", 3, 2, index=1), Final("length", 3, 4, index=0)]
+    assert json.loads(writer.finish(ends[0]).decode()[6:])["choices"][0]["index"] == 1
+    usage = json.loads(writer.end(ends).decode()[6:])["usage"]
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from contracts.logprobs import MAX_TOP_LOGPROBS
+from contracts.tensors import MAX_CHOICES
 from textgen.core.config import Limits
 
 MAX_STOP_STRINGS = 8
@@ -24,7 +25,6 @@ MAX_SEED = 2**63 - 1
 MAX_PENALTY = 2.0         # presence and frequency penalties: [-2, 2], as OpenAI's API
 MAX_LOGIT_BIAS = 100.0    # a bias in [-100, 100], as OpenAI's API
 MAX_LOGIT_BIAS_TOKENS = 1024
-MAX_CHOICES = 8           # `n`: sequences from one prompt
 
 
 class ValidationError(ValueError):
