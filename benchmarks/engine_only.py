@@ -13,6 +13,7 @@ without those fields, passes alternating on one engine.
   .venv/bin/python -m benchmarks.engine_only --clients 8 --workload fixed
   .venv/bin/python -m benchmarks.engine_only --logprobs --workload fixed   # what logprobs cost
   .venv-vllm/bin/python -m benchmarks.engine_only --engine vllm --logprobs --workload fixed
+  .venv/bin/python -m benchmarks.engine_only --choices 4 --workload fixed --requests 16
 """
 
 from __future__ import annotations
@@ -135,11 +136,15 @@ def main() -> int:
                             "without penalties and a logit_bias, alternating passes")
     extra.add_argument("--logprobs", action="store_true",
                        help="the same, with and without logprobs (top 5)")
+    extra.add_argument("--choices", type=int, metavar="N",
+                       help="instead: the time until every sequence of one request for N "
+                            "sequences (`n`) has its first token, against one sequence's "
+                            "time to first token, requests alone, alternating")
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="the engine's threads (LLM_CPU_THREADS; default: its own rule)")
     parser.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
-                        help="with --controls or --logprobs: which engine (vllm: run this "
-                             "with .venv-vllm/bin/python)")
+                        help="with --controls, --logprobs or --choices: which engine (vllm: "
+                             "run this with .venv-vllm/bin/python)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -151,6 +156,8 @@ def main() -> int:
           f"median of {args.repeats}", flush=True)
     if args.controls or args.logprobs:
         return compare_fields(args, specs, CONTROLS if args.controls else LOGPROBS)
+    if args.choices:
+        return compare_choices(args, specs)
     for policy in ("continuous", "static"):
         engine = create_engine(EngineConfig(model_dir=args.model_dir, scheduling=policy,
                                             max_prefill_tokens=args.max_prefill_tokens),
@@ -190,6 +197,62 @@ def compare_fields(args: argparse.Namespace, specs: list[workload.RequestSpec],
     print(f"  with them  {statistics.median(controlled):7,.0f} tokens/s (min "
           f"{min(controlled):,.0f}, max {max(controlled):,.0f}); per-pass ratio median "
           f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})", flush=True)
+    return 0
+
+
+class _FirstTokens:
+    """An OutputSink for a request of n sequences: when each had its first text, and the end."""
+
+    def __init__(self, n: int) -> None:
+        self.sent = time.monotonic()
+        self.first: dict[int, float] = {}
+        self._open = n
+        self.done = threading.Event()
+
+    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
+        self.first.setdefault(index, time.monotonic() - self.sent)
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self._open -= 1
+        if not self._open:
+            self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def compare_choices(args: argparse.Namespace, specs: list[workload.RequestSpec]) -> int:
+    """One request at a time, n = 1 then n = --choices, over the workload's prompts: the time
+    until the last of the n sequences has its first token, against one sequence's TTFT."""
+    engine = create_engine(EngineConfig(model_dir=args.model_dir, engine=args.engine,
+                                        max_prefill_tokens=args.max_prefill_tokens,
+                                        cpu_threads=args.cpu_threads), EngineObserver())
+
+    def ttft(spec: workload.RequestSpec, n: int) -> float:
+        sink = _FirstTokens(n)
+        engine.submit(GenerationRequest(prompt=spec.prompt, max_tokens=8, n=n,
+                                        temperature=workload.TEMPERATURE, seed=spec.seed,
+                                        ignore_eos=True), sink)
+        sink.done.wait()
+        return max(sink.first.values()) * 1e3
+
+    try:
+        for spec in specs[:3]:  # warm-up
+            ttft(spec, args.choices)
+        one, many = [], []
+        for _ in range(args.repeats):
+            for spec in specs:
+                one.append(ttft(spec, 1))
+                many.append(ttft(spec, args.choices))
+    finally:
+        engine.shutdown()
+    ratios = [m / o for m, o in zip(many, one)]
+    print(f"  engine {args.engine}, {engine_threads(args.cpu_threads).count} engine "
+          f"thread(s); {len(one)} requests of each, alone", flush=True)
+    print(f"  n=1          TTFT p50 {statistics.median(one):7.1f} ms", flush=True)
+    print(f"  n={args.choices:<3}        every first token p50 {statistics.median(many):7.1f} ms"
+          f"; per-request ratio median {statistics.median(ratios):.3f} "
+          f"({min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return 0
 
 

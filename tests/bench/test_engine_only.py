@@ -34,3 +34,13 @@ def test_engine_only_compares_the_same_requests_with_and_without_extra_fields(fl
     assert re.search(r"plain\s+[\d,]+ tokens/s", run.stdout), run.stdout
     assert re.search(r"with them\s+[\d,]+ tokens/s .* per-pass ratio median \d\.\d{3}",
                      run.stdout), run.stdout
+
+
+def test_engine_only_compares_n_sequences_first_tokens_with_one_sequences():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", "--choices", "2",
+                          "--requests", "2", "--repeats", "1", "--workload", "fixed"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"n=1\s+TTFT p50\s+[\d.]+ ms", run.stdout), run.stdout
+    assert re.search(r"n=2\s+every first token p50\s+[\d.]+ ms; per-request ratio median "
+                     r"\d\.\d{3}", run.stdout), run.stdout
