@@ -146,6 +146,9 @@ def test_n_sequences_stream_with_their_index_and_each_ends_on_its_own(triton):
     refused = requests.post(f"{triton.http_url}/v2/models/llm/generate",
                             json={**BODY, "n": 2}, timeout=60)
     assert refused.status_code == 400 and "`n` above 1 needs a stream" in refused.text
+    whole = requests.post(f"{triton.http_url}/v2/models/llm_stream/generate",
+                          json={**BODY, "n": 2, "stream": False}, timeout=60)
+    assert whole.status_code == 400 and "`n` above 1 needs `stream` true" in whole.text
 
 
 def test_stream_false_answers_the_generate_endpoint_in_one_response(triton):
