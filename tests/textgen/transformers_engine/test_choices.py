@@ -43,14 +43,6 @@ class ChoicesSink:
         return [self.outputs[i] for i in range(self._n)]
 
 
-@pytest.fixture(scope="module", params=["llama", "hf"])
-def engine(request, demo_model_dir):
-    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, executor=request.param,
-                                             max_num_seqs=8, stream_interval_ms=0))
-    yield engine
-    engine.shutdown()
-
-
 def test_each_seeded_sequence_is_the_request_seeded_seed_plus_its_index(engine):
     request = GenerationRequest(prompt="The list", max_tokens=16, temperature=1.0, seed=40,
                                 n=3, ignore_eos=True)

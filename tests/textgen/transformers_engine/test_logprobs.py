@@ -10,18 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.textgen.transformers_engine.test_engine import Sink, run
-from textgen.core.config import EngineConfig
 from textgen.core.outputs import FinishReason
 from textgen.core.validation import GenerationRequest, ValidationError
-from textgen.transformers_engine.engine import TransformersEngine
-
-
-@pytest.fixture(scope="module", params=["llama", "hf"])
-def engine(request, demo_model_dir):
-    engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, executor=request.param,
-                                             max_num_seqs=8, stream_interval_ms=0))
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")
