@@ -2,7 +2,8 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm bench-lm-eval aiperf
+.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm bench-lm-eval aiperf \
+	gpu-check gpu-check-dry-run gpu-check-wheels
 
 AIPERF_VENV ?= .venv-aiperf
 AIPERF_STAMP := $(AIPERF_VENV)/.installed-$(shell cat benchmarks/aiperf.lock | cksum | cut -d' ' -f1)
@@ -41,3 +42,17 @@ bench-vllm: venv vllm ## This service on both engines vs vLLM's own OpenAI serve
 
 bench-lm-eval: venv lm-eval ## lm-evaluation-harness on the running service (make up) vs its own hf backend, same model (LLM_MODEL_DIR, LLM_API_KEY; ~1 min)
 	@$(PY) -m benchmarks.lm_eval_suite --model-dir "$(or $(LLM_MODEL_DIR),demo_model)" $(BENCH_ARGS)
+
+# The GPU check (benchmarks/gpu_check.py): made for a lent GPU machine with no network, so the
+# wheels it adds travel with the tree in .gpu-wheels/.
+gpu-check-wheels: ## Download what the GPU check adds to a bare GPU machine into .gpu-wheels/ (~43 MiB)
+	@python3 -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+		--python-version 3.12 --platform manylinux_2_24_x86_64 --platform any \
+		-d .gpu-wheels -r benchmarks/gpu_check.requirements.txt
+	@du -sh .gpu-wheels
+
+gpu-check: ## On a GPU machine: the engine suite, correctness, throughput and int8 on CUDA (~5 min)
+	@bash benchmarks/gpu_check.sh $(BENCH_ARGS)
+
+gpu-check-dry-run: venv ## The GPU check's steps on this CPU with a tiny model (make test runs it; ~3 min)
+	@PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run $(BENCH_ARGS)

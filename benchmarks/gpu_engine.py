@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_model(out: Path, tiny: bool) -> None:
-    """A Llama with random weights, saved with the demo model's tokenizer."""
+    """A Llama with random weights, saved with the demo model's tokenizer (bf16, built on the
+    GPU where there is one: a 1.2B model initialised on the CPU takes most of a minute)."""
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "demo_model")
     size = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=4) if tiny else dict(
@@ -56,7 +57,10 @@ def build_model(out: Path, tiny: bool) -> None:
                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **size)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    cuda = torch.cuda.is_available()
+    with torch.device("cuda" if cuda else "cpu"):
+        model = LlamaForCausalLM(config)
+    (model.to(torch.bfloat16) if cuda else model).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
@@ -204,6 +208,12 @@ def main() -> int:
     parser.add_argument("--max-seqs", type=int, default=256,
                         help="engines' max_num_seqs [%(default)s]")
     parser.add_argument("--tiny", action="store_true", help="2-layer model for a CPU check")
+    parser.add_argument("--hf-requests", type=int, default=None,
+                        help="HF generate runs the first N requests only [all]: static batches "
+                             "take long, and its rate is what is compared")
+    parser.add_argument("--skip-vllm", action="store_true",
+                        help="leave out vLLM's engine and bare vLLM even where installed")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result: dict[str, object] = {
@@ -217,7 +227,9 @@ def main() -> int:
         jobs = workload(args.requests, args.seed, AutoTokenizer.from_pretrained(model_dir))
         systems = {"transformers_engine": lambda: run_engine("transformers", model_dir, jobs,
                                                              args.max_seqs)}
-        if importlib.util.find_spec("vllm"):
+        if args.skip_vllm:
+            print("vLLM's parts are skipped (--skip-vllm)", flush=True)
+        elif importlib.util.find_spec("vllm"):
             systems["vllm_engine"] = lambda: run_engine("vllm", model_dir, jobs, args.max_seqs)
             systems["bare_vllm"] = lambda: run_bare_vllm(model_dir, jobs, args.max_seqs)
         else:
@@ -226,9 +238,12 @@ def main() -> int:
         for name, measure in systems.items():
             print(f"==> {name}", flush=True)
             result[name] = measure()
+        print("==> hf_generate", flush=True)
         result[f"hf_generate_static_batch_{args.batch}_output_tokens_per_s"] = round(
-            run_static(model_dir, jobs, args.batch), 1)
+            run_static(model_dir, jobs[:args.hf_requests], args.batch), 1)
     print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
