@@ -406,6 +406,9 @@ def test_gpu_overlay_gives_each_replica_one_gpu_and_fails_without_one():
     triton = container(deployment, "triton")
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert env(triton)["LLM_DEVICE"] == "cuda"
+    # The GPU image (vLLM, Python 3.12), as compose.gpu.yaml builds it; the frontend's is kept.
+    assert (base["image"], triton["image"]) == ("llm-triton:latest", "llm-triton-gpu:latest")
+    assert container(deployment, "openai")["image"] == "llm-openai:latest"
     assert env(triton).items() >= env(base).items()  # the base's settings are kept
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         deployment["spec"]["template"]["spec"]["tolerations"]
