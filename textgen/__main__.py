@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from textgen.core.config import load_engine_config
-from textgen.core.loading import resolve_device
+from textgen.core.config import ConfigError, load_engine_config
+from textgen.core.loading import ModelLoadError, resolve_device
 from textgen.core.outputs import EngineObserver, SequenceOutput
 from textgen.core.validation import GenerationRequest
 from textgen.engines import choose_engine, create_engine
@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_dir = args.model_dir.resolve()
     env = {**os.environ, "LLM_MODEL_DIR": str(model_dir)}
-    config = load_engine_config({}, model_dir, env)
     start = time.monotonic()
-    engine = create_engine(config, EngineObserver())
+    try:
+        config = load_engine_config({}, model_dir, env)
+        engine = create_engine(config, EngineObserver())
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     loaded = time.monotonic() - start
     try:
         sink = _Wait()
