@@ -1,21 +1,35 @@
-# The model server: NVIDIA's Triton 24.10 image (server 2.51, Python backend, PyTorch) plus this
-# project's model repository, the demo model and the key tool. See docker/README.md.
+# The model server: NVIDIA's Triton image plus this project's model repository, the demo model
+# and the key tool. One Dockerfile, two images (see docker/README.md):
 #
-#   docker build -f docker/triton.Dockerfile -t llm-triton .      (or `docker compose build`)
+#   CPU (default)  tritonserver:24.10-pyt-python-py3: server 2.51, Python 3.10, NVIDIA's PyTorch;
+#                  the transformers engine.
+#                    docker build -f docker/triton.Dockerfile -t llm-triton .
+#   GPU            tritonserver:26.08-py3: server 2.72, Python 3.12, CUDA 13, no PyTorch; vLLM
+#                  0.32.0 with its CUDA PyTorch, so both engines (compose.gpu.yaml builds it).
+#                    docker build -f docker/triton.Dockerfile -t llm-triton-gpu \
+#                      --build-arg TRITON_IMAGE=nvcr.io/nvidia/tritonserver:26.08-py3 \
+#                      --build-arg "REQUIREMENTS=requirements-gpu-vllm.txt requirements-gpu-model.txt" .
 #
 # The base is a build argument so another registry, a mirror or a stand-in can be used; the
 # base must provide /opt/tritonserver/{bin/tritonserver,backends/python,caches} and python3
-# with pip and torch, as NVIDIA's image does.
+# with pip, as NVIDIA's images do, and PyTorch unless a requirements layer brings it.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3
 FROM ${TRITON_IMAGE}
 
-# The model's Python dependencies, exactly pinned (no torch: the base carries it). The file is
-# the complete closure (`make docker-test` proves it with a resolver for the image's Python),
-# so it is installed as it is: --no-deps, nothing re-resolved, each wheel downloaded once. The
-# check fails the build when transformers would not use the base's PyTorch.
-COPY docker/requirements-triton.txt /opt/llm/docker/requirements-triton.txt
-RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
-        -r /opt/llm/docker/requirements-triton.txt \
+# The model's Python dependencies, exactly pinned, in layers: the files under docker/ that
+# REQUIREMENTS names, installed in that order. Together they are the complete closure for the
+# base's Python (`make docker-test` proves it with pip's resolver), so each is installed as it
+# is: --no-deps, nothing re-resolved, each wheel downloaded once.
+#   CPU: requirements-triton.txt, for Python 3.10 (no torch: the base carries it).
+#   GPU: requirements-gpu-vllm.txt (vLLM, its CUDA PyTorch and what only they need), then
+#        requirements-gpu-model.txt (transformers, PyYAML), for Python 3.12 (tools/gpu_lock.py).
+# The check fails the build when transformers would not use the PyTorch it finds.
+ARG REQUIREMENTS=requirements-triton.txt
+COPY docker/requirements-*.txt /opt/llm/docker/
+RUN for layer in ${REQUIREMENTS}; do \
+        python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
+            -r "/opt/llm/docker/${layer}" || exit 1; \
+    done \
     && python3 -c "import sys, torch, transformers; from transformers.utils import is_torch_available as ok; ok() or sys.exit('transformers ' + transformers.__version__ + ' does not accept torch ' + torch.__version__)"
 
 # The project's packages the model processes import by name (pyproject.toml): the engine

