@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +20,7 @@ def textgen(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_generates_once_and_reports_what_ran_as_one_json_line() -> None:
-    done = textgen("--model-dir", "demo_model", "--max-tokens", "5")
+    done = textgen("--model-dir", "demo_model", "--max-tokens", "5", LLM_DEVICE="cpu")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["engine"] == "transformers" and report["device"] == "cpu"
@@ -25,6 +28,7 @@ def test_generates_once_and_reports_what_ran_as_one_json_line() -> None:
     assert report["text"] and not report["error"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
 def test_takes_the_models_settings_and_says_what_is_wrong_without_a_traceback() -> None:
     done = textgen("--model-dir", "demo_model", LLM_DEVICE="cuda")
     assert done.returncode == 2

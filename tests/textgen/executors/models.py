@@ -4,10 +4,17 @@ rows joining mid-generation."""
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 CPU = torch.device("cpu")
+# The C forward is compiled where the model loads; a machine without a compiler (the lent GPU
+# machine may have none) serves with the tensor forward instead, which its own tests cover.
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                              reason="no C compiler (cc or gcc): the C forward cannot be built")
 NEW_TOKENS = 24
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

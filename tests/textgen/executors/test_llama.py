@@ -12,12 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from tests.textgen.executors.models import (CPU, LATE, PROMPTS, executor_greedy, hf_greedy,
-                                            random_model)
+                                            needs_cc, random_model)
 from textgen.core.loading import ModelLoadError, quantize_linear_int8
 from textgen.executors.hf import HFExecutor, select_executor
 from textgen.executors.llama import LlamaExecutor
 
 
+@needs_cc
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
 def test_greedy_tokens_match_hf_generate_on_random_models_of_each_family(family):
     model = {"llama": lambda: random_model(LlamaConfig),

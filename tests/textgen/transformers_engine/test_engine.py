@@ -72,10 +72,12 @@ def run(engine: TransformersEngine, requests: list[GenerationRequest]) -> list[S
                                         ("continuous", "hf")], ids="-".join)
 def engine(request, demo_model_dir):
     """Both schedulers, and both executors (the lean Llama forward and the HF module). Every
-    token is its own piece (stream interval 0), so tests can count steps by pieces."""
+    token is its own piece (stream interval 0), so tests can count steps by pieces. float32
+    on every device: the tests compare exact text (`auto` is bf16 on a GPU)."""
     scheduling, executor = request.param
     engine = TransformersEngine(EngineConfig(model_dir=demo_model_dir, scheduling=scheduling,
-                                 executor=executor, max_num_seqs=8, stream_interval_ms=0))
+                                 executor=executor, dtype="float32", max_num_seqs=8,
+                                 stream_interval_ms=0))
     yield engine
     engine.shutdown()
 

@@ -16,6 +16,7 @@ from tests.textgen.executors.models import (
     PROMPTS,
     executor_greedy,
     hf_greedy,
+    needs_cc,
     random_model,
 )
 from textgen.core.loading import ModelLoadError
@@ -48,6 +49,7 @@ SHAPES = {  # attention heads / KV heads x head size, and what each covers
 }
 
 
+@needs_cc
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows(target, shape):
@@ -86,6 +88,7 @@ def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkey
     assert executor_greedy(executor, PROMPTS, LATE, model.config.eos_token_id) == expected
 
 
+@needs_cc
 def test_the_forward_path_setting_turns_the_c_forward_off_or_insists_on_it(monkeypatch):
     model = random_model(LlamaConfig)
     assert select_executor("auto", model, 0, CPU, 256, forward_path="tensor").forward_path \
@@ -99,6 +102,7 @@ def test_the_forward_path_setting_turns_the_c_forward_off_or_insists_on_it(monke
         select_executor("auto", model, 0, CPU, 256, forward_path="c")
 
 
+@needs_cc
 def test_the_c_forward_refuses_a_token_outside_the_vocabulary_instead_of_reading_past_it():
     model = random_model(LlamaConfig)
     executor = LlamaExecutor(model, 0, CPU, 256)
@@ -110,6 +114,7 @@ def test_the_c_forward_refuses_a_token_outside_the_vocabulary_instead_of_reading
             executor.decode([model.config.vocab_size])
 
 
+@needs_cc
 def test_the_c_forward_taking_the_weights_leaves_one_packed_copy_and_the_same_tokens():
     """With take_weights (the engine's way) the HF module's projections are emptied as the
     kernel packs them: the process holds the weights once, and the tokens do not change."""
