@@ -208,14 +208,21 @@ class LlamaExecutor:
         rows, start, end = len(last_tokens), self._batch.start, self._batch.end
         # One row has no padding (the cache trims it): the kernel's unmasked path is cheaper.
         attn_mask = None if rows == 1 else mask.bool()[:, None, None, :]
+        # Grouped-query attention as plain attention: a KV head's `group` query heads are its
+        # `group` query positions (one token each, no causality among them). Why: with a mask,
+        # `enable_gqa` leaves only PyTorch's math backend on CUDA, which copies every key and
+        # value `group` times per layer and step; this shape takes the fused kernels.
+        group = self._heads // self._kv_heads
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = self._batch.buffers(i)
             keys[:rows, :, end:end + 1] = k
             values[:rows, :, end:end + 1] = v
-            return F.scaled_dot_product_attention(
-                q, keys[:rows, :, start:end + 1], values[:rows, :, start:end + 1],
-                attn_mask=attn_mask, enable_gqa=self._kv_heads != self._heads)
+            grouped = q.reshape(rows, self._kv_heads, group, self._head_dim)
+            out = F.scaled_dot_product_attention(
+                grouped, keys[:rows, :, start:end + 1], values[:rows, :, start:end + 1],
+                attn_mask=attn_mask)
+            return out.reshape(rows, self._heads, 1, self._head_dim)
 
         ids = torch.tensor(last_tokens, device=self._device).unsqueeze(1)
         hidden = self._forward(ids, positions, attend)
