@@ -18,6 +18,7 @@ import torch
 
 from contracts.logprobs import TokenLogprobs
 from textgen.core.config import EngineConfig, model_context
+from textgen.core.cpus import run_in_passing_thread
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
 from textgen.core.loading import load_model, return_large_frees_to_the_os
@@ -83,6 +84,18 @@ class TransformersEngine(EngineBase):
         if self.device.type == "cpu":
             return_large_frees_to_the_os()
             self._use_cpu_threads(torch.set_num_threads)
+        # On a passing thread: the loading's OpenMP pool must not outlive it (cpus.py says why).
+        run_in_passing_thread(self._load)
+
+        # Every sequence's place (shared with submitting threads, guarded by `_wakeup`).
+        self._scheduler: Scheduler[SequenceState] = Scheduler(Budget(
+            config.max_num_seqs, self.budget.tokens, static=config.scheduling == "static"))
+        self._start_thread("textgen-engine")
+
+    def _load(self) -> None:
+        """The model, its tokenizer, limits, token budget and executor (packing the weights
+        for the C forward, where it runs)."""
+        config = self.config
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
         self.limits = self._narrow_limits(model_context(self.model.config),
@@ -103,11 +116,6 @@ class TransformersEngine(EngineBase):
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.forward_path,
                                         take_weights=True, kv_tokens=self.budget.tokens)
-
-        # Every sequence's place (shared with submitting threads, guarded by `_wakeup`).
-        self._scheduler: Scheduler[SequenceState] = Scheduler(Budget(
-            config.max_num_seqs, self.budget.tokens, static=config.scheduling == "static"))
-        self._start_thread("textgen-engine")
 
     # ---- called from Triton's threads -------------------------------------------------
 
