@@ -229,7 +229,7 @@ def int8(dry_run: bool, out: Path) -> Result:
             "torch dynamic int8", "completion_tokens": 16, "seconds": round(elapsed, 3)}
 
 
-STEPS = (Step("environment", environment, 60), Step("engine_suite", engine_suite, 120),
+STEPS = (Step("environment", environment, 60), Step("engine_suite", engine_suite, 150),
          Step("correctness", correctness, 60), Step("throughput", throughput, 150),
          Step("int8", int8, 45))
 
