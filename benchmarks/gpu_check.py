@@ -111,28 +111,12 @@ def engine_suite(dry_run: bool, out: Path) -> Result:
 
 def _generate(engine: Any, requests: list[Any]) -> list[Any]:
     """Submit every request at once; their outputs in order."""
-    import threading
+    from textgen.core.outputs import Collector
 
-    class Sink:
-        def __init__(self) -> None:
-            self.done, self.output = threading.Event(), None
-
-        def on_text(self, delta: str, logprobs: Any = (), index: int = 0) -> None:
-            pass
-
-        def on_finish(self, output: Any) -> None:
-            self.output = output
-            self.done.set()
-
-        def is_cancelled(self) -> bool:
-            return False
-
-    sinks = [Sink() for _ in requests]
+    sinks = [Collector() for _ in requests]
     for request, sink in zip(requests, sinks):
         engine.submit(request, sink)
-    for sink in sinks:
-        sink.done.wait()
-    return [sink.output for sink in sinks]
+    return [sink.wait()[0] for sink in sinks]
 
 
 def correctness(dry_run: bool, out: Path) -> Result:

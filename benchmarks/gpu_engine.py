@@ -29,16 +29,14 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from textgen.core.config import EngineConfig, Limits
-from textgen.core.outputs import EngineObserver, SequenceOutput
+from textgen.core.outputs import Collector, EngineObserver
 from textgen.core.validation import GenerationRequest
 from textgen.engines import create_engine
 
@@ -76,22 +74,6 @@ def workload(n: int, seed: int, tokenizer: object) -> list[tuple[list[int], int]
     return jobs
 
 
-class _Done:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.output: SequenceOutput | None = None
-
-    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
-        pass
-
-    def on_finish(self, output: SequenceOutput) -> None:
-        self.output = output
-        self.event.set()
-
-    def is_cancelled(self) -> bool:
-        return False
-
-
 Figures = dict[str, float]
 
 
@@ -110,13 +92,11 @@ def run_engine(name: str, model_dir: Path, jobs: list[tuple[list[int], int]], ma
     decode = AutoTokenizer.from_pretrained(model_dir).decode
 
     def run(group: list[tuple[list[int], int]]) -> tuple[int, list[float]]:
-        sinks = [_Done() for _ in group]
+        sinks = [Collector() for _ in group]
         for (ids, new), sink in zip(group, sinks):
             engine.submit(GenerationRequest(prompt=decode(ids), max_tokens=new,
                                             ignore_eos=True), sink)
-        for sink in sinks:
-            sink.event.wait()
-        outputs = [s.output for s in sinks if s.output]
+        outputs = [sink.wait()[0] for sink in sinks]
         return (sum(o.completion_tokens for o in outputs),
                 [o.first_token_seconds for o in outputs])
 

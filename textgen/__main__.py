@@ -14,34 +14,14 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
 from textgen.core.config import ConfigError, load_engine_config
 from textgen.core.loading import ModelLoadError, resolve_device
-from textgen.core.outputs import EngineObserver, SequenceOutput
+from textgen.core.outputs import Collector, EngineObserver
 from textgen.core.validation import GenerationRequest
 from textgen.engines import choose_engine, create_engine
-
-
-class _Wait:
-    """The one sequence's end; text arrives whole in `on_finish`."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.output: SequenceOutput | None = None
-
-    def on_text(self, delta: str, logprobs: Sequence[Any] = (), index: int = 0) -> None:
-        pass
-
-    def on_finish(self, output: SequenceOutput) -> None:
-        self.output = output
-        self.done.set()
-
-    def is_cancelled(self) -> bool:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loaded = time.monotonic() - start
     try:
-        sink = _Wait()
+        sink = Collector()
         engine.submit(GenerationRequest(prompt=args.prompt, max_tokens=args.max_tokens), sink)
-        sink.done.wait()
+        output, = sink.wait()
     finally:
         engine.shutdown()
-    output = sink.output
-    assert output is not None
     print(json.dumps({
         "python": sys.version.split()[0], "engine": choose_engine(config),
         "device": str(resolve_device(config.device)), "load_seconds": round(loaded, 2),

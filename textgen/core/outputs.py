@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -122,6 +123,34 @@ class OutputSink(Protocol):
     def on_finish(self, output: SequenceOutput) -> None: ...
 
     def is_cancelled(self) -> bool: ...
+
+
+class Collector:
+    """An OutputSink for a caller that only wants whole sequences (`python -m textgen`, the
+    benchmarks): it drops the pieces and keeps each SequenceOutput, whose text is whole."""
+
+    def __init__(self, sequences: int = 1) -> None:
+        self.outputs: list[SequenceOutput] = []
+        self._left = sequences
+        self._done = threading.Event()
+
+    def on_text(self, delta: str, logprobs: Sequence[TokenLogprobs] = (),
+                index: int = 0) -> None:
+        pass
+
+    def on_finish(self, output: SequenceOutput) -> None:
+        self.outputs.append(output)
+        self._left -= 1
+        if self._left == 0:
+            self._done.set()
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def wait(self) -> list[SequenceOutput]:
+        """Every sequence's output, in the order they finished."""
+        self._done.wait()
+        return self.outputs
 
 
 class EngineObserver:

@@ -10,15 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from tests.textgen.executors.models import (
-    CPU,
-    LATE,
-    PROMPTS,
-    executor_greedy,
-    hf_greedy,
-    needs_cc,
-    random_model,
-)
+from tests.textgen.executors.models import (CPU, LATE, PROMPTS, executor_greedy, hf_greedy,
+                                            needs_cc, random_model)
 from textgen.core.loading import ModelLoadError
 from textgen.executors.hf import select_executor
 from textgen.executors.llama import LlamaExecutor
