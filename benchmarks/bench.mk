@@ -54,5 +54,5 @@ gpu-check-wheels: ## Download what the GPU check adds to a bare GPU machine into
 gpu-check: ## On a GPU machine: the engine suite, correctness, throughput and int8 on CUDA (~5 min)
 	@bash benchmarks/gpu_check.sh $(BENCH_ARGS)
 
-gpu-check-dry-run: venv ## The GPU check's steps on this CPU with a tiny model (make test runs it; ~3 min)
+gpu-check-dry-run: venv ## The GPU check's steps on this CPU with a tiny model (make test runs it; ~1 min)
 	@PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run $(BENCH_ARGS)
