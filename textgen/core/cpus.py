@@ -114,7 +114,7 @@ def run_in_passing_thread(work: Callable[[], T]) -> T:
     them all. Once they outnumber the CPUs, its barriers stop spinning and sleep ("throttled
     spin"), and the C forward meets several barriers a layer and step. Loading the model on
     the thread that stays (Triton's) left its pool behind beside the engine thread's: on the
-    real model at 2 threads a one-row decode step took 23.5 ms instead of 20.2 (on 16 cores,
+    real model at 2 threads a one-row decode step took 23.4 ms instead of 18.2 (on 16 cores,
     14 + 14 pool threads). Loading on a passing thread leaves only the engine thread's pool.
     """
     outcome: dict[str, object] = {}
@@ -131,4 +131,3 @@ def run_in_passing_thread(work: Callable[[], T]) -> T:
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
-

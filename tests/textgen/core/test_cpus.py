@@ -3,11 +3,13 @@ quota), shared among the engines on the host, less a share for the stack around 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
-from textgen.core.cpus import ENGINES_ON_HOST, cgroup_quota, default_threads, engine_threads
+from textgen.core.cpus import (ENGINES_ON_HOST, cgroup_quota, default_threads, engine_threads,
+                               run_in_passing_thread)
 
 
 @pytest.mark.parametrize("cpus, engines, threads", [
@@ -47,3 +49,21 @@ def test_a_cgroup_v1_quota_is_read_and_no_quota_means_none(tmp_path):
     write(tmp_path / "cpu" / "docker" / "c1" / "cpu.cfs_quota_us", "-1\n")
     assert cgroup_quota(tmp_path, "4:cpu,cpuacct:/docker/c1\n") is None
     assert cgroup_quota(tmp_path, "0::/\n") is None
+
+
+def test_work_in_a_passing_thread_runs_elsewhere_and_hands_back_its_result_or_error() -> None:
+    ran_on: list[threading.Thread] = []
+
+    def work() -> int:
+        ran_on.append(threading.current_thread())
+        return 42
+
+    assert run_in_passing_thread(work) == 42
+    assert ran_on[0] is not threading.current_thread() and not ran_on[0].is_alive()
+
+    def fails() -> None:
+        raise ValueError("the model directory holds no config.json")
+
+    with pytest.raises(ValueError, match="no config.json"):
+        run_in_passing_thread(fails)
+
