@@ -324,6 +324,14 @@ def test_gpu_locks_pin_the_vllm_the_engine_is_tested_with() -> None:
     assert not set(model) & set(vllm), "a package in both layers"
 
 
+def test_gpu_locks_are_exactly_what_the_lock_tool_writes() -> None:
+    """No hand edits: `make docker-test` proves the pins resolve (tools.gpu_lock --check)."""
+    from tools import gpu_lock
+
+    for path in gpu_lock.LAYERS:
+        assert path.read_text() == gpu_lock.text(path, gpu_lock.read(path)), path.name
+
+
 def test_triton_replicas_follow_llm_replicas(config: dict[str, Any]) -> None:
     assert config["services"]["triton"]["deploy"]["replicas"] == 1
     scaled = compose_config("compose.yaml", LLM_REPLICAS="3")
