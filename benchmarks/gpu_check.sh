@@ -13,9 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 if [ -d .gpu-wheels ]; then
-    site="$(mktemp -d)/site"
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
     "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
-        --find-links .gpu-wheels --target "$site" -r benchmarks/gpu_check.requirements.txt
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        --find-links .gpu-wheels --target "$scratch/site" -r benchmarks/gpu_check.requirements.txt
+    export PYTHONPATH="$scratch/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-exec "$python" -m benchmarks.gpu_check --out "${OUT:-.run/gpu-check}" "$@"
+"$python" -m benchmarks.gpu_check --out "${OUT:-.run/gpu-check}" "$@"
