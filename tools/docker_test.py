@@ -386,9 +386,8 @@ PYTHON_CHANGES = ['CMD ["python3"]']
 def rootfs_tarball(name: str, recipe: Callable[..., None], changes: list[str], cache: Path,
                    wheels: tuple[Path, ...]) -> tuple[Path, str]:
     """Build (or reuse) the root filesystem tarball; the key covers the recipe's code."""
-    suites = (SUITE,) if recipe is not gpu_triton_rootfs else (SUITE, GPU_SUITE)
     key = digest(inspect.getsource(recipe), inspect.getsource(debootstrap),
-                 json.dumps(changes), REQUIREMENTS.read_text(), *suites, MIRROR,
+                 json.dumps(changes), REQUIREMENTS.read_text(), SUITE, GPU_SUITE, MIRROR,
                  *(str(folder) for folder in wheels))
     tarball = cache / "rootfs" / f"{name}-{key}.tar"
     if tarball.exists():
