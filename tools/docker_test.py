@@ -77,6 +77,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from packaging.utils import canonicalize_name
+
+from tools import gpu_lock
+
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run" / "docker-test"
 BIN = Path(sys.executable).parent
@@ -184,18 +188,10 @@ def pip_download(dest: Path, args: list[str], log: Path) -> Path:
     return dest
 
 
-def pins(path: Path) -> dict[str, str]:
-    lines = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
-    return {name.lower().replace("_", "-"): version
-            for name, version in (line.split("==") for line in lines)}
-
-
 def wheel_names(folder: Path) -> dict[str, str]:
-    names = {}
-    for wheel in folder.glob("*.whl"):
-        name, version = wheel.name.split("-")[:2]
-        names[name.lower().replace("_", "-")] = version
-    return names
+    """{canonical name: version} of the wheels in `folder`, as gpu_lock.read gives a lock's."""
+    return {canonicalize_name(name): version
+            for name, version in (wheel.name.split("-")[:2] for wheel in folder.glob("*.whl"))}
 
 
 def prepare_wheels(cache: Path) -> tuple[Path, Path, Path]:
@@ -218,7 +214,7 @@ def prepare_wheels(cache: Path) -> tuple[Path, Path, Path]:
                          ["--python-version", "3.10", "--platform", "manylinux_2_35_x86_64",
                           "--platform", "manylinux_2_17_x86_64", "--platform",
                           "manylinux2014_x86_64", "-r", str(REQUIREMENTS)], log)
-    resolved, wanted = wheel_names(py310), pins(REQUIREMENTS)
+    resolved, wanted = wheel_names(py310), gpu_lock.read(REQUIREMENTS)
     if resolved != wanted:
         extra = {k: v for k, v in resolved.items() if wanted.get(k) != v}
         raise Failure(f"{REQUIREMENTS.name} is not a complete closure for Python 3.10; "
@@ -231,8 +227,6 @@ def prepare_wheels(cache: Path) -> tuple[Path, Path, Path]:
 def prepare_gpu_wheels(cache: Path) -> Path:
     """The GPU image's model layer for the stand-in's Python 3.13, after proving both GPU
     layers resolve for NVIDIA's Python 3.12 (once per lock)."""
-    from tools import gpu_lock
-
     folder = cache / "wheels"
     locks = gpu_lock.MODEL_LOCK.read_text() + gpu_lock.VLLM_LOCK.read_text()
     proven = folder / f"gpu-locks-resolve-{digest(locks)}"
