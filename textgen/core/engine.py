@@ -29,7 +29,8 @@ from textgen.core.admission import Admission
 from textgen.core.config import EngineConfig, Limits
 from textgen.core.cpus import engine_threads
 from textgen.core.engine_thread import session_nice, start_engine_thread, thread_nice
-from textgen.core.loading import resolve_device, resolve_dtype
+from textgen.core.dtypes import resolve_dtype
+from textgen.core.loading import resolve_device
 from textgen.core.outputs import EngineObserver, OutputSink
 from textgen.core.validation import GenerationRequest
 
@@ -65,7 +66,9 @@ class EngineBase(abc.ABC):
         self.config = config
         self.observer = observer or EngineObserver()
         self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        # `auto` on a CPU: an engine that times its own forward decides again at load.
+        self.dtype, self.dtype_why = resolve_dtype(config.dtype, self.device,
+                                                   quantization=config.quantization)
         self._stream_interval_s = config.stream_interval_ms / 1000
         self._wakeup = threading.Condition()
         self._admission = Admission(config.max_queue_size, config.queue_timeout_s,
@@ -120,5 +123,6 @@ class EngineBase(abc.ABC):
         assert self._thread is not None
         return {"engine": self.name, "model_dir": str(self.config.model_dir),
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "dtype_reason": self.dtype_why,
                 "context_length": self.limits.context_length, **self._facts(),
                 "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}

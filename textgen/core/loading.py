@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(RuntimeError):
@@ -48,26 +47,33 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda:0" if requested == "cuda" else "cpu")
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
-    if requested != "auto":
-        return _DTYPES[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def load_tokenizer(model_dir: Path) -> Any:
-    """The directory's tokenizer, after checking that it is a save_pretrained directory at all
-    (every engine starts here, so each reports a wrong path the same way)."""
-    from transformers import AutoTokenizer
-
+def _check_model_dir(model_dir: Path) -> None:
+    """That `model_dir` is a save_pretrained directory at all (every engine starts here, so
+    each reports a wrong path the same way)."""
     hint = "set parameter `model_dir` in config.pbtxt or export LLM_MODEL_DIR"
     if not model_dir.is_dir():
         raise ModelLoadError(f"model directory {model_dir} does not exist; {hint}")
     if not (model_dir / "config.json").is_file():
         raise ModelLoadError(f"model directory {model_dir} has no config.json: it is not a "
                              f"directory written by save_pretrained; {hint}")
+
+
+def load_config(model_dir: Path) -> Any:
+    """The directory's model config (before the weights: `dtype` `auto` reads its widths)."""
+    from transformers import AutoConfig
+
+    _check_model_dir(model_dir)
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:  # transformers raises many types; all mean "unusable"
+        raise ModelLoadError(f"cannot read the model config in {model_dir}: {exc}") from exc
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The directory's tokenizer, after checking that it is a save_pretrained directory."""
+    from transformers import AutoTokenizer
+
+    _check_model_dir(model_dir)
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # transformers raises many types; all mean "unusable"

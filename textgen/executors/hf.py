@@ -19,10 +19,12 @@ and says why not otherwise, in the start-up log.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
+from textgen.core.dtypes import ProductTimer
 from textgen.core.loading import ModelLoadError
 from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
 
@@ -34,6 +36,7 @@ class Executor(Protocol):
 
     name: str
     forward_path: str  # how the forward (decode steps and prefill) runs, for the start-up log
+    kv_dtype: torch.dtype  # what its cache holds: the engine's token budget counts its bytes
 
     def prefill(self, prompts: list[list[int]],
                 every_position: Sequence[bool] = ()) -> torch.Tensor:
@@ -60,6 +63,11 @@ class Executor(Protocol):
         """Forget every row (after a failed step)."""
         ...
 
+    def limit_cache(self, tokens: int) -> None:
+        """Bound the cache to `tokens` tokens (KVBatch), the engine's max_batch_total_tokens;
+        before the first prefill."""
+        ...
+
 
 class HFExecutor:
     """The Hugging Face module's own forward over the slot cache of `KVBatch`."""
@@ -67,13 +75,13 @@ class HFExecutor:
     name = "hf"
     forward_path = "module"
 
-    def __init__(self, model: Any, pad_id: int, device: torch.device,
-                 kv_tokens: Optional[int] = None) -> None:
+    def __init__(self, model: Any, pad_id: int, device: torch.device) -> None:
         self.model = model
+        self.kv_dtype = model.dtype
         self._pad_id = pad_id
         self._device = device
-        self._kv_tokens = kv_tokens
-        self._batch = KVBatch(kv_tokens)
+        self._kv_tokens: Optional[int] = None
+        self._batch = KVBatch()
 
     def prefill(self, prompts: list[list[int]],
                 every_position: Sequence[bool] = ()) -> torch.Tensor:
@@ -106,17 +114,20 @@ class HFExecutor:
     def reset(self) -> None:
         self._batch = KVBatch(self._kv_tokens)
 
+    def limit_cache(self, tokens: int) -> None:
+        self._kv_tokens = tokens
+        self.reset()
+
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
                     context_length: int, forward_path: str = "auto",
-                    take_weights: bool = False, kv_tokens: Optional[int] = None) -> Executor:
+                    take_weights: bool = False) -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `forward_path` (EngineConfig.forward_path): `auto` runs the Llama executor's decode step and
     prefill in C where they compile, `tensor` never does (the switch to turn the native code
     off), `c` fails the load when it cannot. `take_weights`: the C forward may empty the HF
-    module's projections as it packs them (LlamaExecutor); the engine passes True.
-    `kv_tokens`: the cache's token limit (KVBatch), the engine's max_batch_total_tokens."""
+    module's projections as it packs them (LlamaExecutor); the engine passes True."""
     from textgen.executors.llama import LlamaExecutor
 
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
@@ -130,11 +141,49 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
                                  "use forward_path `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
-        return HFExecutor(model, pad_id, device, kv_tokens)
+        return HFExecutor(model, pad_id, device)
     executor = LlamaExecutor(model, pad_id, device, context_length,
                              kernel_target=None if forward_path == "tensor" else "native",
-                             take_weights=take_weights, kv_tokens=kv_tokens)
+                             take_weights=take_weights)
     if forward_path == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"forward_path `c` is not available here: "
                              f"{executor.kernel_unavailable}; use forward_path `auto` or `tensor`")
     return executor
+
+
+def product_timer(requested: str, forward_path: str, model_config: Any) -> ProductTimer:
+    """Times one product (the MLP's gate/up, at most 64 MiB of float32) as the forward that
+    `select_executor` will pick runs it: the C forward's panels where it will run, torch's
+    linear otherwise. What `dtype` `auto` compares on a CPU (textgen/core/dtypes.py)."""
+    from textgen.executors.llama import LlamaExecutor
+    from textgen.executors.native import kernel
+
+    width = model_config.hidden_size
+    out = min(2 * getattr(model_config, "intermediate_size", 4 * width), (1 << 24) // width)
+    c_forward = requested != "hf" and forward_path != "tensor" \
+        and LlamaExecutor.unsupported_config_reason(model_config) is None
+
+    def seconds(dtype: torch.dtype, rows: int) -> float:
+        if c_forward:
+            try:
+                return kernel.product_seconds(dtype, out, width, rows, torch.get_num_threads())
+            except kernel.KernelUnavailable:
+                pass  # the tensor forward will serve: time what it runs
+        return linear_seconds(dtype, out, width, rows)
+
+    return seconds
+
+
+def linear_seconds(dtype: torch.dtype, out: int, width: int, rows: int,
+                   repeats: int = 5) -> float:
+    """The best of `repeats` timings of torch's linear of `rows` rows by [out, width]."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn((out, width), generator=generator).to(dtype)
+    x = torch.randn((rows, width), generator=generator).to(dtype)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first call pays for page faults and set-up
+            started = time.perf_counter()
+            torch.nn.functional.linear(x, weight)
+            best = min(best, time.perf_counter() - started)
+    return best

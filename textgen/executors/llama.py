@@ -80,7 +80,21 @@ class LlamaExecutor:
     @staticmethod
     def unsupported_reason(model: Any) -> Optional[str]:
         """Why this forward would not compute exactly what the HF module does; None if it does."""
-        config = model.config
+        reason = LlamaExecutor.unsupported_config_reason(model.config)
+        if reason:
+            return reason
+        projections = [model.get_output_embeddings()]
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            projections += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                            mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear for m in projections):
+            return "quantized linear layers"  # e.g. torch's dynamic int8 modules
+        return None
+
+    @staticmethod
+    def unsupported_config_reason(config: Any) -> Optional[str]:
+        """What of `unsupported_reason` the model's config alone tells (before it loads)."""
         if config.model_type not in FAMILY:
             return f"architecture `{config.model_type}` is not one of {', '.join(FAMILY)}"
         if getattr(config, "hidden_act", "silu") != "silu":
@@ -93,23 +107,15 @@ class LlamaExecutor:
                 config.model_type == "mistral" and window is not None
                 and window < config.max_position_embeddings):
             return "sliding-window attention"
-        projections = [model.get_output_embeddings()]
-        for layer in model.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            projections += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
-                            mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-        if any(type(m) is not torch.nn.Linear for m in projections):
-            return "quantized linear layers"  # e.g. torch's dynamic int8 modules
         return None
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
                  context_length: int, kernel_target: Optional[str] = "native",
-                 take_weights: bool = False, kv_tokens: Optional[int] = None) -> None:
+                 take_weights: bool = False) -> None:
         """`kernel_target`: the `-march` to compile the C forward for (None: the tensor
         forward, which the tests compare it with). `take_weights`: the C forward empties the
         HF module's projections as it packs them (the engine never runs the module beside this
-        executor; tests that do keep it whole). `kv_tokens`: the cache's token limit
-        (KVBatch)."""
+        executor; tests that do keep it whole)."""
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -124,8 +130,8 @@ class LlamaExecutor:
         half = self._head_dim // 2  # rotate_half as an index: the second half, then the first
         self._swap = torch.cat([torch.arange(half, self._head_dim), torch.arange(half)]) \
             .to(device)
-        self._kv_tokens = kv_tokens
-        self._batch = KVBatch(kv_tokens)
+        self._kv_tokens: Optional[int] = None
+        self._batch = KVBatch()
         self._kernel: Optional[forward_kernel.ForwardKernel] = None
         self._layers: list[_Layer] = []
         built = forward_kernel.build(
@@ -137,10 +143,14 @@ class LlamaExecutor:
         if isinstance(built, forward_kernel.KernelUnavailable):
             self.kernel_unavailable = str(built)
             log.info("decode step and prefill in tensor operations: %s", built)
+            # In the weights' dtype, as the HF module rounds them.
+            self._cos, self._sin = self._cos.to(self._embed.dtype), self._sin.to(self._embed.dtype)
             self._fuse_layers(model)
         else:
             self._kernel = built
             self._embed = torch.empty(0)  # the kernel reads the embedding itself
+        # The C forward keeps keys and values in float32 whatever the weights' dtype.
+        self.kv_dtype = torch.float32 if self._kernel is not None else model.dtype
 
     def _fuse_layers(self, model: Any) -> None:
         """The tensor forward's weights: per layer one q/k/v and one gate/up matrix."""
@@ -158,10 +168,11 @@ class LlamaExecutor:
                 gate_up=gate_up, down=mlp.down_proj.weight.detach()))
 
     def _rope_tables(self, base: Any, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin per position, [positions, head_dim], from the model's rotary module; the
-        sin table carries rotate_half's signs, so rotating is `x * cos + x[..., swap] * sin`."""
+        """cos and sin per position, [positions, head_dim], float32, from the model's rotary
+        module; the sin table carries rotate_half's signs, so rotating is
+        `x * cos + x[..., swap] * sin`."""
         positions = torch.arange(context_length, device=self._device).unsqueeze(0)
-        probe = self._embed[:1].unsqueeze(0)
+        probe = self._embed[:1].unsqueeze(0).float()
         with torch.inference_mode():
             cos, sin = base.rotary_emb(probe, positions)
         sign = torch.ones(self._head_dim, dtype=sin.dtype, device=self._device)
@@ -237,6 +248,10 @@ class LlamaExecutor:
 
     def reset(self) -> None:
         self._batch = KVBatch(self._kv_tokens)
+
+    def limit_cache(self, tokens: int) -> None:
+        self._kv_tokens = tokens
+        self.reset()
 
     # ---- the forward pass ---------------------------------------------------------------
 

@@ -21,11 +21,12 @@ from textgen.core.config import EngineConfig, model_context
 from textgen.core.cpus import run_in_passing_thread
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
-from textgen.core.loading import load_model, return_large_frees_to_the_os
+from textgen.core.dtypes import resolve_dtype
+from textgen.core.loading import load_config, load_model, return_large_frees_to_the_os
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
-from textgen.executors.hf import select_executor
+from textgen.executors.hf import product_timer, select_executor
 from textgen.executors.kv_batch import HEADROOM
 from textgen.transformers_engine.logprobs import (check_prompt_logits, normalized, prompt_records,
                                                   records)
@@ -96,6 +97,12 @@ class TransformersEngine(EngineBase):
         """The model, its tokenizer, limits, token budget and executor (packing the weights
         for the C forward, where it runs)."""
         config = self.config
+        if config.dtype == "auto" and self.device.type == "cpu":  # timed on these threads
+            timer = product_timer(config.executor, config.forward_path,
+                                  load_config(config.model_dir))
+            self.dtype, self.dtype_why = resolve_dtype(
+                "auto", self.device, timer, config.max_num_seqs, quantization=config.quantization)
+        log.info("dtype %s (%s)", str(self.dtype).removeprefix("torch."), self.dtype_why)
         self.model, self.tokenizer = load_model(config.model_dir, self.device, self.dtype,
                                                 config.quantization)
         self.limits = self._narrow_limits(model_context(self.model.config),
@@ -106,16 +113,18 @@ class TransformersEngine(EngineBase):
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
-        per_token = kv_bytes_per_token(self.model.config, self.dtype.itemsize)
-        self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
-                                   self.limits.context_length, per_token)
-        bound = self.budget.tokens + HEADROOM * config.max_num_seqs
-        self._kv_bound_mib = bound * per_token / 2**20
-        log.info("token budget %d (%s); KV cache at most %d tokens, %.0f MiB",
-                 self.budget.tokens, self.budget.why, bound, self._kv_bound_mib)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.forward_path,
-                                        take_weights=True, kv_tokens=self.budget.tokens)
+                                        take_weights=True)
+        per_token = kv_bytes_per_token(self.model.config, self.executor.kv_dtype.itemsize)
+        self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
+                                   self.limits.context_length, per_token)
+        self.executor.limit_cache(self.budget.tokens)
+        bound = self.budget.tokens + HEADROOM * config.max_num_seqs
+        self._kv_bound_mib = bound * per_token / 2**20
+        log.info("token budget %d (%s); KV cache (%s) at most %d tokens, %.0f MiB",
+                 self.budget.tokens, self.budget.why,
+                 str(self.executor.kv_dtype).removeprefix("torch."), bound, self._kv_bound_mib)
 
     # ---- called from Triton's threads -------------------------------------------------
 

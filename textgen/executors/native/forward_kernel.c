@@ -17,6 +17,14 @@
  * Weights: every product's matrix arrives packed (forward_kernel.py, `pack`, once at load)
  * into panels of 32 output rows, transposed ([in][32]), so a product streams each panel once
  * from memory in order and every row tile multiplies it from cache with no horizontal sums.
+ *
+ * bfloat16 weights (compiled with -DWEIGHTS_BF16; `weight_t` below): the same panels hold
+ * pairs of inputs, [in / 2][32][2], the layout of AVX512-BF16's pair dot product. Where the
+ * CPU has it (__AVX512BF16__), each product first rounds its input rows to bfloat16 and
+ * multiplies pairs natively (twice the multiply-adds an instruction, and half the weight
+ * bytes); elsewhere each pair is widened to float32 in registers (a shift and a mask) and
+ * multiplied with float32 inputs, so only the weight bytes halve. Everything else (norms,
+ * the residual stream, rotary tables, the cache, attention, logits) stays float32.
  * Packing per call instead cost a transposing pass over all the weights a step: on a 135M
  * model it was slower than the matrix library at larger row counts (docs/performance.md,
  * What made this: the packed C forward).
@@ -43,25 +51,43 @@
 #pragma omp declare simd notinbranch
 float expf(float);
 
+#if defined(WEIGHTS_BF16)
+typedef uint16_t weight_t; /* bfloat16: the high half of a float32's bits */
+#define PAIRS 2            /* inputs a panel holds together for each output */
+#else
+typedef float weight_t;
+#define PAIRS 1
+#endif
+
+/* A product's weight as a float32 (a bfloat16 is the high half of a float32's bits). */
+static inline float widen(weight_t w) {
+#if defined(WEIGHTS_BF16)
+    union { uint32_t bits; float value; } u = {.bits = (uint32_t)w << 16};
+    return u.value;
+#else
+    return w;
+#endif
+}
+
 /* The products' matrices are panels (see above): `W [out, in]` means out/32 (rounded up)
- * panels of [in][32] floats, zero past `out`. */
+ * panels of [in / PAIRS][32][PAIRS] weights, zero past `out`. */
 typedef struct {
     const float *input_norm;  /* [hidden] */
-    const float *qkv;         /* W [(heads + 2 * kv_heads) * dim, hidden] */
+    const weight_t *qkv;         /* W [(heads + 2 * kv_heads) * dim, hidden] */
     const float *qkv_bias;    /* [(heads + 2 * kv_heads) * dim] or NULL */
-    const float *out;         /* W [hidden, heads * dim] */
+    const weight_t *out;         /* W [hidden, heads * dim] */
     const float *out_bias;    /* [hidden] or NULL */
     const float *post_norm;   /* [hidden] */
-    const float *gate_up;     /* W [2 * inter, hidden]: gate rows, then up rows */
-    const float *down;        /* W [hidden, inter] */
+    const weight_t *gate_up;     /* W [2 * inter, hidden]: gate rows, then up rows */
+    const weight_t *down;        /* W [hidden, inter] */
 } Layer;
 
 typedef struct {
     int32_t layers, hidden, heads, kv_heads, dim, inter, vocab;
     float eps;
-    const float *embed;       /* [vocab, hidden], or NULL: tied, read from lm_head's panels */
+    const weight_t *embed;    /* [vocab, hidden], or NULL: tied, read from lm_head's panels */
     const float *final_norm;  /* [hidden] */
-    const float *lm_head;     /* W [vocab, hidden] */
+    const weight_t *lm_head;     /* W [vocab, hidden] */
     const float *cos;         /* [positions, dim] */
     const float *sin;         /* [positions, dim], rotate_half's signs folded in */
     const Layer *layer;
@@ -70,12 +96,18 @@ typedef struct {
 /* Each thread's own scores: `columns` floats rounded up to whole cache lines. */
 static int64_t scores_floats(int32_t columns) { return ((int64_t)columns + 15) / 16 * 16; }
 
+/* The widest input of a product: what a row of `Scratch.narrow` holds. */
+static int64_t widest_input(const Model *m) {
+    int64_t widest = m->hidden > m->inter ? m->hidden : m->inter;
+    return widest > (int64_t)m->heads * m->dim ? widest : (int64_t)m->heads * m->dim;
+}
+
 /* Scratch floats a call over `rows` rows and `columns` columns on `threads` threads needs
  * (the caller allocates them once per size). */
 int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns, int32_t threads) {
     int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
     int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
-                      + 2 * (int64_t)m->inter;
+                      + 2 * (int64_t)m->inter + (widest_input(m) + 1) / 2;
     return threads * scores_floats(columns) + rows * per_row;
 }
 
@@ -88,9 +120,11 @@ typedef struct {
     float *mlp;            /* [rows, 2 inter] */
     float *scores;         /* [threads, scores_floats(columns)] */
     int64_t scores_stride;
+    uint16_t *narrow;      /* [rows, widest input]: a product's input rows in bfloat16 */
 } Scratch;
 
-static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns) {
+static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns,
+                     int32_t threads) {
     Scratch s;
     s.x = base;
     s.h = s.x + (int64_t)rows * m->hidden;
@@ -99,6 +133,7 @@ static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns)
     s.mlp = s.attn + (int64_t)rows * m->heads * m->dim;
     s.scores = s.mlp + (int64_t)rows * 2 * m->inter;
     s.scores_stride = scores_floats(columns);
+    s.narrow = (uint16_t *)(s.scores + s.scores_stride * threads);
     return s;
 }
 
@@ -134,15 +169,34 @@ static inline __m128 sum4(const __m512 v[4]) {
 /* The rows of a product's tile: each panel is read from cache once per 8 rows. */
 #define TILE_ROWS 8
 
-/* `nr` rows (up to TILE_ROWS) by the `width` (<= 32) outputs of one panel ([in][32]): per input,
- * one load of the panel's two vectors and one broadcast a row feed two multiply-adds a row,
- * with no horizontal sums at the end. */
+#if defined(__AVX512F__)
+/* Stores a tile's sums (plus the bias) into the first `width` of its 32 outputs per row. */
+static inline __attribute__((always_inline)) void store_tile(
+        __m512 acc[TILE_ROWS][2], const float *bias, float *y, int y_stride, const int nr,
+        int width) {
+    uint32_t keep = width >= 32 ? 0xffffffffu : (1u << width) - 1u;
+    __mmask16 k0 = (__mmask16)keep, k1 = (__mmask16)(keep >> 16);
+    __m512 b0 = bias ? _mm512_maskz_loadu_ps(k0, bias) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_maskz_loadu_ps(k1, bias + 16) : _mm512_setzero_ps();
+    for (int i = 0; i < nr; i++) {
+        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride, k0, _mm512_add_ps(acc[i][0], b0));
+        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride + 16, k1, _mm512_add_ps(acc[i][1], b1));
+    }
+}
+#endif
+
+/* `nr` rows (up to TILE_ROWS) by the `width` (<= 32) outputs of one panel: per input (or pair
+ * of inputs), one load of the panel's two vectors and one broadcast a row feed two
+ * multiply-adds a row, with no horizontal sums at the end. `narrow`: the rows in bfloat16
+ * (stride `in`), for the native pair product; NULL elsewhere. */
 static inline __attribute__((always_inline)) void tile(
-        const float *panel, const float *bias, const float *x, float *y, int in, int x_stride,
-        int y_stride, const int nr, int width) {
+        const weight_t *panel, const float *bias, const float *x, const uint16_t *narrow,
+        float *y, int in, int x_stride, int y_stride, const int nr, int width) {
 #if defined(__AVX512F__)
     __m512 acc[TILE_ROWS][2];
     for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#if !defined(WEIGHTS_BF16)
+    (void)narrow;
     for (int k = 0; k < in; k++) {
         __m512 w0 = _mm512_load_ps(panel + (int64_t)k * 32);
         __m512 w1 = _mm512_load_ps(panel + (int64_t)k * 32 + 16);
@@ -152,49 +206,98 @@ static inline __attribute__((always_inline)) void tile(
             acc[i][1] = _mm512_fmadd_ps(xv, w1, acc[i][1]);
         }
     }
-    uint32_t keep = width >= 32 ? 0xffffffffu : (1u << width) - 1u;
-    __mmask16 k0 = (__mmask16)keep, k1 = (__mmask16)(keep >> 16);
-    __m512 b0 = bias ? _mm512_maskz_loadu_ps(k0, bias) : _mm512_setzero_ps();
-    __m512 b1 = bias ? _mm512_maskz_loadu_ps(k1, bias + 16) : _mm512_setzero_ps();
-    for (int i = 0; i < nr; i++) {
-        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride, k0, _mm512_add_ps(acc[i][0], b0));
-        _mm512_mask_storeu_ps(y + (int64_t)i * y_stride + 16, k1, _mm512_add_ps(acc[i][1], b1));
+#elif defined(__AVX512BF16__)
+    (void)x; (void)x_stride;
+    for (int k = 0; k < in; k += 2) {
+        __m512bh w0 = (__m512bh)_mm512_load_si512(panel + (int64_t)k * 32);
+        __m512bh w1 = (__m512bh)_mm512_load_si512(panel + (int64_t)k * 32 + 32);
+        for (int i = 0; i < nr; i++) {
+            int32_t pair;
+            memcpy(&pair, narrow + (int64_t)i * in + k, sizeof pair);
+            __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], w0, xv);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], w1, xv);
+        }
     }
 #else
+    (void)narrow;
+    const __m512i high = _mm512_set1_epi32((int32_t)0xffff0000u);
+    for (int k = 0; k < in; k += 2) {  /* each lane holds inputs k (low half) and k + 1 */
+        __m512i p0 = _mm512_load_si512(panel + (int64_t)k * 32);
+        __m512i p1 = _mm512_load_si512(panel + (int64_t)k * 32 + 32);
+        __m512 w00 = _mm512_castsi512_ps(_mm512_slli_epi32(p0, 16));
+        __m512 w01 = _mm512_castsi512_ps(_mm512_and_si512(p0, high));
+        __m512 w10 = _mm512_castsi512_ps(_mm512_slli_epi32(p1, 16));
+        __m512 w11 = _mm512_castsi512_ps(_mm512_and_si512(p1, high));
+        for (int i = 0; i < nr; i++) {
+            __m512 x0 = _mm512_set1_ps(x[(int64_t)i * x_stride + k]);
+            __m512 x1 = _mm512_set1_ps(x[(int64_t)i * x_stride + k + 1]);
+            acc[i][0] = _mm512_fmadd_ps(x1, w01, _mm512_fmadd_ps(x0, w00, acc[i][0]));
+            acc[i][1] = _mm512_fmadd_ps(x1, w11, _mm512_fmadd_ps(x0, w10, acc[i][1]));
+        }
+    }
+#endif
+    store_tile(acc, bias, y, y_stride, nr, width);
+#else
+    (void)narrow;
     for (int i = 0; i < nr; i++) {
         float acc[32] = {0};
         const float *xi = x + (int64_t)i * x_stride;
-        for (int k = 0; k < in; k++) {
-            const float *wk = panel + (int64_t)k * 32;
-            float xv = xi[k];
+        for (int k = 0; k < in; k += PAIRS)
+            for (int e = 0; e < PAIRS; e++) {
+                const weight_t *wk = panel + (int64_t)k * 32 + e;
+                float xv = xi[k + e];
 #pragma omp simd
-            for (int j = 0; j < 32; j++) acc[j] += wk[j] * xv;
-        }
+                for (int j = 0; j < 32; j++) acc[j] += widen(wk[j * PAIRS]) * xv;
+            }
         for (int j = 0; j < width; j++) y[(int64_t)i * y_stride + j] = acc[j] + (bias ? bias[j] : 0.0f);
     }
 #endif
 }
 
+#if defined(WEIGHTS_BF16) && defined(__AVX512BF16__)
+/* Rounds `rows` rows of `in` floats to bfloat16 (to nearest even), packed at stride `in`:
+ * the native pair product's input. Inside the parallel region; ends with its barrier. */
+static void narrow_rows(const float *x, uint16_t *narrow, int rows, int in, int x_stride) {
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (int64_t)r * x_stride;
+        uint16_t *nr = narrow + (int64_t)r * in;
+        int k = 0;
+        for (; k + 16 <= in; k += 16)
+            _mm256_storeu_si256((__m256i *)(nr + k),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xr + k)));
+        for (; k < in; k++) nr[k] = (uint16_t)_mm_cvtness_sbh(xr[k]);
+    }
+}
+#endif
+
 /* y[r, n] = sum_k W[n, k] x[r, k] (+ bias[n]) for every row r, W as panels. Panels outside,
  * rows inside: each panel is read from memory once a call, however many rows. Called inside
  * the parallel region by every thread, which each take a share of the panels (the `omp for`,
- * whose end is the barrier after which `y` is complete). */
-static void matmul_rows(const float *w, const float *bias, const float *x, float *y, int rows,
-                        int in, int out, int x_stride, int y_stride) {
+ * whose end is the barrier after which `y` is complete). `narrow`: scratch for the rows in
+ * bfloat16 (Scratch.narrow). */
+static void matmul_rows(const weight_t *w, const float *bias, const float *x, float *y,
+                        int rows, int in, int out, int x_stride, int y_stride, uint16_t *narrow) {
+#if defined(WEIGHTS_BF16) && defined(__AVX512BF16__)
+    narrow_rows(x, narrow, rows, in, x_stride);
+#else
+    narrow = NULL;
+#endif
 #pragma omp for schedule(static)
     for (int n = 0; n < out; n += 32) {
-        const float *panel = w + (int64_t)n * in;
+        const weight_t *panel = w + (int64_t)n * in;
         const float *bn = bias ? bias + n : NULL;
         int width = out - n < 32 ? out - n : 32, r = 0;
         for (; r + TILE_ROWS <= rows; r += TILE_ROWS)
-            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                 x_stride, y_stride, TILE_ROWS, width);
+            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
+                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, TILE_ROWS, width);
         for (; r + 4 <= rows; r += 4)
-            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                 x_stride, y_stride, 4, width);
+            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
+                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, 4, width);
         for (; r < rows; r++)
-            tile(panel, bn, x + (int64_t)r * x_stride, y + (int64_t)r * y_stride + n, in,
-                 x_stride, y_stride, 1, width);
+            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
+                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, 1, width);
     }
 }
 
@@ -337,7 +440,7 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
             rms_norm(x + (int64_t)r * hidden, layer->input_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
-                    qkv_width);
+                    qkv_width, s->narrow);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             const Place *p = &place[r];
@@ -363,21 +466,22 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
             }
         /* x += attn W_out^T (+ bias), through h as the product's output */
         matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
-                    hidden);
+                    hidden, s->narrow);
         add_into(x, h, (int64_t)rows * hidden);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)
             rms_norm(x + (int64_t)r * hidden, layer->post_norm, h + (int64_t)r * hidden, hidden,
                      m->eps);
         matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
-                    2 * m->inter);
+                    2 * m->inter, s->narrow);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
 #pragma omp simd
             for (int j = 0; j < m->inter; j++) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
         }
-        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden);
+        matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden,
+                    s->narrow);
         add_into(x, h, (int64_t)rows * hidden);
     }
 }
@@ -390,11 +494,12 @@ static void project(const Model *m, const float *x, const Scratch *s, int32_t ro
     for (int r = 0; r < rows; r++)
         rms_norm(x + (int64_t)r * m->hidden, m->final_norm, s->h + (int64_t)r * m->hidden,
                  m->hidden, m->eps);
-    matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab);
+    matmul_rows(m->lm_head, NULL, s->h, logits, rows, m->hidden, m->vocab, m->hidden, m->vocab,
+                s->narrow);
 }
 
 /* Copies each row's embedding into `x`, from the embedding table or, when the output layer is
- * tied to it, from the output layer's panels (column t % 32 of panel t / 32); -1 when a token
+ * tied to it, from the output layer's panels (output t % 32 of panel t / 32); -1 when a token
  * is outside the table. */
 static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) {
     for (int r = 0; r < rows; r++) {
@@ -402,10 +507,11 @@ static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) 
         float *xr = x + (int64_t)r * m->hidden;
         if (t < 0 || t >= m->vocab) return -1;
         if (m->embed) {
-            memcpy(xr, m->embed + t * m->hidden, sizeof(float) * m->hidden);
+            for (int k = 0; k < m->hidden; k++) xr[k] = widen(m->embed[t * m->hidden + k]);
         } else {
-            const float *column = m->lm_head + (t / 32) * 32 * m->hidden + t % 32;
-            for (int k = 0; k < m->hidden; k++) xr[k] = column[(int64_t)k * 32];
+            const weight_t *output = m->lm_head + (t / 32) * 32 * m->hidden + (t % 32) * PAIRS;
+            for (int k = 0; k < m->hidden; k++)
+                xr[k] = widen(output[(int64_t)(k - k % PAIRS) * 32 + k % PAIRS]);
         }
     }
     return 0;
@@ -427,9 +533,8 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
         return -1;
     for (int r = 0; r < rows; r++)
         if (positions[r] < 0 || positions[r] >= table_positions) return -1;
-    Scratch s = carve(m, scratch, rows, columns);
+    Scratch s = carve(m, scratch, rows, columns, threads);
     if (embed(m, rows, tokens, s.x)) return -1;
-    int32_t projected = 0; /* rows of logits written; shared by the parallel region */
     Place *place = malloc(sizeof(Place) * (size_t)rows);
     if (!place) return -1;
     for (int r = 0; r < rows; r++) {
@@ -468,7 +573,7 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
         if (lengths[i] < 1 || lengths[i] > columns || lengths[i] > table_positions) return -1;
         rows += lengths[i];
     }
-    Scratch s = carve(m, scratch, rows, columns);
+    Scratch s = carve(m, scratch, rows, columns, threads);
     if (embed(m, rows, tokens, s.x)) return -1;
     int32_t projected = 0; /* rows of logits written; shared by the parallel region */
     Place *place = malloc(sizeof(Place) * (size_t)rows);
@@ -498,4 +603,14 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
     }
     free(place);
     return 0;
+}
+
+/* y = x W^T for `rows` rows of `in` floats, W [out, in] as panels, on `threads` threads: one
+ * product alone, as the layers run it. Why: `dtype` `auto` times it with float32 and with
+ * bfloat16 panels at load, at the model's own widths, to pick the faster (textgen/core/dtypes.py).
+ * `scratch`: rows * (in + 1) / 2 floats. */
+void textgen_product(const weight_t *w, const float *x, float *y, int32_t rows, int32_t in,
+                     int32_t out, float *scratch, int32_t threads) {
+#pragma omp parallel num_threads(threads)
+    matmul_rows(w, NULL, x, y, rows, in, out, in, out, (uint16_t *)scratch);
 }

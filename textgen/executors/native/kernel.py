@@ -4,13 +4,15 @@ Why: see forward_kernel.c. It runs both the decode step and the prefill of a pro
 takes a moment at load (docs/performance.md, The decode step in C) with the system's C
 compiler, for the CPU it runs on (`-march=native`), into a private temporary directory, so no
 binary built for another machine is ever loaded.
-Where there is no compiler, the model is not float32 on a CPU, or the build fails, `build` says
-why and the executor keeps its tensor forward: the kernel is a speed-up, never a requirement.
+Where there is no compiler, the model is not float32 or bfloat16 on a CPU, or the build fails,
+`build` says why and the executor keeps its tensor forward: the kernel is a speed-up, never a
+requirement. A bfloat16 model gets a build of its own (`-DWEIGHTS_BF16`): bfloat16 panels,
+everything else float32 (forward_kernel.c says how each CPU multiplies them).
 ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
 thread) run on the other core meanwhile.
 
 Weights: `pack` lays each product's matrix out as forward_kernel.c reads it (panels of 32
-output rows, transposed) once at load. The kernel then owns the only copy the engine needs:
+output rows, transposed; bfloat16 ones in pairs of inputs) once at load. The kernel then owns the only copy the engine needs:
 with `take_weights` the HF module's projections are emptied layer by layer as they are packed,
 so the process never holds the weights twice (not even while loading).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import shutil
@@ -41,6 +44,9 @@ SOURCE = Path(__file__).with_name("forward_kernel.c")
 FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
 PANEL = 32  # output rows of a panel (forward_kernel.c)
+# The weight dtypes it is built for: the `-D` flag each needs, and the inputs a panel pairs.
+WEIGHT_BUILDS = {torch.float32: (), torch.bfloat16: ("-DWEIGHTS_BF16",)}
+_PAIRS = {torch.float32: 1, torch.bfloat16: 2}
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MADV_DONTNEED = 4
 try:
@@ -68,15 +74,22 @@ class KernelUnavailable(Exception):
     """Why the C forward cannot be used here; the tensor forward runs instead."""
 
 
-def _compile(target: str) -> ctypes.CDLL:
+def compile_library(target: str, dtype: torch.dtype = torch.float32) -> ctypes.CDLL:
+    """The kernel built for `-march=target` and `dtype` weights with the system's compiler,
+    once per process and compiler."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise KernelUnavailable("no C compiler (cc or gcc) on PATH")
+    return _compile(compiler, target, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _compile(compiler: str, target: str, dtype: torch.dtype) -> ctypes.CDLL:
     # The library stays mapped after its directory is gone.
     with tempfile.TemporaryDirectory(prefix="textgen-kernel-") as build:
         library = Path(build) / "forward_kernel.so"
-        command = [compiler, *FLAGS, f"-march={target}", str(SOURCE), "-o", str(library),
-                   "-lmvec", "-lm"]
+        command = [compiler, *FLAGS, *WEIGHT_BUILDS[dtype], f"-march={target}", str(SOURCE),
+                   "-o", str(library), "-lmvec", "-lm"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise KernelUnavailable(f"{compiler} failed: {done.stderr.strip()[-500:]}")
@@ -176,15 +189,15 @@ class ForwardKernel:
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """W [out, in] as forward_kernel.c's panels: [ceil(out / 32), in, 32], panel p holding
-    W[32p + j, k] at [p, k, j], zeros past `out`."""
+    """W [out, in] as forward_kernel.c's panels, in W's dtype: [ceil(out / 32), in / pairs,
+    32, pairs], panel p holding W[32p + j, pairs * k + e] at [p, k, j, e], zeros past `out`
+    (pairs: 1 for float32, 2 for bfloat16)."""
     out, width = weight.shape
+    pairs = _PAIRS[weight.dtype]
     full, rest = divmod(out, PANEL)
-    panels = torch.zeros((full + (rest > 0), width, PANEL), dtype=torch.float32)
-    panels[:full] = weight[:full * PANEL].view(full, PANEL, width).transpose(1, 2)
-    if rest:
-        panels[full, :, :rest] = weight[full * PANEL:].t()
-    return panels
+    padded = torch.zeros((full + (rest > 0)) * PANEL, width, dtype=weight.dtype)
+    padded[:out] = weight
+    return padded.view(-1, PANEL, width // pairs, pairs).transpose(1, 2).contiguous()
 
 
 def _empty(modules: Sequence[torch.nn.Module]) -> None:
@@ -215,10 +228,18 @@ def _own_the_rest(model: Any, packed: Sequence[torch.nn.Module]) -> None:
 
 
 def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUnavailable]:
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in model.parameters()):
-        return KernelUnavailable("the weights are not float32 on the CPU")
+    dtypes = {t.dtype for t in model.parameters()}
+    if len(dtypes) != 1 or not dtypes <= WEIGHT_BUILDS.keys() \
+            or any(t.device.type != "cpu" for t in model.parameters()):
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        return KernelUnavailable(f"it takes float32 or bfloat16 weights on the CPU, not {names}")
     if dim > MAX_HEAD_DIM or heads % kv_heads:
         return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")
+    inputs = (model.config.hidden_size, heads * dim,
+              model.model.layers[0].mlp.down_proj.in_features)
+    if dtypes == {torch.bfloat16} and any(width % 2 for width in inputs):
+        return KernelUnavailable(f"bfloat16 panels pair inputs, and a product's input width "
+                                 f"is odd ({inputs})")
     return None
 
 
@@ -236,9 +257,10 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     unavailable = _check(model, heads, kv_heads, dim)
     if unavailable:
         return unavailable
+    dtype = next(model.parameters()).dtype
     started = time.monotonic()
     try:
-        library = _compile(target)
+        library = compile_library(target, dtype)
     except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
         return error if isinstance(error, KernelUnavailable) else KernelUnavailable(str(error))
     compiled = time.monotonic()
@@ -259,6 +281,10 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
         keep.append(tensor)
         return tensor.data_ptr()
 
+    def held_float(tensor: Optional[torch.Tensor]) -> Optional[int]:
+        """Norms, biases and rotary tables: float32 whatever the weights' dtype."""
+        return held(None if tensor is None else tensor.detach().float())
+
     def cat(tensors: list[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
         return None if tensors[0] is None else torch.cat([t.detach() for t in tensors])
 
@@ -267,9 +293,9 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
         attn, mlp = layer.self_attn, layer.mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         records.append(_LayerPointers(
-            held(layer.input_layernorm.weight), held(pack(cat([m.weight for m in qkv]))),
-            held(cat([m.bias for m in qkv])), held(pack(attn.o_proj.weight.detach())),
-            held(attn.o_proj.bias), held(layer.post_attention_layernorm.weight),
+            held_float(layer.input_layernorm.weight), held(pack(cat([m.weight for m in qkv]))),
+            held_float(cat([m.bias for m in qkv])), held(pack(attn.o_proj.weight.detach())),
+            held_float(attn.o_proj.bias), held_float(layer.post_attention_layernorm.weight),
             held(pack(cat([mlp.gate_proj.weight, mlp.up_proj.weight]))),
             held(pack(mlp.down_proj.weight.detach()))))
         if take_weights:
@@ -282,8 +308,33 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     layer_array = (_LayerPointers * len(records))(*records)
     inter = base.layers[0].mlp.gate_proj.out_features
     model_record = _Model(len(records), hidden, heads, kv_heads, dim, inter, vocab, eps,
-                          embed, held(base.norm.weight), lm_head, held(cos), held(sin),
+                          embed, held_float(base.norm.weight), lm_head, held_float(cos),
+                          held_float(sin),
                           ctypes.cast(layer_array, ctypes.POINTER(_LayerPointers)))
-    log.info("forward kernel compiled in %.1f s, weights packed in %.1f s",
-             compiled - started, time.monotonic() - compiled)
+    log.info("forward kernel for %s weights compiled in %.1f s, weights packed in %.1f s",
+             str(dtype).removeprefix("torch."), compiled - started, time.monotonic() - compiled)
     return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])
+
+
+def product_seconds(dtype: torch.dtype, out: int, width: int, rows: int, threads: int,
+                    target: str = "native", repeats: int = 5) -> float:
+    """The best of `repeats` timings of one product of `rows` rows by a random [out, width]
+    matrix in `dtype` panels, on `threads` threads: what `dtype` `auto` compares at load
+    (textgen/core/dtypes.py). Raises KernelUnavailable where the kernel does not build."""
+    library = compile_library(target, dtype)
+    product = library.textgen_product
+    product.restype = None
+    product.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                        ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
+    generator = torch.Generator().manual_seed(0)
+    panels = pack(torch.randn((out, width), generator=generator).to(dtype))
+    x = torch.randn((rows, width), generator=generator)
+    y = torch.empty((rows, out))
+    scratch = torch.empty(rows * (width + 1) // 2 + 1)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call pays for page faults and thread start
+        started = time.perf_counter()
+        product(panels.data_ptr(), x.data_ptr(), y.data_ptr(), rows, width, out,
+                scratch.data_ptr(), threads)
+        best = min(best, time.perf_counter() - started)
+    return best

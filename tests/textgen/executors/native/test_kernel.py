@@ -12,25 +12,33 @@ from transformers import LlamaConfig
 
 from tests.textgen.executors.models import (CPU, LATE, PROMPTS, executor_greedy, hf_greedy,
                                             needs_cc, random_model)
+from textgen.core.dtypes import NATIVE_BF16, cpu_flags
 from textgen.core.loading import ModelLoadError
 from textgen.executors.hf import select_executor
 from textgen.executors.llama import LlamaExecutor
 from textgen.executors.native import kernel
 
 
-def test_pack_lays_out_panels_of_32_transposed_output_rows_with_a_zeroed_tail():
-    weight = torch.arange(70 * 5, dtype=torch.float32).reshape(70, 5)  # 2 full panels + 6 rows
+@pytest.mark.parametrize("dtype, pairs", [(torch.float32, 1), (torch.bfloat16, 2)])
+def test_pack_lays_out_panels_of_32_transposed_output_rows_with_a_zeroed_tail(dtype, pairs):
+    """float32: [panel, input, lane]; bfloat16 pairs consecutive inputs: [panel, input / 2,
+    lane, input % 2], the layout of AVX512-BF16's pair dot product."""
+    weight = torch.arange(70 * 6, dtype=dtype).reshape(70, 6)  # 2 full panels + 6 rows
     panels = kernel.pack(weight)
-    assert panels.shape == (3, 5, kernel.PANEL)
+    assert panels.shape == (3, 6 // pairs, kernel.PANEL, pairs)
+    assert panels.dtype == dtype
     for row in range(70):
         panel, lane = divmod(row, kernel.PANEL)
-        assert torch.equal(panels[panel, :, lane], weight[row])
+        assert torch.equal(panels[panel, :, lane].reshape(-1), weight[row])
     assert not panels[2, :, 70 - 64:].any()
 
 
 # The C forward's paths: this CPU's (AVX-512 where it has it) and the generic loops that CPUs
 # without AVX-512 run.
 TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
+# bfloat16 weights have a third path: AVX-512 without AVX512-BF16 widens each pair to float32
+# (Skylake to Ice Lake), which this CPU runs too where it has AVX-512.
+BF16_TARGETS = TARGETS + (["skylake-avx512"] if "avx512f" in cpu_flags() else [])
 SHAPES = {  # attention heads / KV heads x head size, and what each covers
     "4/2x16": dict(head_dim=16),
     "4/2x32": dict(head_dim=32),  # attention's weighted sum in registers
@@ -68,6 +76,36 @@ def test_the_c_forward_and_the_tensor_forward_give_the_same_logits_for_many_rows
             runs.append(steps)
     for c_step, tensor_step in zip(*runs):
         torch.testing.assert_close(c_step, tensor_step, rtol=1e-4, atol=1e-4)
+
+
+@needs_cc
+@pytest.mark.parametrize("target", BF16_TARGETS)
+def test_the_c_forward_over_bfloat16_weights_gives_the_logits_of_those_weights_in_float32(
+        target):
+    """The bfloat16 build against the float32 tensor forward of the same (rounded) weights:
+    the same logits where the inputs stay float32 (the widening paths), and within bfloat16's
+    rounding of the inputs where the CPU multiplies bfloat16 pairs natively. Greedy tokens
+    through prefill, joins and decode steps then match on both."""
+    model, rounded = random_model(LlamaConfig), random_model(LlamaConfig)
+    for weight, same in zip(model.parameters(), rounded.parameters()):  # as from_pretrained
+        weight.data = weight.data.to(torch.bfloat16)  # loads them: the rotary table's
+        same.data = weight.data.float()               # frequencies stay float32
+    c_forward = LlamaExecutor(model, 0, CPU, 256, kernel_target=target)
+    assert c_forward.forward_path == "c" and c_forward.kv_dtype == torch.float32
+    reference = LlamaExecutor(rounded, 0, CPU, 256, kernel_target=None)
+    prompts = [[(7 * row + i) % 500 + 3 for i in range(1 + (13 * row) % 45)] for row in range(9)]
+    native = target == "native" and bool(cpu_flags() & set(NATIVE_BF16))
+    with torch.inference_mode():
+        got, expected = c_forward.prefill(prompts), reference.prefill(prompts)
+        for _ in range(6):
+            if native:  # inputs rounded to bfloat16 (8 bits of mantissa) before each product:
+                # within ~1% of the largest logit here
+                scale = expected.abs().max()
+                torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=0.02)
+            else:
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            tokens = expected.argmax(dim=-1).tolist()
+            got, expected = c_forward.decode(tokens), reference.decode(tokens)
 
 
 def test_without_a_c_compiler_the_tensor_step_serves_and_the_log_says_why(monkeypatch, caplog):
