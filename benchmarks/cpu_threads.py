@@ -4,7 +4,8 @@
 Why: through the stack, a second engine thread on this 2-core machine measures its contention
 with the load generator, not the engine. In-process, the transformers engine
 (`TransformersEngine`, default dispatch) and llama.cpp's own batch benchmark each get the
-same thread count and the same work: B sequences of a P-token prompt and G new tokens
+same thread count, the same weights in the same dtype (float32 against an f32 GGUF, bfloat16
+against a bf16 one, `--dtypes`) and the same work: B sequences of a P-token prompt and G new tokens
 (ignore_eos), all submitted at once, as `llama-batched-bench -npp P -ntg G -npl B` runs them.
 On a machine with more cores, run it unchanged with `--threads 1,2,4,8,...`.
 
@@ -157,6 +158,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="the weights' dtypes, each against llama.cpp's GGUF of the same "
+                             "type (f32, bf16)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -170,19 +174,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     log = RESULTS / "cpu_threads.build.log"
     binary = llamacpp.ensure_binary("llama-batched-bench", log)
-    gguf = llamacpp.ensure_gguf(model_dir, log)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer.encode((ROOT / "demo_model" / "heldout.txt").read_text())[:args.prompt_tokens]
     prompt = tokenizer.decode(ids)
     cpu = cpu_description()
-    print(f"CPU: {cpu}\nmodel: {model_dir} ({gguf.name} for llama.cpp)\n"
+    print(f"CPU: {cpu}\nmodel: {model_dir}\n"
           f"workload: B x ({len(tokenizer.encode(prompt))} prompt + {args.new_tokens} new "
           f"tokens, ignore_eos), all at once; median (min-max) of {args.rounds} rounds",
           flush=True)
     results: dict[str, Any] = {"cpu": cpu, "model": str(model_dir), "rows": []}
-    for count in threads:
+    for dtype, count in [(d, t) for d in args.dtypes.split(",") for t in threads]:
+        gguf = llamacpp.ensure_gguf(model_dir, log, dtype)
         engine = TransformersEngine(EngineConfig(
-            model_dir=model_dir, cpu_threads=count, max_num_seqs=max(batches),
+            model_dir=model_dir, cpu_threads=count, max_num_seqs=max(batches), dtype=dtype,
             max_batch_total_tokens=max(batches) * (args.prompt_tokens + args.new_tokens + 64)))
         loaded_rss = current_rss_mib()
         rss_llama = 0.0
@@ -201,7 +205,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             rss_ours = current_rss_mib()
         finally:
             engine.shutdown()
-        print(f"\n{count} thread(s) (torch reports {torch.get_num_threads()}); memory: this "
+        print(f"\n{dtype}, ours on the {engine.describe()['forward_path']} forward, against "
+              f"{gguf.name}; {count} thread(s) (torch reports {torch.get_num_threads()}); "
+              f"memory: this "
               f"process {loaded_rss:,.0f} MiB once loaded, {rss_ours:,.0f} MiB after the "
               f"rounds (peak {peak_rss_mib():,.0f} MiB, the HF load included); "
               f"llama-batched-bench peak {rss_llama:,.0f} MiB")
@@ -219,9 +225,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"| {summary([t['decode_tok_s'] for t in theirs])} "
                   f"| {statistics.median(ratio['decode_tok_s']):.2f}x "
                   f"| {summary([m['ttft_p50_ms'] for m in mine])} |", flush=True)
-            results["rows"].append({"threads": count, "batch": batch, "ours": mine,
-                                    "llama.cpp": theirs})
-        results.setdefault("rss_mib", {})[str(count)] = {
+            results["rows"].append({"dtype": dtype, "threads": count, "batch": batch,
+                                    "ours": mine, "llama.cpp": theirs})
+        results.setdefault("rss_mib", {})[f"{dtype} {count}"] = {
             "ours_loaded": loaded_rss, "ours_after": rss_ours, "llama.cpp_peak": rss_llama}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cpu_threads-{time.strftime('%Y%m%d-%H%M')}.json"

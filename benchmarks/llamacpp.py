@@ -146,28 +146,36 @@ convert_hf_to_gguf.main()
 """
 
 
-def ensure_gguf(model_dir: Path, log: Path) -> Path:
-    """The served model as GGUF (float32, as it is served here), converted once per model."""
+# The GGUF type that holds the weights as each `dtype` this service serves holds them.
+OUTTYPES = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def ensure_gguf(model_dir: Path, log: Path, dtype: str = "float32") -> Path:
+    """The served model as GGUF in `dtype` (as it is served here), converted once per model
+    and dtype."""
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*")):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".jinja"):
             digest.update(path.name.encode() + path.read_bytes())
-    gguf = CACHE / "gguf" / f"{model_dir.name}-{digest.hexdigest()[:12]}-f32.gguf"
+    outtype = OUTTYPES[dtype]
+    gguf = CACHE / "gguf" / f"{model_dir.name}-{digest.hexdigest()[:12]}-{outtype}.gguf"
     if gguf.exists():
         return gguf
     tree = sources()
     gguf.parent.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-c", _CONVERT, str(model_dir), "--outfile", str(gguf),
-          "--outtype", "f32"], log, cwd=tree)
+          "--outtype", outtype], log, cwd=tree)
     return gguf
 
 
 @contextmanager
-def server(run_dir: Path, model_dir: Path, say=print) -> Iterator[stack.Target]:
-    """`llama-server --parallel 32 -t 1` on a free port, measured on /v1/completions."""
+def server(run_dir: Path, model_dir: Path, say=print,
+           dtype: str = "float32") -> Iterator[stack.Target]:
+    """`llama-server --parallel 32 -t 1` on a free port over the model's GGUF in `dtype`,
+    measured on /v1/completions."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "build.log"
-    binary, gguf = ensure_binary("llama-server", log, say), ensure_gguf(model_dir, log)
+    binary, gguf = ensure_binary("llama-server", log, say), ensure_gguf(model_dir, log, dtype)
     port = stack.free_port()
     command = [str(binary), "-m", str(gguf), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
                "-t", "1", "--host", "127.0.0.1", "--port", str(port)]

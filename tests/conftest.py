@@ -25,9 +25,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def triton(run_dir: Path) -> Iterator[runtime.Settings]:
-    """A real tritonserver serving `llm` with the demo model, on free loopback ports."""
+    """A real tritonserver serving `llm` with the demo model, on free loopback ports, in
+    float32: tests compare its answers with float32 HF and lm-eval's `hf` backend exactly,
+    on CPUs with and without bfloat16 (`auto` would serve bfloat16 where the CPU computes it:
+    tests/textgen/core/test_dtypes.py)."""
     settings = triton_settings(run_dir)
-    server = triton_process(settings)
+    server = triton_process(settings, LLM_DTYPE="float32")
     server.start()
     try:
         server.wait_until(lambda: http_ok(f"{settings.http_url}/v2/models/llm/ready"))

@@ -37,8 +37,9 @@ def test_engine_thread_runs_above_the_token_path_or_says_why_not(triton, triton_
 
 def test_the_load_log_says_the_threads_the_token_budget_and_the_caches_bound(triton,
                                                                              triton_log):
-    """textgen's load-time facts reach Triton's log, and the ready line carries them: on the
-    demo model (context 512) the auto budget is max_num_seqs full contexts."""
+    """textgen's load-time facts reach Triton's log, and the ready line carries them: the
+    dtype and why; on the demo model (context 512) the auto budget is max_num_seqs full
+    contexts, of float32 keys and values (the C forward's cache in every dtype)."""
     text = triton_log.read_text()
     ready = engine_ready(triton_log)
     threads = re.search(r"textgen: (\d+) CPU threads \((.*?)\)", text)
@@ -46,7 +47,9 @@ def test_the_load_log_says_the_threads_the_token_budget_and_the_caches_bound(tri
     assert threads.group(2).startswith(("auto: ", "cpu_threads"))
     assert ready["max_batch_total_tokens"] == 32 * 512
     budget = re.search(r"textgen: token budget (\d+) \(auto: 32 full contexts of 512\); KV "
-                       r"cache at most (\d+) tokens, (\d+) MiB", text)
+                       r"cache \(float32\) at most (\d+) tokens, (\d+) MiB", text)
     assert budget and int(budget.group(1)) == 32 * 512
     assert int(budget.group(3)) == ready["kv_cache_max_mib"]
-    assert "textgen: forward kernel compiled in" in text
+    dtype = re.search(r"textgen: dtype (\w+) \((.*)\)\n", text)
+    assert dtype and dtype.groups() == (ready["dtype"], ready["dtype_reason"])
+    assert f"textgen: forward kernel for {ready['dtype']} weights compiled in" in text
