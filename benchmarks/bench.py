@@ -132,9 +132,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="comma-separated subset of ours,static,baseline,int8,openai,"
                              "llamacpp (default: all in the full run; quick and smoke runs "
                              "leave out int8 and llamacpp)")
-    parser.add_argument("--dtype", choices=tuple(llamacpp.OUTTYPES), default="float32",
-                        help="the weights' dtype in our stacks and llama.cpp's GGUF, the same "
-                             "in both (vLLM's server runs float32); default float32")
+    parser.add_argument("--format", choices=tuple(llamacpp.FORMATS), default="float32",
+                        help="the weights' number format in our stacks and llama.cpp's GGUF, "
+                             "the same in both (vLLM's server runs float32); default float32")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated subset of fixed,mixed (default: both)")
     parser.add_argument("--concurrency", help="override every system's levels, e.g. 1,8,32")
@@ -315,8 +315,8 @@ class Bench:
             yield stack.external(self.args.url, self.args.api_key)
         elif name in ("ours", "static", "int8", "openai", "vllm-engine"):
             scheduling = "static" if name == "static" else "continuous"
-            env = {"int8": {"LLM_QUANTIZATION": "int8", "LLM_DTYPE": "float32"},
-                   "vllm-engine": {"LLM_ENGINE": "vllm"}}.get(name, {"LLM_DTYPE": self.args.dtype})
+            env = {"int8": llamacpp.FORMATS["int8"].env, "vllm-engine": {"LLM_ENGINE": "vllm"}
+                   }.get(name, llamacpp.FORMATS[self.args.format].env)
             with stack.triton_stack(name, run_dir, scheduling, self.args.model_dir, env,
                                     openai=name in ("openai", "vllm-engine")) as target:
                 yield target
@@ -325,7 +325,7 @@ class Bench:
                 yield target
         elif name == "llamacpp":
             with llamacpp.server(run_dir, self.args.model_dir, self.log,
-                                 dtype=self.args.dtype) as target:
+                                 format_=self.args.format) as target:
                 yield target
         else:
             with stack.naive_baseline(run_dir, self.args.model_dir) as target:

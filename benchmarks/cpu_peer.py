@@ -15,7 +15,7 @@ its own engine.
   .venv/bin/python benchmarks/cpu_peer.py --rounds 5 --concurrency 1,32
   .venv/bin/python benchmarks/cpu_peer.py --model-dir ~/.cache/llm-service/smollm2-135m-instruct \
       --in-process llama --requests-per-client 2     # the real model (`make real-model`)
-  ... --dtype bfloat16       # every system in bfloat16 (llama.cpp on a bf16 GGUF)
+  ... --format bfloat16      # every system in bfloat16 (llama.cpp on a bf16 GGUF; int8: q8_0)
 
 It also reports each served system's peak memory (RSS) over the run.
 
@@ -34,8 +34,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks import engine_only, llamacpp, loadgen, stack
-from benchmarks import workload as workloads
+from benchmarks import engine_only, llamacpp, loadgen, stack, workload as workloads
 from benchmarks.median import spread
 from benchmarks.memory import PeakMemory, current_rss_mib
 
@@ -71,8 +70,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = workloads.rounds_parser(__doc__, requests_per_client=6, max_seconds=30)
     parser.add_argument("--in-process", default="llama,hf",
                         help="executors of the in-process engine to measure ('' for none)")
-    parser.add_argument("--dtype", choices=tuple(llamacpp.OUTTYPES), default="float32",
-                        help="the weights' dtype in every system (llama.cpp: the GGUF type)")
+    parser.add_argument("--format", choices=tuple(llamacpp.FORMATS), default="float32",
+                        help="the weights' number format in every system (llama.cpp: the GGUF "
+                             "of the same weights)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model_dir.resolve()
@@ -94,17 +94,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cpu-peer-") as run_dir, ExitStack() as started:
         targets = {"ours": started.enter_context(stack.triton_stack(
             "ours", Path(run_dir) / "ours", "continuous", model_dir,
-            {"LLM_DTYPE": args.dtype}))}
+            llamacpp.FORMATS[args.format].env))}
         skipped = llamacpp.unavailable()
         if skipped:
             print(f"==> llama.cpp left out: {skipped}", flush=True)
         else:
             targets["llamacpp"] = started.enter_context(
-                llamacpp.server(Path(run_dir) / "llamacpp", model_dir, dtype=args.dtype))
+                llamacpp.server(Path(run_dir) / "llamacpp", model_dir, format_=args.format))
         session = engine_thread.session_nice()
         wanted = set(filter(None, args.in_process.split(",")))
-        engines = {name: TransformersEngine(EngineConfig(model_dir=model_dir, executor=executor,
-                                                         dtype=args.dtype))
+        form = llamacpp.FORMATS[args.format]
+        engines = {name: TransformersEngine(EngineConfig(
+            model_dir=model_dir, executor=executor, dtype=form.dtype,
+            quantization=form.quantization))
                    for name, executor in (("engine", "llama"), ("engine_hf", "hf"))
                    if executor in wanted}
         # An engine raises its process's session priority, here this load generator's: put it

@@ -4,9 +4,10 @@
 Why: through the stack, a second engine thread on this 2-core machine measures its contention
 with the load generator, not the engine. In-process, the transformers engine
 (`TransformersEngine`, default dispatch) and llama.cpp's own batch benchmark each get the
-same thread count, the same weights in the same dtype (float32 against an f32 GGUF, bfloat16
-against a bf16 one, `--dtypes`) and the same work: B sequences of a P-token prompt and G new tokens
-(ignore_eos), all submitted at once, as `llama-batched-bench -npp P -ntg G -npl B` runs them.
+same thread count, the same weights in the same format (`--formats`: float32 against an f32
+GGUF, bfloat16 against bf16, our int8 against q8_0) and the same work: B sequences of a
+P-token prompt and G new tokens (ignore_eos), all submitted at once, as
+`llama-batched-bench -npp P -ntg G -npl B` runs them.
 On a machine with more cores, run it unchanged with `--threads 1,2,4,8,...`.
 
 Figures per (threads, B), median (min-max) of `--rounds` alternating rounds:
@@ -113,13 +114,15 @@ def current_rss_mib() -> float:
 
 
 def llama(binary: Path, gguf: Path, threads: int, prompt_tokens: int, new_tokens: int,
-          batches: list[int]) -> tuple[dict[int, dict[str, float]], float]:
+          batches: list[int], flags: Sequence[str] = ()) -> tuple[dict[int, dict[str, float]],
+                                                                   float]:
     """One `llama-batched-bench` run over every batch size: its table parsed, and its peak
     RSS in MiB (read while it runs)."""
     context = max(batches) * (prompt_tokens + new_tokens) + 64
     command = [str(binary), "-m", str(gguf), "-c", str(context), "-b", "2048", "-ub", "512",
                "-npp", str(prompt_tokens), "-ntg", str(new_tokens),
-               "-npl", ",".join(map(str, batches)), "-t", str(threads), "-tb", str(threads)]
+               "-npl", ",".join(map(str, batches)), "-t", str(threads), "-tb", str(threads),
+               *flags]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True)
     peak = 0.0
@@ -158,9 +161,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtypes", default="float32,bfloat16",
-                        help="the weights' dtypes, each against llama.cpp's GGUF of the same "
-                             "type (f32, bf16)")
+    parser.add_argument("--formats", default=",".join(llamacpp.FORMATS),
+                        help="number formats, each against llama.cpp's GGUF of the same weights "
+                             "(float32: f32, bfloat16: bf16, int8: q8_0)")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -183,10 +186,12 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"tokens, ignore_eos), all at once; median (min-max) of {args.rounds} rounds",
           flush=True)
     results: dict[str, Any] = {"cpu": cpu, "model": str(model_dir), "rows": []}
-    for dtype, count in [(d, t) for d in args.dtypes.split(",") for t in threads]:
-        gguf = llamacpp.ensure_gguf(model_dir, log, dtype)
+    for name, count in [(f, t) for f in args.formats.split(",") for t in threads]:
+        form = llamacpp.FORMATS[name]
+        gguf = llamacpp.ensure_gguf(model_dir, log, name)
         engine = TransformersEngine(EngineConfig(
-            model_dir=model_dir, cpu_threads=count, max_num_seqs=max(batches), dtype=dtype,
+            model_dir=model_dir, cpu_threads=count, max_num_seqs=max(batches),
+            dtype=form.dtype, quantization=form.quantization,
             max_batch_total_tokens=max(batches) * (args.prompt_tokens + args.new_tokens + 64)))
         loaded_rss = current_rss_mib()
         rss_llama = 0.0
@@ -198,14 +203,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     figures.setdefault(("ours", batch), []).append(
                         ours(engine, prompt, batch, args.new_tokens))
                 rows, peak = llama(binary, gguf, count, args.prompt_tokens, args.new_tokens,
-                                   batches)
+                                   batches, form.flags)
                 rss_llama = max(rss_llama, peak)
                 for batch, row in rows.items():
                     figures.setdefault(("llama.cpp", batch), []).append(row)
             rss_ours = current_rss_mib()
         finally:
             engine.shutdown()
-        print(f"\n{dtype}, ours on the {engine.describe()['forward_path']} forward, against "
+        print(f"\n{name}, ours on the {engine.describe()['forward_path']} forward, against "
               f"{gguf.name}; {count} thread(s) (torch reports {torch.get_num_threads()}); "
               f"memory: this "
               f"process {loaded_rss:,.0f} MiB once loaded, {rss_ours:,.0f} MiB after the "
@@ -225,9 +230,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"| {summary([t['decode_tok_s'] for t in theirs])} "
                   f"| {statistics.median(ratio['decode_tok_s']):.2f}x "
                   f"| {summary([m['ttft_p50_ms'] for m in mine])} |", flush=True)
-            results["rows"].append({"dtype": dtype, "threads": count, "batch": batch,
+            results["rows"].append({"format": name, "threads": count, "batch": batch,
                                     "ours": mine, "llama.cpp": theirs})
-        results.setdefault("rss_mib", {})[f"{dtype} {count}"] = {
+        results.setdefault("rss_mib", {})[f"{name} {count}"] = {
             "ours_loaded": loaded_rss, "ours_after": rss_ours, "llama.cpp_peak": rss_llama}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cpu_threads-{time.strftime('%Y%m%d-%H%M')}.json"

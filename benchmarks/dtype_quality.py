@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""What each served dtype costs in quality, on the forward that serves it: held-out perplexity,
-and greedy agreement with float32 Hugging Face `generate`.
+"""What each served number format costs in quality, on the forward that serves it: held-out
+perplexity, and greedy agreement with float32 Hugging Face `generate`.
 
-Why its own measure: a dtype is only worth its speed if the answers stay the same. Each dtype
-is loaded as the engine loads it (`load_model`, then `select_executor`'s default dispatch: the
-C forward where it runs), and scored through that executor, not through the HF module:
+Why its own measure: a format is only worth its speed if the answers stay the same. Each of
+float32, bfloat16 (`dtype`) and int8 (`quantization`, over float32) is loaded as the engine
+loads it (`load_model`, then `select_executor`'s default dispatch: the C forward where it
+runs), and scored through that executor, not through the HF module:
 
   perplexity   exp(mean next-token NLL) over non-overlapping windows of held-out text
                (demo_model/heldout.txt, never seen in training), from the executor's prefill
@@ -15,7 +16,7 @@ C forward where it runs), and scored through that executor, not through the HF m
                tokens are identical, and the mean share of tokens before the first difference
 
   .venv/bin/python -m benchmarks.dtype_quality                    # the real model
-  .venv/bin/python -m benchmarks.dtype_quality --model-dir demo_model --dtypes float32,bfloat16
+  .venv/bin/python -m benchmarks.dtype_quality --model-dir demo_model --formats float32,int8
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ HELDOUT = ROOT / "demo_model" / "heldout.txt"
 CPU = torch.device("cpu")
 
 
-def load_served(model_dir: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    """(executor, tokenizer) as the transformers engine loads them in `dtype`."""
+FORMATS = ("float32", "bfloat16", "int8")
+
+
+def load_served(model_dir: Path, format_: str) -> tuple[Any, Any]:
+    """(executor, tokenizer) as the transformers engine loads them in `format_` (FORMATS)."""
+    from textgen.core.dtypes import NAMES
     from textgen.core.loading import load_model
     from textgen.executors.hf import select_executor
 
-    model, tokenizer = load_model(model_dir, CPU, dtype)
+    quantization = "int8" if format_ == "int8" else "none"
+    model, tokenizer = load_model(model_dir, CPU, NAMES.get(format_, torch.float32), quantization)
     context = int(model.config.max_position_embeddings)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return select_executor("auto", model, pad, CPU, context, take_weights=True), tokenizer
+    return select_executor("auto", model, pad, CPU, context, take_weights=True,
+                           quantization=quantization), tokenizer
 
 
 def perplexity(executor: Any, ids: list[int], window: int, max_windows: int) -> dict[str, Any]:
@@ -97,16 +104,14 @@ def agreement(got: list[list[int]], expected: list[list[int]]) -> dict[str, floa
             / len(expected)}
 
 
-def measure(model_dir: Path, dtypes: list[str], window: int = 256, max_windows: int = 16,
+def measure(model_dir: Path, formats: list[str], window: int = 256, max_windows: int = 16,
             prompts: int = 8, new_tokens: int = 32, prompt_tokens: int = 24) -> dict[str, Any]:
-    """Every dtype's perplexity and greedy agreement (module docstring), float32 first."""
-    from textgen.core.dtypes import NAMES
-
+    """Every format's perplexity and greedy agreement (module docstring), float32 first."""
     rows: dict[str, Any] = {}
     reference: Optional[list[list[int]]] = None
-    for name in dtypes:
+    for name in formats:
         started = time.perf_counter()
-        executor, tokenizer = load_served(model_dir, NAMES[name])
+        executor, tokenizer = load_served(model_dir, name)
         ids = tokenizer.encode(HELDOUT.read_text())
         starts = range(0, prompts * 97, 97)  # prompts from spread-out places in the text
         chosen = [ids[s:s + prompt_tokens] for s in starts]
@@ -132,7 +137,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="an HF directory (default: the real model, `make real-model`)")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"a subset of {','.join(FORMATS)}, float32 first")
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=8)
@@ -140,10 +146,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or real_model.build(real_model.default_dir())
-    rows = measure(model_dir, args.dtypes.split(","), args.window, args.windows, args.prompts,
+    rows = measure(model_dir, args.formats.split(","), args.window, args.windows, args.prompts,
                    args.new_tokens)
     print(f"CPU: {cpu_description()}; {torch.get_num_threads()} threads\nmodel: {model_dir}")
-    print("| dtype | forward | perplexity | vs float32 | greedy identical | greedy prefix |")
+    print("| format | forward | perplexity | vs float32 | greedy identical | greedy prefix |")
     print("|---|---|---:|---:|---:|---:|")
     for name, row in rows.items():
         change = "" if row["vs_float32"] is None else f"{100 * row['vs_float32']:+.2f}%"

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 from benchmarks import stack
 from textgen.core.config import EngineConfig
@@ -146,18 +146,33 @@ convert_hf_to_gguf.main()
 """
 
 
-# The GGUF type that holds the weights as each `dtype` this service serves holds them.
-OUTTYPES = {"float32": "f32", "bfloat16": "bf16"}
+class Format(NamedTuple):
+    """One number format, as this service serves it and as llama.cpp holds the same weights."""
+
+    dtype: str          # our `dtype` (LLM_DTYPE)
+    quantization: str   # our `quantization` (LLM_QUANTIZATION)
+    gguf: str           # convert_hf_to_gguf's --outtype
+    # llama.cpp's flags for it: this build segfaults repacking quantized weights
+    flags: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"LLM_DTYPE": self.dtype, "LLM_QUANTIZATION": self.quantization}
 
 
-def ensure_gguf(model_dir: Path, log: Path, dtype: str = "float32") -> Path:
-    """The served model as GGUF in `dtype` (as it is served here), converted once per model
-    and dtype."""
+FORMATS = {"float32": Format("float32", "none", "f32"),
+           "bfloat16": Format("bfloat16", "none", "bf16"),
+           "int8": Format("float32", "int8", "q8_0", ("--no-repack",))}
+
+
+def ensure_gguf(model_dir: Path, log: Path, format_: str = "float32") -> Path:
+    """The served model as GGUF in `format_` (FORMATS: the type holding the weights as they are
+    served here), converted once per model and format."""
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*")):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".jinja"):
             digest.update(path.name.encode() + path.read_bytes())
-    outtype = OUTTYPES[dtype]
+    outtype = FORMATS[format_].gguf
     gguf = CACHE / "gguf" / f"{model_dir.name}-{digest.hexdigest()[:12]}-{outtype}.gguf"
     if gguf.exists():
         return gguf
@@ -170,15 +185,16 @@ def ensure_gguf(model_dir: Path, log: Path, dtype: str = "float32") -> Path:
 
 @contextmanager
 def server(run_dir: Path, model_dir: Path, say=print,
-           dtype: str = "float32") -> Iterator[stack.Target]:
-    """`llama-server --parallel 32 -t 1` on a free port over the model's GGUF in `dtype`,
+           format_: str = "float32") -> Iterator[stack.Target]:
+    """`llama-server --parallel 32 -t 1` on a free port over the model's GGUF in `format_`,
     measured on /v1/completions."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "build.log"
-    binary, gguf = ensure_binary("llama-server", log, say), ensure_gguf(model_dir, log, dtype)
+    binary, gguf = ensure_binary("llama-server", log, say), ensure_gguf(model_dir, log, format_)
     port = stack.free_port()
     command = [str(binary), "-m", str(gguf), "-c", str(CONTEXT), "--parallel", str(PARALLEL),
-               "-t", "1", "--host", "127.0.0.1", "--port", str(port)]
+               "-t", "1", "--host", "127.0.0.1", "--port", str(port),
+               *FORMATS[format_].flags]
     process = stack.ServerProcess("llama-server", command, dict(os.environ),
                                   run_dir / "llama-server.log")
     url = f"http://127.0.0.1:{port}"

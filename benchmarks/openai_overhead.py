@@ -24,8 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks import loadgen, stack
-from benchmarks import workload as workloads
+from benchmarks import loadgen, stack, workload as workloads
 
 HERE = Path(__file__).resolve().parent
 

@@ -512,8 +512,8 @@ def markdown(results: dict[str, Any]) -> str:
                   q("perplexity on heldout.txt", lambda d: d["perplexity"]["perplexity"],
                     "{:.2f}"),
                   "", f"Perplexity over {a['perplexity']['tokens']:,} held-out tokens in "
-                      f"windows of {a['perplexity']['window']}; tokens/s: HF generate, greedy, "
-                      f"{quant['new_tokens']} new tokens, best of the repeats.", ""]
+                      f"windows of {a['perplexity']['window']}; tokens/s: the served executor, "
+                      f"greedy, {quant['new_tokens']} new tokens, best of the repeats.", ""]
         lines += _served_int8(results)
 
     lines += ["## Workloads and method", ""]

@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks import loadgen, median, stack
-from benchmarks import workload as workloads
+from benchmarks import loadgen, median, stack, workload as workloads
 from textgen.core.cpus import engine_threads
 
 HERE = Path(__file__).resolve().parent

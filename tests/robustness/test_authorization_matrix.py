@@ -25,8 +25,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 import grpc
 import pytest
 import requests
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc
 
 from contracts.errors import OPENAI_PATH_PREFIXES
 from tests.harness import assert_error_contract

@@ -28,8 +28,8 @@ from typing import Any, Callable, Optional, Protocol
 from textgen.core.admission import Admission
 from textgen.core.config import EngineConfig, Limits
 from textgen.core.cpus import engine_threads
-from textgen.core.engine_thread import session_nice, start_engine_thread, thread_nice
 from textgen.core.dtypes import resolve_dtype
+from textgen.core.engine_thread import session_nice, start_engine_thread, thread_nice
 from textgen.core.loading import resolve_device
 from textgen.core.outputs import EngineObserver, OutputSink
 from textgen.core.validation import GenerationRequest

@@ -82,7 +82,9 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
                quantization: str = "none") -> tuple[Any, Any]:
-    """Return (model, tokenizer) in eval mode on `device`; `int8` quantizes the weights."""
+    """Return (model, tokenizer) in eval mode on `device`. `int8` on CUDA loads 8-bit weights;
+    on the CPU the model loads in float32 and the executor quantizes it (select_executor: the
+    C forward's int8 panels, or `quantize_linear_int8` on the HF module)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(model_dir)
@@ -93,14 +95,11 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,
         raise ModelLoadError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
     if extra:  # bitsandbytes placed the 8-bit model on the GPU already
         return model.eval(), tokenizer
-    model = model.to(device).eval()
-    if quantization == "int8":
-        model = quantize_linear_int8(model)
-    return model, tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 def _int8_loading_options(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """CUDA: bitsandbytes LLM.int8() at load time. CPU: nothing here, see quantize_linear_int8."""
+    """CUDA: bitsandbytes LLM.int8() at load time. CPU: nothing here (select_executor)."""
     if device.type != "cuda":
         if dtype != torch.float32:
             raise ModelLoadError(f"quantization `int8` on the CPU quantizes float32 weights; "

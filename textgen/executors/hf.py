@@ -25,7 +25,7 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 
 from textgen.core.dtypes import ProductTimer
-from textgen.core.loading import ModelLoadError
+from textgen.core.loading import ModelLoadError, quantize_linear_int8
 from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
 
 log = logging.getLogger("textgen")
@@ -121,15 +121,24 @@ class HFExecutor:
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
                     context_length: int, forward_path: str = "auto",
-                    take_weights: bool = False) -> Executor:
+                    take_weights: bool = False, quantization: str = "none") -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `forward_path` (EngineConfig.forward_path): `auto` runs the Llama executor's decode step and
     prefill in C where they compile, `tensor` never does (the switch to turn the native code
     off), `c` fails the load when it cannot. `take_weights`: the C forward may empty the HF
-    module's projections as it packs them (LlamaExecutor); the engine passes True."""
+    module's projections as it packs them (LlamaExecutor); the engine passes True.
+
+    `quantization` `int8` on a CPU (the model loaded in float32): the C forward over int8
+    panels where it runs; else torch's dynamic int8 modules in the HF module (the tensor
+    forward takes no int8, so forward_path `tensor` with int8 fails the load)."""
     from textgen.executors.llama import LlamaExecutor
 
+    int8 = quantization == "int8" and device.type == "cpu"
+    if int8 and forward_path == "tensor":
+        raise ModelLoadError("quantization `int8` on the CPU runs in the C forward (or, with "
+                             "executor `hf`, in torch's int8 modules); the tensor forward "
+                             "takes float weights only: use forward_path `auto` or `c`")
     reason: Optional[str] = LlamaExecutor.unsupported_reason(model)
     if requested == "llama" and reason:
         raise ModelLoadError(f"executor `llama` cannot run this model: {reason}; "
@@ -141,14 +150,23 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
                                  "use forward_path `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
-        return HFExecutor(model, pad_id, device)
+        return _hf_executor(model, pad_id, device, int8)
     executor = LlamaExecutor(model, pad_id, device, context_length,
                              kernel_target=None if forward_path == "tensor" else "native",
-                             take_weights=take_weights)
+                             take_weights=take_weights, int8=int8)
     if forward_path == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"forward_path `c` is not available here: "
                              f"{executor.kernel_unavailable}; use forward_path `auto` or `tensor`")
+    if int8 and executor.kernel_unavailable:
+        log.info("quantization int8 in torch's int8 modules of the Hugging Face executor: the C "
+                 "forward is unavailable (%s)", executor.kernel_unavailable)
+        return _hf_executor(model, pad_id, device, int8)
     return executor
+
+
+def _hf_executor(model: Any, pad_id: int, device: torch.device, int8: bool) -> HFExecutor:
+    """The HF module's executor, its linear layers quantized to int8 where asked."""
+    return HFExecutor(quantize_linear_int8(model) if int8 else model, pad_id, device)
 
 
 def product_timer(requested: str, forward_path: str, model_config: Any) -> ProductTimer:

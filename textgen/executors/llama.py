@@ -73,6 +73,11 @@ class LlamaExecutor:
     name = "llama"
 
     @property
+    def kernel(self) -> Optional[forward_kernel.ForwardKernel]:
+        """The C forward, where it runs (the benchmarks count the weights it holds)."""
+        return self._kernel
+
+    @property
     def forward_path(self) -> str:
         """`c` (forward_kernel.c) or `tensor` (this module's forward): for the start-up log."""
         return "tensor" if self._kernel is None else "c"
@@ -111,11 +116,13 @@ class LlamaExecutor:
 
     def __init__(self, model: Any, pad_id: int, device: torch.device,
                  context_length: int, kernel_target: Optional[str] = "native",
-                 take_weights: bool = False) -> None:
+                 take_weights: bool = False, int8: bool = False) -> None:
         """`kernel_target`: the `-march` to compile the C forward for (None: the tensor
         forward, which the tests compare it with). `take_weights`: the C forward empties the
         HF module's projections as it packs them (the engine never runs the module beside this
-        executor; tests that do keep it whole)."""
+        executor; tests that do keep it whole). `int8`: the C forward quantizes the weights to
+        int8 panels as it packs them (where it does not build, the tensor forward serves the
+        float weights and `select_executor` turns to the HF module's int8 instead)."""
         config = model.config
         self._pad_id = pad_id
         self._device = device
@@ -136,7 +143,7 @@ class LlamaExecutor:
         self._layers: list[_Layer] = []
         built = forward_kernel.build(
             model, self._cos, self._sin, self._heads, self._kv_heads, self._head_dim, self._eps,
-            kernel_target, take_weights) \
+            kernel_target, take_weights, int8) \
             if kernel_target else forward_kernel.KernelUnavailable("turned off")
         # Why the C forward is not used (None when it is): for the log and `forward_path` `c`.
         self.kernel_unavailable: Optional[str] = None

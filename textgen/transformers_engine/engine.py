@@ -19,9 +19,9 @@ import torch
 from contracts.logprobs import TokenLogprobs
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.cpus import run_in_passing_thread
+from textgen.core.dtypes import resolve_dtype
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
-from textgen.core.dtypes import resolve_dtype
 from textgen.core.loading import load_config, load_model, return_large_frees_to_the_os
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
@@ -115,7 +115,7 @@ class TransformersEngine(EngineBase):
             else (self._eos_id or 0)
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.forward_path,
-                                        take_weights=True)
+                                        take_weights=True, quantization=config.quantization)
         per_token = kv_bytes_per_token(self.model.config, self.executor.kv_dtype.itemsize)
         self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
                                    self.limits.context_length, per_token)

@@ -25,6 +25,18 @@
  * bytes); elsewhere each pair is widened to float32 in registers (a shift and a mask) and
  * multiplied with float32 inputs, so only the weight bytes halve. Everything else (norms,
  * the residual stream, rotary tables, the cache, attention, logits) stays float32.
+ *
+ * int8 weights (-DWEIGHTS_INT8): panels of quads of inputs, [in / 4][32][4], each output's
+ * row quantized symmetrically with a float32 scale, stored after the matrix's panels
+ * (`int8_scales`). A product quantizes its input rows on the fly in blocks of BLOCK inputs,
+ * each block with its own scale (as llama.cpp's q8_0 does: one scale a row let an outlier
+ * crush its neighbours), to -127..127 stored offset by 128 as unsigned bytes, and multiplies
+ * quads of bytes into 32-bit sums: one AVX512-VNNI instruction does 64 multiply-adds where the
+ * CPU has it (__AVX512VNNI__), plain loops elsewhere. Each block's sum, less the offset times
+ * the block's weights (summed by the same instruction, once a tile), is scaled by the block's
+ * scale into a float sum; the output's scale comes last. A quarter of float32's weight bytes;
+ * the embedding of a token is its output row dequantized (a tied model) or its own quantized
+ * table's row.
  * Packing per call instead cost a transposing pass over all the weights a step: on a 135M
  * model it was slower than the matrix library at larger row counts (docs/performance.md,
  * What made this: the packed C forward).
@@ -54,19 +66,43 @@ float expf(float);
 #if defined(WEIGHTS_BF16)
 typedef uint16_t weight_t; /* bfloat16: the high half of a float32's bits */
 #define PAIRS 2            /* inputs a panel holds together for each output */
+#elif defined(WEIGHTS_INT8)
+typedef int8_t weight_t;   /* int8, scaled per output (int8_scales) */
+#define PAIRS 4
+#define BLOCK 32           /* inputs an activation scale covers */
 #else
 typedef float weight_t;
 #define PAIRS 1
 #endif
 
-/* A product's weight as a float32 (a bfloat16 is the high half of a float32's bits). */
+/* A product's weight as a float32 (a bfloat16 is the high half of a float32's bits), before
+ * an int8 weight's scale. */
 static inline float widen(weight_t w) {
 #if defined(WEIGHTS_BF16)
     union { uint32_t bits; float value; } u = {.bits = (uint32_t)w << 16};
     return u.value;
 #else
-    return w;
+    return (float)w;
 #endif
+}
+
+#if defined(WEIGHTS_INT8)
+/* What follows an int8 matrix's panels: each output's scale (padded to whole panels). */
+static inline const float *int8_scales(const weight_t *w, int in, int out) {
+    return (const float *)(w + ((int64_t)out + 31) / 32 * 32 * in);
+}
+#endif
+
+/* W[n, k] of a panel matrix [out, in] as a float32. */
+static inline float weight_at(const weight_t *w, int in, int out, int64_t n, int k) {
+    const weight_t *panel = w + (n / 32) * 32 * (int64_t)in;
+    float value = widen(panel[(int64_t)(k - k % PAIRS) * 32 + (n % 32) * PAIRS + k % PAIRS]);
+#if defined(WEIGHTS_INT8)
+    value *= int8_scales(w, in, out)[n];
+#else
+    (void)out;
+#endif
+    return value;
 }
 
 /* The products' matrices are panels (see above): `W [out, in]` means out/32 (rounded up)
@@ -107,7 +143,7 @@ static int64_t widest_input(const Model *m) {
 int64_t textgen_scratch_floats(const Model *m, int32_t rows, int32_t columns, int32_t threads) {
     int64_t qkv = (int64_t)(m->heads + 2 * m->kv_heads) * m->dim;
     int64_t per_row = 2 * (int64_t)m->hidden + qkv + (int64_t)m->heads * m->dim
-                      + 2 * (int64_t)m->inter + (widest_input(m) + 1) / 2;
+                      + 2 * (int64_t)m->inter + (widest_input(m) + 1) / 2 + 1;
     return threads * scores_floats(columns) + rows * per_row;
 }
 
@@ -120,7 +156,8 @@ typedef struct {
     float *mlp;            /* [rows, 2 inter] */
     float *scores;         /* [threads, scores_floats(columns)] */
     int64_t scores_stride;
-    uint16_t *narrow;      /* [rows, widest input]: a product's input rows in bfloat16 */
+    void *narrow;          /* [rows, widest input]: a product's input rows in bfloat16, or
+                              in bytes then a scale a row (int8) */
 } Scratch;
 
 static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns,
@@ -133,7 +170,7 @@ static Scratch carve(const Model *m, float *base, int32_t rows, int32_t columns,
     s.mlp = s.attn + (int64_t)rows * m->heads * m->dim;
     s.scores = s.mlp + (int64_t)rows * 2 * m->inter;
     s.scores_stride = scores_floats(columns);
-    s.narrow = (uint16_t *)(s.scores + s.scores_stride * threads);
+    s.narrow = s.scores + s.scores_stride * threads;
     return s;
 }
 
@@ -185,18 +222,114 @@ static inline __attribute__((always_inline)) void store_tile(
 }
 #endif
 
-/* `nr` rows (up to TILE_ROWS) by the `width` (<= 32) outputs of one panel: per input (or pair
- * of inputs), one load of the panel's two vectors and one broadcast a row feed two
- * multiply-adds a row, with no horizontal sums at the end. `narrow`: the rows in bfloat16
- * (stride `in`), for the native pair product; NULL elsewhere. */
+/* A product's input rows from row `r` on, as the build multiplies them. */
+typedef struct {
+    const float *x;          /* float32 rows, stride x_stride */
+    int x_stride;
+    const void *narrow;      /* bfloat16 (native pairs) or offset bytes (int8) rows, stride in */
+    const float *row_scale;  /* int8: each row's scale for each block, [rows][in / BLOCK] */
+} Inputs;
+
+static inline Inputs from_row(Inputs rows, int r, int in) {
+    rows.x += (int64_t)r * rows.x_stride;
+#if defined(WEIGHTS_BF16)
+    if (rows.narrow) rows.narrow = (const uint16_t *)rows.narrow + (int64_t)r * in;
+#elif defined(WEIGHTS_INT8)
+    rows.narrow = (const uint8_t *)rows.narrow + (int64_t)r * in;
+    rows.row_scale += (int64_t)r * (in / BLOCK);
+#else
+    (void)in;
+#endif
+    return rows;
+}
+
+#if defined(WEIGHTS_INT8) && !(defined(__AVX512F__) && defined(__AVX512VNNI__))
+/* One row of quantized inputs (`bytes`, its block scales `block_scale`) by the 32 outputs of
+ * an int8 panel, in plain loops: the same sums as the VNNI path, in the same order of float
+ * operations, so every CPU gives the same values. */
+static void int8_row(const weight_t *panel, const float *scales, const uint8_t *bytes,
+                     const float *block_scale, int in, float *value) {
+    float acc[32] = {0};
+    for (int b = 0; b < in / BLOCK; b++) {
+        int32_t sum[32] = {0}, taken[32] = {0};
+        for (int k = b * BLOCK; k < (b + 1) * BLOCK; k += 4)
+            for (int e = 0; e < 4; e++) {
+                const weight_t *wk = panel + (int64_t)k * 32 + e;
+                int32_t xv = bytes[k + e];
+#pragma omp simd
+                for (int j = 0; j < 32; j++) {
+                    sum[j] += xv * wk[j * 4];
+                    taken[j] += 128 * wk[j * 4];
+                }
+            }
+        for (int j = 0; j < 32; j++) acc[j] = fmaf((float)(sum[j] - taken[j]), block_scale[b], acc[j]);
+    }
+    for (int j = 0; j < 32; j++) value[j] = acc[j] * scales[j];
+}
+#endif
+
+/* `nr` rows (up to TILE_ROWS) by the `width` (<= 32) outputs of one panel starting at output
+ * `n`: per input (or pair or quad of inputs), one load of the panel's two vectors and one
+ * broadcast a row feed two multiply-adds a row, with no horizontal sums at the end. */
 static inline __attribute__((always_inline)) void tile(
-        const weight_t *panel, const float *bias, const float *x, const uint16_t *narrow,
-        float *y, int in, int x_stride, int y_stride, const int nr, int width) {
+        const weight_t *w, int n, const float *bias, Inputs rows, float *y, int in, int out,
+        int y_stride, const int nr, int width) {
+    const weight_t *panel = w + (int64_t)n * in;
+    const float *x = rows.x;
+    const int x_stride = rows.x_stride;
+#if defined(WEIGHTS_INT8)
+    const float *scales = int8_scales(w, in, out) + n;
+    const uint8_t *bytes = rows.narrow;
+    const int blocks = in / BLOCK;
+    (void)x; (void)x_stride;  /* the rows' bytes serve instead */
+#else
+    (void)out;
+#endif
 #if defined(__AVX512F__)
     __m512 acc[TILE_ROWS][2];
+#if defined(WEIGHTS_INT8) && defined(__AVX512VNNI__)
+    for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const __m512i offset = _mm512_set1_epi8((char)128);
+    for (int b = 0; b < blocks; b++) {
+        __m512i sums[TILE_ROWS][2], taken0 = _mm512_setzero_si512(), taken1 = taken0;
+        for (int i = 0; i < nr; i++) sums[i][0] = sums[i][1] = _mm512_setzero_si512();
+        for (int k = b * BLOCK; k < (b + 1) * BLOCK; k += 4) {
+            __m512i w0 = _mm512_load_si512(panel + (int64_t)k * 32);
+            __m512i w1 = _mm512_load_si512(panel + (int64_t)k * 32 + 64);
+            taken0 = _mm512_dpbusd_epi32(taken0, offset, w0);  /* 128 * the block's weights */
+            taken1 = _mm512_dpbusd_epi32(taken1, offset, w1);
+            for (int i = 0; i < nr; i++) {
+                int32_t quad;
+                memcpy(&quad, bytes + (int64_t)i * in + k, sizeof quad);
+                __m512i xv = _mm512_set1_epi32(quad);
+                sums[i][0] = _mm512_dpbusd_epi32(sums[i][0], xv, w0);
+                sums[i][1] = _mm512_dpbusd_epi32(sums[i][1], xv, w1);
+            }
+        }
+        for (int i = 0; i < nr; i++) {
+            __m512 scale = _mm512_set1_ps(rows.row_scale[(int64_t)i * blocks + b]);
+            acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][0], taken0)),
+                                        scale, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][1], taken1)),
+                                        scale, acc[i][1]);
+        }
+    }
+    __m512 scale0 = _mm512_loadu_ps(scales), scale1 = _mm512_loadu_ps(scales + 16);
+    for (int i = 0; i < nr; i++) {
+        acc[i][0] = _mm512_mul_ps(acc[i][0], scale0);
+        acc[i][1] = _mm512_mul_ps(acc[i][1], scale1);
+    }
+#elif defined(WEIGHTS_INT8)
+    for (int i = 0; i < nr; i++) {
+        float value[32];
+        int8_row(panel, scales, bytes + (int64_t)i * in, rows.row_scale + (int64_t)i * blocks,
+                 in, value);
+        acc[i][0] = _mm512_loadu_ps(value);
+        acc[i][1] = _mm512_loadu_ps(value + 16);
+    }
+#else
     for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
 #if !defined(WEIGHTS_BF16)
-    (void)narrow;
     for (int k = 0; k < in; k++) {
         __m512 w0 = _mm512_load_ps(panel + (int64_t)k * 32);
         __m512 w1 = _mm512_load_ps(panel + (int64_t)k * 32 + 16);
@@ -208,6 +341,7 @@ static inline __attribute__((always_inline)) void tile(
     }
 #elif defined(__AVX512BF16__)
     (void)x; (void)x_stride;
+    const uint16_t *narrow = rows.narrow;
     for (int k = 0; k < in; k += 2) {
         __m512bh w0 = (__m512bh)_mm512_load_si512(panel + (int64_t)k * 32);
         __m512bh w1 = (__m512bh)_mm512_load_si512(panel + (int64_t)k * 32 + 32);
@@ -220,7 +354,6 @@ static inline __attribute__((always_inline)) void tile(
         }
     }
 #else
-    (void)narrow;
     const __m512i high = _mm512_set1_epi32((int32_t)0xffff0000u);
     for (int k = 0; k < in; k += 2) {  /* each lane holds inputs k (low half) and k + 1 */
         __m512i p0 = _mm512_load_si512(panel + (int64_t)k * 32);
@@ -237,11 +370,15 @@ static inline __attribute__((always_inline)) void tile(
         }
     }
 #endif
+#endif
     store_tile(acc, bias, y, y_stride, nr, width);
 #else
-    (void)narrow;
     for (int i = 0; i < nr; i++) {
         float acc[32] = {0};
+#if defined(WEIGHTS_INT8)
+        int8_row(panel, scales, bytes + (int64_t)i * in, rows.row_scale + (int64_t)i * blocks,
+                 in, acc);
+#else
         const float *xi = x + (int64_t)i * x_stride;
         for (int k = 0; k < in; k += PAIRS)
             for (int e = 0; e < PAIRS; e++) {
@@ -250,54 +387,74 @@ static inline __attribute__((always_inline)) void tile(
 #pragma omp simd
                 for (int j = 0; j < 32; j++) acc[j] += widen(wk[j * PAIRS]) * xv;
             }
+#endif
         for (int j = 0; j < width; j++) y[(int64_t)i * y_stride + j] = acc[j] + (bias ? bias[j] : 0.0f);
     }
 #endif
 }
 
+/* The product's inputs as the build multiplies them, into `narrow` where it needs a copy:
+ * bfloat16 rounded to nearest even (native pairs), or int8 (each block scaled to -127..127,
+ * offset by 128, then a scale each block a row). Inside the parallel region; ends with its
+ * barrier. */
+static Inputs prepare_inputs(const float *x, void *narrow, int rows, int in, int x_stride) {
+    Inputs prepared = {x, x_stride, NULL, NULL};
 #if defined(WEIGHTS_BF16) && defined(__AVX512BF16__)
-/* Rounds `rows` rows of `in` floats to bfloat16 (to nearest even), packed at stride `in`:
- * the native pair product's input. Inside the parallel region; ends with its barrier. */
-static void narrow_rows(const float *x, uint16_t *narrow, int rows, int in, int x_stride) {
 #pragma omp for schedule(static)
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (int64_t)r * x_stride;
-        uint16_t *nr = narrow + (int64_t)r * in;
+        uint16_t *nr = (uint16_t *)narrow + (int64_t)r * in;
         int k = 0;
         for (; k + 16 <= in; k += 16)
             _mm256_storeu_si256((__m256i *)(nr + k),
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xr + k)));
         for (; k < in; k++) nr[k] = (uint16_t)_mm_cvtness_sbh(xr[k]);
     }
-}
+    prepared.narrow = narrow;
+#elif defined(WEIGHTS_INT8)
+    float *row_scale = (float *)((uint8_t *)narrow + (int64_t)rows * in);
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < in / BLOCK; b++) {
+            const float *xb = x + (int64_t)r * x_stride + b * BLOCK;
+            uint8_t *q = (uint8_t *)narrow + (int64_t)r * in + b * BLOCK;
+            float top = 0.0f;
+#pragma omp simd reduction(max : top)
+            for (int k = 0; k < BLOCK; k++) top = fmaxf(top, fabsf(xb[k]));
+            float scale = top > 0.0f ? top / 127.0f : 1.0f, inverse = 1.0f / scale;
+#pragma omp simd
+            for (int k = 0; k < BLOCK; k++) q[k] = (uint8_t)(nearbyintf(xb[k] * inverse) + 128.0f);
+            row_scale[(int64_t)r * (in / BLOCK) + b] = scale;
+        }
+    prepared.narrow = narrow;
+    prepared.row_scale = row_scale;
+#else
+    (void)narrow; (void)rows; (void)in;
 #endif
+    return prepared;
+}
 
 /* y[r, n] = sum_k W[n, k] x[r, k] (+ bias[n]) for every row r, W as panels. Panels outside,
  * rows inside: each panel is read from memory once a call, however many rows. Called inside
  * the parallel region by every thread, which each take a share of the panels (the `omp for`,
- * whose end is the barrier after which `y` is complete). `narrow`: scratch for the rows in
- * bfloat16 (Scratch.narrow). */
+ * whose end is the barrier after which `y` is complete). `narrow`: scratch for the inputs as
+ * the build multiplies them (Scratch.narrow). */
 static void matmul_rows(const weight_t *w, const float *bias, const float *x, float *y,
-                        int rows, int in, int out, int x_stride, int y_stride, uint16_t *narrow) {
-#if defined(WEIGHTS_BF16) && defined(__AVX512BF16__)
-    narrow_rows(x, narrow, rows, in, x_stride);
-#else
-    narrow = NULL;
-#endif
+                        int rows, int in, int out, int x_stride, int y_stride, void *narrow) {
+    Inputs inputs = prepare_inputs(x, narrow, rows, in, x_stride);
 #pragma omp for schedule(static)
     for (int n = 0; n < out; n += 32) {
-        const weight_t *panel = w + (int64_t)n * in;
         const float *bn = bias ? bias + n : NULL;
         int width = out - n < 32 ? out - n : 32, r = 0;
         for (; r + TILE_ROWS <= rows; r += TILE_ROWS)
-            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
-                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, TILE_ROWS, width);
+            tile(w, n, bn, from_row(inputs, r, in), y + (int64_t)r * y_stride + n, in, out,
+                 y_stride, TILE_ROWS, width);
         for (; r + 4 <= rows; r += 4)
-            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
-                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, 4, width);
+            tile(w, n, bn, from_row(inputs, r, in), y + (int64_t)r * y_stride + n, in, out,
+                 y_stride, 4, width);
         for (; r < rows; r++)
-            tile(panel, bn, x + (int64_t)r * x_stride, narrow ? narrow + (int64_t)r * in : NULL,
-                 y + (int64_t)r * y_stride + n, in, x_stride, y_stride, 1, width);
+            tile(w, n, bn, from_row(inputs, r, in), y + (int64_t)r * y_stride + n, in, out,
+                 y_stride, 1, width);
     }
 }
 
@@ -499,19 +656,24 @@ static void project(const Model *m, const float *x, const Scratch *s, int32_t ro
 }
 
 /* Copies each row's embedding into `x`, from the embedding table or, when the output layer is
- * tied to it, from the output layer's panels (output t % 32 of panel t / 32); -1 when a token
+ * tied to it, from the output layer's panels (an int8 table is panels too); -1 when a token
  * is outside the table. */
 static int embed(const Model *m, int32_t rows, const int64_t *tokens, float *x) {
     for (int r = 0; r < rows; r++) {
         int64_t t = tokens[r];
         float *xr = x + (int64_t)r * m->hidden;
         if (t < 0 || t >= m->vocab) return -1;
-        if (m->embed) {
+#if defined(WEIGHTS_INT8)
+        const int plain = 0;  /* an untied int8 embedding is a panel matrix too */
+#else
+        const int plain = m->embed != NULL;
+#endif
+        if (plain) {
             for (int k = 0; k < m->hidden; k++) xr[k] = widen(m->embed[t * m->hidden + k]);
         } else {
-            const weight_t *output = m->lm_head + (t / 32) * 32 * m->hidden + (t % 32) * PAIRS;
+            const weight_t *table = m->embed ? m->embed : m->lm_head;
             for (int k = 0; k < m->hidden; k++)
-                xr[k] = widen(output[(int64_t)(k - k % PAIRS) * 32 + k % PAIRS]);
+                xr[k] = weight_at(table, m->hidden, m->vocab, t, k);
         }
     }
     return 0;
@@ -608,9 +770,9 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
 /* y = x W^T for `rows` rows of `in` floats, W [out, in] as panels, on `threads` threads: one
  * product alone, as the layers run it. Why: `dtype` `auto` times it with float32 and with
  * bfloat16 panels at load, at the model's own widths, to pick the faster (textgen/core/dtypes.py).
- * `scratch`: rows * (in + 1) / 2 floats. */
+ * `scratch`: rows * ((in + 1) / 2 + 1) floats. */
 void textgen_product(const weight_t *w, const float *x, float *y, int32_t rows, int32_t in,
                      int32_t out, float *scratch, int32_t threads) {
 #pragma omp parallel num_threads(threads)
-    matmul_rows(w, NULL, x, y, rows, in, out, in, out, (uint16_t *)scratch);
+    matmul_rows(w, NULL, x, y, rows, in, out, in, out, scratch);
 }

@@ -7,12 +7,15 @@ binary built for another machine is ever loaded.
 Where there is no compiler, the model is not float32 or bfloat16 on a CPU, or the build fails,
 `build` says why and the executor keeps its tensor forward: the kernel is a speed-up, never a
 requirement. A bfloat16 model gets a build of its own (`-DWEIGHTS_BF16`): bfloat16 panels,
-everything else float32 (forward_kernel.c says how each CPU multiplies them).
+everything else float32; so does `quantization` `int8` (`-DWEIGHTS_INT8`): int8 panels with a
+scale per output, quantized here from the loaded weights (forward_kernel.c says how each CPU
+multiplies them).
 ctypes releases the GIL for the call, so the step's Python neighbours (the link, the metrics
 thread) run on the other core meanwhile.
 
 Weights: `pack` lays each product's matrix out as forward_kernel.c reads it (panels of 32
-output rows, transposed; bfloat16 ones in pairs of inputs) once at load. The kernel then owns the only copy the engine needs:
+output rows, transposed; bfloat16 ones in pairs of inputs, int8 ones in quads) once at load.
+The kernel then owns the only copy the engine needs:
 with `take_weights` the HF module's projections are emptied layer by layer as they are packed,
 so the process never holds the weights twice (not even while loading).
 
@@ -44,9 +47,13 @@ SOURCE = Path(__file__).with_name("forward_kernel.c")
 FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 MAX_HEAD_DIM = 1024  # forward_kernel.c's `rotate` buffer
 PANEL = 32  # output rows of a panel (forward_kernel.c)
-# The weight dtypes it is built for: the `-D` flag each needs, and the inputs a panel pairs.
-WEIGHT_BUILDS = {torch.float32: (), torch.bfloat16: ("-DWEIGHTS_BF16",)}
-_PAIRS = {torch.float32: 1, torch.bfloat16: 2}
+# The weight dtypes it is built for: the `-D` flag each needs, and the inputs a panel groups.
+WEIGHT_BUILDS = {torch.float32: (), torch.bfloat16: ("-DWEIGHTS_BF16",),
+                 torch.int8: ("-DWEIGHTS_INT8",)}
+_PAIRS = {torch.float32: 1, torch.bfloat16: 2, torch.int8: 4}
+# What a product's input width must be a multiple of: the pairs or quads, and for int8 the
+# block of inputs an activation scale covers (forward_kernel.c's BLOCK).
+_WIDTH_MULTIPLE = {torch.float32: 1, torch.bfloat16: 2, torch.int8: 32}
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MADV_DONTNEED = 4
 try:
@@ -179,6 +186,15 @@ class ForwardKernel:
                              "or longer than its rotary table")
         return list(zip(kv[0::2], kv[1::2])), logits
 
+    def bytes_by_dtype(self) -> dict[str, int]:
+        """Bytes of what the kernel holds (packed weights, norms, rotary tables) by dtype; an
+        int8 matrix's buffer, scales included, counts as int8."""
+        totals: dict[str, int] = {}
+        for tensor in self._tensors:
+            name = "int8" if tensor.dtype == torch.uint8 else str(tensor.dtype)[6:]
+            totals[name] = totals.get(name, 0) + tensor.numel() * tensor.element_size()
+        return totals
+
     def _scratch_for(self, rows: int, columns: int, threads: int) -> int:
         """The address of scratch space for a call over `rows` rows and `columns` columns on
         `threads` threads."""
@@ -191,13 +207,28 @@ class ForwardKernel:
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """W [out, in] as forward_kernel.c's panels, in W's dtype: [ceil(out / 32), in / pairs,
     32, pairs], panel p holding W[32p + j, pairs * k + e] at [p, k, j, e], zeros past `out`
-    (pairs: 1 for float32, 2 for bfloat16)."""
+    (pairs: 1 for float32, 2 for bfloat16, 4 for int8)."""
     out, width = weight.shape
     pairs = _PAIRS[weight.dtype]
     full, rest = divmod(out, PANEL)
     padded = torch.zeros((full + (rest > 0)) * PANEL, width, dtype=weight.dtype)
     padded[:out] = weight
     return padded.view(-1, PANEL, width // pairs, pairs).transpose(1, 2).contiguous()
+
+
+def pack_int8(weight: torch.Tensor) -> torch.Tensor:
+    """W [out, in] quantized for the int8 build, as one byte buffer: its int8 panels (`pack`),
+    then a float32 scale for each output, padded to whole panels (forward_kernel.c's
+    int8_scales). Each output's row is quantized symmetrically: scale max|row| / 127, weights
+    round(w / scale) in -127..127."""
+    weight = weight.detach().float()
+    out = weight.shape[0]
+    outputs = -(-out // PANEL) * PANEL
+    scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+    quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    scales = torch.zeros(outputs)
+    scales[:out] = scale
+    return torch.cat([pack(quantized).view(-1).view(torch.uint8), scales.view(torch.uint8)])
 
 
 def _empty(modules: Sequence[torch.nn.Module]) -> None:
@@ -227,9 +258,10 @@ def _own_the_rest(model: Any, packed: Sequence[torch.nn.Module]) -> None:
             parameter.data = parameter.data.clone()
 
 
-def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUnavailable]:
+def _check(model: Any, heads: int, kv_heads: int, dim: int,
+           weights: torch.dtype) -> Optional[KernelUnavailable]:
     dtypes = {t.dtype for t in model.parameters()}
-    if len(dtypes) != 1 or not dtypes <= WEIGHT_BUILDS.keys() \
+    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16} \
             or any(t.device.type != "cpu" for t in model.parameters()):
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         return KernelUnavailable(f"it takes float32 or bfloat16 weights on the CPU, not {names}")
@@ -237,27 +269,31 @@ def _check(model: Any, heads: int, kv_heads: int, dim: int) -> Optional[KernelUn
         return KernelUnavailable(f"head layout {heads}/{kv_heads}x{dim} not supported")
     inputs = (model.config.hidden_size, heads * dim,
               model.model.layers[0].mlp.down_proj.in_features)
-    if dtypes == {torch.bfloat16} and any(width % 2 for width in inputs):
-        return KernelUnavailable(f"bfloat16 panels pair inputs, and a product's input width "
-                                 f"is odd ({inputs})")
+    multiple = _WIDTH_MULTIPLE[weights]
+    if any(width % multiple for width in inputs):
+        return KernelUnavailable(f"{str(weights).removeprefix('torch.')} products take input "
+                                 f"widths that are multiples of {multiple}, and these are not "
+                                 f"({', '.join(map(str, inputs))})")
     return None
 
 
 def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
-          dim: int, eps: float, target: str = "native",
-          take_weights: bool = False) -> Union[ForwardKernel, KernelUnavailable]:
+          dim: int, eps: float, target: str = "native", take_weights: bool = False,
+          int8: bool = False) -> Union[ForwardKernel, KernelUnavailable]:
     """The compiled step over a Llama-family HF model's weights, packed, or why not (logged by
     the caller).
 
     `target` is the compiler's `-march` (the tests also build a generic x86-64 one, the path of
     CPUs without AVX-512). `take_weights` empties the HF module's projections as they are
     packed (see the module docstring); without it the module stays usable beside the kernel.
-    The norms, biases and an untied embedding are read in place, so the model must outlive
-    the kernel."""
-    unavailable = _check(model, heads, kv_heads, dim)
+    `int8`: quantize the projections (and the embedding) to int8 panels as they are packed.
+    The norms, biases and an untied float embedding are read in place, so the model must
+    outlive the kernel."""
+    dtype = torch.int8 if int8 else next(model.parameters()).dtype
+    unavailable = _check(model, heads, kv_heads, dim, dtype)
     if unavailable:
         return unavailable
-    dtype = next(model.parameters()).dtype
+    packer = pack_int8 if int8 else pack
     started = time.monotonic()
     try:
         library = compile_library(target, dtype)
@@ -293,16 +329,17 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
         attn, mlp = layer.self_attn, layer.mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         records.append(_LayerPointers(
-            held_float(layer.input_layernorm.weight), held(pack(cat([m.weight for m in qkv]))),
-            held_float(cat([m.bias for m in qkv])), held(pack(attn.o_proj.weight.detach())),
+            held_float(layer.input_layernorm.weight), held(packer(cat([m.weight for m in qkv]))),
+            held_float(cat([m.bias for m in qkv])), held(packer(attn.o_proj.weight.detach())),
             held_float(attn.o_proj.bias), held_float(layer.post_attention_layernorm.weight),
-            held(pack(cat([mlp.gate_proj.weight, mlp.up_proj.weight]))),
-            held(pack(mlp.down_proj.weight.detach()))))
+            held(packer(cat([mlp.gate_proj.weight, mlp.up_proj.weight]))),
+            held(packer(mlp.down_proj.weight.detach()))))
         if take_weights:
             _empty([*qkv, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj])
     vocab, hidden = head_module.weight.shape
-    lm_head = held(pack(head_module.weight.detach()))
-    embed = None if tied else held(embed_module.weight)
+    lm_head = held(packer(head_module.weight.detach()))
+    embed = None if tied else held(packer(embed_module.weight.detach()) if int8
+                                   else embed_module.weight)
     if take_weights:
         _empty([head_module, embed_module] if tied else [head_module])
     layer_array = (_LayerPointers * len(records))(*records)
@@ -316,25 +353,41 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])
 
 
+def product(panels: torch.Tensor, x: torch.Tensor, out: int, dtype: torch.dtype,
+            threads: int = 1, target: str = "native") -> Any:
+    """A callable computing y = x W^T ([rows, out]) through the kernel's own product, as the
+    layers run it, for W packed in `dtype` (`pack`, `pack_int8`) and float32 rows `x`: what
+    `dtype` `auto` times at load, and what the tests compare with a reference. Raises
+    KernelUnavailable where the kernel does not build."""
+    call = compile_library(target, dtype).textgen_product
+    call.restype = None
+    call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                     ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
+    rows, width = x.shape
+    y = torch.empty((rows, out))
+    scratch = torch.empty(rows * ((width + 1) // 2 + 1))
+
+    def run() -> torch.Tensor:
+        call(panels.data_ptr(), x.data_ptr(), y.data_ptr(), rows, width, out,
+             scratch.data_ptr(), threads)
+        return y
+
+    return run
+
+
 def product_seconds(dtype: torch.dtype, out: int, width: int, rows: int, threads: int,
                     target: str = "native", repeats: int = 5) -> float:
     """The best of `repeats` timings of one product of `rows` rows by a random [out, width]
     matrix in `dtype` panels, on `threads` threads: what `dtype` `auto` compares at load
     (textgen/core/dtypes.py). Raises KernelUnavailable where the kernel does not build."""
-    library = compile_library(target, dtype)
-    product = library.textgen_product
-    product.restype = None
-    product.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
-                        ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
     generator = torch.Generator().manual_seed(0)
-    panels = pack(torch.randn((out, width), generator=generator).to(dtype))
-    x = torch.randn((rows, width), generator=generator)
-    y = torch.empty((rows, out))
-    scratch = torch.empty(rows * (width + 1) // 2 + 1)
+    weight = torch.randn((out, width), generator=generator)
+    panels = pack_int8(weight) if dtype == torch.int8 else pack(weight.to(dtype))
+    run = product(panels, torch.randn((rows, width), generator=generator), out, dtype, threads,
+                  target)
     best = float("inf")
     for _ in range(repeats + 1):  # the first call pays for page faults and thread start
         started = time.perf_counter()
-        product(panels.data_ptr(), x.data_ptr(), y.data_ptr(), rows, width, out,
-                scratch.data_ptr(), threads)
+        run()
         best = min(best, time.perf_counter() - started)
     return best
