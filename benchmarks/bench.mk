@@ -22,10 +22,12 @@ bench-peer: venv ## The stack vs its engine in-process vs llama.cpp's server, in
 
 REAL_MODEL = $(shell $(PY) -m tools.real_model --print-dir 2>/dev/null)
 
-bench-real: venv real-model ## The real model (SmolLM2-135M): the engine vs llama-batched-bench at 1 and 2 threads, then the stack vs llama.cpp's server (~25 min)
+bench-real: venv real-model ## The real model (SmolLM2-135M) in float32, bfloat16 and int8: quality, the engine vs llama-batched-bench at 1 and 2 threads, the stack vs llama.cpp's server (~60 min)
+	@$(PY) -m benchmarks.dtype_quality
 	@$(PY) -m benchmarks.cpu_threads $(BENCH_ARGS)
-	@$(PY) -m benchmarks.cpu_peer --model-dir "$(REAL_MODEL)" --in-process llama \
-		--requests-per-client 2 $(BENCH_ARGS)
+	@for format in float32 bfloat16 int8; do \
+		$(PY) -m benchmarks.cpu_peer --model-dir "$(REAL_MODEL)" --in-process llama \
+			--requests-per-client 2 --format $$format $(BENCH_ARGS) || exit 1; done
 
 $(AIPERF_STAMP): benchmarks/aiperf.lock
 	@echo "==> creating $(AIPERF_VENV) with AIPerf 0.13 (its own pins: numpy 2, no torch)"

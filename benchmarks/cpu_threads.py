@@ -193,6 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             model_dir=model_dir, cpu_threads=count, max_num_seqs=max(batches),
             dtype=form.dtype, quantization=form.quantization,
             max_batch_total_tokens=max(batches) * (args.prompt_tokens + args.new_tokens + 64)))
+        forward = engine.describe()["forward_path"]
         loaded_rss = current_rss_mib()
         rss_llama = 0.0
         figures: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -210,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rss_ours = current_rss_mib()
         finally:
             engine.shutdown()
-        print(f"\n{name}, ours on the {engine.describe()['forward_path']} forward, against "
+        print(f"\n{name}, ours on the {forward} forward, against "
               f"{gguf.name}; {count} thread(s) (torch reports {torch.get_num_threads()}); "
               f"memory: this "
               f"process {loaded_rss:,.0f} MiB once loaded, {rss_ours:,.0f} MiB after the "

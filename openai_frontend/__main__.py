@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="port (env LLM_OPENAI_PORT)")
     parser.add_argument("--triton", default=env.get("LLM_TRITON_GRPC", "127.0.0.1:8001"),
                         help="Triton's gRPC address (env LLM_TRITON_GRPC)")
+    parser.add_argument("--triton-metrics", default=env.get("LLM_TRITON_METRICS"),
+                        help="Triton's metrics URL, where /v1/models reads what the engine "
+                             "chose at load (env LLM_TRITON_METRICS; default: the gRPC "
+                             "address's host, port 8002)")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(env.get("LLM_MODEL_DIR", str(ROOT / "demo_model"))),
                         help="the served model's directory, for its tokenizer and chat "
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model = ServedModel.load(args.model_dir.resolve(), args.served_model_name)
-    app = create_app(OpenAIFrontend(model, args.triton))
+    metrics = args.triton_metrics or f"http://{args.triton.rsplit(':', 1)[0]}:8002/metrics"
+    app = create_app(OpenAIFrontend(model, args.triton, metrics))
     print(f"openai_frontend: serving `{model.id}` on http://{args.host}:{args.port}/v1 "
           f"(Triton gRPC {args.triton})", flush=True)
     # uvicorn finishes requests in flight on SIGTERM, then raises the signal again with the

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+import urllib.request
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
@@ -19,6 +20,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contracts import engine_info
 from contracts.errors import ErrorType
 from contracts.headers import FORWARDED
 
@@ -112,13 +114,21 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def _read_metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        return reply.read().decode()
+
+
 class OpenAIFrontend:
     """Holds the served model and the Triton client; one instance per server process."""
 
-    def __init__(self, model: ServedModel, triton_url: str) -> None:
+    def __init__(self, model: ServedModel, triton_url: str,
+                 metrics_url: Optional[str] = None) -> None:
         self.model = model
         self._triton_url = triton_url
         self._triton: Optional[Triton] = None
+        self._metrics_url = metrics_url
+        self._engine: Optional[dict[str, str]] = None
 
     @property
     def triton(self) -> Triton:
@@ -134,11 +144,24 @@ class OpenAIFrontend:
                             status_code=200 if ready else 503)
 
     async def list_models(self, _http: HTTPRequest) -> Response:
-        return JSONResponse({"object": "list", "data": [self.model.card()]})
+        return JSONResponse({"object": "list",
+                             "data": [self.model.card(await self._engine_facts())]})
 
     async def get_model(self, http: HTTPRequest) -> Response:
         self._check_model(http.path_params["model"])
-        return JSONResponse(self.model.card())
+        return JSONResponse(self.model.card(await self._engine_facts()))
+
+    async def _engine_facts(self) -> Optional[dict[str, str]]:
+        """What the model process chose at load (dtype and why, executor, forward path), read
+        once from Triton's metrics endpoint (contracts/engine_info.py); None until the model
+        has loaded, or where the endpoint cannot be reached (the card then goes without)."""
+        if self._engine is None and self._metrics_url:
+            try:
+                text = await asyncio.to_thread(_read_metrics, self._metrics_url)
+            except OSError:
+                return None
+            self._engine = engine_info.parse(text)
+        return self._engine
 
     async def completions(self, http: HTTPRequest) -> Response:
         request = parse_completion(await _json_body(http))

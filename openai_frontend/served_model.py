@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .errors import invalid
 
@@ -35,10 +35,13 @@ class ServedModel:
         return cls(id=served_name or model_dir.name, context_length=context,
                    created=int(time.time()), tokenizer=AutoTokenizer.from_pretrained(model_dir))
 
-    def card(self) -> dict[str, Any]:
-        """The model object of GET /v1/models, with vLLM's `max_model_len` (the context)."""
-        return {"id": self.id, "object": "model", "created": self.created,
+    def card(self, engine: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The model object of GET /v1/models, with vLLM's `max_model_len` (the context) and,
+        once the model has loaded, what its engine chose (`engine`: dtype and why, executor,
+        forward path; contracts/engine_info.py)."""
+        card = {"id": self.id, "object": "model", "created": self.created,
                 "owned_by": "llm-service", "max_model_len": self.context_length}
+        return {**card, "engine": dict(engine)} if engine else card
 
     @property
     def vocab_size(self) -> int:

@@ -114,6 +114,10 @@ class Settings:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
     def pools(self) -> list[tuple[Pool, "Settings"]]:
         """(pool, settings) of every replica to run: the primaries, then the fallback pool.
         Replica i listens on each of these ports + i * replica_port_step and logs under
@@ -264,6 +268,7 @@ def openai_command(settings: Settings) -> list[str]:
     """The OpenAI-compatible frontend (openai_frontend/), on loopback, calling Triton's gRPC."""
     return [sys.executable, "-m", "openai_frontend", "--host", "127.0.0.1",
             "--port", str(settings.openai_port), "--triton", settings.grpc_url,
+            "--triton-metrics", settings.metrics_url,
             "--model-dir", str(settings.model_dir)]
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from contracts import engine_info
 from textgen.core.cpus import ENGINES_ON_HOST
 from tools import runtime
 
@@ -48,6 +49,26 @@ def is_ready(url: str) -> bool:
             return reply.status == 200
     except OSError:
         return False
+
+
+def engine_line(settings: runtime.Settings, wait_s: float = 3.0) -> str:
+    """What the primary replica's engine chose at load (contracts/engine_info.py), for the
+    banner; it is published just after the model reports ready, so wait a moment for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(settings.metrics_url, timeout=2) as reply:
+                facts = engine_info.parse(reply.read().decode())
+        except OSError:
+            facts = None
+        if facts or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not facts:
+        return "not reported yet (the `engine ready` line in Triton's log says)"
+    forward = f", forward {facts['forward_path']}" if facts["forward_path"] else ""
+    return (f"{facts['engine']}, {facts['dtype']} ({facts['dtype_reason']}), "
+            f"executor {facts['executor'] or 'vllm'}{forward}")
 
 
 def service_ready(gateway: runtime.GatewaySettings) -> bool:
@@ -157,6 +178,7 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
                             "`make key NAME=you` for a new one.\n")
     return f"""
 The LLM service is up (model: {settings.model_dir}, engine: {engine}).
+  loaded        {engine_line(settings)}
   gateway       {url}   HTTP + gRPC + SSE, API key required
   OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
 {tritons}                (loopback only, no key: for operators)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 import triton_python_backend_utils as pb_utils
 
+from contracts import engine_info
 from textgen.core.outputs import EngineObserver, FinishReason, SequenceOutput
 
 LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -56,7 +57,10 @@ class TritonMetrics(EngineObserver):
                                                     "went away", family.COUNTER),
                 ("llm:request_rejections_total", "Requests refused, by reason",
                  family.COUNTER),
+                (engine_info.NAME, "What the engine chose at load (dtype and why, executor, "
+                                   "forward path); always 1", family.GAUGE),
             )}
+        self._info: Optional[Any] = None
         self._running = self._metric("vllm:num_requests_running")
         self._waiting = self._metric("vllm:num_requests_waiting")
         self._cache_usage = self._metric("vllm:kv_cache_usage_perc")
@@ -122,6 +126,10 @@ class TritonMetrics(EngineObserver):
     def on_reject(self, reason: str) -> None:
         self._later(self._count, "llm:request_rejections_total", "reason", reason)
 
+    def on_ready(self, facts: dict[str, Any]) -> None:
+        """The engine loaded: publish what it chose (contracts/engine_info.py)."""
+        self._later(self._publish_info, facts)
+
     # ---- on the metrics thread -------------------------------------------------------------
 
     def _record_finish(self, output: SequenceOutput) -> None:
@@ -136,6 +144,10 @@ class TritonMetrics(EngineObserver):
             if output.completion_tokens > 1:
                 self._tpot.observe((output.total_seconds - output.first_token_seconds)
                                    / (output.completion_tokens - 1))
+
+    def _publish_info(self, facts: dict[str, Any]) -> None:
+        self._info = self._metric(engine_info.NAME, **engine_info.labels(facts))
+        self._info.set(1)
 
     def _count(self, name: str, label: str, value: str) -> None:
         """Add one to the counter `name` with `label`=`value` (created on first use)."""

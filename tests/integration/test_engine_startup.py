@@ -9,6 +9,10 @@ import re
 import resource
 from pathlib import Path
 
+import openai
+
+from tools import serve
+
 
 def engine_ready(triton_log: Path) -> dict:
     line = next(l for l in triton_log.read_text().splitlines() if "llm: engine ready" in l)
@@ -53,3 +57,20 @@ def test_the_load_log_says_the_threads_the_token_budget_and_the_caches_bound(tri
     dtype = re.search(r"textgen: dtype (\w+) \((.*)\)\n", text)
     assert dtype and dtype.groups() == (ready["dtype"], ready["dtype_reason"])
     assert f"textgen: forward kernel for {ready['dtype']} weights compiled in" in text
+
+
+def test_what_the_engine_chose_reaches_the_banner_and_v1_models(triton, triton_log, gateway,
+                                                                api_key):
+    """The `engine ready` facts are published as `llm:engine_info` on Triton's metrics port,
+    where the runner's banner and the OpenAI frontend's model card read them (the session's
+    Triton runs float32 as configured; tests/textgen/core/test_dtypes.py covers `auto`)."""
+    ready = engine_ready(triton_log)
+    assert (ready["dtype"], ready["dtype_reason"]) == ("float32", "as configured")
+    assert serve.engine_line(triton) == (
+        f"transformers, float32 (as configured), executor llama, forward {ready['forward_path']}")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+    card = client.models.list().data[0]
+    assert card.model_extra["engine"] == {
+        "engine": "transformers", "dtype": "float32", "dtype_reason": "as configured",
+        "executor": "llama", "forward_path": ready["forward_path"]}
+    assert client.models.retrieve(card.id).model_extra["engine"] == card.model_extra["engine"]

@@ -48,7 +48,9 @@ class TritonPythonModel:
         except (ConfigError, ModelLoadError) as exc:
             raise pb_utils.TritonModelException(f"llm: {exc}") from exc
         self._link = EngineLinkServer(engine_address(os.getppid()), self._submit_streamed)
-        pb_utils.Logger.log_info(f"llm: engine ready {json.dumps(self._engine.describe())}")
+        facts = self._engine.describe()
+        pb_utils.Logger.log_info(f"llm: engine ready {json.dumps(facts)}")
+        self._metrics.on_ready(facts)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
