@@ -201,6 +201,7 @@ def int8(dry_run: bool, out: Path) -> Result:
                                         dtype="float32" if device == "cpu" else "auto",
                                         engine="transformers"), EngineObserver())
     try:
+        forward = engine.describe()["forward_path"]
         start = time.perf_counter()
         output, = _generate(engine, [GenerationRequest(prompt="The Python language",
                                                        max_tokens=16, ignore_eos=True)])
@@ -209,8 +210,9 @@ def int8(dry_run: bool, out: Path) -> Result:
         engine.shutdown()
     if output.error or output.completion_tokens != 16:
         raise RuntimeError(f"int8 generation: {output}")
-    return {"device": device, "how": "bitsandbytes LLM.int8()" if device == "cuda" else
-            "torch dynamic int8", "completion_tokens": 16, "seconds": round(elapsed, 3)}
+    how = ("bitsandbytes LLM.int8()" if device == "cuda" else
+           "the C forward's int8 products" if forward == "c" else "torch dynamic int8")
+    return {"device": device, "how": how, "completion_tokens": 16, "seconds": round(elapsed, 3)}
 
 
 STEPS = (Step("environment", environment, 60), Step("engine_suite", engine_suite, 150),

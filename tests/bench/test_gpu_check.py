@@ -29,7 +29,8 @@ def test_cpu_dry_run_passes_every_step_and_writes_the_report(tmp_path: Path) -> 
     assert correct["identical"] == correct["prompts"] == 8
     measured = steps["throughput"]["result"]
     assert measured["batch_1_tokens_per_s"] > 0 and measured["hf_static_tokens_per_s"] > 0
-    assert steps["int8"]["result"]["how"] == "torch dynamic int8"
+    assert steps["int8"]["result"]["how"] in ("the C forward's int8 products",  # a C compiler
+                                              "torch dynamic int8")
     # Targets are shown but not judged on a CPU.
     assert [t["met"] for t in report["targets"]] == [None, None]
     table = (tmp_path / "gpu_check.md").read_text()
