@@ -96,7 +96,8 @@ def _stored_weight_bytes(model_dir: Path) -> int:
 def test_int8_has_fewer_weight_bytes_and_a_finite_perplexity(results):
     quant = results["quantization"]
     assert quant["int8"]["weight_bytes_total"] < quant["none"]["weight_bytes_total"]
-    assert "qint8" in quant["int8"]["weight_bytes"]
+    # The C forward's int8 panels, or torch's qint8 modules where it cannot be built.
+    assert {"int8", "qint8"} & set(quant["int8"]["weight_bytes"])
     for mode in ("none", "int8"):
         assert math.isfinite(quant[mode]["perplexity"]["perplexity"])
         assert quant[mode]["tokens_per_s_batch1"] > 0

@@ -54,7 +54,7 @@ def test_the_load_log_says_the_threads_the_token_budget_and_the_caches_bound(tri
                        r"cache \(float32\) at most (\d+) tokens, (\d+) MiB", text)
     assert budget and int(budget.group(1)) == 32 * 512
     assert int(budget.group(3)) == ready["kv_cache_max_mib"]
-    dtype = re.search(r"textgen: dtype (\w+) \((.*)\)\n", text)
+    dtype = re.search(r'textgen: dtype (\w+) \((.*)\)"?$', text, re.MULTILINE)
     assert dtype and dtype.groups() == (ready["dtype"], ready["dtype_reason"])
     assert f"textgen: forward kernel for {ready['dtype']} weights compiled in" in text
 

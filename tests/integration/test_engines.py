@@ -64,8 +64,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     engine = request.param
     run_dir = tmp_path_factory.mktemp(f"engine-{engine}")
     settings = triton_settings(run_dir)
+    # float32: the suite compares scores with float32 HF on CPUs with and without bfloat16.
     triton = triton_process(settings, LLM_ENGINE=engine, LLM_MAX_NUM_SEQS=str(MAX_NUM_SEQS),
-                            LLM_MAX_QUEUE_SIZE=str(MAX_QUEUE_SIZE))
+                            LLM_MAX_QUEUE_SIZE=str(MAX_QUEUE_SIZE), LLM_DTYPE="float32")
     envoy, gateway = gateway_process(settings)
     triton.start()
     try:
