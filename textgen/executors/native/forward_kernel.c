@@ -288,36 +288,50 @@ static inline __attribute__((always_inline)) void tile(
 #if defined(__AVX512F__)
     __m512 acc[TILE_ROWS][2];
 #if defined(WEIGHTS_INT8) && defined(__AVX512VNNI__)
-    for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    /* Rows in groups of 4 within each block, the float sums waiting in L1 between blocks: 8
+     * rows' integer and float sums at once outnumbered the 32 vector registers, and the block
+     * loop spilled on every input quad. A group re-reads the block's weights from L1. */
+    float total[TILE_ROWS][32] __attribute__((aligned(64)));
+    memset(total, 0, sizeof(float) * 32 * (size_t)nr);
     const __m512i offset = _mm512_set1_epi8((char)128);
     for (int b = 0; b < blocks; b++) {
-        __m512i sums[TILE_ROWS][2], taken0 = _mm512_setzero_si512(), taken1 = taken0;
-        for (int i = 0; i < nr; i++) sums[i][0] = sums[i][1] = _mm512_setzero_si512();
-        for (int k = b * BLOCK; k < (b + 1) * BLOCK; k += 4) {
-            __m512i w0 = _mm512_load_si512(panel + (int64_t)k * 32);
-            __m512i w1 = _mm512_load_si512(panel + (int64_t)k * 32 + 64);
-            taken0 = _mm512_dpbusd_epi32(taken0, offset, w0);  /* 128 * the block's weights */
-            taken1 = _mm512_dpbusd_epi32(taken1, offset, w1);
-            for (int i = 0; i < nr; i++) {
-                int32_t quad;
-                memcpy(&quad, bytes + (int64_t)i * in + k, sizeof quad);
-                __m512i xv = _mm512_set1_epi32(quad);
-                sums[i][0] = _mm512_dpbusd_epi32(sums[i][0], xv, w0);
-                sums[i][1] = _mm512_dpbusd_epi32(sums[i][1], xv, w1);
-            }
+        const weight_t *block = panel + (int64_t)b * BLOCK * 32;
+        __m512i taken0 = _mm512_setzero_si512(), taken1 = taken0;
+        for (int k = 0; k < BLOCK; k += 4) {  /* 128 * the block's weights */
+            taken0 = _mm512_dpbusd_epi32(taken0, offset, _mm512_load_si512(block + k * 32));
+            taken1 = _mm512_dpbusd_epi32(taken1, offset, _mm512_load_si512(block + k * 32 + 64));
         }
-        for (int i = 0; i < nr; i++) {
-            __m512 scale = _mm512_set1_ps(rows.row_scale[(int64_t)i * blocks + b]);
-            acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][0], taken0)),
-                                        scale, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][1], taken1)),
-                                        scale, acc[i][1]);
+        for (int g = 0; g < nr; g += 4) {
+            const int rows_here = nr - g < 4 ? nr - g : 4;
+            __m512i sums[4][2];
+            for (int i = 0; i < rows_here; i++) sums[i][0] = sums[i][1] = _mm512_setzero_si512();
+            for (int k = 0; k < BLOCK; k += 4) {
+                __m512i w0 = _mm512_load_si512(block + k * 32);
+                __m512i w1 = _mm512_load_si512(block + k * 32 + 64);
+                for (int i = 0; i < rows_here; i++) {
+                    int32_t quad;
+                    memcpy(&quad, bytes + (int64_t)(g + i) * in + b * BLOCK + k, sizeof quad);
+                    __m512i xv = _mm512_set1_epi32(quad);
+                    sums[i][0] = _mm512_dpbusd_epi32(sums[i][0], xv, w0);
+                    sums[i][1] = _mm512_dpbusd_epi32(sums[i][1], xv, w1);
+                }
+            }
+            for (int i = 0; i < rows_here; i++) {
+                float *t = total[g + i];
+                __m512 scale = _mm512_set1_ps(rows.row_scale[(int64_t)(g + i) * blocks + b]);
+                _mm512_store_ps(t, _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][0], taken0)), scale,
+                    _mm512_load_ps(t)));
+                _mm512_store_ps(t + 16, _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[i][1], taken1)), scale,
+                    _mm512_load_ps(t + 16)));
+            }
         }
     }
     __m512 scale0 = _mm512_loadu_ps(scales), scale1 = _mm512_loadu_ps(scales + 16);
     for (int i = 0; i < nr; i++) {
-        acc[i][0] = _mm512_mul_ps(acc[i][0], scale0);
-        acc[i][1] = _mm512_mul_ps(acc[i][1], scale1);
+        acc[i][0] = _mm512_mul_ps(_mm512_load_ps(total[i]), scale0);
+        acc[i][1] = _mm512_mul_ps(_mm512_load_ps(total[i] + 16), scale1);
     }
 #elif defined(WEIGHTS_INT8)
     for (int i = 0; i < nr; i++) {
