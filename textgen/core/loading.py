@@ -62,22 +62,24 @@ def load_config(model_dir: Path) -> Any:
     """The directory's model config (before the weights: `dtype` `auto` reads its widths)."""
     from transformers import AutoConfig
 
-    _check_model_dir(model_dir)
-    try:
-        return AutoConfig.from_pretrained(model_dir)
-    except Exception as exc:  # transformers raises many types; all mean "unusable"
-        raise ModelLoadError(f"cannot read the model config in {model_dir}: {exc}") from exc
+    return _load_part(AutoConfig, model_dir, "read the model config in")
 
 
 def load_tokenizer(model_dir: Path) -> Any:
     """The directory's tokenizer, after checking that it is a save_pretrained directory."""
     from transformers import AutoTokenizer
 
+    return _load_part(AutoTokenizer, model_dir, "load the tokenizer from")
+
+
+def _load_part(auto_class: Any, model_dir: Path, doing: str) -> Any:
+    """`auto_class.from_pretrained(model_dir)` after the directory check; any failure as a
+    ModelLoadError saying what could not be done."""
     _check_model_dir(model_dir)
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        return auto_class.from_pretrained(model_dir)
     except Exception as exc:  # transformers raises many types; all mean "unusable"
-        raise ModelLoadError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+        raise ModelLoadError(f"cannot {doing} {model_dir}: {exc}") from exc
 
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype,

@@ -8,9 +8,9 @@ and forgets the rows that finished. Two exist:
 
 - `HFExecutor` calls the Hugging Face module (any causal LM transformers can load);
 - `LlamaExecutor` (llama_executor.py) runs the Llama family's forward from the same weights in
-  a few fused tensor operations per layer, and its float32 decode step and prefill on a CPU
-  each as one call into C (forward_kernel.c): a step costs a fraction of the HF modules'
-  Python, which is what bounds a lone stream on a CPU.
+  a few fused tensor operations per layer, and on a CPU its decode step and prefill each as
+  one call into C (forward_kernel.c, over float32, bfloat16 or int8 weights): a step costs a
+  fraction of the HF modules' Python, which is what bounds a lone stream on a CPU.
 
 `select_executor` picks the lean one where it applies (see `LlamaExecutor.unsupported_reason`)
 and says why not otherwise, in the start-up log.

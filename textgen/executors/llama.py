@@ -9,15 +9,17 @@ built once by the model's own rotary module (so every rope scaling it supports i
 Fusing re-points the HF modules' weights at views of the fused matrices, so no weight is held
 twice and the HF module still computes the same thing.
 
-On a CPU with a C compiler, a float32 model's decode step and prefill run instead as calls into
-C (forward_kernel.c, compiled at load in a moment: docs/performance.md, The decode step in C)
-over weights packed for it once: the same mathematics without a tensor operation's dispatch per
-step and layer, on every thread the engine has, faster than the tensor forward at every row
-count measured (docs/performance.md, What made this: the packed C forward). The kernel then
-holds the weights; the tensor forward's fused copies are never made.
+On a CPU with a C compiler, the decode step and prefill of a float32 or bfloat16 model (or of
+one quantized to int8 as it is packed) run instead as calls into C (forward_kernel.c, compiled
+at load in a moment: docs/performance.md, The decode step in C) over weights packed for it
+once: the same mathematics without a tensor operation's dispatch per step and layer, on every
+thread the engine has, faster than the tensor forward at every row count measured
+(docs/performance.md, What made this: the packed C forward). The kernel then holds the
+weights; the tensor forward's fused copies are never made.
 
-Greedy output stays token-identical to HF `generate` (tests/unit/test_llama_executor.py, on the
-demo model and on randomly initialised Llama, Mistral and Qwen2 models). What it cannot run
+In float32, greedy output stays token-identical to HF `generate`
+(tests/textgen/executors/test_llama.py, on the demo model and on randomly initialised Llama,
+Mistral and Qwen2 models). What it cannot run
 exactly (other architectures, sliding windows, int8-quantized layers, biases on the MLP, ...)
 is named by `unsupported_reason` and served by the HF executor instead.
 """
