@@ -34,10 +34,6 @@ class DtypeChoice(NamedTuple):
     dtype: torch.dtype
     why: str  # for the load log, `describe()` and /v1/models
 
-    @property
-    def name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The CPU's feature flags (empty where /proc/cpuinfo is not there)."""
