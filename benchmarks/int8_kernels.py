@@ -22,20 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from typing import Callable, Optional
 
 import torch
-
-
-def best_of(run: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first call pays for page faults and set-up
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def candidates(out: int, width: int, rows: int, threads: int
@@ -55,19 +45,19 @@ def candidates(out: int, width: int, rows: int, threads: int
         dynamic = DynamicLinear(width, out, bias_=False, dtype=torch.qint8)
         dynamic.set_weight_bias(torch.quantize_per_channel(
             weight, scale, torch.zeros(out, dtype=torch.long), 0, torch.qint8), None)
-    bf16 = weight.to(torch.bfloat16)
     return {
         "torch float32 (F.linear)": lambda: torch.nn.functional.linear(x, weight),
         "torch dynamic int8": lambda: dynamic(x),
         "torch _weight_int8pack_mm": lambda: torch._weight_int8pack_mm(x, quantized, scale),
-        "C float32": kernel.product(kernel.pack(weight), x, out, torch.float32, threads),
-        "C bfloat16": kernel.product(kernel.pack(bf16), x, out, torch.bfloat16, threads),
-        "C int8": kernel.product(kernel.pack_int8(weight), x, out, torch.int8, threads),
+        **{f"C {str(dtype)[6:]}": kernel.product(kernel.pack_as(weight, dtype), x, out, dtype,
+                                                  threads)
+           for dtype in (torch.float32, torch.bfloat16, torch.int8)},
     }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     from benchmarks.cpu_threads import cpu_description
+    from textgen.core.dtypes import best_seconds
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -85,7 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     one, full = (candidates(args.out, args.width, rows, args.threads) for rows in (1, 32))
     with torch.inference_mode():
         for name in one:
-            a, b = best_of(one[name], args.repeats), best_of(full[name], args.repeats)
+            a, b = best_seconds(one[name], args.repeats), best_seconds(full[name], args.repeats)
             print(f"| {name} | {a * 1e6:,.0f} | {b * 1e6:,.0f} "
                   f"| {2 * 32 * args.out * args.width / b / 1e9:,.1f} |", flush=True)
     return 0

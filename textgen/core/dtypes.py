@@ -18,8 +18,9 @@ The choice and its reason are in the load log, the `engine ready` line and `/v1/
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -33,6 +34,18 @@ ProductTimer = Callable[[torch.dtype, int], float]
 class DtypeChoice(NamedTuple):
     dtype: torch.dtype
     why: str  # for the load log, `describe()` and /v1/models
+
+
+def best_seconds(run: Callable[[], Any], repeats: int = 5) -> float:
+    """The best of `repeats` timings of `run()`, after one untimed call (it pays for page
+    faults and thread start): how a product is timed, here and in the benchmarks."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

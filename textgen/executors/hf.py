@@ -18,13 +18,13 @@ and says why not otherwise, in the start-up log.
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
-from textgen.core.dtypes import ProductTimer
+from textgen.core.dtypes import ProductTimer, best_seconds
 from textgen.core.loading import ModelLoadError, quantize_linear_int8
 from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
 
@@ -172,7 +172,8 @@ def _hf_executor(model: Any, pad_id: int, device: torch.device, int8: bool) -> H
 def product_timer(requested: str, forward_path: str, model_config: Any) -> ProductTimer:
     """Times one product (the MLP's gate/up, at most 64 MiB of float32) as the forward that
     `select_executor` will pick runs it: the C forward's panels where it will run, torch's
-    linear otherwise. What `dtype` `auto` compares on a CPU (textgen/core/dtypes.py)."""
+    linear otherwise. What `dtype` `auto` compares on a CPU (textgen/core/dtypes.py). One
+    random matrix serves every timing; each dtype's copy of it is made once."""
     from textgen.executors.llama import LlamaExecutor
     from textgen.executors.native import kernel
 
@@ -180,28 +181,23 @@ def product_timer(requested: str, forward_path: str, model_config: Any) -> Produ
     out = min(2 * getattr(model_config, "intermediate_size", 4 * width), (1 << 24) // width)
     c_forward = requested != "hf" and forward_path != "tensor" \
         and LlamaExecutor.unsupported_config_reason(model_config) is None
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn((out, width), generator=generator)
+
+    @functools.lru_cache(maxsize=None)
+    def weight_as(dtype: torch.dtype, panels: bool) -> torch.Tensor:
+        return kernel.pack_as(weight, dtype) if panels else weight.to(dtype)
 
     def seconds(dtype: torch.dtype, rows: int) -> float:
+        x = torch.randn((rows, width), generator=generator)
         if c_forward:
             try:
-                return kernel.product_seconds(dtype, out, width, rows, torch.get_num_threads())
+                return best_seconds(kernel.product(weight_as(dtype, True), x, out, dtype,
+                                                   torch.get_num_threads()))
             except kernel.KernelUnavailable:
                 pass  # the tensor forward will serve: time what it runs
-        return linear_seconds(dtype, out, width, rows)
+        x, matrix = x.to(dtype), weight_as(dtype, False)
+        with torch.inference_mode():
+            return best_seconds(lambda: torch.nn.functional.linear(x, matrix))
 
     return seconds
-
-
-def linear_seconds(dtype: torch.dtype, out: int, width: int, rows: int,
-                   repeats: int = 5) -> float:
-    """The best of `repeats` timings of torch's linear of `rows` rows by [out, width]."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn((out, width), generator=generator).to(dtype)
-    x = torch.randn((rows, width), generator=generator).to(dtype)
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first call pays for page faults and set-up
-            started = time.perf_counter()
-            torch.nn.functional.linear(x, weight)
-            best = min(best, time.perf_counter() - started)
-    return best

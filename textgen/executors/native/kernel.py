@@ -231,6 +231,12 @@ def pack_int8(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([pack(quantized).view(-1).view(torch.uint8), scales.view(torch.uint8)])
 
 
+def pack_as(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W [out, in] packed for the build of `dtype` (WEIGHT_BUILDS): `pack_int8` for int8,
+    `pack` of W in `dtype` otherwise."""
+    return pack_int8(weight) if dtype == torch.int8 else pack(weight.detach().to(dtype))
+
+
 def _empty(modules: Sequence[torch.nn.Module]) -> None:
     """Frees the modules' weights (their packed copy serves instead), and their pages now:
     transformers maps the checkpoint file and its tensors are views of one mapping, which
@@ -293,7 +299,6 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     unavailable = _check(model, heads, kv_heads, dim, dtype)
     if unavailable:
         return unavailable
-    packer = pack_int8 if int8 else pack
     started = time.monotonic()
     try:
         library = compile_library(target, dtype)
@@ -329,16 +334,17 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
         attn, mlp = layer.self_attn, layer.mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         records.append(_LayerPointers(
-            held_float(layer.input_layernorm.weight), held(packer(cat([m.weight for m in qkv]))),
-            held_float(cat([m.bias for m in qkv])), held(packer(attn.o_proj.weight.detach())),
+            held_float(layer.input_layernorm.weight),
+            held(pack_as(cat([m.weight for m in qkv]), dtype)),
+            held_float(cat([m.bias for m in qkv])), held(pack_as(attn.o_proj.weight, dtype)),
             held_float(attn.o_proj.bias), held_float(layer.post_attention_layernorm.weight),
-            held(packer(cat([mlp.gate_proj.weight, mlp.up_proj.weight]))),
-            held(packer(mlp.down_proj.weight.detach()))))
+            held(pack_as(cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)),
+            held(pack_as(mlp.down_proj.weight, dtype))))
         if take_weights:
             _empty([*qkv, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj])
     vocab, hidden = head_module.weight.shape
-    lm_head = held(packer(head_module.weight.detach()))
-    embed = None if tied else held(packer(embed_module.weight.detach()) if int8
+    lm_head = held(pack_as(head_module.weight, dtype))
+    embed = None if tied else held(pack_as(embed_module.weight, dtype) if int8
                                    else embed_module.weight)
     if take_weights:
         _empty([head_module, embed_module] if tied else [head_module])
@@ -373,21 +379,3 @@ def product(panels: torch.Tensor, x: torch.Tensor, out: int, dtype: torch.dtype,
         return y
 
     return run
-
-
-def product_seconds(dtype: torch.dtype, out: int, width: int, rows: int, threads: int,
-                    target: str = "native", repeats: int = 5) -> float:
-    """The best of `repeats` timings of one product of `rows` rows by a random [out, width]
-    matrix in `dtype` panels, on `threads` threads: what `dtype` `auto` compares at load
-    (textgen/core/dtypes.py). Raises KernelUnavailable where the kernel does not build."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn((out, width), generator=generator)
-    panels = pack_int8(weight) if dtype == torch.int8 else pack(weight.to(dtype))
-    run = product(panels, torch.randn((rows, width), generator=generator), out, dtype, threads,
-                  target)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first call pays for page faults and thread start
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
