@@ -10,6 +10,7 @@ scrapes it with the rest. Written by triton_llm/metrics.py, read with `parse`.
 from __future__ import annotations
 
 import re
+import urllib.request
 from typing import Any, Mapping, Optional
 
 NAME = "llm:engine_info"
@@ -24,6 +25,16 @@ def labels(facts: Mapping[str, Any]) -> dict[str, str]:
     """The labels for `facts` (empty where the engine has no such fact, e.g. vLLM's
     executor)."""
     return {name: str(facts.get(name, "")) for name in LABELS}
+
+
+def read(metrics_url: str, timeout: float = 2.0) -> Optional[dict[str, str]]:
+    """The facts from Triton's metrics endpoint, or None where it cannot be reached or does not
+    carry them yet (the model is still loading)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as reply:
+            return parse(reply.read().decode())
+    except OSError:
+        return None
 
 
 def parse(metrics_text: str) -> Optional[dict[str, str]]:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-import urllib.request
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
@@ -114,11 +113,6 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _read_metrics(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as reply:
-        return reply.read().decode()
-
-
 class OpenAIFrontend:
     """Holds the served model and the Triton client; one instance per server process."""
 
@@ -156,11 +150,7 @@ class OpenAIFrontend:
         once from Triton's metrics endpoint (contracts/engine_info.py); None until the model
         has loaded, or where the endpoint cannot be reached (the card then goes without)."""
         if self._engine is None and self._metrics_url:
-            try:
-                text = await asyncio.to_thread(_read_metrics, self._metrics_url)
-            except OSError:
-                return None
-            self._engine = engine_info.parse(text)
+            self._engine = await asyncio.to_thread(engine_info.read, self._metrics_url)
         return self._engine
 
     async def completions(self, http: HTTPRequest) -> Response:

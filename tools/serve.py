@@ -55,14 +55,8 @@ def engine_line(settings: runtime.Settings, wait_s: float = 3.0) -> str:
     """What the primary replica's engine chose at load (contracts/engine_info.py), for the
     banner; it is published just after the model reports ready, so wait a moment for it."""
     deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            with urllib.request.urlopen(settings.metrics_url, timeout=2) as reply:
-                facts = engine_info.parse(reply.read().decode())
-        except OSError:
-            facts = None
-        if facts or time.monotonic() > deadline:
-            break
+    while not (facts := engine_info.read(settings.metrics_url)) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
     if not facts:
         return "not reported yet (the `engine ready` line in Triton's log says)"
