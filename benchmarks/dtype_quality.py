@@ -39,8 +39,9 @@ CPU = torch.device("cpu")
 FORMATS = ("float32", "bfloat16", "int8")
 
 
-def load_served(model_dir: Path, format_: str) -> tuple[Any, Any]:
-    """(executor, tokenizer) as the transformers engine loads them in `format_` (FORMATS)."""
+def load_served(model_dir: Path, format_: str) -> tuple[Any, Any, Any]:
+    """(executor, tokenizer, HF model) as the transformers engine loads them in `format_`
+    (FORMATS); the C forward empties the model's projections as it packs them."""
     from textgen.core.dtypes import NAMES
     from textgen.core.loading import load_model
     from textgen.executors.hf import select_executor
@@ -50,7 +51,7 @@ def load_served(model_dir: Path, format_: str) -> tuple[Any, Any]:
     context = int(model.config.max_position_embeddings)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return select_executor("auto", model, pad, CPU, context, take_weights=True,
-                           quantization=quantization), tokenizer
+                           quantization=quantization), tokenizer, model
 
 
 def perplexity(executor: Any, ids: list[int], window: int, max_windows: int) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def measure(model_dir: Path, formats: list[str], window: int = 256, max_windows:
     reference: Optional[list[list[int]]] = None
     for name in formats:
         started = time.perf_counter()
-        executor, tokenizer = load_served(model_dir, name)
+        executor, tokenizer, _ = load_served(model_dir, name)
         ids = tokenizer.encode(HELDOUT.read_text())
         starts = range(0, prompts * 97, 97)  # prompts from spread-out places in the text
         chosen = [ids[s:s + prompt_tokens] for s in starts]

@@ -40,13 +40,14 @@ def tokens_per_second(executor: Any, prompt_ids: list[int], batch: int, new_toke
     return round(best, 1)
 
 
-def served_weight_bytes(executor: Any) -> dict[str, int]:
-    """Bytes of the weights the executor serves from, by dtype (int8 panels with their
-    scales counted as int8)."""
+def served_weight_bytes(executor: Any, model: Any) -> dict[str, int]:
+    """Bytes of the weights the executor serves from, by dtype: the C forward's (int8 panels
+    with their scales counted as int8), else the HF executor's module (int8 modules where it
+    quantized them), else the model the tensor forward shares its weights with."""
     kernel = getattr(executor, "kernel", None)
-    if kernel is None:
-        return weight_bytes(executor.model if hasattr(executor, "model") else executor)
-    return kernel.bytes_by_dtype()
+    if kernel is not None:
+        return kernel.bytes_by_dtype()
+    return weight_bytes(getattr(executor, "model", model))
 
 
 def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int = 256,
@@ -56,7 +57,7 @@ def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int =
     ids: list[int] = []
     for mode, format_ in (("none", "float32"), ("int8", "int8")):
         start = time.perf_counter()
-        executor, tokenizer = dtype_quality.load_served(model_dir, format_)
+        executor, tokenizer, model = dtype_quality.load_served(model_dir, format_)
         load_s = time.perf_counter() - start
         if mode == "int8":
             results["method"]["int8"] = METHODS["c" if executor.forward_path == "c"
@@ -64,7 +65,7 @@ def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int =
         if not ids:
             ids = tokenizer.encode(heldout.read_text())
         prompt = ids[:64]
-        by_dtype = served_weight_bytes(executor)
+        by_dtype = served_weight_bytes(executor, model)
         with torch.inference_mode():
             results[mode] = {
                 "weight_bytes": by_dtype, "weight_bytes_total": sum(by_dtype.values()),
@@ -76,6 +77,6 @@ def compare(model_dir: Path, heldout: Path, max_windows: int = 64, window: int =
                 "tokens_per_s_batch8": tokens_per_second(executor, prompt, 8, new_tokens,
                                                          repeats),
             }
-        del executor
+        del executor, model
     results["new_tokens"] = new_tokens
     return results
