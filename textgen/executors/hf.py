@@ -182,10 +182,15 @@ def product_timer(requested: str, forward_path: str, model_config: Any) -> Produ
     c_forward = requested != "hf" and forward_path != "tensor" \
         and LlamaExecutor.unsupported_config_reason(model_config) is None
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn((out, width), generator=generator)
+
+    @functools.lru_cache(maxsize=None)
+    def random_weight() -> torch.Tensor:  # at the first timing: `auto` may decide without any
+        return torch.randn((out, width), generator=generator)
 
     @functools.lru_cache(maxsize=None)
     def weight_as(dtype: torch.dtype, panels: bool) -> torch.Tensor:
+        """The random matrix in `dtype`, packed for the C forward or as it is."""
+        weight = random_weight()
         return kernel.pack_as(weight, dtype) if panels else weight.to(dtype)
 
     def seconds(dtype: torch.dtype, rows: int) -> float:
