@@ -25,6 +25,7 @@ from contracts.headers import FORWARDED
 
 from . import responses
 from .errors import OpenAIError, invalid
+from .metrics import FrontendMetrics
 from .protocol import Request, parse_chat, parse_completion, parse_detokenize, parse_tokenize
 from .served_model import ServedModel
 from .triton import Event, Final, Piece, Triton
@@ -123,6 +124,7 @@ class OpenAIFrontend:
         self._triton: Optional[Triton] = None
         self._metrics_url = metrics_url
         self._engine: Optional[dict[str, str]] = None
+        self.metrics = FrontendMetrics()
 
     @property
     def triton(self) -> Triton:
@@ -136,6 +138,12 @@ class OpenAIFrontend:
         ready = await self.triton.ready()
         return JSONResponse({"status": "ready" if ready else "waiting for the model"},
                             status_code=200 if ready else 503)
+
+    async def prometheus(self, _http: HTTPRequest) -> Response:
+        """This frontend's figures (metrics.py), for Prometheus; loopback only, as the whole
+        frontend is: the gateway routes no /metrics here."""
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     async def list_models(self, _http: HTTPRequest) -> Response:
         return JSONResponse({"object": "list",
@@ -216,7 +224,8 @@ class OpenAIFrontend:
         writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
                                        request.include_usage,
                                        request.sampling.logprobs is not None, len(echo), choices)
-        return EventStream(_stream(writer, echo, first, events))
+        streamed = self.metrics.streamed_tokens.labels(http.url.path)
+        return EventStream(_stream(writer, echo, first, events, streamed.inc))
 
     def _choice(self, request: Request, prompt: str, echo: str, piece: Piece, final: Final,
                 chat: bool) -> responses.Choice:
@@ -253,11 +262,13 @@ async def _collect(events: AsyncIterator[Event], choices: int) -> list[tuple[Pie
 
 
 async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
-                  events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+                  events: AsyncIterator[Event],
+                  count_tokens: Callable[[int], None]) -> AsyncIterator[bytes]:
     """The SSE body. It is cancelled when the client disconnects; closing `events` then
     cancels the generation. An error after the start is a final `error` event. The opening
     chunks (role, echo: one per choice) go out in the same write as the first text; each
-    choice ends with its finish chunk, the last one with the usage and `[DONE]`."""
+    choice ends with its finish chunk, the last one with the usage and `[DONE]`; its tokens
+    are counted then (`count_tokens`), once per sequence rather than per chunk."""
     try:
         head = writer.first() + (b"".join(writer.text(echo, index=i)
                                           for i in range(writer.choices)) if echo else b"")
@@ -266,6 +277,7 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
         while True:
             if isinstance(item, Final):
                 ended.append(item)
+                count_tokens(item.completion_tokens)
                 chunk = head + writer.finish(item)
                 if len(ended) == writer.choices:
                     yield chunk + writer.end(ended) + responses.DONE
@@ -281,19 +293,30 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
         await events.aclose()
 
 
-def _handled(route: Callable[[HTTPRequest], Awaitable[Response]]
-             ) -> Callable[[HTTPRequest], Awaitable[Response]]:
+def _handled(route: Callable[[HTTPRequest], Awaitable[Response]], path: str,
+             metrics: FrontendMetrics) -> Callable[[HTTPRequest], Awaitable[Response]]:
+    """The route, answering every failure in the API's shape and counted under `path` (the
+    route's pattern, not the requested path: one series per route)."""
     async def handle(http: HTTPRequest) -> Response:
+        began = time.perf_counter()
         try:
-            return await route(http)
+            response = await route(http)
         except OpenAIError as error:
-            return error_response(error)
+            metrics.errors.labels(path, error.kind.value).inc()
+            response = error_response(error)
         except ClientLeft:
-            return Response(status_code=499)  # nobody reads it: the connection is gone
+            response = Response(status_code=499)  # nobody reads it: the connection is gone
         except Exception:  # a bug here must still answer in the API's shape
             log.exception("request failed")
-            return error_response(OpenAIError(ErrorType.INTERNAL, "the request failed on the "
-                                              "server; quote the x-request-id when reporting"))
+            metrics.errors.labels(path, ErrorType.INTERNAL.value).inc()
+            response = error_response(OpenAIError(
+                ErrorType.INTERNAL, "the request failed on the server; quote the x-request-id "
+                "when reporting"))
+        stream = isinstance(response, EventStream)
+        metrics.first_byte.labels(path, "true" if stream else "false").observe(
+            time.perf_counter() - began)
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        return response
     return handle
 
 
@@ -307,13 +330,18 @@ async def _not_allowed(http: HTTPRequest, _exc: Exception) -> Response:
 
 
 def create_app(frontend: OpenAIFrontend) -> Starlette:
+    def api(path: str, route: Callable[[HTTPRequest], Awaitable[Response]],
+            method: str) -> Route:
+        return Route(path, _handled(route, path, frontend.metrics), methods=[method])
+
     routes = [
         Route("/health", frontend.health, methods=["GET"]),
-        Route("/v1/models", _handled(frontend.list_models), methods=["GET"]),
-        Route("/v1/models/{model:path}", _handled(frontend.get_model), methods=["GET"]),
-        Route("/v1/completions", _handled(frontend.completions), methods=["POST"]),
-        Route("/v1/chat/completions", _handled(frontend.chat_completions), methods=["POST"]),
-        Route("/tokenize", _handled(frontend.tokenize), methods=["POST"]),
-        Route("/detokenize", _handled(frontend.detokenize), methods=["POST"]),
+        Route("/metrics", frontend.prometheus, methods=["GET"]),
+        api("/v1/models", frontend.list_models, "GET"),
+        api("/v1/models/{model:path}", frontend.get_model, "GET"),
+        api("/v1/completions", frontend.completions, "POST"),
+        api("/v1/chat/completions", frontend.chat_completions, "POST"),
+        api("/tokenize", frontend.tokenize, "POST"),
+        api("/detokenize", frontend.detokenize, "POST"),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})

@@ -55,6 +55,24 @@ def metric(triton: runtime.Settings, name: str) -> float:
                                             re.M))
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus endpoint, parsed as Prometheus parses it, keyed by its
+    name and its sorted labels (`sample(...)` reads one)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = requests.get(url, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.text) for s in family.samples}
+
+
+def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    """One sample of a `scrape`, 0 when absent (a labelled counter appears at its first use)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
 def wait_for_metric(triton: runtime.Settings, name: str, value: float,
                     timeout: float = 10) -> None:
     """Metrics are updated off the engine thread, so they land milliseconds after the answer."""

@@ -90,7 +90,7 @@ def gateway_process(settings: runtime.Settings, name: str = "envoy",
     """A real Envoy running the rendered gateway config in front of `settings`' Triton."""
     values = dict(os.environ)
     values.update(GATEWAY_PORT=str(free_port()), GATEWAY_ADMIN_PORT=str(free_port()),
-                  LLM_KEYS_DIR=str(settings.run_dir / "keys"),
+                  GATEWAY_METRICS_PORT=str(free_port()), LLM_KEYS_DIR=str(settings.run_dir / "keys"),
                   GATEWAY_ACCESS_LOG=str(settings.run_dir / name / "access.log"), **env)
     gateway = runtime.gateway_settings(settings, values)
     config = runtime.prepare_gateway(gateway, settings.run_dir / name)
@@ -124,7 +124,8 @@ def runner_stack(run_dir: Path, **env: str) -> RunnerStack:
               "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
               "LLM_OPENAI_PORT": str(free_port()),
               "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
-              "LLM_KEYS_DIR": str(run_dir / "keys"), **env}
+              "GATEWAY_METRICS_PORT": str(free_port()), "LLM_KEYS_DIR": str(run_dir / "keys"),
+              **env}
     values.pop("GATEWAY_ACCESS_LOG", None)
     settings = runtime.Settings.from_env(values)
     gateway = runtime.gateway_settings(settings, values)

@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.harness import assert_error_contract, model_log_records
+from tests.harness import assert_error_contract, model_log_records, sample, scrape
 from tools.processes import free_port, gateway_process, http_ok
 
 BODY = {"text_input": "The list", "max_tokens": 4}
@@ -326,3 +326,20 @@ def test_generate_body_carries_request_id_and_key_id_to_the_model(echo_gateway, 
     assert body["text_input"] == "The list"
     assert body["parameters"]["x-request-id"] == "echo-1"
     assert body["parameters"]["x-llm-key-id"].startswith("key_")
+
+
+# ---- the scrape listener ---------------------------------------------------------------------
+
+def test_scrape_listener_serves_envoys_stats_and_the_gateways_state_read_only(gateway):
+    url = f"http://127.0.0.1:{gateway.settings.metrics_port}"
+    samples = scrape(url + "/metrics")
+    assert sample(samples, "llm_gateway_draining") == 0
+    assert sample(samples, "llm_gateway_global_limits_enabled", ratelimit_service="none",
+                  failure_mode="open") == 0
+    assert any(name == "envoy_http_downstream_rq_total" for name, _ in samples)
+    # The admin port's state-changing pages are not reachable through it, by any method.
+    for method, path in (("POST", "/metrics"), ("POST", "/runtime_modify?llm.draining=100"),
+                         ("POST", "/quitquitquit"), ("GET", "/runtime"),
+                         ("GET", "/config_dump")):
+        assert requests.request(method, url + path, timeout=5).status_code == 404
+    assert sample(scrape(url + "/metrics"), "llm_gateway_draining") == 0

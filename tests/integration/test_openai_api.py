@@ -15,7 +15,7 @@ import requests
 from jsonschema import Draft202012Validator
 
 from tests.harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
-                           wait_for_metric)
+                           sample, scrape, wait_for_metric)
 from tools import runtime
 
 MODEL = "demo_model"
@@ -551,3 +551,39 @@ def test_the_sdk_gets_n_choices_streamed_or_not_each_with_its_index_and_end(clie
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt="The list", max_tokens=3, n=9)
     assert info.value.body["param"] == "n"
+
+
+# ---- the frontend's own metrics -------------------------------------------------------------
+
+def test_frontend_metrics_count_answers_errors_first_bytes_and_streamed_tokens(
+        client, openai_frontend):
+    route = "/v1/completions"
+
+    def value(name: str, **labels: str) -> float:
+        return sample(scrape(openai_frontend + "/metrics"), name, **labels)
+
+    before = {"ok": value("llm_openai_requests_total", route=route, code="200"),
+              "missing": value("llm_openai_requests_total", route=route, code="404"),
+              "not_found": value("llm_openai_errors_total", route=route, type="not_found"),
+              "streams": value("llm_openai_time_to_first_byte_seconds_count", route=route,
+                               stream="true"),
+              "tokens": value("llm_openai_streamed_tokens_total", route=route)}
+    stream = client.completions.create(model=MODEL, prompt="The list", max_tokens=6,
+                                       temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    usage = [chunk.usage for chunk in stream if chunk.usage][0]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+    assert value("llm_openai_requests_total", route=route, code="200") == before["ok"] + 1
+    assert value("llm_openai_requests_total", route=route, code="404") == before["missing"] + 1
+    assert value("llm_openai_errors_total", route=route,
+                 type="not_found") == before["not_found"] + 1
+    assert value("llm_openai_time_to_first_byte_seconds_count", route=route,
+                 stream="true") == before["streams"] + 1
+    assert value("llm_openai_streamed_tokens_total",
+                 route=route) == before["tokens"] + usage.completion_tokens
+
+
+def test_frontend_metrics_are_not_reachable_through_the_gateway(gateway, api_key):
+    reply = requests.get(gateway.url + "/metrics", headers={"X-API-Key": api_key}, timeout=10)
+    assert reply.status_code == 404

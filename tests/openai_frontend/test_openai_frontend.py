@@ -150,7 +150,7 @@ def test_an_error_after_the_stream_started_is_a_final_error_event():
     async def body() -> bytes:
         writer = responses.ChunkWriter(True, "c", 1, "m", include_usage=False)
         return b"".join([part async for part in _stream(writer, "", Piece("first"),
-                                                        events())])
+                                                        events(), lambda tokens: None)])
 
     text = asyncio.run(body()).decode()
     blocks = [b for b in text.split("\n\n") if b]

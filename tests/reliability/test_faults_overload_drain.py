@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import pytest
 import requests
 
-from tests.harness import assert_error_contract
+from tests.harness import assert_error_contract, sample, scrape
 from tools import runtime
 from tools.processes import ROOT, RunnerStack, http_ok, runner_stack
 
@@ -284,6 +284,7 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
            "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
            "LLM_OPENAI_PORT": str(free_port()),
            "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
+           "GATEWAY_METRICS_PORT": str(free_port()),
            "LLM_KEYS_DIR": str(tmp_path / "keys"), "LLM_DRAIN_TIMEOUT_S": "60",
            # One sequence at a time: the 24 requests in flight then take seconds (~0.08 s
            # each at 0.3 ms a token), so the drain is surely still running when the refusal
@@ -327,6 +328,7 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
             while http_ok(url + "/readyz") and time.monotonic() < deadline:
                 time.sleep(0.05)
             not_ready_after = time.monotonic() - stopped_at
+            draining = scrape(f"http://127.0.0.1:{env['GATEWAY_METRICS_PORT']}/metrics")
             refused, _ = generate(stack, {"text_input": "x", "max_tokens": 1}, timeout=10)
             outcomes = [s.result(timeout=120) for s in streams]
             replies = [u.result(timeout=120)[0] for u in unary]
@@ -340,6 +342,7 @@ def test_slow_start_refuses_with_503_then_drain_loses_nothing(tmp_path):
                in_flight=len(outcomes) + len(replies),
                lost=lost, exited_after_s=round(exited_after, 1), exit_code=exit_code)
         assert not_ready_after < 1.0
+        assert sample(draining, "llm_gateway_draining") == 1  # the drain is a metric too
         assert refused is not None
         assert_json_503(refused)
         assert lost == 0, (outcomes, [r.status_code if r else None for r in replies])

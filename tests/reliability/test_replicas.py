@@ -208,6 +208,7 @@ def test_sigterm_drains_one_gateway_while_the_other_keeps_serving(stack: RunnerS
            "LLM_OPENAI_PORT": str(settings.openai_port), "LLM_REPLICAS": "2",
            "LLM_FALLBACK_REPLICAS": "1", "LLM_KEYS_DIR": str(stack.gateway.keys_dir),
            "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(free_port()),
+           "GATEWAY_METRICS_PORT": str(free_port()),
            "LLM_DRAIN_TIMEOUT_S": "30"}
     env.pop("GATEWAY_ACCESS_LOG", None)
     second = ServerProcess("gateway-2", [sys.executable, str(ROOT / "tools" / "serve.py"),
