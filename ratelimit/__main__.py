@@ -17,25 +17,30 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .limits import TIERS_FILE, TierLimits
+from .metrics import ServiceMetrics, default_port
 from .service import RateLimitService
 from .store import Store
 
 
-async def serve(host: str, port: int, redis_url: str, tiers: Path) -> None:
+async def serve(host: str, port: int, redis_url: str, tiers: Path, metrics_port: int) -> None:
     store = Store(redis_url)
+    metrics = ServiceMetrics()
+    metrics.serve(host, metrics_port)
+    probe = asyncio.create_task(metrics.probe(store.ping))
     server = grpc.aio.server()
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-        RateLimitService(TierLimits.load(tiers), store), server)
+        RateLimitService(TierLimits.load(tiers), store, metrics), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    logging.info("rate-limit service on %s:%d, counters in %s", host, port,
-                 redis_url.split("@")[-1])
+    logging.info("rate-limit service on %s:%d (metrics :%d), counters in %s", host, port,
+                 metrics_port, redis_url.split("@")[-1])
     try:
         await server.wait_for_termination()
     finally:
+        probe.cancel()
         await store.close()
 
 
@@ -47,6 +52,10 @@ def main() -> None:
                         help="address to bind (env LLM_RATELIMIT_BIND; default loopback)")
     parser.add_argument("--port", type=int, default=int(env.get("LLM_RATELIMIT_PORT", "8081")),
                         help="gRPC port (env LLM_RATELIMIT_PORT, default 8081)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(env.get("LLM_RATELIMIT_METRICS_PORT", "0")) or None,
+                        help="HTTP port of /metrics for Prometheus (env "
+                             "LLM_RATELIMIT_METRICS_PORT; default: the gRPC port + 1)")
     parser.add_argument("--redis", default=env.get("LLM_RATELIMIT_REDIS_URL",
                                                    "redis://127.0.0.1:6379/0"),
                         help="Redis URL (env LLM_RATELIMIT_REDIS_URL)")
@@ -55,7 +64,8 @@ def main() -> None:
                         help="the tiers file (env LLM_TIERS_FILE; default gateway/tiers.yaml)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(args.host, args.port, args.redis, args.tiers))
+    asyncio.run(serve(args.host, args.port, args.redis, args.tiers,
+                      args.metrics_port or default_port(args.port)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from .contract import DOMAIN, LIMITED_BY, Entry, Kind
 from .limits import TierLimits
+from .metrics import ServiceMetrics
 from .store import Charge, Store
 
 LOG = logging.getLogger("ratelimit")
@@ -51,8 +52,10 @@ def _reservation_id(entries: dict[str, str]) -> str:
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, limits: TierLimits, store: Store) -> None:
+    def __init__(self, limits: TierLimits, store: Store,
+                 metrics: Optional[ServiceMetrics] = None) -> None:
         self.limits, self.store = limits, store
+        self.metrics = metrics or ServiceMetrics()
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
                               context: grpc.aio.ServicerContext) -> rls_pb2.RateLimitResponse:
@@ -69,7 +72,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             checks.append(self._check(kind, entries, request.hits_addend or 1))
         try:
             for entries in settlements:
-                await self._settle(entries)
+                await self.metrics.timed("settle", lambda: self._settle(entries))
             return await self._decide(checks)
         except (RedisError, OSError) as exc:
             LOG.warning("redis unreachable: %s", exc)
@@ -106,10 +109,13 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         charged = [c for c in checks if c.charge is not None]
         reservation = next(((c.reservation, int(c.charge.amount)) for c in charged
                             if c.reservation and c.charge), None)
-        ok, levels = (await self.store.take([c.charge for c in charged if c.charge],
-                                            reservation) if charged else (True, []))
+        ok, levels = (await self.metrics.timed("take", lambda: self.store.take(
+            [c.charge for c in charged if c.charge], reservation)) if charged else (True, []))
         for check, level in zip(charged, levels):
             check.level = level
+            short = check.charge is not None and level < check.charge.amount
+            self.metrics.decisions.labels(check.kind.value,
+                                          "over_limit" if short else "ok").inc()
         response = rls_pb2.RateLimitResponse(overall_code=Code.OK if ok else Code.OVER_LIMIT)
         for check in checks:
             response.statuses.append(self._status(check, ok))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from gateway.keys import KeyStore
+from ratelimit import metrics as ratelimit_metrics
 from gateway.render import SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers, render_envoy_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,9 +284,11 @@ def redis_command(port: int, run_dir: Path) -> list[str]:
             "--appendonly", "no", "--dir", str(run_dir)]
 
 
-def ratelimit_command(port: int, redis_port: int) -> list[str]:
-    """The rate-limit service (ratelimit/) on loopback, over that Redis."""
+def ratelimit_command(port: int, redis_port: int, metrics_port: int = 0) -> list[str]:
+    """The rate-limit service (ratelimit/) on loopback, over that Redis; its /metrics on
+    `metrics_port` (default: beside its gRPC port)."""
     return [sys.executable, "-m", "ratelimit", "--host", "127.0.0.1", "--port", str(port),
+            "--metrics-port", str(metrics_port or ratelimit_metrics.default_port(port)),
             "--redis", f"redis://127.0.0.1:{redis_port}/0"]
 
 

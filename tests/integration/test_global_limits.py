@@ -24,7 +24,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.harness import assert_error_contract, infer_inputs
+from tests.harness import assert_error_contract, infer_inputs, sample, scrape
 from tools import runtime
 from tools.processes import ServerProcess, free_port, gateway_process, http_ok
 
@@ -35,6 +35,7 @@ GENERATE = {"text_input": "The list", "max_tokens": 16, "ignore_eos": True}
 class SharedLimits:
     redis_port: int
     service_port: int
+    metrics_url: str  # the service's /metrics
     redis: ServerProcess
     service: ServerProcess
     urls: list[str]  # the two gateways sharing them
@@ -53,11 +54,12 @@ def _wait_for_redis(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def shared(triton: runtime.Settings, run_dir: Path) -> Iterator[SharedLimits]:
-    redis_port, service_port = free_port(), free_port()
+    redis_port, service_port, metrics_port = free_port(), free_port(), free_port()
     base = run_dir / "global-limits"
     redis_server = ServerProcess("redis", runtime.redis_command(redis_port, run_dir),
                                  {}, base / "redis.log")
-    service = ServerProcess("ratelimit", runtime.ratelimit_command(service_port, redis_port),
+    service = ServerProcess("ratelimit", runtime.ratelimit_command(service_port, redis_port,
+                                                                metrics_port),
                             dict(os.environ), base / "ratelimit.log",
                             cwd=runtime.ROOT)
     gateways = [gateway_process(triton, name=f"envoy-global-{i}",
@@ -73,7 +75,8 @@ def shared(triton: runtime.Settings, run_dir: Path) -> Iterator[SharedLimits]:
         urls = [f"http://{s.host}:{s.port}" for _, s in gateways]
         for (process, _), url in zip(gateways, urls):
             process.wait_until(lambda: http_ok(url + "/readyz"), timeout=30)
-        yield SharedLimits(redis_port, service_port, redis_server, service, urls,
+        yield SharedLimits(redis_port, service_port, f"http://127.0.0.1:{metrics_port}/metrics",
+                           redis_server, service, urls,
                            runtime.KeyStore(gateways[0][1].keys_dir))
     finally:
         for process in reversed(processes):
@@ -107,6 +110,26 @@ def test_a_keys_request_limit_is_shared_by_two_gateways(shared: SharedLimits) ->
     assert refused.headers["x-ratelimit-limit-requests"] == "3"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_the_service_counts_its_decisions_by_limit_and_times_redis(shared: SharedLimits) -> None:
+    key = issue(shared, "counted", "test")
+    time.sleep(3)  # the probes in issue() spent some of the buckets: let them refill
+    before = scrape(shared.metrics_url)
+    # Alternating gateways: each local bucket lets 3 through, the shared one refuses.
+    statuses = [requests.get(shared.urls[i % 2] + "/v2/models/llm/config",
+                             headers={"X-API-Key": key}, timeout=5).status_code
+                for i in range(6)]
+    after = scrape(shared.metrics_url)
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    allowed = grew("llm_ratelimit_decisions_total", limit="key_requests", decision="ok")
+    refused = grew("llm_ratelimit_decisions_total", limit="key_requests", decision="over_limit")
+    assert allowed == statuses.count(200) and 0 < refused <= statuses.count(429), statuses
+    assert grew("llm_ratelimit_redis_seconds_count", call="take") == allowed + refused
+    assert sample(after, "llm_ratelimit_redis_up") == 1
 
 
 def test_token_quota_is_reserved_on_arrival_and_charged_what_was_used(
@@ -191,10 +214,21 @@ def test_redis_down_fails_open_by_default_and_closed_when_configured(
     closed_url = f"http://{closed_settings.host}:{closed_settings.port}"
     try:
         closed.wait_until(lambda: http_ok(closed_url + "/readyz"), timeout=30)
+        errors = sample(scrape(shared.metrics_url), "llm_ratelimit_redis_errors_total",
+                        call="take")
         shared.redis.stop(grace=5)
         open_reply = requests.post(shared.urls[0] + "/generate", json=GENERATE,
                                    headers={"X-API-Key": key}, timeout=30)
         assert open_reply.status_code == 200, open_reply.text
+        # The service says Redis is down, and the failed check is counted.
+        down = scrape(shared.metrics_url)
+        assert sample(down, "llm_ratelimit_redis_up") == 0
+        assert sample(down, "llm_ratelimit_redis_errors_total", call="take") > errors
+        # Each gateway says what it enforces, and how it fails.
+        state = scrape(f"http://127.0.0.1:{closed_settings.metrics_port}/metrics")
+        assert sample(state, "llm_gateway_global_limits_enabled",
+                      ratelimit_service=f"127.0.0.1:{shared.service_port}",
+                      failure_mode="closed") == 1
         refused = requests.post(closed_url + "/generate", json=GENERATE,
                                 headers={"X-API-Key": key}, timeout=30)
         assert_error_contract(refused, 503)
