@@ -49,6 +49,12 @@ class TritonMetrics(EngineObserver):
                  family.HISTOGRAM),
                 ("vllm:e2e_request_latency_seconds", "Arrival to last token",
                  family.HISTOGRAM),
+                ("vllm:request_queue_time_seconds", "Arrival to a slot in the batch",
+                 family.HISTOGRAM),
+                ("vllm:request_prefill_time_seconds", "A slot to the first token (prefill)",
+                 family.HISTOGRAM),
+                ("vllm:request_decode_time_seconds", "First token to last (decode)",
+                 family.HISTOGRAM),
                 ("vllm:prompt_tokens_total", "Prompt tokens processed", family.COUNTER),
                 ("vllm:generation_tokens_total", "Tokens generated", family.COUNTER),
                 ("vllm:request_success_total", "Finished sequences by finish reason",
@@ -67,6 +73,9 @@ class TritonMetrics(EngineObserver):
         self._ttft = self._metric("vllm:time_to_first_token_seconds", LATENCY_BUCKETS)
         self._tpot = self._metric("vllm:time_per_output_token_seconds", TOKEN_BUCKETS)
         self._e2e = self._metric("vllm:e2e_request_latency_seconds", LATENCY_BUCKETS)
+        self._queue_time = self._metric("vllm:request_queue_time_seconds", LATENCY_BUCKETS)
+        self._prefill_time = self._metric("vllm:request_prefill_time_seconds", LATENCY_BUCKETS)
+        self._decode_time = self._metric("vllm:request_decode_time_seconds", LATENCY_BUCKETS)
         self._prompt_tokens = self._metric("vllm:prompt_tokens_total")
         self._generation_tokens = self._metric("vllm:generation_tokens_total")
         self._cancellations = self._metric("llm:request_cancellations_total")
@@ -141,6 +150,9 @@ class TritonMetrics(EngineObserver):
             self._count("vllm:request_success_total", "finished_reason",
                         output.finish_reason.value)
             self._e2e.observe(output.total_seconds)
+            self._queue_time.observe(output.queue_seconds)
+            self._prefill_time.observe(output.first_token_seconds - output.queue_seconds)
+            self._decode_time.observe(output.total_seconds - output.first_token_seconds)
             if output.completion_tokens > 1:
                 self._tpot.observe((output.total_seconds - output.first_token_seconds)
                                    / (output.completion_tokens - 1))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
@@ -201,12 +202,37 @@ def test_llm_metrics_are_exported_under_vllm_names(triton):
                  "vllm:time_to_first_token_seconds_bucket",
                  "vllm:time_per_output_token_seconds_bucket",
                  "vllm:e2e_request_latency_seconds_bucket", "vllm:prompt_tokens_total",
+                 "vllm:request_queue_time_seconds_bucket",
+                 "vllm:request_prefill_time_seconds_bucket",
+                 "vllm:request_decode_time_seconds_bucket",
                  "vllm:generation_tokens_total", "vllm:request_success_total",
                  "llm:request_cancellations_total"):
         assert f"\n{name}{{" in text, name
     requests.post(f"{triton.http_url}/v2/models/llm/generate",
                   json={"text_input": "hi", "max_tokens": 0}, timeout=30)
     wait_for_metric_above(triton, "llm:request_rejections_total", 0)
+
+
+def test_queue_prefill_and_decode_times_split_each_requests_latency(triton):
+    parts = ("vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
+             "vllm:request_decode_time_seconds")
+
+    def sums() -> dict[str, float]:
+        return {name: metric(triton, name + "_sum")
+                for name in (*parts, "vllm:e2e_request_latency_seconds")}
+
+    wait_for_metric(triton, "vllm:num_requests_running", 0)
+    before = metric(triton, "vllm:e2e_request_latency_seconds_count")
+    start = sums()
+    reply = requests.post(f"{triton.http_url}/v2/models/llm/generate",
+                          json={**BODY, "max_tokens": 8}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    wait_for_metric(triton, "vllm:request_decode_time_seconds_count", before + 1)
+    grown = {name: value - start[name] for name, value in sums().items()}
+    assert all(grown[name] >= 0 for name in parts), grown
+    assert grown["vllm:request_decode_time_seconds"] > 0
+    assert sum(grown[name] for name in parts) == pytest.approx(
+        grown["vllm:e2e_request_latency_seconds"], rel=1e-6, abs=1e-6)
 
 
 def test_hundreds_of_mixed_requests_with_random_disconnects_leave_nothing_behind(triton):
