@@ -12,11 +12,13 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv vllm lm-eval serve up down status gateway redis key keys revoke test unit soak demo-model real-model lock clean
+.PHONY: help venv vllm lm-eval serve up down status gateway redis prometheus key keys revoke test unit soak demo-model real-model lock clean
 
 # LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
 ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
 GLOBAL_LIMITS := $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis)
+# LLM_MONITORING=1 runs Prometheus beside the service (monitoring/).
+MONITORING := $(if $(filter 1 true yes on,$(LLM_MONITORING)),prometheus)
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -68,10 +70,10 @@ $(EVAL_STAMP): requirements.lock requirements-eval.lock
 
 lm-eval: $(EVAL_STAMP) ## Install lm-evaluation-harness's environment, .venv-eval (its tests and benchmark; ~2.5 GB)
 
-serve: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
+serve: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) $(MONITORING) ## Run the service in the foreground with the demo model (Ctrl-C stops it)
 	@$(PY) -m tools.serve serve
 
-up: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) ## Start the service in the background and wait until it is ready
+up: venv $(ENGINE_ENV) $(GLOBAL_LIMITS) $(MONITORING) ## Start the service in the background and wait until it is ready
 	@$(PY) -m tools.serve up
 
 down: ## Stop the background service
@@ -90,6 +92,13 @@ redis: ## Install Debian's redis-server if missing (global limits and their test
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; \
 	  else echo "redis-server is missing: run \`sudo apt-get install redis-server\`" >&2; exit 1; fi; }
 
+prometheus: ## Install Debian's prometheus (and promtool) if missing (LLM_MONITORING=1 and its tests)
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "==> installing prometheus (Debian) for LLM_MONITORING=1"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
+	  else echo "prometheus is missing: run \`sudo apt-get install prometheus\`" >&2; exit 1; fi; }
+
 key: venv ## Issue an API key: make key NAME=team-a [TIER=standard]; printed once
 	@$(PY) -m gateway.keys issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
 
@@ -99,7 +108,7 @@ keys: venv ## List API keys (ids, names, tiers; never the keys)
 revoke: venv ## Revoke an API key by id or name: make revoke KEY=key_ab12...
 	@$(PY) -m gateway.keys revoke "$(KEY)"
 
-test: venv vllm lm-eval redis real-model ## Run the whole test suite (unit + integration with real servers, both engines)
+test: venv vllm lm-eval redis prometheus real-model ## Run the whole test suite (unit + integration with real servers, both engines)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tests: one folder per package (tests/<package>), no servers started.

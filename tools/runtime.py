@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from gateway.keys import KeyStore
-from ratelimit import metrics as ratelimit_metrics
 from gateway.render import SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers, render_envoy_config
+from ratelimit import metrics as ratelimit_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +65,11 @@ class Settings:
     global_limits: bool = False
     redis_port: int = 6379  # LLM_REDIS_PORT
     ratelimit_port: int = 8081  # LLM_RATELIMIT_PORT
+    ratelimit_metrics_port: int = 8082  # LLM_RATELIMIT_METRICS_PORT: its /metrics
+    # LLM_MONITORING=1: run Prometheus (Debian's package, `make prometheus`) scraping every
+    # part, with the rules of monitoring/rules/
+    monitoring: bool = False
+    prometheus_port: int = 9090  # LLM_PROMETHEUS_PORT: its UI and API, loopback
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -105,6 +110,11 @@ class Settings:
             global_limits=env.get("LLM_GLOBAL_LIMITS", "0").lower() in {"1", "true", "yes", "on"},
             redis_port=port("LLM_REDIS_PORT", default.redis_port),
             ratelimit_port=port("LLM_RATELIMIT_PORT", default.ratelimit_port),
+            ratelimit_metrics_port=port("LLM_RATELIMIT_METRICS_PORT",
+                                        ratelimit_metrics.default_port(port(
+                                            "LLM_RATELIMIT_PORT", default.ratelimit_port))),
+            monitoring=env.get("LLM_MONITORING", "0").lower() in {"1", "true", "yes", "on"},
+            prometheus_port=port("LLM_PROMETHEUS_PORT", default.prometheus_port),
         )
 
     @property
@@ -290,6 +300,19 @@ def ratelimit_command(port: int, redis_port: int, metrics_port: int = 0) -> list
     return [sys.executable, "-m", "ratelimit", "--host", "127.0.0.1", "--port", str(port),
             "--metrics-port", str(metrics_port or ratelimit_metrics.default_port(port)),
             "--redis", f"redis://127.0.0.1:{redis_port}/0"]
+
+
+def prometheus_command(config: Path, data_dir: Path, port: int) -> list[str]:
+    """Debian's Prometheus on loopback (`make prometheus` installs it). Two days of data: it
+    is for watching this host, not an archive. No lifecycle API: nothing can stop or reload
+    it over HTTP."""
+    server = shutil.which("prometheus")
+    if server is None:
+        raise SystemExit("prometheus is not installed: `make prometheus` (Debian's package), "
+                         "or run without LLM_MONITORING=1")
+    return [server, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
+            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2d",
+            "--log.level=warn"]
 
 
 def envoy_command(config: Path, log_level: str = "warning") -> list[str]:

@@ -19,6 +19,7 @@ an OpenAI frontend, on each port + i * LLM_REPLICA_PORT_STEP) that the gateway b
 LLM_FALLBACK_REPLICAS=M adds a fallback pool (serving LLM_FALLBACK_MODEL_DIR, default the same
 model) that answers only while no primary can. LLM_GLOBAL_LIMITS=1 also runs Redis and the
 rate-limit service, so limits and token quotas hold across gateways (`make gateway`).
+LLM_MONITORING=1 also runs Prometheus, scraping every part with the rules of monitoring/.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from contracts import engine_info
+from monitoring import prometheus
 from textgen.core.cpus import ENGINES_ON_HOST
 from tools import runtime
 
@@ -159,10 +162,10 @@ def banner(settings: runtime.Settings, gateway: runtime.GatewaySettings,
         f"  {'Triton' if pool is runtime.Pool.PRIMARY else 'fallback':13} {r.http_url} / "
         f"{r.grpc_url} / "
         f"metrics :{r.metrics_port}\n" for pool, r in settings.pools())
-    limits = (f"  global limits rate-limit service {gateway.ratelimit}"
-              + (f", Redis :{settings.redis_port}" if runs_own_limits(settings) else "")
-              + "\n"
-              if gateway.global_limits else "")
+    limits = (f"  {enforcement(gateway)}"
+              + (f" (Redis :{settings.redis_port})" if runs_own_limits(settings) else "") + "\n")
+    monitoring = (f"  Prometheus    http://127.0.0.1:{settings.prometheus_port}   (targets, rules, "
+                  f"alerts; loopback)\n" if settings.monitoring else "")
     shown = key or "$LLM_API_KEY"
     # What LLM_ENGINE asked for; with `auto` the model's start-up log line says what it took.
     engine = (os.environ.get("LLM_ENGINE")
@@ -177,7 +180,7 @@ The LLM service is up (model: {settings.model_dir}, engine: {engine}).
   OpenAI API    {url}/v1   (base_url for the `openai` SDKs; the key as api_key)
 {tritons}                (loopback only, no key: for operators)
   access log    {gateway.access_log}
-{limits}
+{limits}{monitoring}
 {key_line}
 Try it:
   curl -s {url}/generate -H 'X-API-Key: {shown}' \\
@@ -225,9 +228,45 @@ def shared_limits(settings: runtime.Settings) -> list[Supervised]:
         return []
     return [Supervised("redis", runtime.redis_command(settings.redis_port, settings.run_dir),
                        dict(os.environ), settings.run_dir / "redis.log"),
-            Supervised("ratelimit", runtime.ratelimit_command(settings.ratelimit_port,
-                                                              settings.redis_port),
+            Supervised("ratelimit", runtime.ratelimit_command(
+                settings.ratelimit_port, settings.redis_port, settings.ratelimit_metrics_port),
                        dict(os.environ), settings.run_dir / "ratelimit.log", cwd=runtime.ROOT)]
+
+
+def targets_dir(settings: runtime.Settings) -> Path:
+    """Where Prometheus finds what to scrape (file_sd), which each gateway also writes."""
+    return settings.run_dir / "monitoring" / "targets"
+
+
+def gateway_target(gateway: runtime.GatewaySettings) -> prometheus.Target:
+    host = "127.0.0.1" if gateway.metrics_host in ("0.0.0.0", "") else gateway.metrics_host
+    return prometheus.Target(prometheus.Job.GATEWAY, f"{host}:{gateway.metrics_port}")
+
+
+def monitoring(settings: runtime.Settings, gateway: runtime.GatewaySettings
+               ) -> list[Supervised]:
+    """Prometheus, with LLM_MONITORING=1: it scrapes every replica's Triton and OpenAI
+    frontend (labelled with their pool and replica), the gateway and, when this runner runs
+    it, the rate-limit service; `make gateway` adds its own gateway while it runs."""
+    if not settings.monitoring:
+        return []
+    directory = targets_dir(settings)
+    for stale in directory.glob("*.json"):  # left by a run that was killed
+        stale.unlink()
+    prometheus.write_targets(directory, "replicas", prometheus.replica_targets(
+        (pool.value, replica.host, replica.metrics_port, replica.openai_port)
+        for pool, replica in settings.pools()))
+    prometheus.write_targets(directory, f"gateway-{gateway.port}", [gateway_target(gateway)])
+    if runs_own_limits(settings):
+        prometheus.write_targets(directory, "ratelimit", [prometheus.Target(
+            prometheus.Job.RATELIMIT,
+            f"127.0.0.1:{settings.ratelimit_metrics_port}")])
+    config = directory.parent / "prometheus.yml"
+    config.write_text(prometheus.local_config(directory,
+                                              f"127.0.0.1:{settings.prometheus_port}"))
+    return [Supervised("prometheus", runtime.prometheus_command(
+        config, directory.parent / "data", settings.prometheus_port), dict(os.environ),
+        directory.parent / "prometheus.log")]
 
 
 def build(settings: runtime.Settings
@@ -266,12 +305,14 @@ def serve(settings: runtime.Settings) -> int:
     """Foreground: start, wait, print how to call it, supervise until SIGINT/SIGTERM."""
     stop = on_stop_signal()
     replicas, envoy, gateway = build(settings)
-    limits = shared_limits(settings)
+    # Started first, stopped last: the shared limits (Redis, the rate-limit service) and
+    # Prometheus.
+    companions = shared_limits(settings) + monitoring(settings, gateway)
     key = dev_key(gateway)
     what = (f"{settings.replicas} replicas" if settings.replicas > 1 else "Triton") + (
         f" + {settings.fallback_replicas} fallback" if settings.fallback_replicas else "")
     print(f"==> starting {what} and the gateway (logs under {settings.run_dir})", flush=True)
-    for process in limits:
+    for process in companions:
         process.start()
     for replica in replicas:
         replica.triton.start()
@@ -283,7 +324,7 @@ def serve(settings: runtime.Settings) -> int:
         for replica in replicas:
             replica.supervise(stop.is_set())
         if not stop.is_set():
-            for process in [envoy, *limits]:
+            for process in [envoy, *companions]:
                 process.check()
         if (not announced and all(r.triton.was_ready for r in replicas)
                 and service_ready(gateway)):
@@ -292,7 +333,7 @@ def serve(settings: runtime.Settings) -> int:
             print("Press Ctrl-C to stop.", flush=True)
             announced = True
     drain(gateway, envoy, replicas)
-    for process in limits:
+    for process in companions:
         process.stop(grace=5)
     return 0
 
@@ -314,11 +355,39 @@ def gateway_only(settings: runtime.Settings) -> int:
     envoy.start()
     print(f"==> gateway on http://{gateway.host}:{gateway.port} in front of "
           f"{', '.join(map(str, gateway.replicas))} (log: {gateway.access_log})", flush=True)
-    while not stop.is_set():
-        time.sleep(0.5)
-        envoy.check()
-    drain(gateway, envoy, [])
+    print(f"    {enforcement(gateway)}", flush=True)
+    if not gateway.global_limits and listening(settings.ratelimit_port):
+        print(f"WARNING: a rate-limit service answers on 127.0.0.1:{settings.ratelimit_port}, "
+              f"but this gateway does not use it: its keys get its local limits only, on top "
+              f"of what the other gateways allow. Start it with LLM_GLOBAL_LIMITS=1 to share "
+              f"their limits and token quotas.", file=sys.stderr, flush=True)
+    watched = targets_dir(settings)
+    name = f"gateway-{gateway.port}"
+    if watched.is_dir():  # a runner with LLM_MONITORING=1: let its Prometheus scrape us too
+        prometheus.write_targets(watched, name, [gateway_target(gateway)])
+    try:
+        while not stop.is_set():
+            time.sleep(0.5)
+            envoy.check()
+        drain(gateway, envoy, [])
+    finally:
+        prometheus.remove_targets(watched, name)
     return 0
+
+
+def enforcement(gateway: runtime.GatewaySettings) -> str:
+    """What a gateway enforces, for its start-up line (its /metrics says it too)."""
+    if gateway.global_limits:
+        return (f"limits: per-key local buckets + the shared limits and token quotas of the "
+                f"rate-limit service {gateway.ratelimit} (fails {gateway.ratelimit_failure_mode})")
+    return "limits: per-key local buckets only (no rate-limit service: LLM_GLOBAL_LIMITS=1 adds it)"
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on a loopback port."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def drain(gateway: runtime.GatewaySettings, envoy: Supervised,
