@@ -17,8 +17,9 @@ include tests/robustness/fuzz.mk
 # LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
 ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
 GLOBAL_LIMITS := $(if $(filter 1 true yes on,$(LLM_GLOBAL_LIMITS)),redis)
-# LLM_MONITORING=1 runs Prometheus beside the service (monitoring/).
-MONITORING := $(if $(filter 1 true yes on,$(LLM_MONITORING)),prometheus)
+# LLM_MONITORING=1 runs Prometheus beside the service (monitoring/), and the rate-limit
+# service over Redis, which counts each key's usage.
+MONITORING := $(if $(filter 1 true yes on,$(LLM_MONITORING)),prometheus redis)
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -113,7 +114,7 @@ test: venv vllm lm-eval redis prometheus real-model ## Run the whole test suite 
 
 # The unit tests: one folder per package (tests/<package>), no servers started.
 UNIT_TESTS := tests/test_layout.py tests/contracts tests/textgen tests/triton_llm tests/gateway \
-	tests/openai_frontend tests/deploy tests/docs
+	tests/openai_frontend tests/ratelimit tests/monitoring tests/deploy tests/docs
 
 unit: venv ## Run only the unit tests of the packages, no servers (about two minutes)
 	@$(PY) -m pytest $(UNIT_TESTS) $(PYTEST_ARGS)

@@ -59,6 +59,7 @@ RUN if ! id -u triton-server >/dev/null 2>&1; then \
 COPY model_repository /opt/llm/model_repository
 COPY gateway /opt/llm/gateway
 COPY tools /opt/llm/tools
+COPY monitoring /opt/llm/monitoring
 # The bundled demo model; mount your own save_pretrained directory over /models/llm.
 COPY demo_model /models/llm
 

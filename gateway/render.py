@@ -34,7 +34,8 @@ from contracts.errors import (GRPC_STATUS, LOCAL_REPLIES, OPENAI, OPENAI_PATH_PR
                               error_text)
 from contracts.headers import IDENTITY, KEY_NAME_METADATA, Header
 from contracts.tensors import MAX_CHOICES
-from ratelimit.contract import DESCRIPTORS, DOMAIN, HEADER_OF, LIMITED_BY, USAGE_METADATA, Entry
+from ratelimit.contract import (DESCRIPTORS, DOMAIN, HEADER_OF, LIMITED_BY, USAGE_LOG_NAME,
+                                USAGE_METADATA, Entry)
 from textgen.core.config import ENV_OVERRIDES, Limits, model_context
 
 GATEWAY_DIR = Path(__file__).resolve().parent
@@ -431,6 +432,9 @@ def render_envoy_config(settings: GatewaySettings, tiers: Mapping[str, Any]) -> 
         "COMMON_LB_CONFIG": json.dumps({"healthy_panic_threshold": {"value": 0}}),
         "TOKEN_BUDGET_LUA": json.dumps(render_token_budget(settings)),
         "RATELIMIT_DOMAIN": DOMAIN,
+        "USAGE_LOG_PERCENT": 100 if settings.ratelimit else 0,
+        "USAGE_LOG_NAME": USAGE_LOG_NAME,
+        "KEY_ID_HEADER": Header.KEY_ID.value,
         "RATELIMIT_ENABLED": 100 if settings.global_limits else 0,
         "RATELIMIT_FAILURE_MODE_DENY": str(settings.ratelimit_failure_mode == "closed").lower(),
         "GLOBAL_RATE_LIMITS": json.dumps(_global_rate_limits()),

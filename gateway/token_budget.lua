@@ -9,8 +9,10 @@
 -- reserve the model's per-request maximum (prompt + new tokens). A client's own copy of the
 -- header is dropped.
 -- Answers: the last token counts seen in the body (Triton's num_input_tokens /
--- num_output_tokens, OpenAI's usage) go to dynamic metadata `llm.usage.tokens` as the body
--- streams past (nothing is buffered); an error answer without counts used none. An answer
+-- num_output_tokens, OpenAI's usage) go to dynamic metadata `llm.usage.tokens` (their sum,
+-- which the quota settles to) and `prompt_tokens` / `completion_tokens` (the access logs and
+-- the per-key usage) as the body streams past (nothing is buffered); an error answer without
+-- counts used none. An answer
 -- that reports no counts (gRPC, an OpenAI stream without include_usage) keeps its
 -- reservation. Runs after auth.lua (which sets x-llm-key-id) and the body size limit.
 -- DEFAULT_MAX_TOKENS, MAX_NEW_TOKENS and MAX_PROMPT_TOKENS are generated from the model's
@@ -96,8 +98,10 @@ function envoy_on_response(handle)
     output = last_count(text, OUTPUT) or output
     if input ~= nil or output ~= nil then
       -- (objects taken before a yield are stale after it: ask again)
-      handle:streamInfo():dynamicMetadata():set("llm.usage", "tokens",
-                                                 tostring((input or 0) + (output or 0)))
+      local counts = handle:streamInfo():dynamicMetadata()
+      counts:set("llm.usage", "tokens", tostring((input or 0) + (output or 0)))
+      counts:set("llm.usage", "prompt_tokens", tostring(input or 0))
+      counts:set("llm.usage", "completion_tokens", tostring(output or 0))
     end
     tail = text:sub(-96)
   end

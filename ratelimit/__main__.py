@@ -1,7 +1,9 @@
 """Run the rate-limit service: `python -m ratelimit [--port 8081] [--redis URL]`.
 
-Envoy's global rate-limit filter calls it over gRPC (envoy.service.ratelimit.v3); it also
-answers the standard gRPC health check. Limits come from gateway/tiers.yaml.
+Envoy's global rate-limit filter calls it over gRPC (envoy.service.ratelimit.v3); the
+gateways also stream it their access logs (envoy.service.accesslog.v3), which it counts per
+key for Prometheus. It answers the standard gRPC health check. Limits come from
+gateway/tiers.yaml.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import os
 from pathlib import Path
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .limits import TIERS_FILE, TierLimits
-from .metrics import ServiceMetrics, default_port
+from .contract import metrics_port
+from .metrics import ServiceMetrics
 from .service import RateLimitService
 from .store import Store
+from .usage import DEFAULT_MAX_KEYS, KeyUsage
 
 
-async def serve(host: str, port: int, redis_url: str, tiers: Path, metrics_port: int) -> None:
+async def serve(host: str, port: int, redis_url: str, tiers: Path, metrics_port: int,
+                max_keys: int) -> None:
     store = Store(redis_url)
     metrics = ServiceMetrics()
     metrics.serve(host, metrics_port)
@@ -30,6 +36,8 @@ async def serve(host: str, port: int, redis_url: str, tiers: Path, metrics_port:
     server = grpc.aio.server()
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitService(TierLimits.load(tiers), store, metrics), server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(KeyUsage(metrics.registry, max_keys),
+                                                        server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     server.add_insecure_port(f"{host}:{port}")
@@ -56,6 +64,10 @@ def main() -> None:
                         default=int(env.get("LLM_RATELIMIT_METRICS_PORT", "0")) or None,
                         help="HTTP port of /metrics for Prometheus (env "
                              "LLM_RATELIMIT_METRICS_PORT; default: the gRPC port + 1)")
+    parser.add_argument("--max-keys", type=int,
+                        default=int(env.get("LLM_USAGE_MAX_KEYS", str(DEFAULT_MAX_KEYS))),
+                        help="key ids with their own per-key usage series; later ones share "
+                             "key_id=\"_other\" (env LLM_USAGE_MAX_KEYS)")
     parser.add_argument("--redis", default=env.get("LLM_RATELIMIT_REDIS_URL",
                                                    "redis://127.0.0.1:6379/0"),
                         help="Redis URL (env LLM_RATELIMIT_REDIS_URL)")
@@ -65,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(serve(args.host, args.port, args.redis, args.tiers,
-                      args.metrics_port or default_port(args.port)))
+                      args.metrics_port or metrics_port(args.port), args.max_keys))
 
 
 if __name__ == "__main__":

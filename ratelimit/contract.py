@@ -45,6 +45,24 @@ HEADER_OF: dict[Entry, str] = {
 USAGE_METADATA = ("llm.usage", "tokens")
 
 
+class Usage(str, Enum):
+    """The counts token_budget.lua leaves beside it, under the same namespace, which the
+    access logs carry and the per-key usage (ratelimit/usage.py) reads."""
+
+    PROMPT = "prompt_tokens"
+    COMPLETION = "completion_tokens"
+
+
+# The name the gateway's access-log stream to this service carries (its `log_name`).
+USAGE_LOG_NAME = "llm_gateway_usage"
+
+
+def metrics_port(grpc_port: int) -> int:
+    """Where the service's /metrics listens unless told (`--metrics-port`): beside its gRPC
+    port. The runner reads it too, to point Prometheus there."""
+    return grpc_port + 1
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """One descriptor: its kind, the entries after it, and whether Envoy sends it when the

@@ -22,11 +22,6 @@ REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 T = TypeVar("T")
 
 
-def default_port(grpc_port: int) -> int:
-    """Where /metrics listens unless told: beside the gRPC port."""
-    return grpc_port + 1
-
-
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

@@ -23,7 +23,7 @@ from typing import Optional
 
 from gateway.keys import KeyStore
 from gateway.render import SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers, render_envoy_config
-from ratelimit import metrics as ratelimit_metrics
+from ratelimit.contract import metrics_port as ratelimit_metrics_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ class Settings:
             redis_port=port("LLM_REDIS_PORT", default.redis_port),
             ratelimit_port=port("LLM_RATELIMIT_PORT", default.ratelimit_port),
             ratelimit_metrics_port=port("LLM_RATELIMIT_METRICS_PORT",
-                                        ratelimit_metrics.default_port(port(
+                                        ratelimit_metrics_port(port(
                                             "LLM_RATELIMIT_PORT", default.ratelimit_port))),
             monitoring=env.get("LLM_MONITORING", "0").lower() in {"1", "true", "yes", "on"},
             prometheus_port=port("LLM_PROMETHEUS_PORT", default.prometheus_port),
@@ -250,8 +250,10 @@ def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> G
     values = {"LLM_TRITON_HOST": settings.host, "LLM_HTTP_PORT": str(settings.http_port),
               "LLM_GRPC_PORT": str(settings.grpc_port),
               "LLM_OPENAI_PORT": str(settings.openai_port)}
-    if settings.global_limits:
+    if settings.global_limits or settings.monitoring:
         values["GATEWAY_RATELIMIT"] = f"127.0.0.1:{settings.ratelimit_port}"
+        if not settings.global_limits:  # monitoring only: per-key usage counted, not enforced
+            values["GATEWAY_GLOBAL_LIMITS"] = "0"
     if len(pools) > 1:  # one replica: the LLM_* ports above (the environment may move them)
         for pool, variable in ((Pool.PRIMARY, "GATEWAY_REPLICAS"),
                                (Pool.FALLBACK, "GATEWAY_FALLBACK_REPLICAS")):
@@ -298,7 +300,7 @@ def ratelimit_command(port: int, redis_port: int, metrics_port: int = 0) -> list
     """The rate-limit service (ratelimit/) on loopback, over that Redis; its /metrics on
     `metrics_port` (default: beside its gRPC port)."""
     return [sys.executable, "-m", "ratelimit", "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", str(metrics_port or ratelimit_metrics.default_port(port)),
+            "--metrics-port", str(metrics_port or ratelimit_metrics_port(port)),
             "--redis", f"redis://127.0.0.1:{redis_port}/0"]
 
 

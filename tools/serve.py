@@ -217,9 +217,11 @@ class SupervisedReplica:
 
 
 def runs_own_limits(settings: runtime.Settings) -> bool:
-    """Whether this runner starts Redis and the rate-limit service: global limits are on and
+    """Whether this runner starts Redis and the rate-limit service: global limits are on, or
+    monitoring is (the service counts each key's usage from the gateways' access logs), and
     no external service is named (GATEWAY_RATELIMIT)."""
-    return settings.global_limits and not os.environ.get("GATEWAY_RATELIMIT")
+    return ((settings.global_limits or settings.monitoring)
+            and not os.environ.get("GATEWAY_RATELIMIT"))
 
 
 def shared_limits(settings: runtime.Settings) -> list[Supervised]:

@@ -132,6 +132,43 @@ def test_the_service_counts_its_decisions_by_limit_and_times_redis(shared: Share
     assert sample(after, "llm_ratelimit_redis_up") == 1
 
 
+def test_each_keys_usage_is_counted_across_gateways_enforcing_or_not(
+        shared: SharedLimits, triton: runtime.Settings) -> None:
+    """The gateways stream their access logs to the service, which counts answers and tokens
+    per key id: through both enforcing gateways, and through one that only reports."""
+    reporting, settings = gateway_process(
+        triton, name="envoy-reporting", GATEWAY_RATELIMIT=f"127.0.0.1:{shared.service_port}",
+        GATEWAY_GLOBAL_LIMITS="0")
+    reporting.start()
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        reporting.wait_until(lambda: http_ok(url + "/readyz"), timeout=30)
+        key = issue(shared, "usage", "premium")
+        key_id = next(k["id"] for k in shared.keys.load() if k["name"] == "usage")
+        answers = [requests.post(base + "/generate", json=GENERATE, headers={"X-API-Key": key},
+                                 timeout=60).json() for base in (*shared.urls, url)]
+        refused = requests.post(url + "/generate", json={"text_input": "x", "max_tokens": 0},
+                                headers={"X-API-Key": key}, timeout=60)
+        assert refused.status_code == 400
+        # Gateways flush their logs every second: wait for them before stopping one.
+        deadline = time.monotonic() + 10
+        while sample(usage := scrape(shared.metrics_url), "llm_gateway_key_requests_total",
+                     key_id=key_id, outcome="refused") < 1 or sample(
+                usage, "llm_gateway_key_tokens_total", key_id=key_id,
+                kind="completion") < 3 * GENERATE["max_tokens"]:
+            assert time.monotonic() < deadline, "the per-key usage did not arrive"
+            time.sleep(0.2)
+    finally:
+        reporting.stop(grace=5)
+    # issue() made a config call through each enforcing gateway: ok answers, no tokens.
+    assert sample(usage, "llm_gateway_key_requests_total", key_id=key_id, outcome="ok") == 5
+    assert sample(usage, "llm_gateway_key_requests_total", key_id=key_id, outcome="refused") == 1
+    assert sample(usage, "llm_gateway_key_tokens_total", key_id=key_id, kind="prompt") == sum(
+        a["num_input_tokens"] for a in answers)
+    assert sample(usage, "llm_gateway_key_tokens_total", key_id=key_id,
+                  kind="completion") == sum(a["num_output_tokens"] for a in answers)
+
+
 def test_token_quota_is_reserved_on_arrival_and_charged_what_was_used(
         shared: SharedLimits) -> None:
     key = issue(shared, "tokens-settle", "test-tokens")
