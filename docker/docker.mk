@@ -9,13 +9,15 @@ DOCKER_TEST_ARGS ?=
 
 .PHONY: docker-config k8s-config docker-test docker-clean
 
-docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env)
+docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env), compose's prometheus.yml
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
 		$(PY) -m gateway.render --out gateway/envoy.container.yaml
+	@$(PY) -m monitoring.prometheus compose --out monitoring/prometheus.compose.yml
 
-k8s-config: venv ## Render deploy/k8s/base/envoy.yaml (template + deploy/k8s/gateway.env)
+k8s-config: venv ## Render deploy/k8s/base/envoy.yaml (template + deploy/k8s/gateway.env), the PrometheusRule
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' deploy/k8s/gateway.env) \
 		$(PY) -m gateway.render --out deploy/k8s/base/envoy.yaml
+	@$(PY) -m monitoring.prometheus k8s-rule --out deploy/k8s/monitoring/prometheusrule.yaml
 
 docker-test: venv ## Build + run the containers on stand-in bases (root; first run ~4 min)
 	@$(PY) -m tools.docker_test --cache "$(LLM_DOCKER_CACHE)" $(DOCKER_TEST_ARGS)

@@ -19,7 +19,7 @@ RUN mkdir -p /var/lib/llm/keys/envoy \
     && chown -R 1000:1000 /var/lib/llm \
     && chmod 0700 /var/lib/llm/keys
 
-EXPOSE 8080
+EXPOSE 8080 9902
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/llm-gateway", "health"]
 # Starts as root to hand stdout to uid 1000, then drops to it (see the entrypoint).

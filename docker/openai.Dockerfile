@@ -31,7 +31,7 @@ ENV LLM_OPENAI_HOST=0.0.0.0 \
 USER 1000:1000
 WORKDIR /opt/llm
 # For the gateway on the internal network only: compose.yaml publishes nothing here.
-EXPOSE 8003
+EXPOSE 8003 8004
 # Healthy once it answers and Triton's streaming model is ready.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8003/health', timeout=4)"]

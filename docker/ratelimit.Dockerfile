@@ -26,7 +26,7 @@ ENV LLM_RATELIMIT_BIND=0.0.0.0 \
 USER 1000:1000
 WORKDIR /opt/llm
 # For the gateways on the internal network only.
-EXPOSE 8081
+EXPOSE 8081 8082
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python3", "-m", "ratelimit.health"]
 ENTRYPOINT ["python3", "-m", "ratelimit"]

@@ -14,7 +14,9 @@ Prometheus sees every gateway without a restart. Compose names its services inst
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -24,7 +26,8 @@ import yaml
 
 MONITORING_DIR = Path(__file__).resolve().parent
 RULES = MONITORING_DIR / "rules" / "llm.rules.yaml"
-SCRAPE_INTERVAL = "5s"
+# Locally every 5 s (a test sees a change within seconds); in containers, 15 s.
+LOCAL_INTERVAL, COMPOSE_INTERVAL = "5s", "15s"
 
 
 class Job(str, Enum):
@@ -47,12 +50,12 @@ class Target:
 
 def replica_targets(replicas: Iterable[tuple[str, str, int, int]]) -> list[Target]:
     """Triton and the OpenAI frontend of each replica, from (pool, host, Triton's metrics
-    port, the frontend's port), in replica order: the index is the `replica` label."""
+    port, the frontend's metrics port), in replica order: the index is the `replica` label."""
     targets = []
-    for index, (pool, host, metrics_port, openai_port) in enumerate(replicas):
+    for index, (pool, host, metrics_port, openai_metrics_port) in enumerate(replicas):
         labels = {"pool": pool, "replica": str(index)}
         targets += [Target(Job.TRITON, f"{host}:{metrics_port}", labels),
-                    Target(Job.OPENAI, f"127.0.0.1:{openai_port}", labels)]
+                    Target(Job.OPENAI, f"127.0.0.1:{openai_metrics_port}", labels)]
     return targets
 
 
@@ -77,9 +80,9 @@ def remove_targets(directory: Path, name: str) -> None:
         (directory / f"{job.value}-{name}.json").unlink(missing_ok=True)
 
 
-def _config(scrape_configs: list[dict[str, Any]], rules: str) -> str:
+def _config(scrape_configs: list[dict[str, Any]], rules: str, interval: str) -> str:
     config = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [rules],
         "scrape_configs": scrape_configs,
     }
@@ -93,15 +96,78 @@ def local_config(targets_dir: Path, self_address: str) -> str:
         {"files": [str(targets_dir / f"{job.value}-*.json")], "refresh_interval": "5s"}]}
         for job in Job]
     jobs.append({"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]})
-    return _config(jobs, str(RULES))
+    return _config(jobs, str(RULES), LOCAL_INTERVAL)
 
 
-def compose_config(targets: Iterable[Target]) -> str:
-    """prometheus.yml for compose's `monitoring` profile: the services by name, the rules
-    mounted beside it."""
-    jobs: dict[Job, list[dict[str, Any]]] = {}
-    for target in targets:
-        jobs.setdefault(target.job, []).append(
-            {"targets": [target.address], "labels": dict(target.labels)})
-    return _config([{"job_name": job.value, "static_configs": groups}
-                    for job, groups in jobs.items()], "/etc/prometheus/llm.rules.yaml")
+@dataclass(frozen=True)
+class Service:
+    """A compose service Prometheus scrapes: every container of it, found by its DNS name
+    (compose's DNS answers a scaled service with each replica's address)."""
+
+    job: Job
+    name: str
+    port: int
+    pool: str = ""  # for the model replicas: primary or fallback
+
+
+# Where compose's `prometheus` service mounts the rules (compose.yaml).
+COMPOSE_RULES = "/etc/prometheus/llm.rules.yaml"
+# compose.yaml's services and their metrics ports (the images' defaults).
+COMPOSE_SERVICES = (
+    Service(Job.TRITON, "triton", 8002, "primary"),
+    Service(Job.TRITON, "triton-fallback", 8002, "fallback"),
+    Service(Job.OPENAI, "openai", 8004, "primary"),
+    Service(Job.OPENAI, "openai-fallback", 8004, "fallback"),
+    Service(Job.GATEWAY, "gateway", 9902),
+    Service(Job.RATELIMIT, "ratelimit", 8082),
+)
+
+
+def compose_config(services: Iterable[Service] = COMPOSE_SERVICES) -> str:
+    """prometheus.yml for compose's `monitoring` profile: each job finds its services'
+    containers through DNS (a profile that is off resolves to nothing), labels the model
+    replicas with their pool and each container's address as its `replica`, and loads the
+    rules mounted beside it."""
+    jobs: dict[Job, list[Service]] = {}
+    for service in services:
+        jobs.setdefault(service.job, []).append(service)
+    configs = []
+    for job, own in jobs.items():
+        relabel = [{"source_labels": ["__meta_dns_name"], "regex": s.name,
+                    "target_label": "pool", "replacement": s.pool} for s in own if s.pool]
+        if any(s.pool for s in own):
+            relabel.append({"source_labels": ["__address__"], "target_label": "replica"})
+        configs.append({"job_name": job.value, "dns_sd_configs": [
+            {"names": [s.name], "type": "A", "port": s.port, "refresh_interval": "15s"}
+            for s in own], **({"relabel_configs": relabel} if relabel else {})})
+    return _config(configs, COMPOSE_RULES, COMPOSE_INTERVAL)
+
+
+def prometheus_rule() -> str:
+    """The rules as a Prometheus Operator PrometheusRule (deploy/k8s/monitoring)."""
+    rules = yaml.safe_load(RULES.read_text())
+    resource = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                "metadata": {"name": "llm", "namespace": "llm",
+                             "labels": {"app.kubernetes.io/name": "llm"}},
+                "spec": {"groups": rules["groups"]}}
+    return ("# GENERATED by monitoring/prometheus.py from monitoring/rules/llm.rules.yaml "
+            "(`make k8s-config`); do not edit.\n" + yaml.safe_dump(resource, sort_keys=False))
+
+
+# What `python -m monitoring.prometheus` writes: compose's prometheus.yml, the PrometheusRule.
+OUTPUTS = {"compose": compose_config, "k8s-rule": prometheus_rule}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.prometheus",
+                                     description="Write a generated monitoring file.")
+    parser.add_argument("what", choices=sorted(OUTPUTS))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.write_text(OUTPUTS[args.what]())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

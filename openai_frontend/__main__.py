@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="address to bind (env LLM_OPENAI_HOST); never a public one")
     parser.add_argument("--port", type=int, default=int(env.get("LLM_OPENAI_PORT", "8003")),
                         help="port (env LLM_OPENAI_PORT)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=int(env.get("LLM_OPENAI_METRICS_PORT", "8004")),
+                        help="port of /metrics for Prometheus, on the same address (env "
+                             "LLM_OPENAI_METRICS_PORT); its own, so that admitting Prometheus "
+                             "does not admit it to the API")
     parser.add_argument("--triton", default=env.get("LLM_TRITON_GRPC", "127.0.0.1:8001"),
                         help="Triton's gRPC address (env LLM_TRITON_GRPC)")
     parser.add_argument("--triton-metrics", default=env.get("LLM_TRITON_METRICS"),
@@ -47,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model = ServedModel.load(args.model_dir.resolve(), args.served_model_name)
     metrics = args.triton_metrics or f"http://{args.triton.rsplit(':', 1)[0]}:8002/metrics"
-    app = create_app(OpenAIFrontend(model, args.triton, metrics))
+    frontend = OpenAIFrontend(model, args.triton, metrics)
+    app = create_app(frontend)
+    frontend.metrics.serve(args.host, args.metrics_port)
     print(f"openai_frontend: serving `{model.id}` on http://{args.host}:{args.port}/v1 "
-          f"(Triton gRPC {args.triton})", flush=True)
+          f"(Triton gRPC {args.triton}; metrics :{args.metrics_port})", flush=True)
     # uvicorn finishes requests in flight on SIGTERM, then raises the signal again with the
     # handler it found: an ignoring one lets a graceful stop end with exit code 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -139,12 +139,6 @@ class OpenAIFrontend:
         return JSONResponse({"status": "ready" if ready else "waiting for the model"},
                             status_code=200 if ready else 503)
 
-    async def prometheus(self, _http: HTTPRequest) -> Response:
-        """This frontend's figures (metrics.py), for Prometheus; loopback only, as the whole
-        frontend is: the gateway routes no /metrics here."""
-        body, content_type = self.metrics.exposition()
-        return Response(body, media_type=content_type)
-
     async def list_models(self, _http: HTTPRequest) -> Response:
         return JSONResponse({"object": "list",
                              "data": [self.model.card(await self._engine_facts())]})
@@ -336,7 +330,6 @@ def create_app(frontend: OpenAIFrontend) -> Starlette:
 
     routes = [
         Route("/health", frontend.health, methods=["GET"]),
-        Route("/metrics", frontend.prometheus, methods=["GET"]),
         api("/v1/models", frontend.list_models, "GET"),
         api("/v1/models/{model:path}", frontend.get_model, "GET"),
         api("/v1/completions", frontend.completions, "POST"),

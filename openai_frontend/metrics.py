@@ -1,4 +1,4 @@
-"""The frontend's own figures, on its /metrics for Prometheus (monitoring/).
+"""The frontend's own figures, for Prometheus (monitoring/), on a port of their own.
 
 Triton's metrics say what the engine did; these say what the OpenAI layer added on top and
 what its clients saw: answers by route and status, error kinds, the time until the answer
@@ -9,8 +9,7 @@ counted once per sequence, from its final event.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 # Seconds until an answer starts: first tokens on a busy CPU take seconds, not milliseconds.
 FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -34,10 +33,7 @@ class FrontendMetrics:
         self.streamed_tokens = Counter("llm_openai_streamed_tokens",
                                        "Completion tokens sent in streamed answers.",
                                        ["route"], registry=self.registry)
-        self.in_flight = Gauge("llm_openai_requests_in_flight",
-                               "Requests being answered now (streams included).",
-                               registry=self.registry)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text format Prometheus scrapes, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def serve(self, host: str, port: int) -> None:
+        """/metrics on a port of its own, from a thread beside the server's event loop."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -67,7 +67,8 @@ def triton_settings(run_dir: Path, **env: str) -> runtime.Settings:
     """Settings on free loopback ports, writing everything under `run_dir`."""
     values = {"LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
               "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
-              "LLM_OPENAI_PORT": str(free_port()), "LLM_LOG_LEVEL": "info", **env}
+              "LLM_OPENAI_PORT": str(free_port()), "LLM_OPENAI_METRICS_PORT": str(free_port()),
+              "LLM_LOG_LEVEL": "info", **env}
     return runtime.Settings.from_env(values)
 
 
@@ -122,7 +123,7 @@ def runner_stack(run_dir: Path, **env: str) -> RunnerStack:
     """Start tools/serve.py with its own ports, run dir and a premium-tier key."""
     values = {**os.environ, "LLM_RUN_DIR": str(run_dir), "LLM_HTTP_PORT": str(free_port()),
               "LLM_GRPC_PORT": str(free_port()), "LLM_METRICS_PORT": str(free_port()),
-              "LLM_OPENAI_PORT": str(free_port()),
+              "LLM_OPENAI_PORT": str(free_port()), "LLM_OPENAI_METRICS_PORT": str(free_port()),
               "GATEWAY_PORT": str(free_port()), "GATEWAY_ADMIN_PORT": str(free_port()),
               "GATEWAY_METRICS_PORT": str(free_port()), "LLM_KEYS_DIR": str(run_dir / "keys"),
               **env}

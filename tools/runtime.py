@@ -47,6 +47,9 @@ class Settings:
     grpc_port: int = 8001  # LLM_GRPC_PORT
     metrics_port: int = 8002  # LLM_METRICS_PORT
     openai_port: int = 8003  # LLM_OPENAI_PORT: the OpenAI-compatible frontend, loopback
+    # LLM_OPENAI_METRICS_PORT: the frontend's /metrics, on a port of its own so a network
+    # policy can admit Prometheus there without admitting it to the API
+    openai_metrics_port: int = 8004
     model_dir: Path = DEMO_MODEL  # LLM_MODEL_DIR: any save_pretrained causal-LM directory
     log_level: str = "info"  # LLM_LOG_LEVEL: error | warning | info | verbose
     run_dir: Path = RUN_DIR  # LLM_RUN_DIR: pid files, logs, backend layout
@@ -97,6 +100,7 @@ class Settings:
             grpc_port=port("LLM_GRPC_PORT", default.grpc_port),
             metrics_port=port("LLM_METRICS_PORT", default.metrics_port),
             openai_port=port("LLM_OPENAI_PORT", default.openai_port),
+            openai_metrics_port=port("LLM_OPENAI_METRICS_PORT", default.openai_metrics_port),
             model_dir=Path(env.get("LLM_MODEL_DIR", str(default.model_dir))).resolve(),
             log_level=level,
             run_dir=Path(env.get("LLM_RUN_DIR", str(default.run_dir))).resolve(),
@@ -140,6 +144,7 @@ class Settings:
             result.append((Pool.FALLBACK if fallback else Pool.PRIMARY, replace(
                 self, http_port=self.http_port + shift, grpc_port=self.grpc_port + shift,
                 metrics_port=self.metrics_port + shift, openai_port=self.openai_port + shift,
+                openai_metrics_port=self.openai_metrics_port + shift,
                 model_dir=(self.fallback_model_dir or self.model_dir) if fallback
                 else self.model_dir,
                 run_dir=self.run_dir / f"replica-{index}" if index else self.run_dir,
@@ -281,6 +286,7 @@ def openai_command(settings: Settings) -> list[str]:
     """The OpenAI-compatible frontend (openai_frontend/), on loopback, calling Triton's gRPC."""
     return [sys.executable, "-m", "openai_frontend", "--host", "127.0.0.1",
             "--port", str(settings.openai_port), "--triton", settings.grpc_url,
+            "--metrics-port", str(settings.openai_metrics_port),
             "--triton-metrics", settings.metrics_url,
             "--model-dir", str(settings.model_dir)]
 

@@ -256,7 +256,7 @@ def monitoring(settings: runtime.Settings, gateway: runtime.GatewaySettings
     for stale in directory.glob("*.json"):  # left by a run that was killed
         stale.unlink()
     prometheus.write_targets(directory, "replicas", prometheus.replica_targets(
-        (pool.value, replica.host, replica.metrics_port, replica.openai_port)
+        (pool.value, replica.host, replica.metrics_port, replica.openai_metrics_port)
         for pool, replica in settings.pools()))
     prometheus.write_targets(directory, f"gateway-{gateway.port}", [gateway_target(gateway)])
     if runs_own_limits(settings):

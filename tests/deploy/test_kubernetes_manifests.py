@@ -285,7 +285,7 @@ def test_the_gateway_is_the_only_way_in():
                 assert [p["port"] for p in rule["ports"]] == [8080]
 
 
-def test_only_the_gateway_reaches_triton_and_the_ratelimit_service_and_only_it_reaches_redis():
+def test_only_the_gateway_reaches_triton_and_the_ratelimit_service_prometheus_their_metrics():
     def sources(name: str) -> dict[int, set[str]]:
         policy = find(BASE_RESOURCES, "NetworkPolicy", name)
         allowed: dict[int, set[str]] = {}
@@ -300,8 +300,9 @@ def test_only_the_gateway_reaches_triton_and_the_ratelimit_service_and_only_it_r
         return allowed
 
     assert sources("llm-triton") == {8000: {"gateway"}, 8001: {"gateway"}, 8003: {"gateway"},
-                                     8002: {"namespace monitoring"}}
-    assert sources("llm-ratelimit") == {8081: {"gateway"}}
+                                     8002: {"namespace monitoring"},
+                                     8004: {"namespace monitoring"}}
+    assert sources("llm-ratelimit") == {8081: {"gateway"}, 8082: {"namespace monitoring"}}
     assert sources("llm-redis") == {6379: {"ratelimit"}}
 
 
@@ -530,3 +531,33 @@ def test_service_links_are_off_so_service_names_cannot_shadow_llm_settings():
     # A service `llm-ratelimit` would otherwise put LLM_RATELIMIT_PORT=tcp://... into pods.
     for name, spec in pod_specs(BASE_RESOURCES):
         assert spec["enableServiceLinks"] is False, name
+
+
+def test_podmonitors_scrape_named_metrics_ports_of_base_pods_that_policies_admit():
+    """Every PodMonitor endpoint (deploy/k8s/monitoring) is a named port of a pod it selects,
+    labelled with a job the rules know, and the pod's network policy admits the `monitoring`
+    namespace to that port (and to nothing else but the gateway's own)."""
+    from monitoring.prometheus import Job
+
+    monitors = documents(K8S / "monitoring" / "podmonitors.yaml")
+    assert monitors and all(m["kind"] == "PodMonitor" for m in monitors)
+    workloads = [r for r in BASE_RESOURCES if r["kind"] in ("Deployment", "StatefulSet")]
+    for monitor in monitors:
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        pods = [w for w in workloads
+                if wanted.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert pods, f"{monitor['metadata']['name']} selects no pod"
+        policy = next(p for p in BASE_RESOURCES if p["kind"] == "NetworkPolicy"
+                      and p["spec"]["podSelector"]["matchLabels"].items() <= wanted.items())
+        admitted = {port["port"] for rule in policy["spec"]["ingress"]
+                    for peer in rule.get("from", []) if "namespaceSelector" in peer
+                    for port in rule["ports"]}
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            ports = {p["name"]: p["containerPort"] for pod in pods
+                     for c in pod["spec"]["template"]["spec"]["containers"]
+                     for p in c.get("ports", [])}
+            assert endpoint["port"] in ports, endpoint["port"]
+            assert ports[endpoint["port"]] in admitted, (endpoint["port"], admitted)
+            jobs = [r["replacement"] for r in endpoint["relabelings"]
+                    if r.get("targetLabel") == "job"]
+            assert len(jobs) == 1 and jobs[0] in {job.value for job in Job}

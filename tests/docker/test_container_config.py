@@ -355,6 +355,26 @@ def test_fallback_and_global_limits_are_internal_opt_in_profiles(config: dict[st
     assert full["gateway"]["environment"]["GATEWAY_GLOBAL_LIMITS"] == "0"
 
 
+def test_monitoring_profile_mounts_the_generated_config_and_rules_and_publishes_on_loopback(
+        config: dict[str, Any]) -> None:
+    from monitoring import prometheus
+
+    assert "prometheus" not in config["services"], "started without being asked for"
+    service = compose_config("compose.yaml", profiles=("monitoring",))["services"]["prometheus"]
+    mounts = {v["target"]: v["source"] for v in service["volumes"] if v["type"] == "bind"}
+    assert mounts == {
+        "/etc/prometheus/prometheus.yml": str(ROOT / "monitoring" / "prometheus.compose.yml"),
+        prometheus.COMPOSE_RULES: str(prometheus.RULES)}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    assert [p["host_ip"] for p in service["ports"]] == ["127.0.0.1"]
+    assert "backend" in service["networks"]
+    assert re.fullmatch(r"prom/prometheus:v[0-9.]+", service["image"])
+    # The services it finds by name exist, and listen on the ports it scrapes.
+    full = compose_config("compose.yaml", profiles=("monitoring", "fallback", "global-limits"))
+    assert {s.name for s in prometheus.COMPOSE_SERVICES} <= set(full["services"])
+    assert env_file(ROOT / "docker" / "gateway.env")["GATEWAY_METRICS_PORT"] == "9902"
+
+
 def test_ratelimit_image_pins_are_the_locks() -> None:
     service = pins(ROOT / "ratelimit" / "requirements.txt")
     lock = pins(ROOT / "requirements.lock")

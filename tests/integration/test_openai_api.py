@@ -556,11 +556,13 @@ def test_the_sdk_gets_n_choices_streamed_or_not_each_with_its_index_and_end(clie
 # ---- the frontend's own metrics -------------------------------------------------------------
 
 def test_frontend_metrics_count_answers_errors_first_bytes_and_streamed_tokens(
-        client, openai_frontend):
+        client, openai_frontend, triton):
     route = "/v1/completions"
 
     def value(name: str, **labels: str) -> float:
-        return sample(scrape(openai_frontend + "/metrics"), name, **labels)
+        # Its own port, not the API's: a network policy can admit Prometheus there alone.
+        return sample(scrape(f"http://127.0.0.1:{triton.openai_metrics_port}/metrics"), name,
+                      **labels)
 
     before = {"ok": value("llm_openai_requests_total", route=route, code="200"),
               "missing": value("llm_openai_requests_total", route=route, code="404"),
@@ -584,6 +586,8 @@ def test_frontend_metrics_count_answers_errors_first_bytes_and_streamed_tokens(
                  route=route) == before["tokens"] + usage.completion_tokens
 
 
-def test_frontend_metrics_are_not_reachable_through_the_gateway(gateway, api_key):
+def test_frontend_metrics_are_not_served_on_the_api_nor_through_the_gateway(
+        gateway, api_key, openai_frontend):
     reply = requests.get(gateway.url + "/metrics", headers={"X-API-Key": api_key}, timeout=10)
     assert reply.status_code == 404
+    assert requests.get(openai_frontend + "/metrics", timeout=10).status_code == 404

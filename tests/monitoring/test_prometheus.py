@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from monitoring.prometheus import (Job, Target, compose_config, local_config, remove_targets,
-                                   replica_targets, write_targets)
+from monitoring.prometheus import (Job, Service, Target, compose_config, local_config,
+                                   remove_targets, replica_targets, write_targets)
 
 
 def test_each_replica_gives_a_triton_and_a_frontend_target_labelled_by_pool_and_index():
@@ -34,9 +34,13 @@ def test_targets_are_written_per_job_where_the_local_config_looks_and_removed(tm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_compose_config_names_services_and_the_mounted_rules():
-    config = yaml.safe_load(compose_config([Target(Job.TRITON, "triton:8002", {"pool": "primary",
-                                                                               "replica": "0"})]))
+def test_the_compose_config_finds_each_services_containers_and_labels_their_pool():
+    config = yaml.safe_load(compose_config([Service(Job.TRITON, "triton", 8002, "primary"),
+                                            Service(Job.GATEWAY, "gateway", 9902)]))
     assert config["rule_files"] == ["/etc/prometheus/llm.rules.yaml"]
-    assert config["scrape_configs"] == [{"job_name": "triton", "static_configs": [
-        {"targets": ["triton:8002"], "labels": {"pool": "primary", "replica": "0"}}]}]
+    triton, gateway = config["scrape_configs"]
+    assert triton["dns_sd_configs"] == [{"names": ["triton"], "type": "A", "port": 8002,
+                                         "refresh_interval": "15s"}]
+    assert {"source_labels": ["__meta_dns_name"], "regex": "triton", "target_label": "pool",
+            "replacement": "primary"} in triton["relabel_configs"]
+    assert "relabel_configs" not in gateway

@@ -11,6 +11,8 @@ import yaml
 
 from monitoring import prometheus
 
+ROOT = prometheus.MONITORING_DIR.parent
+
 RULES_DIR = prometheus.RULES.parent
 PROMTOOL = shutil.which("promtool")
 
@@ -47,3 +49,26 @@ def test_the_local_configuration_is_valid(tmp_path: Path):
     config = tmp_path / "prometheus.yml"
     config.write_text(prometheus.local_config(tmp_path / "targets", "127.0.0.1:9090"))
     assert "SUCCESS" in promtool("check", "config", str(config))
+
+
+def test_the_compose_configuration_is_valid_and_current(tmp_path: Path):
+    committed = prometheus.MONITORING_DIR / "prometheus.compose.yml"
+    assert committed.read_text() == prometheus.compose_config(), (
+        "monitoring/prometheus.compose.yml is stale: run `make docker-config` and commit it")
+    # promtool reads the rules where the container mounts them: put them there.
+    rules = tmp_path / "llm.rules.yaml"
+    rules.write_text(prometheus.RULES.read_text())
+    config = tmp_path / "prometheus.yml"
+    config.write_text(committed.read_text().replace(prometheus.COMPOSE_RULES, str(rules)))
+    assert "SUCCESS" in promtool("check", "config", str(config))
+
+
+def test_the_kubernetes_prometheusrule_holds_the_rules_and_is_current(tmp_path: Path):
+    committed = ROOT / "deploy" / "k8s" / "monitoring" / "prometheusrule.yaml"
+    assert committed.read_text() == prometheus.prometheus_rule(), (
+        "deploy/k8s/monitoring/prometheusrule.yaml is stale: run `make k8s-config`")
+    resource = yaml.safe_load(committed.read_text())
+    assert (resource["kind"], resource["metadata"]["namespace"]) == ("PrometheusRule", "llm")
+    extracted = tmp_path / "rules.yaml"
+    extracted.write_text(yaml.safe_dump({"groups": resource["spec"]["groups"]}))
+    assert "SUCCESS" in promtool("check", "rules", str(extracted))
