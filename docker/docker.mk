@@ -9,10 +9,11 @@ DOCKER_TEST_ARGS ?=
 
 .PHONY: docker-config k8s-config docker-test docker-clean
 
-docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env), compose's prometheus.yml
+docker-config: venv ## Render gateway/envoy.container.yaml (template + docker/gateway.env), compose's prometheus.yml and dashboard
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' docker/gateway.env) \
 		$(PY) -m gateway.render --out gateway/envoy.container.yaml
 	@$(PY) -m monitoring.prometheus compose --out monitoring/prometheus.compose.yml
+	@$(PY) -m monitoring.dashboard --out monitoring/grafana/llm-service.json
 
 k8s-config: venv ## Render deploy/k8s/base/envoy.yaml (template + deploy/k8s/gateway.env), the PrometheusRule
 	@env -i PATH="$$PATH" $$(grep -E '^[A-Z_]+=' deploy/k8s/gateway.env) \

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
+import yaml
 
 from gateway.render import GatewaySettings, load_tiers, render_envoy_config
 from tools import runtime, triton_entrypoint
@@ -369,6 +370,22 @@ def test_monitoring_profile_mounts_the_generated_config_and_rules_and_publishes_
     assert [p["host_ip"] for p in service["ports"]] == ["127.0.0.1"]
     assert "backend" in service["networks"]
     assert re.fullmatch(r"prom/prometheus:v[0-9.]+", service["image"])
+    # Grafana: the generated dashboard where the provider reads it, Prometheus as data source.
+    full_monitoring = compose_config("compose.yaml", profiles=("monitoring",))["services"]
+    grafana = full_monitoring["grafana"]
+    mounts = {v["target"]: v["source"] for v in grafana["volumes"] if v["type"] == "bind"}
+    provider = yaml.safe_load((ROOT / "monitoring" / "grafana" / "provisioning" / "dashboards"
+                               / "llm.yaml").read_text())["providers"][0]["options"]["path"]
+    assert mounts[f"{provider}/llm-service.json"] == str(ROOT / "monitoring" / "grafana"
+                                                        / "llm-service.json")
+    assert mounts["/etc/grafana/provisioning"] == str(ROOT / "monitoring" / "grafana"
+                                                      / "provisioning")
+    source = yaml.safe_load((ROOT / "monitoring" / "grafana" / "provisioning" / "datasources"
+                             / "prometheus.yaml").read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090"
+    assert set(grafana["networks"]) <= set(service["networks"])  # it reaches Prometheus
+    assert [p["host_ip"] for p in grafana["ports"]] == ["127.0.0.1"]
+    assert re.fullmatch(r"grafana/grafana:[0-9.]+", grafana["image"])
     # The services it finds by name exist, and listen on the ports it scrapes.
     full = compose_config("compose.yaml", profiles=("monitoring", "fallback", "global-limits"))
     assert {s.name for s in prometheus.COMPOSE_SERVICES} <= set(full["services"])

@@ -8,6 +8,7 @@ shared limits (Redis and the rate-limit service) and Prometheus, all started by 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from monitoring.prometheus import Job
+from tools import runtime
 from tools.processes import ROOT, RunnerStack, ServerProcess, free_port, http_ok, runner_stack
 
 
@@ -112,6 +114,55 @@ def test_traffic_shows_up_per_pool_and_through_every_layer(stack):
                              'decision="ok"})') >= 4, what="the rate-limit service's checks")
     assert value("llm_ratelimit_redis_up") == 1
     assert value('sum(vllm:generation_tokens_total{pool="fallback"})') == 0
+
+
+# PromQL words that are not metric names (functions and aggregations are followed by "(").
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+                "offset", "and", "or", "unless"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: its identifiers once label matchers,
+    ranges, grouping clauses and function calls are set aside."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)
+    bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", bare)
+    names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*(?!\s*\()\b(?![A-Za-z0-9_:])", bare))
+    return {n for n in names - PROMQL_WORDS if not re.search(rf"{re.escape(n)}\s*\(", bare)}
+
+
+def test_every_dashboard_query_runs_and_names_only_metrics_the_stack_exports(stack):
+    """Drive what makes every counter appear (answers, a stream, an engine refusal, a local
+    and a shared 429), then run each panel's query against this stack's Prometheus."""
+    from monitoring import dashboard
+
+    headers = {"X-API-Key": stack.key}
+    requests.post(stack.url + "/v1/completions", headers=headers, timeout=60,
+                  json={"model": "demo_model", "prompt": "The list", "max_tokens": 4,
+                        "stream": True}).raise_for_status()
+    assert requests.post(stack.url + "/generate", headers=headers, timeout=60,
+                         json={"text_input": "x", "max_tokens": 0}).status_code == 400
+    keys = runtime.KeyStore(stack.gateway.keys_dir)
+    local, _ = keys.issue("dashboard-local", "test")
+    tokens, _ = keys.issue("dashboard-tokens", "test-tokens")
+    time.sleep(2)  # the gateway watches its key directory
+    assert 429 in [requests.get(stack.url + "/v2/models/llm/config", timeout=10,
+                                headers={"X-API-Key": local}).status_code for _ in range(6)]
+    big = {"text_input": "The list", "max_tokens": 200, "ignore_eos": True}
+    assert 429 in [requests.post(stack.url + "/generate", json=big, timeout=60,
+                                 headers={"X-API-Key": tokens}).status_code for _ in range(3)]
+
+    exprs = [target["expr"] for panel in dashboard.build()["panels"]
+             for target in panel.get("targets", [])]
+    wanted = set().union(*map(metric_names, exprs))
+    assert {"vllm:time_to_first_token_seconds_bucket", "llm_gateway_key_requests_total",
+            "up"} <= wanted  # the extraction itself works
+
+    def missing() -> set[str]:
+        return wanted - set(api(stack, "label/__name__/values"))
+
+    eventually(lambda: not missing(), timeout=90, what=f"series for {sorted(missing())}")
+    for expr in exprs:
+        api(stack, "query", query=expr.replace("$__rate_interval", "1m"))  # runs: status 200
 
 
 def test_a_second_gateway_without_the_shared_limits_warns_is_scraped_and_alerts(stack, tmp_path):
