@@ -117,4 +117,15 @@ OUTPUTS: dict[str, Tensor] = _by_name(
     Tensor("index", "TYPE_INT32",
            doc="only with `n` above 1: the sequence (0 .. n-1) the response belongs to; each "
                "sequence ends with a response holding its finish_reason and counts"),
+    Tensor("queue_ms", "TYPE_FP32",
+           doc="in a sequence's last response: milliseconds from arrival to a slot in the batch"),
+    Tensor("prefill_ms", "TYPE_FP32",
+           doc="in a sequence's last response: milliseconds from its slot to its first token"),
+    Tensor("decode_ms", "TYPE_FP32",
+           doc="in a sequence's last response: milliseconds from its first token to its last"),
 )
+
+# Where a request's time went, in its last response (the outputs above): the gateway reads
+# them from every HTTP answer into its access log (gateway/usage.lua), the OpenAI frontend
+# passes them on as `llm_timing`.
+TIMINGS = ("queue_ms", "prefill_ms", "decode_ms")

@@ -272,8 +272,9 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
             if isinstance(item, Final):
                 ended.append(item)
                 count_tokens(item.completion_tokens)
-                chunk = head + writer.finish(item)
-                if len(ended) == writer.choices:
+                last = len(ended) == writer.choices
+                chunk = head + writer.finish(item, ended if last else ())
+                if last:
                     yield chunk + writer.end(ended) + responses.DONE
                     return
                 yield chunk

@@ -26,6 +26,17 @@ def usage(finals: Sequence[Final]) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
+def timing(finals: Sequence[Final]) -> dict[str, float]:
+    """`llm_timing` of a whole answer (an extension field OpenAI's SDKs keep in
+    `model_extra`): the first sequence's queue and prefill, which its `n` sequences share,
+    and the longest decode. The gateway's access log reads it (gateway/usage.lua)."""
+    if not finals[0].timing_ms:
+        return {}
+    whole = dict(finals[0].timing_ms)
+    whole["decode_ms"] = max(f.timing_ms.get("decode_ms", 0.0) for f in finals)
+    return whole
+
+
 @dataclass(frozen=True)
 class Choice:
     """One whole sequence of an answer: its text, its end, its logprobs in the API's shape."""
@@ -120,9 +131,16 @@ class ChunkWriter:
         self._offsets[index] += sum(len(e.chosen.token) for e in logprobs)
         return self._choice(piece, None, shaped, index)
 
-    def finish(self, final: Final) -> bytes:
-        """A choice's finish reason, in its own chunk."""
-        return self._choice({} if self._chat else "", final.finish_reason, index=final.index)
+    def finish(self, final: Final, ended: Sequence[Final] = ()) -> bytes:
+        """A choice's finish reason, in its own chunk, with where its time went (`llm_timing`).
+        The last choice's (`ended`: every choice's end) also carries the answer's usage as
+        `llm_usage` when no usage chunk follows, so the gateway counts a stream's tokens
+        whether or not the client asked for them."""
+        extra: dict[str, Any] = {"llm_timing": final.timing_ms} if final.timing_ms else {}
+        if ended and not self._include_usage:
+            extra["llm_usage"] = usage(ended)
+        return self._choice({} if self._chat else "", final.finish_reason, index=final.index,
+                            extra=extra)
 
     def end(self, finals: Sequence[Final]) -> bytes:
         """After the last choice: the usage chunk, when it was asked for."""
@@ -131,28 +149,38 @@ class ChunkWriter:
         return event({**self._envelope, "choices": [], "usage": usage(finals)})
 
     def _choice(self, delta: Any, finish_reason: Any, logprobs: Any = None,
-                index: int = 0) -> bytes:
+                index: int = 0, extra: Optional[dict[str, Any]] = None) -> bytes:
         choice = ({"index": index, "delta": delta} if self._chat
                   else {"index": index, "text": delta})
         choice.update(logprobs=logprobs, finish_reason=finish_reason)
         body = {**self._envelope, "choices": [choice]}
         if self._include_usage:
             body["usage"] = None
+        body.update(extra or {})
         return event(body)
 
 
 def completion(response_id: str, created: int, model: str,
                choices: Sequence[Choice]) -> dict[str, Any]:
-    return {"id": response_id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": i, "text": c.text, "logprobs": c.logprobs,
-                         "finish_reason": c.final.finish_reason} for i, c in enumerate(choices)],
-            "usage": usage([c.final for c in choices])}
+    return _with_timing({
+        "id": response_id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": i, "text": c.text, "logprobs": c.logprobs,
+                     "finish_reason": c.final.finish_reason} for i, c in enumerate(choices)],
+        "usage": usage([c.final for c in choices])}, choices)
 
 
 def chat_completion(response_id: str, created: int, model: str,
                     choices: Sequence[Choice]) -> dict[str, Any]:
-    return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                         "logprobs": c.logprobs, "finish_reason": c.final.finish_reason}
-                        for i, c in enumerate(choices)],
-            "usage": usage([c.final for c in choices])}
+    return _with_timing({
+        "id": response_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                     "logprobs": c.logprobs, "finish_reason": c.final.finish_reason}
+                    for i, c in enumerate(choices)],
+        "usage": usage([c.final for c in choices])}, choices)
+
+
+def _with_timing(body: dict[str, Any], choices: Sequence[Choice]) -> dict[str, Any]:
+    whole = timing([c.final for c in choices])
+    if whole:
+        body["llm_timing"] = whole
+    return body

@@ -10,7 +10,8 @@ numpy arrays.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Optional, Sequence, Union
 
 import grpc
@@ -22,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from contracts import logprobs as logprobs_wire
 from contracts.errors import ErrorType
 from contracts.logprobs import TokenLogprobs
-from contracts.tensors import STREAM_INPUTS
+from contracts.tensors import STREAM_INPUTS, TIMINGS
 
 from .errors import OpenAIError, from_model
 from .protocol import Sampling
@@ -53,6 +54,8 @@ class Final:
     completion_tokens: int
     prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
     index: int = 0  # which of the request's n sequences ended
+    # Where its time went (contracts/tensors.py's TIMINGS, in ms), passed on as `llm_timing`.
+    timing_ms: dict[str, float] = field(default_factory=dict)
 
 
 Event = Union[Piece, Final]  # new text, or a sequence's end
@@ -92,7 +95,7 @@ def model_inputs(prompt: str, sampling: Sampling, stream: bool,
 def _read(result: Any) -> tuple[Piece, Optional[Final]]:
     """The new text (and logprobs) and, on the last response, the end; read from the raw
     bytes (one element per output: BYTES are a 4-byte length then the bytes, INT32 four bytes,
-    little-endian)."""
+    little-endian, FP32 likewise)."""
     response = result.get_response()
     raw = {out.name: data for out, data in zip(response.outputs, response.raw_output_contents)}
     text = raw["text_output"][4:].decode("utf-8") if "text_output" in raw else ""
@@ -109,7 +112,8 @@ def _read(result: Any) -> tuple[Piece, Optional[Final]]:
                         int.from_bytes(raw["num_input_tokens"][:4], "little"),
                         int.from_bytes(raw["num_output_tokens"][:4], "little"),
                         None if prompt is None else tuple(logprobs_wire.loads(prompt[4:].decode())),
-                        index)
+                        index, {name: round(struct.unpack("<f", raw[name][:4])[0], 2)
+                                for name in TIMINGS if name in raw})
 
 
 class Triton:

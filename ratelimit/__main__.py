@@ -19,8 +19,8 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .limits import TIERS_FILE, TierLimits
 from .contract import metrics_port
+from .limits import TIERS_FILE, TierLimits
 from .metrics import ServiceMetrics
 from .service import RateLimitService
 from .store import Store

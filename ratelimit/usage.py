@@ -53,8 +53,9 @@ class KeyUsage(als_pb2_grpc.AccessLogServiceServicer):
                               "Tokens the gateways' answers reported, by key id and kind "
                               "(prompt, completion).", ["key_id", "kind"], registry=registry)
 
-    async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-                               context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
+    async def StreamAccessLogs(
+            self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+            context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
         async for message in request_iterator:
             for entry in message.http_logs.log_entry:
                 self.count(entry)

@@ -24,10 +24,19 @@ def env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, never one this process handed out before: the OS
+    may offer a released port again, and a stack takes a dozen before any process binds."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http_ok(url: str, headers: Optional[dict[str, str]] = None) -> bool:
@@ -91,7 +100,8 @@ def gateway_process(settings: runtime.Settings, name: str = "envoy",
     """A real Envoy running the rendered gateway config in front of `settings`' Triton."""
     values = dict(os.environ)
     values.update(GATEWAY_PORT=str(free_port()), GATEWAY_ADMIN_PORT=str(free_port()),
-                  GATEWAY_METRICS_PORT=str(free_port()), LLM_KEYS_DIR=str(settings.run_dir / "keys"),
+                  GATEWAY_METRICS_PORT=str(free_port()),
+                  LLM_KEYS_DIR=str(settings.run_dir / "keys"),
                   GATEWAY_ACCESS_LOG=str(settings.run_dir / name / "access.log"), **env)
     gateway = runtime.gateway_settings(settings, values)
     config = runtime.prepare_gateway(gateway, settings.run_dir / name)

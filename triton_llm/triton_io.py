@@ -21,7 +21,7 @@ from contracts import logprobs as logprobs_wire
 from contracts.errors import ErrorType, wire_message
 from contracts.headers import Header
 from contracts.logprobs import TokenLogprobs
-from contracts.tensors import INPUTS, OUTPUTS
+from contracts.tensors import INPUTS, OUTPUTS, TIMINGS
 from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -89,7 +89,8 @@ def final_values(output: SequenceOutput, text: str, streamed: bool = False,
     values = {"text_output": text.encode("utf-8"),
               "finish_reason": output.finish_reason.value.encode(),
               "num_input_tokens": output.prompt_tokens,
-              "num_output_tokens": output.completion_tokens}
+              "num_output_tokens": output.completion_tokens,
+              **dict(zip(TIMINGS, timings_ms(output)))}
     if indexed:
         values["index"] = output.index
     if output.logprobs is not None:
@@ -97,6 +98,14 @@ def final_values(output: SequenceOutput, text: str, streamed: bool = False,
     if output.prompt_logprobs is not None:
         values["prompt_token_logprobs"] = logprobs_wire.dumps(output.prompt_logprobs).encode()
     return values
+
+
+def timings_ms(output: SequenceOutput) -> tuple[float, float, float]:
+    """(queue, prefill, decode) in milliseconds, as TIMINGS names them; they add up to the
+    sequence's whole time."""
+    return (round(output.queue_seconds * 1e3, 2),
+            round((output.first_token_seconds - output.queue_seconds) * 1e3, 2),
+            round((output.total_seconds - output.first_token_seconds) * 1e3, 2))
 
 
 def logprobs_values(logprobs: Sequence[TokenLogprobs]) -> dict[str, Any]:

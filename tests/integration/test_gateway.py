@@ -241,6 +241,56 @@ def test_request_id_round_trips_to_the_access_log_and_the_model_log(gateway, api
     assert model["key_id"] == entry["key_id"] and model["completion_tokens"] == 4
 
 
+def _access_entry(gateway, request_id: str, timeout: float = 5) -> dict:
+    """The access log's line of `request_id`, once flushed (every 500 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in gateway.access_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["request_id"] == request_id:
+                return entry
+        assert time.monotonic() < deadline, f"no access log line for {request_id}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("route", ["generate", "generate_stream", "completions",
+                                   "completions_stream", "chat_stream"])
+def test_access_log_says_where_each_answers_time_went_as_the_model_measured_it(
+        gateway, api_key, triton_log, route):
+    """Queue, prefill and decode milliseconds ride at the end of every HTTP answer (a
+    stream's headers leave before they are known); the gateway's access log reads them there,
+    with the token counts, so one slow request is found by its id."""
+    request_id = f"test-timing-{route}-{time.time_ns()}"
+    headers = {"X-API-Key": api_key, "X-Request-Id": request_id}
+    body = {"text_input": "The list", "max_tokens": 6, "ignore_eos": True}
+    openai_body = {"model": "demo_model", "max_tokens": 6, "stream": route.endswith("stream")}
+    path, payload = {
+        "generate": ("/generate", body), "generate_stream": ("/generate_stream", body),
+        "completions": ("/v1/completions", {**openai_body, "prompt": "The list"}),
+        "completions_stream": ("/v1/completions", {**openai_body, "prompt": "The list"}),
+        "chat_stream": ("/v1/chat/completions", {
+            **openai_body, "messages": [{"role": "user", "content": "The list"}]}),
+    }[route]
+    reply = requests.post(gateway.url + path, json=payload, headers=headers, timeout=60)
+    assert reply.status_code == 200, reply.text
+    if route == "generate":  # the generate API returns them as outputs
+        assert {"queue_ms", "prefill_ms", "decode_ms"} <= set(reply.json())
+    entry = _access_entry(gateway, request_id)
+    model = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    spent = [float(entry[name]) for name in ("queue_ms", "prefill_ms", "decode_ms")]
+    assert all(value >= 0 for value in spent) and spent[2] > 0, entry
+    assert sum(spent) == pytest.approx(model["total_ms"], abs=0.05)
+    assert int(entry["completion_tokens"]) == model["completion_tokens"] == 6
+
+
+def test_openai_sdk_keeps_the_timing_extension(gateway, api_key):
+    import openai
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+    reply = client.completions.create(model="demo_model", prompt="The list", max_tokens=3)
+    assert set(reply.model_extra["llm_timing"]) == {"queue_ms", "prefill_ms", "decode_ms"}
+
+
 def test_malformed_request_id_is_replaced(gateway, api_key):
     reply = post(gateway, **{"X-API-Key": api_key, "X-Request-Id": "bad id\twith spaces"})
     assert reply.status_code == 200

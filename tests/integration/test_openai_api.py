@@ -14,8 +14,8 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator
 
-from tests.harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records,
-                           sample, scrape, wait_for_metric)
+from tests.harness import (OPENAPI, assert_disconnect_cancels, metric, model_log_records, sample,
+                           scrape, wait_for_metric)
 from tools import runtime
 
 MODEL = "demo_model"
