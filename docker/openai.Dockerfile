@@ -18,6 +18,7 @@ RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps 
 # The app and the one definition of error types it shares with the gateway.
 COPY openai_frontend /opt/llm/openai_frontend
 COPY contracts /opt/llm/contracts
+COPY monitoring /opt/llm/monitoring
 
 ENV LLM_OPENAI_HOST=0.0.0.0 \
     LLM_OPENAI_PORT=8003 \

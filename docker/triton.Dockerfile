@@ -40,6 +40,7 @@ COPY contracts /opt/llm/src/contracts
 COPY textgen /opt/llm/src/textgen
 COPY triton_llm /opt/llm/src/triton_llm
 COPY ratelimit /opt/llm/src/ratelimit
+COPY monitoring /opt/llm/src/monitoring
 RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
         --no-build-isolation /opt/llm/src \
     && rm -rf /opt/llm/src
@@ -59,7 +60,6 @@ RUN if ! id -u triton-server >/dev/null 2>&1; then \
 COPY model_repository /opt/llm/model_repository
 COPY gateway /opt/llm/gateway
 COPY tools /opt/llm/tools
-COPY monitoring /opt/llm/monitoring
 # The bundled demo model; mount your own save_pretrained directory over /models/llm.
 COPY demo_model /models/llm
 

@@ -22,10 +22,11 @@ import re
 import string
 import sys
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
@@ -111,6 +112,8 @@ class GatewaySettings:
     # `make serve`; the containers bind it on their network, where Prometheus runs.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9902
+    # OTEL_EXPORTER_OTLP_ENDPOINT: where the gateway's spans go (OTLP/HTTP); empty: no tracing
+    otlp_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -140,6 +143,7 @@ class GatewaySettings:
             # (`make gateway GATEWAY_ADMIN_PORT=9911`) moves its scrape port with it.
             metrics_port=int(env.get("GATEWAY_METRICS_PORT",
                                      str(int(env.get("GATEWAY_ADMIN_PORT", "9901")) + 1))),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/"),
         )
 
 
@@ -390,6 +394,8 @@ def _load_assignment(cluster: str, settings: GatewaySettings,
 SERVING_CLUSTERS = ("triton_http", "triton_grpc", "openai_frontend")
 # The gateway's own admin endpoint as a cluster, which only gateway/metrics.lua calls.
 ADMIN_CLUSTER = "envoy_admin"
+# The OpenTelemetry collector the gateway's spans go to (OTEL_EXPORTER_OTLP_ENDPOINT).
+OTLP_CLUSTER = "otel_collector"
 
 
 def _health_checks(path: str) -> list[dict[str, Any]]:
@@ -398,6 +404,26 @@ def _health_checks(path: str) -> list[dict[str, Any]]:
     return [{"timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
              "unhealthy_threshold": 2, "healthy_threshold": 1,
              "http_health_check": {"path": path, "codec_client_type": "HTTP1"}}]
+
+
+def _otlp_address(settings: GatewaySettings) -> tuple[str, int]:
+    """(host, port) of the OTLP endpoint; a loopback placeholder when tracing is off."""
+    parsed = urllib.parse.urlsplit(settings.otlp_endpoint or "http://127.0.0.1:4318")
+    return parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https"
+                                                           else 4318)
+
+
+def _tracing(settings: GatewaySettings) -> Optional[dict[str, Any]]:
+    """The connection manager's tracing: OpenTelemetry over OTLP/HTTP to the collector, every
+    request, the W3C `traceparent` continued from the client and passed on to the upstream;
+    None (no tracing) without an endpoint."""
+    if not settings.otlp_endpoint:
+        return None
+    return {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "service_name": "llm-gateway",
+        "http_service": {"http_uri": {"uri": f"{settings.otlp_endpoint}/v1/traces",
+                                      "cluster": OTLP_CLUSTER, "timeout": "2s"}}}}}
 
 
 def render_envoy_config(settings: GatewaySettings, tiers: Mapping[str, Any]) -> str:
@@ -411,6 +437,10 @@ def render_envoy_config(settings: GatewaySettings, tiers: Mapping[str, Any]) -> 
         "GATEWAY_METRICS_PORT": settings.metrics_port,
         "ADMIN_CLUSTER": ADMIN_CLUSTER,
         "METRICS_LUA": json.dumps(render_metrics_lua(settings)),
+        "TRACING": json.dumps(_tracing(settings)),
+        "OTLP_CLUSTER": OTLP_CLUSTER,
+        "OTLP_HOST": _otlp_address(settings)[0],
+        "OTLP_PORT": _otlp_address(settings)[1],
         "GATEWAY_ACCESS_LOG": settings.access_log,
         "GATEWAY_MAX_BODY_BYTES": settings.max_body_bytes,
         "GATEWAY_UNARY_TIMEOUT": settings.unary_timeout,

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from contracts import engine_info
 from contracts.errors import ErrorType
 from contracts.headers import FORWARDED
+from monitoring import otlp
 
 from . import responses
 from .errors import OpenAIError, invalid
@@ -125,6 +127,8 @@ class OpenAIFrontend:
         self._metrics_url = metrics_url
         self._engine: Optional[dict[str, str]] = None
         self.metrics = FrontendMetrics()
+        # Spans of each /v1 generation when OTEL_EXPORTER_OTLP_ENDPOINT is set (else None).
+        self._tracer = otlp.tracer("llm-openai-frontend")
 
     @property
     def triton(self) -> Triton:
@@ -205,21 +209,45 @@ class OpenAIFrontend:
         created = int(time.time())
         echo = prompt if request.echo else ""
         choices = request.sampling.n or 1
+        span = self._span(http, request_id, request.stream)
+        if span is not None:  # Triton's spans, then the engine's, become its children
+            headers["traceparent"] = otlp.traceparent_of(span)
         events = self.triton.generate(prompt, request.sampling, request.stream, headers,
                                       request.prompt_ids)
         if not request.stream:
-            whole = await _or_disconnect(http, _collect(events, choices))
+            try:
+                whole = await _or_disconnect(http, _collect(events, choices))
+            except BaseException as exc:
+                _end(span, exc)
+                raise
+            _end(span)
             build = responses.chat_completion if chat else responses.completion
             return JSONResponse(build(response_id, created, self.model.id, [
                 self._choice(request, prompt, echo, piece, final, chat)
                 for piece, final in whole]))
         # The first event is awaited before answering, so a refusal is still a plain status.
-        first = await _or_disconnect(http, events.__anext__())
+        try:
+            first = await _or_disconnect(http, events.__anext__())
+        except BaseException as exc:
+            _end(span, exc)
+            raise
         writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
                                        request.include_usage,
                                        request.sampling.logprobs is not None, len(echo), choices)
         streamed = self.metrics.streamed_tokens.labels(http.url.path)
-        return EventStream(_stream(writer, echo, first, events, streamed.inc))
+        return EventStream(_stream(writer, echo, first, events, streamed.inc,
+                                   lambda: _end(span)))
+
+    def _span(self, http: HTTPRequest, request_id: str, stream: bool) -> Optional[Span]:
+        """This frontend's span of a generation, the child of the gateway's (the
+        `traceparent` Envoy sent), or None when tracing is off. Ids and route only."""
+        if self._tracer is None:
+            return None
+        return self._tracer.start_span(
+            f"POST {http.url.path}", context=otlp.context_from(http.headers),
+            kind=SpanKind.SERVER, attributes={"http.route": http.url.path,
+                                              "llm.request_id": request_id,
+                                              "llm.stream": stream})
 
     def _choice(self, request: Request, prompt: str, echo: str, piece: Piece, final: Final,
                 chat: bool) -> responses.Choice:
@@ -255,14 +283,23 @@ async def _collect(events: AsyncIterator[Event], choices: int) -> list[tuple[Pie
              finals[i]) for i, own in enumerate(pieces)]
 
 
+def _end(span: Optional[Span], error: Optional[BaseException] = None) -> None:
+    if span is None:
+        return
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
+
+
 async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
-                  events: AsyncIterator[Event],
-                  count_tokens: Callable[[int], None]) -> AsyncIterator[bytes]:
+                  events: AsyncIterator[Event], count_tokens: Callable[[int], None],
+                  finished: Callable[[], None] = lambda: None) -> AsyncIterator[bytes]:
     """The SSE body. It is cancelled when the client disconnects; closing `events` then
     cancels the generation. An error after the start is a final `error` event. The opening
     chunks (role, echo: one per choice) go out in the same write as the first text; each
     choice ends with its finish chunk, the last one with the usage and `[DONE]`; its tokens
-    are counted then (`count_tokens`), once per sequence rather than per chunk."""
+    are counted then (`count_tokens`), once per sequence rather than per chunk. `finished`
+    runs when the body ends, however it ends."""
     try:
         head = writer.first() + (b"".join(writer.text(echo, index=i)
                                           for i in range(writer.choices)) if echo else b"")
@@ -285,6 +322,7 @@ async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,
     except OpenAIError as error:
         yield responses.event(error.body()) + responses.DONE
     finally:
+        finished()
         await events.aclose()
 
 

@@ -73,6 +73,9 @@ class Settings:
     # part, with the rules of monitoring/rules/
     monitoring: bool = False
     prometheus_port: int = 9090  # LLM_PROMETHEUS_PORT: its UI and API, loopback
+    # OTEL_EXPORTER_OTLP_ENDPOINT (OpenTelemetry's own variable, e.g. http://127.0.0.1:4318):
+    # traces from the gateway, the OpenAI frontend, Triton and the engine; empty: off
+    otlp_endpoint: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -119,6 +122,7 @@ class Settings:
                                             "LLM_RATELIMIT_PORT", default.ratelimit_port))),
             monitoring=env.get("LLM_MONITORING", "0").lower() in {"1", "true", "yes", "on"},
             prometheus_port=port("LLM_PROMETHEUS_PORT", default.prometheus_port),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/"),
         )
 
     @property
@@ -246,7 +250,20 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
         "--exit-timeout-secs=30",
         "--strict-readiness=true",
         *level_flags,
+        *tracing_flags(settings.otlp_endpoint),
     ]
+
+
+def tracing_flags(endpoint: str) -> list[str]:
+    """Triton's OpenTelemetry tracing, every request, exported over OTLP/HTTP: its spans
+    continue the caller's `traceparent` and the model continues them (triton_llm/tracing.py).
+    None when no endpoint is set."""
+    if not endpoint:
+        return []
+    return ["--trace-config=mode=opentelemetry", "--trace-config=rate=1",
+            "--trace-config=level=TIMESTAMPS",
+            f"--trace-config=opentelemetry,url={endpoint}/v1/traces",
+            "--trace-config=opentelemetry,resource=service.name=triton"]
 
 
 def gateway_settings(settings: Settings, env: dict[str, str] | None = None) -> GatewaySettings:

@@ -24,6 +24,8 @@ from contracts.logprobs import TokenLogprobs
 from contracts.tensors import INPUTS, OUTPUTS, TIMINGS
 from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
 
+from . import tracing
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 # Error kinds -> Triton codes, for gRPC callers (the gateway sets HTTP statuses from the kind).
@@ -42,16 +44,21 @@ def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
 
 
 def request_metadata(request: Any) -> dict[str, str]:
-    """Ids for logs: the request id and the caller identity the gateway forwarded."""
+    """Ids for logs: the request id and the caller identity the gateway forwarded, and the
+    trace context of Triton's span when tracing is on (tracing.py)."""
     try:
         params = json.loads(request.parameters() or "{}")
     except ValueError:
         params = {}
-    return {
+    meta = {
         "request_id": str(params.get(Header.REQUEST_ID) or request.request_id() or ""),
         "key_id": str(params.get(Header.KEY_ID, "")),
         "tier": str(params.get(Header.TIER, "")),
     }
+    traceparent = tracing.request_traceparent(request)
+    if traceparent:  # the log line carries it too: it joins the log to the trace
+        meta[tracing.TRACEPARENT] = traceparent
+    return meta
 
 
 def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +177,7 @@ class Logged:
         self._sink.on_text(delta, logprobs, index)
 
     def on_finish(self, output: SequenceOutput) -> None:
+        tracing.record(self._meta, output)
         self._open -= 1
         self._generated += output.completion_tokens
         self._failure = self._failure or output_error(output)
