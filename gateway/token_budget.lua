@@ -10,8 +10,8 @@
 -- per-request maximum (prompt + new tokens). A client's own copy of the header is dropped.
 -- Answers: usage.lua, which runs before this filter and marks the generation routes
 -- (dynamic metadata `llm.usage.route`), reads the tokens an answer used into
--- `llm.usage.tokens`, which the quota settles to. An answer that reports no counts (gRPC, an
--- OpenAI stream without include_usage) keeps its reservation. Runs after auth.lua (which
+-- `llm.usage.tokens`, which the quota settles to. An answer that reports no counts keeps
+-- its reservation. Runs after auth.lua (which
 -- sets x-llm-key-id) and the body size limit. DEFAULT_MAX_TOKENS, MAX_NEW_TOKENS and
 -- MAX_PROMPT_TOKENS are generated from the model's config.pbtxt by render.py, MAX_CHOICES
 -- from contracts/tensors.py.

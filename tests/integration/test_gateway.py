@@ -15,7 +15,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.harness import assert_error_contract, model_log_records, sample, scrape
+from tests.harness import (assert_error_contract, infer_inputs, model_log_records, sample,
+                           scrape)
 from tools.processes import free_port, gateway_process, http_ok
 
 BODY = {"text_input": "The list", "max_tokens": 4}
@@ -281,6 +282,38 @@ def test_access_log_says_where_each_answers_time_went_as_the_model_measured_it(
     assert all(value >= 0 for value in spent) and spent[2] > 0, entry
     assert sum(spent) == pytest.approx(model["total_ms"], abs=0.05)
     assert int(entry["completion_tokens"]) == model["completion_tokens"] == 6
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+def test_grpc_answers_timings_and_counts_reach_the_access_log(gateway, api_key, triton_log,
+                                                              streamed):
+    """gRPC answers are protobuf: the gateway decodes the last message's output tensors."""
+    import queue
+
+    request_id = f"test-grpc-timing-{streamed}-{time.time_ns()}"
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    headers = {"x-api-key": api_key, "x-request-id": request_id}
+    inputs = infer_inputs(grpcclient, "The list", max_tokens=5, ignore_eos=True)
+    if not streamed:
+        result = client.infer("llm", inputs, headers=headers)
+        assert result.as_numpy("queue_ms") is not None  # an output tensor to gRPC clients
+    else:
+        results: "queue.Queue[Any]" = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)),
+                            headers=headers)
+        client.async_stream_infer("llm_stream", inputs, enable_empty_final_response=True)
+        while True:
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        client.stop_stream()
+    entry = _access_entry(gateway, request_id)
+    model = next(r for r in model_log_records(triton_log) if r["request_id"] == request_id)
+    spent = [float(entry[name]) for name in ("queue_ms", "prefill_ms", "decode_ms")]
+    assert sum(spent) == pytest.approx(model["total_ms"], abs=0.05)
+    assert (int(entry["prompt_tokens"]), int(entry["completion_tokens"])) == (
+        model["prompt_tokens"], 5)
 
 
 def test_openai_sdk_keeps_the_timing_extension(gateway, api_key):
