@@ -867,7 +867,7 @@ def exercise_gpu_image(engine: Engine) -> None:
                             check=False).returncode != 0:
             state = engine.docker(["inspect", "--format", "{{.State.Status}}", name]).stdout
             if state.strip() != "running" or time.monotonic() > deadline:
-                logs = engine.docker(["logs", "--tail", "40", name], check=False)
+                logs = engine.docker(["logs", "--tail", "150", name], check=False)
                 raise Failure(f"the GPU image's Triton never got ready ({state.strip()}):\n"
                               f"{logs.stdout}{logs.stderr}")
             time.sleep(3)

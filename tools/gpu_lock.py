@@ -5,7 +5,8 @@ The GPU image (docker/triton.Dockerfile with compose.gpu.yaml's build arguments)
 docker/requirements-gpu.in's closure, as resolved by pip for NVIDIA's Triton 26.08 image
 (CPython 3.12, manylinux x86_64, glibc 2.39), in two layers:
 
-  docker/requirements-gpu-model.txt  transformers and PyYAML with everything they need (numpy
+  docker/requirements-gpu-model.txt  transformers, PyYAML and OpenTelemetry's SDK with everything
+                                     they need (numpy
                                      included, torch not): what the transformers engine and
                                      this project's packages import. Installed on every base,
                                      `make docker-test`'s stand-in included.
@@ -45,7 +46,7 @@ VLLM_LOCK = DOCKER / "requirements-gpu-vllm.txt"
 PYTHON_VERSION = "3.12"
 GLIBC_MINOR = 39
 # The model layer starts from these; torch is left to the vLLM layer (and to a stand-in base).
-MODEL_ROOTS = ("transformers", "pyyaml")
+MODEL_ROOTS = ("transformers", "pyyaml", "opentelemetry-sdk")
 NOT_IN_MODEL_LAYER = ("torch",)
 
 
@@ -122,7 +123,7 @@ def _header(layer: str) -> str:
             "checks it\n# with `python -m tools.gpu_lock --check`.\n")
 
 
-LAYERS = {MODEL_LOCK: "model layer: transformers and PyYAML, no torch",
+LAYERS = {MODEL_LOCK: "model layer: transformers, PyYAML, OpenTelemetry's SDK, no torch",
           VLLM_LOCK: "vLLM layer: vLLM, its CUDA PyTorch and the rest"}
 
 
