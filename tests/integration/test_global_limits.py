@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -83,6 +84,21 @@ def shared(triton: runtime.Settings, run_dir: Path) -> Iterator[SharedLimits]:
             process.stop(grace=5)
 
 
+@contextmanager
+def extra_gateway(shared: SharedLimits, triton: runtime.Settings, name: str,
+                  **env: str) -> Iterator[runtime.GatewaySettings]:
+    """One more gateway on the shared rate-limit service, ready, for the `with` block."""
+    process, settings = gateway_process(
+        triton, name=name, GATEWAY_RATELIMIT=f"127.0.0.1:{shared.service_port}", **env)
+    process.start()
+    try:
+        process.wait_until(lambda: http_ok(f"http://{settings.host}:{settings.port}/readyz"),
+                           timeout=30)
+        yield settings
+    finally:
+        process.stop(grace=5)
+
+
 def issue(shared: SharedLimits, name: str, tier: str) -> str:
     """A new key, once both gateways have loaded it."""
     key, _ = shared.keys.issue(name, tier)
@@ -136,13 +152,8 @@ def test_each_keys_usage_is_counted_across_gateways_enforcing_or_not(
         shared: SharedLimits, triton: runtime.Settings) -> None:
     """The gateways stream their access logs to the service, which counts answers and tokens
     per key id: through both enforcing gateways, and through one that only reports."""
-    reporting, settings = gateway_process(
-        triton, name="envoy-reporting", GATEWAY_RATELIMIT=f"127.0.0.1:{shared.service_port}",
-        GATEWAY_GLOBAL_LIMITS="0")
-    reporting.start()
-    url = f"http://{settings.host}:{settings.port}"
-    try:
-        reporting.wait_until(lambda: http_ok(url + "/readyz"), timeout=30)
+    with extra_gateway(shared, triton, "envoy-reporting", GATEWAY_GLOBAL_LIMITS="0") as reporting:
+        url = f"http://{reporting.host}:{reporting.port}"
         key = issue(shared, "usage", "premium")
         key_id = next(k["id"] for k in shared.keys.load() if k["name"] == "usage")
         answers = [requests.post(base + "/generate", json=GENERATE, headers={"X-API-Key": key},
@@ -158,8 +169,6 @@ def test_each_keys_usage_is_counted_across_gateways_enforcing_or_not(
                 kind="completion") < 3 * GENERATE["max_tokens"]:
             assert time.monotonic() < deadline, "the per-key usage did not arrive"
             time.sleep(0.2)
-    finally:
-        reporting.stop(grace=5)
     # issue() made a config call through each enforcing gateway: ok answers, no tokens.
     assert sample(usage, "llm_gateway_key_requests_total", key_id=key_id, outcome="ok") == 5
     assert sample(usage, "llm_gateway_key_requests_total", key_id=key_id, outcome="refused") == 1
@@ -244,36 +253,32 @@ def test_over_quota_key_gets_429_naming_the_token_budget_and_others_are_untouche
 def test_redis_down_fails_open_by_default_and_closed_when_configured(
         shared: SharedLimits, triton: runtime.Settings) -> None:
     key = issue(shared, "redis-down", "premium")
-    closed, closed_settings = gateway_process(
-        triton, name="envoy-global-closed", GATEWAY_RATELIMIT=f"127.0.0.1:{shared.service_port}",
-        GATEWAY_RATELIMIT_FAILURE_MODE="closed")
-    closed.start()
-    closed_url = f"http://{closed_settings.host}:{closed_settings.port}"
-    try:
-        closed.wait_until(lambda: http_ok(closed_url + "/readyz"), timeout=30)
+    with extra_gateway(shared, triton, "envoy-global-closed",
+                       GATEWAY_RATELIMIT_FAILURE_MODE="closed") as closed_settings:
+        closed_url = f"http://{closed_settings.host}:{closed_settings.port}"
         errors = sample(scrape(shared.metrics_url), "llm_ratelimit_redis_errors_total",
                         call="take")
         shared.redis.stop(grace=5)
-        open_reply = requests.post(shared.urls[0] + "/generate", json=GENERATE,
-                                   headers={"X-API-Key": key}, timeout=30)
-        assert open_reply.status_code == 200, open_reply.text
-        # The service says Redis is down, and the failed check is counted.
-        down = scrape(shared.metrics_url)
-        assert sample(down, "llm_ratelimit_redis_up") == 0
-        assert sample(down, "llm_ratelimit_redis_errors_total", call="take") > errors
-        # Each gateway says what it enforces, and how it fails.
-        state = scrape(f"http://127.0.0.1:{closed_settings.metrics_port}/metrics")
-        assert sample(state, "llm_gateway_global_limits_enabled",
-                      ratelimit_service=f"127.0.0.1:{shared.service_port}",
-                      failure_mode="closed") == 1
-        refused = requests.post(closed_url + "/generate", json=GENERATE,
-                                headers={"X-API-Key": key}, timeout=30)
-        assert_error_contract(refused, 503)
-        assert "retry-after" in refused.headers
-    finally:
-        closed.stop(grace=5)
-        shared.redis.start()
-        shared.redis.wait_until(lambda: _wait_for_redis(shared.redis_port), timeout=20)
+        try:
+            open_reply = requests.post(shared.urls[0] + "/generate", json=GENERATE,
+                                       headers={"X-API-Key": key}, timeout=30)
+            assert open_reply.status_code == 200, open_reply.text
+            # The service says Redis is down, and the failed check is counted.
+            down = scrape(shared.metrics_url)
+            assert sample(down, "llm_ratelimit_redis_up") == 0
+            assert sample(down, "llm_ratelimit_redis_errors_total", call="take") > errors
+            # Each gateway says what it enforces, and how it fails.
+            state = scrape(f"http://127.0.0.1:{closed_settings.metrics_port}/metrics")
+            assert sample(state, "llm_gateway_global_limits_enabled",
+                          ratelimit_service=f"127.0.0.1:{shared.service_port}",
+                          failure_mode="closed") == 1
+            refused = requests.post(closed_url + "/generate", json=GENERATE,
+                                    headers={"X-API-Key": key}, timeout=30)
+            assert_error_contract(refused, 503)
+            assert "retry-after" in refused.headers
+        finally:
+            shared.redis.start()
+            shared.redis.wait_until(lambda: _wait_for_redis(shared.redis_port), timeout=20)
     # Back with Redis: limits apply again (a fresh, full bucket).
     reply = requests.post(shared.urls[1] + "/generate", json=GENERATE,
                           headers={"X-API-Key": key}, timeout=30)
