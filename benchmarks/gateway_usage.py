@@ -10,7 +10,7 @@ each gateway in turn (SSE `generate_stream`, then gRPC streaming) and reads the 
 time from /proc before and after. The median over runs is reported, with Envoy's worker
 count (its --concurrency: the machine's cores unless told).
 
-  python -m benchmarks.gateway_usage [--streams 16] [--tokens 200] [--runs 3]
+  python -m benchmarks.gateway_usage [--streams 32] [--tokens 256] [--rounds 5] [--runs 3]
 """
 
 from __future__ import annotations
@@ -77,15 +77,17 @@ def grpc_stream(target: str, key: str, tokens: int) -> int:
     return tokens
 
 
-def measure(pid: int, streams: int, one: Callable[[], int]) -> float:
-    """µs of the gateway's CPU per token over `streams` concurrent generations."""
+def measure(pid: int, streams: int, rounds: int, one: Callable[[], int]) -> float:
+    """µs of the gateway's CPU per token over `rounds` of `streams` concurrent generations
+    (enough tokens that the kernel's 10 ms accounting tick is a small share)."""
     before = cpu_seconds(pid)
     done: list[int] = []
-    threads = [threading.Thread(target=lambda: done.append(one())) for _ in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for _ in range(rounds):
+        threads = [threading.Thread(target=lambda: done.append(one())) for _ in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return (cpu_seconds(pid) - before) / sum(done) * 1e6
 
 
@@ -102,8 +104,9 @@ def without_usage(config: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="batches of streams per figure")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     run_dir = runtime.RUN_DIR / "gateway-usage"
@@ -132,9 +135,10 @@ def main() -> int:
                 assert process.proc is not None
                 url = f"http://{gateway.host}:{gateway.port}"
                 results[name]["sse"].append(measure(
-                    process.proc.pid, args.streams, lambda: sse_stream(url, key, args.tokens)))
+                    process.proc.pid, args.streams, args.rounds,
+                    lambda: sse_stream(url, key, args.tokens)))
                 results[name]["grpc"].append(measure(
-                    process.proc.pid, args.streams,
+                    process.proc.pid, args.streams, args.rounds,
                     lambda: grpc_stream(f"{gateway.host}:{gateway.port}", key, args.tokens)))
             print(f"run {run + 1}: {json.dumps(results)}", flush=True)
     finally:
@@ -144,6 +148,7 @@ def main() -> int:
                for name, kinds in results.items()}
     print(json.dumps({"gateway_cpu_us_per_token (median of runs)": summary,
                       "streams": args.streams, "tokens_per_stream": args.tokens,
+                      "rounds": args.rounds,
                       "envoy_workers": os.cpu_count()}, indent=1))
     return 0
 
