@@ -30,7 +30,7 @@ import requests
 import tritonclient.grpc as grpcclient
 
 from tools import runtime
-from tools.processes import ServerProcess, gateway_process, http_ok, triton_process, triton_settings
+from tools.processes import gateway_process, http_ok, triton_process, triton_settings
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 

@@ -15,8 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.harness import (assert_error_contract, infer_inputs, model_log_records, sample,
-                           scrape)
+from tests.harness import assert_error_contract, infer_inputs, model_log_records, sample, scrape
 from tools.processes import free_port, gateway_process, http_ok
 
 BODY = {"text_input": "The list", "max_tokens": 4}
