@@ -440,7 +440,8 @@ def up(settings: runtime.Settings) -> int:
     gateway = runtime.gateway_settings(settings)
     key = dev_key(gateway)  # issued here so the key never lands in the runner's log
     log = settings.run_dir / "serve.log"
-    runner = Supervised("runner", [sys.executable, "-m", "tools.serve", "serve"], dict(os.environ), log)
+    runner = Supervised("runner", [sys.executable, "-m", "tools.serve", "serve"],
+                        dict(os.environ), log)
     runner.start()
     assert runner.proc is not None
     pidf.write_text(str(runner.proc.pid))
