@@ -215,22 +215,14 @@ class OpenAIFrontend:
         events = self.triton.generate(prompt, request.sampling, request.stream, headers,
                                       request.prompt_ids)
         if not request.stream:
-            try:
-                whole = await _or_disconnect(http, _collect(events, choices))
-            except BaseException as exc:
-                _end(span, exc)
-                raise
+            whole = await _failing(span, _or_disconnect(http, _collect(events, choices)))
             _end(span)
             build = responses.chat_completion if chat else responses.completion
             return JSONResponse(build(response_id, created, self.model.id, [
                 self._choice(request, prompt, echo, piece, final, chat)
                 for piece, final in whole]))
         # The first event is awaited before answering, so a refusal is still a plain status.
-        try:
-            first = await _or_disconnect(http, events.__anext__())
-        except BaseException as exc:
-            _end(span, exc)
-            raise
+        first = await _failing(span, _or_disconnect(http, events.__anext__()))
         writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
                                        request.include_usage,
                                        request.sampling.logprobs is not None, len(echo), choices)
@@ -289,6 +281,16 @@ def _end(span: Optional[Span], error: Optional[BaseException] = None) -> None:
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
     span.end()
+
+
+async def _failing(span: Optional[Span], work: Awaitable[Any]) -> Any:
+    """`work`'s result; if it raises (a refusal, the client leaving), the span ends with the
+    error first."""
+    try:
+        return await work
+    except BaseException as exc:
+        _end(span, exc)
+        raise
 
 
 async def _stream(writer: responses.ChunkWriter, echo: str, first: Event,

@@ -382,7 +382,10 @@ def enforcement(gateway: runtime.GatewaySettings) -> str:
     if gateway.global_limits:
         return (f"limits: per-key local buckets + the shared limits and token quotas of the "
                 f"rate-limit service {gateway.ratelimit} (fails {gateway.ratelimit_failure_mode})")
-    return "limits: per-key local buckets only (no rate-limit service: LLM_GLOBAL_LIMITS=1 adds it)"
+    counted = (f"; the rate-limit service {gateway.ratelimit} only counts usage"
+               if gateway.ratelimit else "")
+    return (f"limits: per-key local buckets only{counted} (LLM_GLOBAL_LIMITS=1 shares limits "
+            f"and token quotas across gateways)")
 
 
 def listening(port: int) -> bool:
