@@ -440,6 +440,10 @@ def render_envoy_config(settings: GatewaySettings, tiers: Mapping[str, Any]) -> 
         "ADMIN_CLUSTER": ADMIN_CLUSTER,
         "METRICS_LUA": json.dumps(render_metrics_lua(settings)),
         "TRACING": json.dumps(_tracing(settings)),
+        "ENFORCED_RUNTIME": json.dumps({
+            "llm.global_limits": 100 if settings.global_limits else 0,
+            "llm.ratelimit_service": settings.ratelimit or "none",
+            "llm.ratelimit_failure_mode": settings.ratelimit_failure_mode}),
         "OTLP_CLUSTER": OTLP_CLUSTER,
         "OTLP_HOST": _otlp_address(settings)[0],
         "OTLP_PORT": _otlp_address(settings)[1],

@@ -425,3 +425,10 @@ def test_scrape_listener_serves_envoys_stats_and_the_gateways_state_read_only(ga
                          ("GET", "/config_dump")):
         assert requests.request(method, url + path, timeout=5).status_code == 404
     assert sample(scrape(url + "/metrics"), "llm_gateway_draining") == 0
+    # The admin port (loopback) says what it enforces too, in its runtime values.
+    runtime_values = requests.get(f"http://127.0.0.1:{gateway.settings.admin_port}/runtime",
+                                  timeout=5).json()["entries"]
+    assert {key: runtime_values[key]["final_value"] for key in (
+        "llm.global_limits", "llm.ratelimit_service", "llm.ratelimit_failure_mode")} == {
+        "llm.global_limits": "0", "llm.ratelimit_service": "none",
+        "llm.ratelimit_failure_mode": "open"}
