@@ -3,14 +3,16 @@
 usage filter (gateway/usage.lua: token counts and queue/prefill/decode times for the access
 log and the per-key usage) and without it.
 
-One Triton (the demo model: the fastest token rate, so the most chunks for the gateway to
-read) and two gateways in front of it, rendered from the same settings; in the second the
-usage filter's script is emptied. Each run streams the same concurrent generations through
+One Triton (the demo model by default: the fastest token rate, so the most chunks for the
+gateway to read; `--model-dir` for another, e.g. the real model) and two gateways in front
+of it, rendered from the same settings; in the second the usage filter's script is emptied.
+Each run streams the same concurrent generations through
 each gateway in turn (SSE `generate_stream`, then gRPC streaming) and reads the gateway's CPU
 time from /proc before and after. The median over runs is reported, with Envoy's worker
 count (its --concurrency: the machine's cores unless told).
 
   python -m benchmarks.gateway_usage [--streams 32] [--tokens 256] [--rounds 5] [--runs 3]
+                                     [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -108,10 +110,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5, help="batches of streams per figure")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model-dir", type=Path, default=runtime.DEMO_MODEL,
+                        help="the model Triton serves (default: the demo model)")
     args = parser.parse_args()
     run_dir = runtime.RUN_DIR / "gateway-usage"
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = triton_settings(run_dir)
+    settings = triton_settings(run_dir, LLM_MODEL_DIR=str(args.model_dir.resolve()))
     triton = triton_process(settings, LLM_DTYPE="float32")
     gateways = {}
     for name in ("with_usage", "without_usage"):
@@ -148,7 +152,7 @@ def main() -> int:
                for name, kinds in results.items()}
     print(json.dumps({"gateway_cpu_us_per_token (median of runs)": summary,
                       "streams": args.streams, "tokens_per_stream": args.tokens,
-                      "rounds": args.rounds,
+                      "rounds": args.rounds, "model": args.model_dir.name,
                       "envoy_workers": os.cpu_count()}, indent=1))
     return 0
 
