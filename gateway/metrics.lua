@@ -7,9 +7,10 @@
 --   llm_gateway_draining               1 while the drain switch (llm.draining) is on
 --   llm_gateway_global_limits_enabled  1 while the gateway asks the rate-limit service
 --                                      (llm.global_limits), labelled with that service and
---                                      the failure mode
--- render.py prepends the settings below it: ADMIN_CLUSTER, GLOBAL_LIMITS_DEFAULT,
--- RATELIMIT_SERVICE, RATELIMIT_FAILURE_MODE.
+--                                      the failure mode (llm.ratelimit_service,
+--                                      llm.ratelimit_failure_mode)
+-- Those runtime values are the config's own (its `enforced` layer, written by render.py) unless
+-- the admin layer overrides them. render.py prepends ADMIN_CLUSTER.
 
 local TIMEOUT_MS = 5000
 
@@ -23,11 +24,11 @@ local function admin_get(handle, path)
 end
 
 -- A runtime key's value from the admin's /runtime JSON (its final value), or the default
--- when nobody has set it.
+-- when the key is absent.
 local function runtime_value(runtime, key, default)
   local escaped = key:gsub("%.", "%%.")
-  local value = runtime:match('"' .. escaped .. '"%s*:%s*{[^}]-"final_value"%s*:%s*"(%d+)"')
-  return tonumber(value) or default
+  local value = runtime:match('"' .. escaped .. '"%s*:%s*{[^}]-"final_value"%s*:%s*"([^"]*)"')
+  return value or default
 end
 
 local function gauge(name, help, labels, value)
@@ -50,16 +51,18 @@ function envoy_on_request(handle)
                    "the gateway's admin endpoint did not answer\n")
     return
   end
-  local draining = runtime_value(runtime, "llm.draining", 0) >= 100 and 1 or 0
-  local limits = runtime_value(runtime, "llm.global_limits", GLOBAL_LIMITS_DEFAULT) > 0
+  local draining = (tonumber(runtime_value(runtime, "llm.draining", "0")) or 0) >= 100
+      and 1 or 0
+  local limits = (tonumber(runtime_value(runtime, "llm.global_limits", "0")) or 0) > 0
       and 1 or 0
   local state =
       gauge("llm_gateway_draining", "1 while the gateway drains: new requests get 503.",
             "", draining) ..
       gauge("llm_gateway_global_limits_enabled",
             "1 while the gateway enforces the shared limits of the rate-limit service.",
-            '{ratelimit_service="' .. RATELIMIT_SERVICE .. '",failure_mode="' ..
-                RATELIMIT_FAILURE_MODE .. '"}', limits)
+            '{ratelimit_service="' .. runtime_value(runtime, "llm.ratelimit_service", "none") ..
+                '",failure_mode="' .. runtime_value(runtime, "llm.ratelimit_failure_mode", "open")
+                .. '"}', limits)
   handle:respond({[":status"] = "200",
                   ["content-type"] = "text/plain; version=0.0.4; charset=utf-8"},
                  stats .. state)
