@@ -20,13 +20,17 @@ class Header(str, Enum):
     TIER = "x-llm-tier"                    # the key's tier (tiers.yaml)
     TOKEN_RESERVE = "x-llm-token-reserve"  # tokens a generation may cost (token_budget.lua)
     POOL = "x-llm-pool"                    # on answers: the replica pool that served
+    ADAPTER = "x-llm-adapter"              # the client's: the LoRA adapter to run
 
 
 # Set only by the gateway; a client's copy is dropped before authentication.
 IDENTITY: tuple[Header, ...] = (Header.KEY_ID, Header.KEY_NAME, Header.TIER)
 
 # What the services behind the gateway read, in this order.
-FORWARDED: tuple[Header, ...] = (Header.REQUEST_ID, Header.KEY_ID, Header.TIER)
+FORWARDED: tuple[Header, ...] = (Header.REQUEST_ID, Header.KEY_ID, Header.TIER, Header.ADAPTER)
+
+# Triton's --http/--grpc-header-forward-pattern: the forwarded headers become request parameters.
+FORWARD_PATTERN = "x-(" + "|".join(h.value.removeprefix("x-") for h in FORWARDED) + ")"
 
 # Where auth.lua leaves the key's name for the access log (namespace, key).
 KEY_NAME_METADATA = ("llm.gateway", "key_name")

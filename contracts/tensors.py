@@ -91,6 +91,9 @@ INPUTS: dict[str, Tensor] = _by_name(
     Tensor("n", "TYPE_INT32", optional=True,
            doc="1 (the default) .. 8 sequences from the prompt, prefilled once; above 1 only "
                "streamed (llm_stream), each response naming its sequence in `index`"),
+    Tensor("adapter", "TYPE_STRING", optional=True,
+           doc="the LoRA adapter to run (docs/adapters.md); absent or empty: the base model. "
+               "The `x-llm-adapter` header says the same on every route"),
 )
 
 # `llm_stream` takes the same inputs and `stream` (false: one response with the whole text,

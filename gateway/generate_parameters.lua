@@ -6,7 +6,7 @@
 -- and infer tensors whose `shape` claims more elements than the body has bytes (Triton
 -- allocates what the shape claims before reading `data`: a 150-byte body claiming [1, 2^40]
 -- INT32 elements threw std::bad_alloc and aborted the server), then carry the request id and
--- caller identity into the generate extension's JSON body.
+-- caller identity (and the client's adapter header) into the generate extension's JSON body.
 -- Why: Triton forwards chosen headers to the model as request parameters on `infer`, but not
 -- on `generate` / `generate_stream`; there only a top-level "parameters" object in the body
 -- reaches the model. The model's per-request log line needs the request id and key id to
@@ -17,7 +17,7 @@ local function json_escape(text)
 end
 
 -- Put the request id and identity into the generate body's `parameters`.
-local function add_generate_parameters(handle, request_id, key_id, tier)
+local function add_generate_parameters(handle, request_id, key_id, tier, adapter)
   local body = handle:body()
   if body == nil then return end
   local text = body:getBytes(0, body:length())
@@ -28,8 +28,8 @@ local function add_generate_parameters(handle, request_id, key_id, tier)
       "the `parameters` field is reserved on this route; send sampling settings as top-level fields")
     return
   end
-  local params = string.format('"parameters":{"x-request-id":"%s","x-llm-key-id":"%s","x-llm-tier":"%s"}',
-    json_escape(request_id), json_escape(key_id), json_escape(tier))
+  local params = string.format('"parameters":{"x-request-id":"%s","x-llm-key-id":"%s","x-llm-tier":"%s","x-llm-adapter":"%s"}',
+    json_escape(request_id), json_escape(key_id), json_escape(tier), json_escape(adapter))
   local separator = rest:match("^%s*}") and "" or ","
   local new_body = "{" .. params .. separator .. rest
   body:setBytes(new_body)
@@ -104,5 +104,7 @@ function envoy_on_request(handle)
       "a tensor's `shape` claims more elements than the request body carries")
     return
   end
-  if generate then add_generate_parameters(handle, request_id, key_id, tier) end
+  if generate then
+    add_generate_parameters(handle, request_id, key_id, tier, headers:get("x-llm-adapter") or "")
+  end
 end

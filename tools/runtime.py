@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from contracts.headers import FORWARD_PATTERN
 from gateway.keys import KeyStore
 from gateway.render import SERVING_CLUSTERS, GatewaySettings, Pool, load_tiers, render_envoy_config
 from ratelimit.contract import metrics_port as ratelimit_metrics_port
@@ -242,8 +243,8 @@ def triton_command(settings: Settings, model_repository: Path = MODEL_REPOSITORY
         f"--http-restricted-api={restricted}:admin-key={settings.admin_key}",
         f"--grpc-restricted-protocol={restricted}:admin-key={settings.admin_key}",
         # Forward the gateway's identity and request-id headers to the model's parameters.
-        "--http-header-forward-pattern=x-(request-id|llm-key-id|llm-key-name|llm-tier)",
-        "--grpc-header-forward-pattern=x-(request-id|llm-key-id|llm-key-name|llm-tier)",
+        f"--http-header-forward-pattern={FORWARD_PATTERN}",
+        f"--grpc-header-forward-pattern={FORWARD_PATTERN}",
         "--allow-gpu-metrics=false",
         "--pinned-memory-pool-byte-size=0",
         "--cuda-memory-pool-byte-size=0:0",

@@ -23,6 +23,7 @@ from contracts.headers import Header
 from contracts.logprobs import TokenLogprobs
 from contracts.tensors import INPUTS, OUTPUTS, TIMINGS
 from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
+from textgen.core.validation import UnknownAdapter, ValidationError
 
 from . import tracing
 
@@ -30,26 +31,51 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 # Error kinds -> Triton codes, for gRPC callers (the gateway sets HTTP statuses from the kind).
 # Names, not values: pb_utils.TritonError only exists once the stub has started.
-_CODES = {ErrorType.INVALID_REQUEST: "INVALID_ARG", ErrorType.OVERLOADED: "UNAVAILABLE",
-          ErrorType.UNAVAILABLE: "UNAVAILABLE", ErrorType.INTERNAL: "INTERNAL"}
+_CODES = {ErrorType.INVALID_REQUEST: "INVALID_ARG", ErrorType.NOT_FOUND: "NOT_FOUND",
+          ErrorType.OVERLOADED: "UNAVAILABLE", ErrorType.UNAVAILABLE: "UNAVAILABLE",
+          ErrorType.INTERNAL: "INTERNAL"}
+
+
+def refusal_kind(exc: Exception) -> ErrorType:
+    """A request refused before it ran: an adapter not served here, another client mistake,
+    or no capacity for it now."""
+    if isinstance(exc, UnknownAdapter):
+        return ErrorType.NOT_FOUND
+    return ErrorType.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorType.OVERLOADED
 
 
 def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
-    """The request's tensors by name; optional inputs that were not sent are None."""
+    """The request's tensors by name; optional inputs that were not sent are None. The
+    `x-llm-adapter` header (a request parameter, Triton's header forwarding) stands for the
+    `adapter` input when that is absent; naming two different adapters is a 400."""
     inputs = {}
     for name in INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         inputs[name] = None if tensor is None else tensor.as_numpy()
+    header = str(_parameters(request).get(Header.ADAPTER, "")).strip()
+    if header:
+        given = inputs["adapter"]
+        named = "" if given is None else bytes(np.asarray(given).reshape(-1)[0]).decode(
+            "utf-8", "replace").strip()
+        if named and named != header:
+            raise ValidationError("adapter", f"{named!r:.80} and the x-llm-adapter header "
+                                             f"{header!r:.80} name different adapters")
+        inputs["adapter"] = np.array([header.encode("utf-8")], dtype=object)
     return inputs
+
+
+def _parameters(request: Any) -> dict[str, Any]:
+    try:
+        params = json.loads(request.parameters() or "{}")
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
 def request_metadata(request: Any) -> dict[str, str]:
     """Ids for logs: the request id and the caller identity the gateway forwarded, and the
     trace context of Triton's span when tracing is on (tracing.py)."""
-    try:
-        params = json.loads(request.parameters() or "{}")
-    except ValueError:
-        params = {}
+    params = _parameters(request)
     meta = {
         "request_id": str(params.get(Header.REQUEST_ID) or request.request_id() or ""),
         "key_id": str(params.get(Header.KEY_ID, "")),

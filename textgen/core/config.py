@@ -37,6 +37,11 @@ ENV_OVERRIDES = {
     "max_new_tokens": "LLM_MAX_NEW_TOKENS",
     "max_batch_total_tokens": "LLM_MAX_BATCH_TOTAL_TOKENS",
     "max_prompt_logits_mib": "LLM_MAX_PROMPT_LOGITS_MIB",
+    "enable_lora": "LLM_ENABLE_LORA",
+    "lora_adapters": "LLM_LORA_ADAPTERS",
+    "max_loras": "LLM_MAX_LORAS",
+    "max_lora_rank": "LLM_MAX_LORA_RANK",
+    "adapter_record": "LLM_ADAPTER_RECORD",
 }
 ENGINES = ("auto", "transformers", "vllm")  # see engines.py
 DEVICES = ("auto", "cpu", "cuda")
@@ -146,6 +151,18 @@ class EngineConfig:
     # holds at once (float32, tokens x vocabulary): a request whose would be larger is refused
     # with the longest prompt it may score. 1 GiB is 5,461 tokens of a 49,152-token vocabulary.
     max_prompt_logits_mib: int = 1024
+    # LoRA adapters (textgen/adapters, docs/adapters.md). On when `lora_adapters` names any
+    # or `enable_lora` is set (so adapters can be loaded at run time). `lora_adapters`: (name,
+    # directory) pairs served from the start; `adapter_record`: a JSON file of name ->
+    # directory that every load and unload rewrites and, when it exists, the start reads
+    # instead, so a restarted replica serves what it served. `max_loras`: adapters resident in
+    # memory at once (idle ones evicted least recently used); `max_lora_rank`: the largest
+    # rank taken.
+    enable_lora: bool = False
+    lora_adapters: tuple[tuple[str, Path], ...] = ()
+    adapter_record: Optional[Path] = None
+    max_loras: int = 8
+    max_lora_rank: int = 64
     limits: Limits = Limits()
 
 
@@ -192,6 +209,30 @@ def _choice(params: Mapping[str, str], name: str, choices: tuple[str, ...]) -> s
     return value
 
 
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "").strip().lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"parameter `{name}` must be true or false, got {value!r}")
+    return value in ("1", "true", "yes", "on")
+
+
+def _adapters(params: Mapping[str, str], root: Path) -> tuple[tuple[str, Path], ...]:
+    """`lora_adapters`: `name=directory,...`; relative directories from the project root."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in params.get("lora_adapters", "")
+                              .split(","))):
+        name, equals, path = item.partition("=")
+        if not equals or not name.strip() or not path.strip():
+            raise ConfigError(f"parameter `lora_adapters` must be `name=directory,...`, got "
+                              f"{item!r}")
+        pairs.append((name.strip(), _resolved(Path(path.strip()), root)))
+    return tuple(pairs)
+
+
+def _resolved(path: Path, root: Path) -> Path:
+    return path if path.is_absolute() else (root / path).resolve()
+
+
 def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Path,
                        env: Mapping[str, str] = os.environ) -> EngineConfig:
     """Build the engine config from Triton's parsed model config.
@@ -212,9 +253,10 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
     if not params.get("model_dir"):
         raise ConfigError("parameter `model_dir` is empty: set it in config.pbtxt or export "
                           "LLM_MODEL_DIR=/path/to/final_model")
-    model_dir = Path(params["model_dir"])
-    if not model_dir.is_absolute():
-        model_dir = (model_repository_dir.parent.parent / model_dir).resolve()
+    root = model_repository_dir.parent.parent
+    model_dir = _resolved(Path(params["model_dir"]), root)
+    lora_adapters = _adapters(params, root)
+    record = params.get("adapter_record", "").strip()
 
     limits = Limits(
         max_prompt_tokens=_positive_int_or_auto(params, "max_prompt_tokens"),
@@ -247,5 +289,10 @@ def load_engine_config(model_config: Mapping[str, Any], model_repository_dir: Pa
                                             int(EngineConfig.queue_timeout_s))),
         max_prompt_logits_mib=_positive_int(params, "max_prompt_logits_mib",
                                             EngineConfig.max_prompt_logits_mib),
+        enable_lora=_flag(params, "enable_lora") or bool(lora_adapters),
+        lora_adapters=lora_adapters,
+        adapter_record=_resolved(Path(record), root) if record else None,
+        max_loras=_positive_int(params, "max_loras", EngineConfig.max_loras),
+        max_lora_rank=_positive_int(params, "max_lora_rank", EngineConfig.max_lora_rank),
         limits=limits,
     )

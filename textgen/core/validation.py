@@ -35,6 +35,17 @@ class ValidationError(ValueError):
         self.parameter = parameter
 
 
+class UnknownAdapter(ValidationError):
+    """A request named an adapter this replica does not serve (HTTP 404, naming those it does;
+    textgen/adapters)."""
+
+    def __init__(self, name: str, served: list[str]) -> None:
+        listed = ", ".join(f"`{n}`" for n in served) if served else "none"
+        super().__init__("adapter", f"{name!r:.80} is not served here; the adapters served: "
+                                    f"{listed}")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """Everything the engine needs for one sequence, already checked and defaulted."""
@@ -59,6 +70,7 @@ class GenerationRequest:
     # The prompt's tokens when the client sent them (input_ids); else the engine tokenizes
     prompt_ids: tuple[int, ...] = ()
     n: int = 1  # sequences from this prompt, each with its own `index` and random stream
+    adapter: str = ""  # the LoRA adapter to run (textgen/adapters); "": the base model
 
     @property
     def greedy(self) -> bool:
@@ -254,7 +266,14 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], limits: Limits) ->
         prompt_logprobs=prompt_logprobs,
         prompt_ids=_token_ids(inputs.get("input_ids"), limits),
         n=parse_choices(inputs.get("n")),
+        adapter=_adapter(inputs.get("adapter")),
     )
+
+
+def _adapter(raw: Optional[np.ndarray]) -> str:
+    """`adapter`: a name (the engine says whether it serves it); empty means the base model."""
+    value = _scalar("adapter", raw)
+    return "" if value is None else _text("adapter", value).strip()
 
 
 def check_token_budget(prompt_tokens: int, request: GenerationRequest, limits: Limits) -> None:

@@ -24,6 +24,8 @@ from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
+from textgen.adapters.lora import ActiveLora, StepLora, wrap_linears
+from textgen.adapters.peft_format import LoraAdapter, base_linears
 from textgen.core.dtypes import ProductTimer, best_seconds
 from textgen.core.loading import ModelLoadError, quantize_linear_int8
 from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
@@ -38,17 +40,20 @@ class Executor(Protocol):
     forward_path: str  # how the forward (decode steps and prefill) runs, for the start-up log
     kv_dtype: torch.dtype  # what its cache holds: the engine's token budget counts its bytes
 
-    def prefill(self, prompts: list[list[int]],
-                every_position: Sequence[bool] = ()) -> torch.Tensor:
+    def prefill(self, prompts: list[list[int]], every_position: Sequence[bool] = (),
+                adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
         """Run the prompts, add them as new rows; returns their next-token logits [n, vocab].
 
         A prompt whose `every_position` is set (prompt logprobs) gets the logits after each of
         its tokens instead of the last one only, so the result holds, prompt after prompt, one
-        row or len(prompt) rows (kv_batch.prefill_positions)."""
+        row or len(prompt) rows (kv_batch.prefill_positions). `adapters`: per prompt, the LoRA
+        adapter it runs (None: the base model); empty when none does or LoRA is off."""
         ...
 
-    def decode(self, last_tokens: list[int]) -> torch.Tensor:
-        """One token per running row (in row order); returns the logits [rows, vocab]."""
+    def decode(self, last_tokens: list[int],
+               adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
+        """One token per running row (in row order); returns the logits [rows, vocab].
+        `adapters`: per row, as in `prefill`."""
         ...
 
     def fork(self, rows: list[int]) -> None:
@@ -75,16 +80,26 @@ class HFExecutor:
     name = "hf"
     forward_path = "module"
 
-    def __init__(self, model: Any, pad_id: int, device: torch.device) -> None:
+    def __init__(self, model: Any, pad_id: int, device: torch.device,
+                 lora: bool = False) -> None:
+        """`lora`: wrap the module's linear layers so rows may run adapters
+        (adapters.lora.LoraLinear)."""
         self.model = model
         self.kv_dtype = model.dtype
         self._pad_id = pad_id
         self._device = device
         self._kv_tokens: Optional[int] = None
         self._batch = KVBatch()
+        self._lora = ActiveLora()
+        if lora:
+            wrap_linears(model, list(base_linears(model)), self._lora)
 
-    def prefill(self, prompts: list[list[int]],
-                every_position: Sequence[bool] = ()) -> torch.Tensor:
+    def prefill(self, prompts: list[list[int]], every_position: Sequence[bool] = (),
+                adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
+        with self._lora.using(StepLora.of(adapters, self._device) if adapters else None):
+            return self._prefill(prompts, every_position)
+
+    def _prefill(self, prompts: list[list[int]], every_position: Sequence[bool]) -> torch.Tensor:
         ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
         # logits_to_keep=1: only the last position's logits are sampled; computing the
         # vocabulary projection for every prompt token would dominate the prefill. With
@@ -97,11 +112,14 @@ class HFExecutor:
                          mask)
         return prefill_positions(out.logits, prompts, every_position)
 
-    def decode(self, last_tokens: list[int]) -> torch.Tensor:
+    def decode(self, last_tokens: list[int],
+               adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()
         ids = torch.tensor(last_tokens, device=self._device).unsqueeze(1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self._batch.cache, use_cache=True, logits_to_keep=1)
+        with self._lora.using(StepLora.of(adapters, self._device) if adapters else None):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=self._batch.cache, use_cache=True,
+                             logits_to_keep=1)
         self._batch.commit_decode()
         return out.logits[:, -1, :]
 
@@ -121,7 +139,8 @@ class HFExecutor:
 
 def select_executor(requested: str, model: Any, pad_id: int, device: torch.device,
                     context_length: int, forward_path: str = "auto",
-                    take_weights: bool = False, quantization: str = "none") -> Executor:
+                    take_weights: bool = False, quantization: str = "none",
+                    lora: bool = False) -> Executor:
     """`auto`: the lean Llama executor when the model is one it runs exactly, else HF's.
 
     `forward_path` (EngineConfig.forward_path): `auto` runs the Llama executor's decode step and
@@ -131,10 +150,21 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
 
     `quantization` `int8` on a CPU (the model loaded in float32): the C forward over int8
     panels where it runs; else torch's dynamic int8 modules in the HF module (the tensor
-    forward takes no int8, so forward_path `tensor` with int8 fails the load)."""
+    forward takes no int8, so forward_path `tensor` with int8 fails the load).
+
+    `lora` (LoRA adapters enabled): the Llama executor runs its tensor forward, which adds
+    the adapters' products per row; the C forward holds the weights it packed and adds none.
+    The HF module gets its linear layers wrapped (adapters/lora.py). int8 weights take none."""
     from textgen.executors.llama import LlamaExecutor
 
     int8 = quantization == "int8" and device.type == "cpu"
+    if lora and quantization != "none":
+        raise ModelLoadError(f"LoRA adapters run over float weights; quantization "
+                             f"`{quantization}` takes none: unset LLM_QUANTIZATION or serve no "
+                             "adapters (LLM_LORA_ADAPTERS, LLM_ENABLE_LORA)")
+    if lora and forward_path == "c":
+        raise ModelLoadError("forward_path `c` adds no LoRA adapters (the C forward holds the "
+                             "weights it packed): use forward_path `auto` or `tensor`")
     if int8 and forward_path == "tensor":
         raise ModelLoadError("quantization `int8` on the CPU runs in the C forward (or, with "
                              "executor `hf`, in torch's int8 modules); the tensor forward "
@@ -150,10 +180,14 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
                                  "use forward_path `auto` or `tensor`")
         if requested == "auto":
             log.info("using the Hugging Face executor: %s", reason)
-        return _hf_executor(model, pad_id, device, int8)
+        return HFExecutor(model, pad_id, device, lora=True) if lora \
+            else _hf_executor(model, pad_id, device, int8)
+    if lora:
+        log.info("LoRA adapters on: the Llama executor runs its tensor forward, which adds "
+                 "each row's adapter (the C forward would hold the weights it packed)")
     executor = LlamaExecutor(model, pad_id, device, context_length,
-                             kernel_target=None if forward_path == "tensor" else "native",
-                             take_weights=take_weights, int8=int8)
+                             kernel_target=None if forward_path == "tensor" or lora
+                             else "native", take_weights=take_weights, int8=int8)
     if forward_path == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"forward_path `c` is not available here: "
                              f"{executor.kernel_unavailable}; use forward_path `auto` or `tensor`")

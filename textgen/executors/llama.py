@@ -33,6 +33,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from textgen.adapters.lora import StepLora
+from textgen.adapters.peft_format import LoraAdapter
 from textgen.executors.kv_batch import KVBatch, prefill_inputs, prefill_mask, prefill_positions
 from textgen.executors.native import kernel as forward_kernel
 
@@ -143,6 +145,7 @@ class LlamaExecutor:
         self._batch = KVBatch()
         self._kernel: Optional[forward_kernel.ForwardKernel] = None
         self._layers: list[_Layer] = []
+        self._lora_layout: dict[Any, list[tuple[str, int]]] = {}
         built = forward_kernel.build(
             model, self._cos, self._sin, self._heads, self._kv_heads, self._head_dim, self._eps,
             kernel_target, take_weights, int8) \
@@ -165,8 +168,17 @@ class LlamaExecutor:
         """The tensor forward's weights: per layer one q/k/v and one gate/up matrix."""
         self._final_norm = model.model.norm.weight.detach()
         self._lm_head = model.get_output_embeddings().weight.detach()
-        for layer in model.model.layers:
+        for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
+            # Where an adapter's products of the fused projections come from (lora.fuse).
+            prefix = f"model.layers.{i}."
+            self._lora_layout[(i, "qkv")] = [
+                (prefix + "self_attn." + name, module.out_features)
+                for name, module in (("q_proj", attn.q_proj), ("k_proj", attn.k_proj),
+                                     ("v_proj", attn.v_proj))]
+            self._lora_layout[(i, "gate_up")] = [
+                (prefix + "mlp." + name, module.out_features)
+                for name, module in (("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj))]
             qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
             self._layers.append(_Layer(
@@ -190,8 +202,8 @@ class LlamaExecutor:
 
     # ---- the Executor interface ---------------------------------------------------------
 
-    def prefill(self, prompts: list[list[int]],
-                every_position: Sequence[bool] = ()) -> torch.Tensor:
+    def prefill(self, prompts: list[list[int]], every_position: Sequence[bool] = (),
+                adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
         if self._kernel is not None:
             layers, logits = self._kernel.prefill(prompts, every_position)
             self._batch.join(layers, prefill_mask(prompts))
@@ -213,11 +225,12 @@ class LlamaExecutor:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
                                                   enable_gqa=self._kv_heads != self._heads)
 
-        hidden = self._forward(ids, positions, attend)
+        hidden = self._forward(ids, positions, attend, self._step_lora(adapters))
         self._batch.join(layers, mask)
         return self._logits(prefill_positions(hidden, prompts, every_position))
 
-    def decode(self, last_tokens: list[int]) -> torch.Tensor:
+    def decode(self, last_tokens: list[int],
+               adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
         mask, positions = self._batch.decode_inputs()
         if self._kernel is not None:
             logits = self._kernel.decode(torch.tensor(last_tokens), positions.view(-1), mask,
@@ -245,7 +258,7 @@ class LlamaExecutor:
             return out.reshape(rows, self._heads, 1, self._head_dim)
 
         ids = torch.tensor(last_tokens, device=self._device).unsqueeze(1)
-        hidden = self._forward(ids, positions, attend)
+        hidden = self._forward(ids, positions, attend, self._step_lora(adapters))
         self._batch.commit_decode()
         return self._logits(hidden[:, -1])
 
@@ -264,10 +277,18 @@ class LlamaExecutor:
 
     # ---- the forward pass ---------------------------------------------------------------
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Any) -> torch.Tensor:
+    def _step_lora(self, adapters: Sequence[Optional[LoraAdapter]]) -> Optional[StepLora]:
+        if not adapters:
+            return None
+        assert self._kernel is None, "adapters run in the tensor forward (select_executor)"
+        return StepLora.of(adapters, self._device, self._lora_layout)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Any,
+                 lora: Optional[StepLora] = None) -> torch.Tensor:
         """The decoder stack over `ids` ([rows, tokens]); `attend(layer, q, k, v)` stores the
         new keys and values and returns the attention output, [rows, heads, tokens, dim].
-        Returns the hidden state of every position, [rows, tokens, hidden]."""
+        `lora`: the adapters of the rows that use one. Returns the hidden state of every
+        position, [rows, tokens, hidden]."""
         rows, tokens = ids.shape
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
         qk_width = (heads + kv_heads) * dim
@@ -277,15 +298,27 @@ class LlamaExecutor:
         for i, layer in enumerate(self._layers):
             h = F.rms_norm(x, self._hidden, layer.input_norm, self._eps)
             qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            if lora is not None:
+                lora.add(qkv, h, (i, "qkv"))
             qk = qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim).transpose(1, 2)
             qk = torch.addcmul(qk * cos, qk[..., self._swap], sin)
             v = qkv[..., qk_width:].view(rows, tokens, kv_heads, dim).transpose(1, 2)
             out = attend(i, qk[:, :heads], qk[:, heads:], v)
-            x = x + F.linear(out.transpose(1, 2).reshape(rows, tokens, heads * dim), layer.out,
-                             layer.out_bias)
+            attended = out.transpose(1, 2).reshape(rows, tokens, heads * dim)
+            projected = F.linear(attended, layer.out, layer.out_bias)
+            if lora is not None:
+                lora.add(projected, attended, f"model.layers.{i}.self_attn.o_proj")
+            x = x + projected
             h = F.rms_norm(x, self._hidden, layer.post_norm, self._eps)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            gate_up = F.linear(h, layer.gate_up)
+            if lora is not None:
+                lora.add(gate_up, h, (i, "gate_up"))
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
+            down = F.linear(act, layer.down)
+            if lora is not None:
+                lora.add(down, act, f"model.layers.{i}.mlp.down_proj")
+            x = x + down
         return x
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

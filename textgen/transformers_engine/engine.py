@@ -17,12 +17,16 @@ from typing import Any, Optional
 import torch
 
 from contracts.logprobs import TokenLogprobs
+from textgen.adapters.peft_format import (AdapterError, LoraAdapter, UnknownAdapter, base_linears,
+                                          read_adapter)
+from textgen.adapters.registry import AdapterRegistry, starting_adapters
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.cpus import run_in_passing_thread
 from textgen.core.dtypes import resolve_dtype
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
-from textgen.core.loading import load_config, load_model, return_large_frees_to_the_os
+from textgen.core.loading import (ModelLoadError, load_config, load_model,
+                                  return_large_frees_to_the_os)
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
@@ -60,6 +64,10 @@ class SequenceState:
     # The request's other sequences, until they join the batch beside this one: its prefill
     # is theirs (the executor copies this row's cache for each).
     forks: list["SequenceState"] = field(default_factory=list)
+    # Its LoRA adapter, held from admission to its end (None: the base model); why one could
+    # not be held, if so (it was unloaded while the request waited).
+    lora: Optional[LoraAdapter] = None
+    refusal: str = ""
 
     @property
     def token_budget(self) -> int:
@@ -98,7 +106,9 @@ class TransformersEngine(EngineBase):
         for the C forward, where it runs)."""
         config = self.config
         if config.dtype == "auto" and self.device.type == "cpu":  # timed on these threads
-            timer = product_timer(config.executor, config.forward_path,
+            # LoRA keeps the Llama executor in its tensor forward (select_executor).
+            timer = product_timer(config.executor,
+                                  "tensor" if config.enable_lora else config.forward_path,
                                   load_config(config.model_dir))
             self.dtype, self.dtype_why = resolve_dtype(
                 "auto", self.device, timer, config.max_num_seqs, quantization=config.quantization)
@@ -113,9 +123,11 @@ class TransformersEngine(EngineBase):
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
+        self.adapters = self._adapter_registry() if config.enable_lora else None
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.forward_path,
-                                        take_weights=True, quantization=config.quantization)
+                                        take_weights=True, quantization=config.quantization,
+                                        lora=config.enable_lora)
         per_token = kv_bytes_per_token(self.model.config, self.executor.kv_dtype.itemsize)
         self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
                                    self.limits.context_length, per_token)
@@ -126,6 +138,22 @@ class TransformersEngine(EngineBase):
                  self.budget.tokens, self.budget.why,
                  str(self.executor.kv_dtype).removeprefix("torch."), bound, self._kv_bound_mib)
 
+    def _adapter_registry(self) -> AdapterRegistry:
+        """The adapters served from the start, checked against the loaded base model."""
+        config, linears = self.config, base_linears(self.model)
+
+        def read(name: str, path: Any) -> LoraAdapter:
+            return read_adapter(name, path, linears, config.max_lora_rank, self.model.dtype,
+                                self.device)
+
+        registry = AdapterRegistry(read, config.max_loras, config.adapter_record)
+        try:
+            for name, path in starting_adapters(config.lora_adapters, config.adapter_record):
+                registry.load(name, path)
+        except AdapterError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return registry
+
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
@@ -134,6 +162,10 @@ class TransformersEngine(EngineBase):
         Raises ValidationError for a request that can never run and Overloaded when the
         waiting queue is full; both before anything is queued.
         """
+        if request.adapter:
+            if self.adapters is None:
+                raise UnknownAdapter(request.adapter, [])
+            self.adapters.check(request.adapter)
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         if request.prompt_logprobs is not None:
@@ -179,8 +211,12 @@ class TransformersEngine(EngineBase):
                     break
                 cancelled, expired = self._leaving_the_queue()
                 self._scheduler.drop_waiting(cancelled + expired)
-                admitted = self._scheduler.schedule()
+                admitted = self._scheduler.schedule(self._hold_adapter)
+                refused = [seq for seq in admitted if seq.refusal]
+                self._scheduler.finish(refused)
                 self._report_queue()
+            for seq in refused:
+                self._finish(seq, FinishReason.ERROR, seq.refusal)
             for seq in cancelled:
                 self._finish(seq, FinishReason.CANCELLED)
             for seq in expired:
@@ -202,6 +238,18 @@ class TransformersEngine(EngineBase):
         with self._wakeup:
             for seq in self._scheduler.waiting:
                 self._finish(seq, FinishReason.ERROR, "the server is shutting down")
+
+    def _hold_adapter(self, seq: SequenceState) -> bool:
+        """Whether `seq` may join now: its adapter is made resident and held (False while no
+        room can be made; one that went away is admitted with a `refusal`, ended at once)."""
+        if not seq.request.adapter or self.adapters is None:
+            return True
+        try:
+            seq.lora = self.adapters.acquire(seq.request.adapter)
+        except (UnknownAdapter, AdapterError) as exc:
+            seq.refusal = str(exc)
+            return True
+        return seq.lora is not None
 
     def _report_queue(self) -> None:
         """Called with `_wakeup` held."""
@@ -229,7 +277,8 @@ class TransformersEngine(EngineBase):
                  prefill_share(admitted, _prompt_length, self.config.max_prefill_tokens))
         for group in prefill_groups(share, _prompt_length, self.config.max_prefill_tokens):
             every = [s.request.prompt_logprobs is not None for s in group]
-            logits = self.executor.prefill([s.prompt_ids for s in group], every)
+            logits = self.executor.prefill([s.prompt_ids for s in group], every,
+                                           self._row_adapters(group))
             if any(every):
                 logits = self._score_prompts(group, logits)
             forks = [(j, fork) for j, seq in enumerate(group) for fork in seq.forks]
@@ -239,6 +288,9 @@ class TransformersEngine(EngineBase):
                 logits = torch.cat([logits, logits[[j for j, _ in forks]]])
                 for j, fork in forks:
                     fork.prompt_logprobs = group[j].prompt_logprobs
+                    fork.lora = group[j].lora
+                    if fork.lora is not None and self.adapters is not None:
+                        self.adapters.hold(fork.lora)
                     fork.timeline.admitted_at = group[j].timeline.admitted_at
             with self._wakeup:
                 rows = self._scheduler.join_batch(group + [fork for _, fork in forks])
@@ -264,8 +316,12 @@ class TransformersEngine(EngineBase):
 
     def _decode(self) -> None:
         rows = self._scheduler.rows
-        logits = self.executor.decode([s.last_token for s in rows])
+        logits = self.executor.decode([s.last_token for s in rows], self._row_adapters(rows))
         self._advance(range(len(rows)), logits)
+
+    def _row_adapters(self, seqs: list[SequenceState]) -> list[Optional[LoraAdapter]]:
+        """Each row's adapter for the executor; empty (no per-row work) with LoRA off."""
+        return [s.lora for s in seqs] if self.adapters is not None else []
 
     def _advance(self, rows: range, logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` and retire the rows that finished."""
@@ -344,6 +400,9 @@ class TransformersEngine(EngineBase):
     def _finish(self, seq: SequenceState, reason: FinishReason, error: str = "") -> None:
         """End `seq`, and the forks that never joined it (it left before its prefill)."""
         for one in (seq, *seq.forks):
+            if one.lora is not None and self.adapters is not None:
+                self.adapters.release(one.lora)
+                one.lora = None
             send_finish(one.sink, one.timeline.output(
                 one.assembler.text, reason, len(one.prompt_ids), one.generated, error,
                 one.logprobs, one.prompt_logprobs, one.index), self.observer)
@@ -354,4 +413,7 @@ class TransformersEngine(EngineBase):
                 "executor": self.executor.name, "forward_path": self.executor.forward_path,
                 "max_batch_total_tokens": self.budget.tokens,
                 "kv_cache_max_mib": round(self._kv_bound_mib),
-                "cpu_threads": torch.get_num_threads()}
+                "cpu_threads": torch.get_num_threads(),
+                **({} if self.adapters is None else {
+                    "adapters": list(self.adapters.served()),
+                    "max_loras": self.adapters.max_loras})}

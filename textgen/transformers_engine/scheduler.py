@@ -83,8 +83,10 @@ class Scheduler(Generic[S]):
         """Whether the sequence (with its forks) could run in an otherwise empty batch."""
         return self.footprint(seq.width, seq.token_budget) <= self.budget.max_batch_total_tokens
 
-    def schedule(self) -> list[S]:
-        """Called before each step; admits waiting sequences that fit and returns them."""
+    def schedule(self, hold: Optional[Callable[[S], bool]] = None) -> list[S]:
+        """Called before each step; admits waiting sequences that fit and returns them.
+        `hold(seq)`: takes what else the sequence needs to run (its LoRA adapter), False when
+        it cannot now; it then waits, and the ones behind it too (FIFO)."""
         running = self.running
         if self.budget.static and running:
             return []
@@ -97,6 +99,8 @@ class Scheduler(Generic[S]):
                 break
             widest = max(longest, seq.token_budget)
             if self.footprint(rows + seq.width, widest) > self.budget.max_batch_total_tokens:
+                break
+            if hold is not None and not hold(seq):
                 break
             self.waiting.popleft()
             longest = widest

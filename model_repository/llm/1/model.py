@@ -28,12 +28,7 @@ from triton_llm.link import EngineLinkServer, LinkRefusal, engine_address
 from triton_llm.metrics import TritonMetrics
 from triton_llm.triton_io import (FINAL, Logged, UnaryResponder, error_response,
                                   forward_engine_logs, log_request, output_dtypes, read_inputs,
-                                  request_metadata)
-
-
-def refusal_kind(exc: Exception) -> ErrorType:
-    """A request refused before it ran: the client's mistake, or no capacity for it now."""
-    return ErrorType.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorType.OVERLOADED
+                                  refusal_kind, request_metadata)
 
 
 class TritonPythonModel:
@@ -80,7 +75,7 @@ class TritonPythonModel:
                                                    generation.n))
         except ValidationError as exc:
             self._metrics.on_reject("invalid")
-            log_request(meta, ErrorType.INVALID_REQUEST.value, error=str(exc))
+            log_request(meta, refusal_kind(exc).value, error=str(exc))
             raise
         except Overloaded as exc:
             log_request(meta, ErrorType.OVERLOADED.value, error=str(exc))

@@ -30,8 +30,8 @@ from textgen.core.validation import ValidationError, parse_choices, parse_flag
 from triton_llm.link import EngineClient, LinkRefusal, engine_address
 from triton_llm.link_messages import Refused, Text
 from triton_llm.triton_io import (FINAL, error_response, final_values, logprobs_values,
-                                  output_dtypes, output_error, read_inputs, request_metadata,
-                                  tensors)
+                                  output_dtypes, output_error, read_inputs, refusal_kind,
+                                  request_metadata, tensors)
 
 
 class TritonPythonModel:
@@ -87,7 +87,7 @@ class TritonPythonModel:
                     sender.send(response, flags=FINAL)
                     return  # the others of a failed request are cancelled on the way out
         except ValidationError as exc:
-            sender.send(error_response(ErrorType.INVALID_REQUEST, str(exc)), flags=FINAL)
+            sender.send(error_response(refusal_kind(exc), str(exc)), flags=FINAL)
         except LinkRefusal as exc:
             sender.send(error_response(exc.kind, str(exc)), flags=FINAL)
         except Exception as exc:  # never leave a request without its final response
