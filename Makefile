@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 include docker/docker.mk
 include benchmarks/bench.mk
 include tests/robustness/fuzz.mk
-.PHONY: help venv vllm lm-eval serve up down status gateway redis prometheus key keys revoke test unit soak demo-model real-model lock clean
+.PHONY: help venv vllm lm-eval serve up down status gateway adapter demo-adapters redis prometheus key keys revoke test unit soak demo-model real-model lock clean
 
 # LLM_ENGINE=vllm runs the model on vLLM's engine, in its own environment (see `vllm` below).
 ENGINE_ENV := $(if $(filter vllm,$(LLM_ENGINE)),vllm)
@@ -85,6 +85,15 @@ status: ## Say whether the background service is ready
 
 gateway: venv ## One more gateway on the same replicas: make gateway GATEWAY_PORT=8090 GATEWAY_ADMIN_PORT=9911
 	@$(PY) -m tools.serve gateway
+
+# DIR, not PATH: a make variable named PATH would replace the recipe's search path.
+adapter: venv ## LoRA adapters on every replica: make adapter ACTION=load|unload|list NAME=a DIR=/abs/peft/dir [POOL=fallback]
+	@$(PY) -m tools.serve adapter $(or $(ACTION),list) $(NAME) $(DIR) --pool $(or $(POOL),primary)
+
+demo-adapters: venv ## Retrain the demo model's two bundled LoRA adapters (demo_model/adapters; ~30 s)
+	@$(PY) -m tools.train_adapter --base demo_model --text demo_model/NOTICE --out demo_model/adapters/notice
+	@$(PY) -m tools.train_adapter --base demo_model --text demo_model/heldout.txt --out demo_model/adapters/tutorial --seed 1
+	@rm -f demo_model/adapters/*/README.md
 
 redis: ## Install Debian's redis-server if missing (global limits and their tests need it)
 	@command -v redis-server >/dev/null || { \

@@ -109,6 +109,7 @@ REPLICA_FAILED: tuple[int, str] = (
 # their code from Envoy's HTTP-to-gRPC mapping: 401 UNAUTHENTICATED, 429 RESOURCE_EXHAUSTED...)
 GRPC_STATUS: dict[ErrorType, int] = {
     ErrorType.INVALID_REQUEST: 3,    # INVALID_ARGUMENT
+    ErrorType.FORBIDDEN: 7,          # PERMISSION_DENIED (an adapter command, not admin tier)
     ErrorType.NOT_FOUND: 5,          # NOT_FOUND (an adapter the replica does not serve)
     ErrorType.INTERNAL: 13,          # INTERNAL
     ErrorType.OVERLOADED: 14,        # UNAVAILABLE

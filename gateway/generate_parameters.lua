@@ -86,6 +86,8 @@ function envoy_on_request(handle)
     return
   end
   local request_id, tier = headers:get("x-request-id") or "", headers:get("x-llm-tier") or ""
+  -- (read before the body: header objects are stale after the wait for it)
+  local adapter = headers:get("x-llm-adapter") or ""
   -- With the binary tensor extension only the first bytes of the body are JSON.
   local json_length = tonumber(headers:get("inference-header-content-length") or "")
   local body = handle:body()  -- the whole body (at most the gateway's 1 MiB limit)
@@ -104,7 +106,5 @@ function envoy_on_request(handle)
       "a tensor's `shape` claims more elements than the request body carries")
     return
   end
-  if generate then
-    add_generate_parameters(handle, request_id, key_id, tier, headers:get("x-llm-adapter") or "")
-  end
+  if generate then add_generate_parameters(handle, request_id, key_id, tier, adapter) end
 end

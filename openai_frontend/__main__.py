@@ -48,11 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served-model-name", default=env.get("LLM_SERVED_MODEL_NAME", ""),
                         help="the model id clients use (env LLM_SERVED_MODEL_NAME; default: "
                              "the model directory's name)")
+    parser.add_argument("--adapter-peers", default=env.get("LLM_ADAPTER_PEERS", ""),
+                        help="Triton gRPC addresses (host:port,...) of this pool's other "
+                             "replicas, which an adapter load or unload sent here is passed on "
+                             "to (env LLM_ADAPTER_PEERS; docs/adapters.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model = ServedModel.load(args.model_dir.resolve(), args.served_model_name)
     metrics = args.triton_metrics or f"http://{args.triton.rsplit(':', 1)[0]}:8002/metrics"
-    frontend = OpenAIFrontend(model, args.triton, metrics)
+    peers = tuple(p.strip() for p in args.adapter_peers.split(",") if p.strip())
+    frontend = OpenAIFrontend(model, args.triton, metrics, peers)
     app = create_app(frontend)
     frontend.metrics.serve(args.host, args.metrics_port)
     print(f"openai_frontend: serving `{model.id}` on http://{args.host}:{args.port}/v1 "

@@ -22,15 +22,16 @@ from starlette.routing import Route
 
 from contracts import engine_info
 from contracts.errors import ErrorType
-from contracts.headers import FORWARDED
+from contracts.headers import FORWARDED, Header
 from monitoring import otlp
 
 from . import responses
 from .errors import OpenAIError, invalid
 from .metrics import FrontendMetrics
-from .protocol import Request, parse_chat, parse_completion, parse_detokenize, parse_tokenize
+from .protocol import (Request, parse_chat, parse_completion, parse_detokenize, parse_lora_command,
+                       parse_tokenize)
 from .served_model import ServedModel
-from .triton import Event, Final, Piece, Triton
+from .triton import Event, Final, Piece, Triton, manage_adapters
 
 log = logging.getLogger("openai_frontend")
 
@@ -120,10 +121,14 @@ class OpenAIFrontend:
     """Holds the served model and the Triton client; one instance per server process."""
 
     def __init__(self, model: ServedModel, triton_url: str,
-                 metrics_url: Optional[str] = None) -> None:
+                 metrics_url: Optional[str] = None, adapter_peers: tuple[str, ...] = ()) -> None:
+        """`adapter_peers`: the Triton gRPC addresses of the other replicas of this pool,
+        which an adapter load or unload sent here is passed on to (docs/adapters.md)."""
         self.model = model
         self._triton_url = triton_url
         self._triton: Optional[Triton] = None
+        self._adapter_peers = adapter_peers
+        self._peer_clients: Optional[list[Any]] = None
         self._metrics_url = metrics_url
         self._engine: Optional[dict[str, str]] = None
         self.metrics = FrontendMetrics()
@@ -144,12 +149,69 @@ class OpenAIFrontend:
                             status_code=200 if ready else 503)
 
     async def list_models(self, _http: HTTPRequest) -> Response:
-        return JSONResponse({"object": "list",
-                             "data": [self.model.card(await self._engine_facts())]})
+        """The base model, then each adapter its replica serves now (`parent`: the base)."""
+        base = self.model.card(await self._engine_facts())
+        return JSONResponse({"object": "list", "data": [base] + [
+            self.model.adapter_card(name) for name in await self._adapter_names()]})
 
     async def get_model(self, http: HTTPRequest) -> Response:
-        self._check_model(http.path_params["model"])
-        return JSONResponse(self.model.card(await self._engine_facts()))
+        model = http.path_params["model"]
+        if model == self.model.id:
+            return JSONResponse(self.model.card(await self._engine_facts()))
+        await self._check_model(model)
+        return JSONResponse(self.model.adapter_card(model))
+
+    async def _adapter_names(self) -> list[str]:
+        """The adapters this replica serves (none while its Triton cannot be reached)."""
+        try:
+            served = await self.triton.adapters()
+        except OpenAIError:
+            return []
+        return [adapter["name"] for adapter in served["adapters"]]
+
+    async def load_lora_adapter(self, http: HTTPRequest) -> Response:
+        name, path = parse_lora_command(await _json_body(http), load=True)
+        return await self._adapter_command(http, "load", name, path)
+
+    async def unload_lora_adapter(self, http: HTTPRequest) -> Response:
+        name, _ = parse_lora_command(await _json_body(http), load=False)
+        return await self._adapter_command(http, "unload", name, "")
+
+    async def _adapter_command(self, http: HTTPRequest, action: str, name: str,
+                               path: str) -> Response:
+        """Load or unload on this replica, then on its pool's other replicas.
+
+        This replica's answer decides (a 403 for a key below the admin tier, a 404 or 400
+        naming what is wrong): nothing is passed on when it refused. A peer that fails after
+        it succeeded makes a 502 naming the peers (the command may be sent again: loading is
+        idempotent, unloading an adapter already gone is a 404)."""
+        if name == self.model.id:
+            raise invalid(f"`lora_name` {name!r} is the base model's id", "lora_name")
+        headers = {h.value: http.headers[h.value] for h in FORWARDED if h.value in http.headers}
+        served = await self.triton.adapters(action, name, path, headers)
+        failed = []
+        for url, client in zip(self._adapter_peers, self._peers()):
+            try:
+                await manage_adapters(client, action, name, path, headers)
+            except OpenAIError as exc:
+                failed.append(f"{url}: {exc.message}")
+        if failed:
+            raise OpenAIError(ErrorType.BAD_GATEWAY, f"adapter `{name}` {action}ed on this "
+                              f"replica but not on {len(failed)} of its pool's "
+                              f"{len(self._adapter_peers)} other replicas: {'; '.join(failed)}")
+        log.info("adapter %s %sed on %d replicas", name, action, 1 + len(self._adapter_peers))
+        return JSONResponse({"object": "lora_adapter", "name": name, "action": action,
+                             "replicas": 1 + len(self._adapter_peers),
+                             "adapters": [a["name"] for a in served["adapters"]]})
+
+    def _peers(self) -> list[Any]:
+        """gRPC clients of the peers, made on first use (inside the server's event loop)."""
+        if self._peer_clients is None:
+            import tritonclient.grpc.aio as grpcaio
+
+            self._peer_clients = [grpcaio.InferenceServerClient(url)
+                                  for url in self._adapter_peers]
+        return self._peer_clients
 
     async def _engine_facts(self) -> Optional[dict[str, str]]:
         """What the model process chose at load (dtype and why, executor, forward path), read
@@ -161,7 +223,6 @@ class OpenAIFrontend:
 
     async def completions(self, http: HTTPRequest) -> Response:
         request = parse_completion(await _json_body(http))
-        self._check_model(request.model)
         # A prompt sent as token ids runs as those ids; its text is the echo and text_input.
         prompt = (self.model.tokenizer.decode(list(request.prompt_ids))
                   if request.prompt_ids else request.prompt)
@@ -170,7 +231,7 @@ class OpenAIFrontend:
     async def tokenize(self, http: HTTPRequest) -> Response:
         """vLLM's /tokenize: the ids the model would see, and its context length."""
         request = parse_tokenize(await _json_body(http))
-        self._check_model(request.model)
+        await self._check_model(request.model)  # adapters share the base model's tokenizer
         if request.prompt is not None:
             text, special = request.prompt, request.add_special_tokens
         else:
@@ -185,25 +246,32 @@ class OpenAIFrontend:
     async def detokenize(self, http: HTTPRequest) -> Response:
         """vLLM's /detokenize: the text of a list of token ids."""
         model, tokens = parse_detokenize(await _json_body(http), self.model.vocab_size)
-        self._check_model(model)
+        await self._check_model(model)
         return JSONResponse({"prompt": self.model.tokenizer.decode(tokens)})
 
     async def chat_completions(self, http: HTTPRequest) -> Response:
         request = parse_chat(await _json_body(http))
-        self._check_model(request.model)  # before rendering with that model's template
         return await self._answer(http, request, self.model.chat_prompt(request.messages),
                                   chat=True)
 
     # ---- answering ------------------------------------------------------------------------
 
-    def _check_model(self, model: str) -> None:
-        if model != self.model.id:
-            raise OpenAIError(ErrorType.NOT_FOUND, f"the model `{model}` does not exist; this "
-                              f"server serves `{self.model.id}` (GET /v1/models)", "model")
+    async def _check_model(self, model: str) -> None:
+        """The base model or an adapter its replica serves; else a 404 naming them."""
+        if model == self.model.id:
+            return
+        adapters = await self._adapter_names()
+        if model not in adapters:
+            names = ", ".join(f"`{n}`" for n in [self.model.id, *adapters])
+            raise OpenAIError(ErrorType.NOT_FOUND, f"the model `{model:.80}` does not exist; "
+                              f"this server serves {names} (GET /v1/models)", "model")
 
     async def _answer(self, http: HTTPRequest, request: Request, prompt: str,
                       chat: bool) -> Response:
         headers = {h.value: http.headers[h.value] for h in FORWARDED if h.value in http.headers}
+        if request.model != self.model.id:
+            # An adapter's name: the engine runs it, or answers 404 naming those it serves.
+            headers[Header.ADAPTER.value] = request.model
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         response_id = ("chatcmpl-" if chat else "cmpl-") + request_id
         created = int(time.time())
@@ -214,16 +282,21 @@ class OpenAIFrontend:
             headers["traceparent"] = otlp.traceparent_of(span)
         events = self.triton.generate(prompt, request.sampling, request.stream, headers,
                                       request.prompt_ids)
-        if not request.stream:
-            whole = await _failing(span, _or_disconnect(http, _collect(events, choices)))
-            _end(span)
-            build = responses.chat_completion if chat else responses.completion
-            return JSONResponse(build(response_id, created, self.model.id, [
-                self._choice(request, prompt, echo, piece, final, chat)
-                for piece, final in whole]))
-        # The first event is awaited before answering, so a refusal is still a plain status.
-        first = await _failing(span, _or_disconnect(http, events.__anext__()))
-        writer = responses.ChunkWriter(chat, response_id, created, self.model.id,
+        try:
+            if not request.stream:
+                whole = await _failing(span, _or_disconnect(http, _collect(events, choices)))
+                _end(span)
+                build = responses.chat_completion if chat else responses.completion
+                return JSONResponse(build(response_id, created, request.model, [
+                    self._choice(request, prompt, echo, piece, final, chat)
+                    for piece, final in whole]))
+            # The first event is awaited before answering, so a refusal is a plain status.
+            first = await _failing(span, _or_disconnect(http, events.__anext__()))
+        except OpenAIError as exc:
+            if exc.kind is ErrorType.NOT_FOUND and request.model != self.model.id:
+                await self._check_model(request.model)  # the 404 names every model served
+            raise
+        writer = responses.ChunkWriter(chat, response_id, created, request.model,
                                        request.include_usage,
                                        request.sampling.logprobs is not None, len(echo), choices)
         streamed = self.metrics.streamed_tokens.labels(http.url.path)
@@ -377,5 +450,7 @@ def create_app(frontend: OpenAIFrontend) -> Starlette:
         api("/v1/chat/completions", frontend.chat_completions, "POST"),
         api("/tokenize", frontend.tokenize, "POST"),
         api("/detokenize", frontend.detokenize, "POST"),
+        api("/v1/load_lora_adapter", frontend.load_lora_adapter, "POST"),
+        api("/v1/unload_lora_adapter", frontend.unload_lora_adapter, "POST"),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})

@@ -310,3 +310,17 @@ def parse_detokenize(body: Any, vocab_size: int) -> tuple[str, list[int]]:
         raise invalid(f"`tokens` must be a list of token ids in [0, {vocab_size - 1}]",
                       "tokens")
     return model, tokens
+
+
+def parse_lora_command(body: Any, load: bool) -> tuple[str, str]:
+    """POST /v1/load_lora_adapter (`lora_name`, `lora_path`) or /v1/unload_lora_adapter
+    (`lora_name`), vLLM's shapes: (name, path; "" when unloading)."""
+    body = _object(body)
+    fields = ("lora_name", "lora_path") if load else ("lora_name",)
+    values = []
+    for name in fields:
+        value = body.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise invalid(f"`{name}` must be a non-empty string", name)
+        values.append(value.strip())
+    return values[0], values[1] if load else ""

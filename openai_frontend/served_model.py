@@ -43,6 +43,12 @@ class ServedModel:
                 "owned_by": "llm-service", "max_model_len": self.context_length}
         return {**card, "engine": dict(engine)} if engine else card
 
+    def adapter_card(self, name: str) -> dict[str, Any]:
+        """An adapter's model object, as vLLM lists a LoRA: `parent` is the base model."""
+        return {"id": name, "object": "model", "created": self.created,
+                "owned_by": "llm-service", "root": name, "parent": self.id,
+                "max_model_len": self.context_length}
+
     @property
     def vocab_size(self) -> int:
         """Token ids this tokenizer knows, added tokens included."""

@@ -10,6 +10,7 @@ numpy arrays.
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Optional, Sequence, Union
@@ -20,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from contracts import logprobs as logprobs_wire
+from contracts import adapters as adapter_commands, logprobs as logprobs_wire
 from contracts.errors import ErrorType
 from contracts.logprobs import TokenLogprobs
 from contracts.tensors import STREAM_INPUTS, TIMINGS
@@ -129,6 +130,11 @@ class Triton:
             ("grpc.max_send_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE),
             ("grpc.max_receive_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE)])
 
+    async def adapters(self, action: str = "list", name: str = "", path: str = "",
+                       headers: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """An adapter command on this frontend's Triton (manage_adapters)."""
+        return await manage_adapters(self._client, action, name, path, headers)
+
     async def ready(self) -> bool:
         try:
             return await self._client.is_model_ready(STREAM_MODEL)
@@ -175,6 +181,29 @@ class Triton:
             done.set()
             if not finished:
                 call.cancel()  # the client left or the call failed: stop the generation
+
+
+async def manage_adapters(client: grpcaio.InferenceServerClient, action: str, name: str = "",
+                          path: str = "", headers: Optional[Mapping[str, str]] = None
+                          ) -> dict[str, Any]:
+    """One adapter command on a replica's `llm_adapters` model (contracts/adapters.py): the
+    served list after it, as the model's JSON; raises OpenAIError."""
+    values = {"action": action, "name": name, "path": path}
+    inputs = []
+    for input_name, value in values.items():
+        if value or input_name == "action":
+            tensor = grpcclient.InferInput(input_name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value.encode()], dtype=object))
+            inputs.append(tensor)
+    try:
+        result = await client.infer(adapter_commands.MODEL, inputs, headers=dict(headers or {}))
+    except InferenceServerException as exc:
+        raise from_model(exc.message() or str(exc), {"name": "lora_name",
+                                                     "path": "lora_path"}) from None
+    except grpc.RpcError as exc:
+        raise OpenAIError(ErrorType.UNAVAILABLE, "the model server is unavailable or "
+                          f"restarting ({_code(exc)}); retry later") from None
+    return json.loads(result.as_numpy(next(iter(adapter_commands.OUTPUTS)))[0])
 
 
 def _code(exc: grpc.RpcError) -> Optional[str]:

@@ -204,6 +204,25 @@ def stub_environment(env: dict[str, str]) -> Path:
     return VLLM_VENV / "bin"
 
 
+ADAPTER_PEERS = "LLM_ADAPTER_PEERS"  # read by openai_frontend (--adapter-peers)
+
+
+def adapter_env(pool: Pool, replica: Settings, fresh: bool,
+                env: dict[str, str] | None = None) -> dict[str, str]:
+    """The LoRA settings of one replica's engine (docs/adapters.md): its own record of what it
+    serves, which a restart reads back; `fresh` (a new `make serve`) starts it again from
+    LLM_LORA_ADAPTERS. The fallback pool serves LLM_FALLBACK_LORA_ADAPTERS instead: it may
+    serve another base model."""
+    env = dict(os.environ if env is None else env)
+    record = replica.run_dir / "adapters.json"
+    if fresh:
+        record.unlink(missing_ok=True)
+    values = {"LLM_ADAPTER_RECORD": str(record)}
+    if pool is Pool.FALLBACK:
+        values["LLM_LORA_ADAPTERS"] = env.get("LLM_FALLBACK_LORA_ADAPTERS", "")
+    return values
+
+
 def triton_env(run_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver, its Python stubs and perf_analyzer."""
     env = dict(os.environ if base is None else base)

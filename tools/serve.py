@@ -6,6 +6,7 @@
   down    stop what `up` started                               (make down)
   status  say whether it runs and is ready                     (make status)
   gateway run one more gateway in front of the same replicas   (make gateway)
+  adapter list, load or unload a LoRA adapter on every replica (make adapter)
 
 Settings come from environment variables (see the README, tools/runtime.py and
 gateway/render.py). Triton listens on loopback only; the gateway's port is the public one.
@@ -25,6 +26,7 @@ LLM_MONITORING=1 also runs Prometheus, scraping every part with the rules of mon
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -35,6 +37,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+import numpy as np
 
 from contracts import engine_info
 from monitoring import prometheus
@@ -278,17 +282,22 @@ def build(settings: runtime.Settings
     envoy_config = runtime.prepare_gateway(gateway, settings.run_dir)
     replicas = []
     pools = settings.pools()
-    for index, (_pool, replica) in enumerate(pools):
+    for index, (pool, replica) in enumerate(pools):
         suffix = f"-{index}" if len(pools) > 1 else ""
         triton_env = runtime.triton_env(settings.run_dir)
         triton_env["LLM_MODEL_DIR"] = str(replica.model_dir)
         # Each engine's default thread count takes its share of the host (textgen/core/cpus.py).
         triton_env.setdefault(ENGINES_ON_HOST, str(len(pools)))
+        triton_env.update(runtime.adapter_env(pool, replica, fresh=True))
+        openai_env = dict(os.environ)
+        openai_env[runtime.ADAPTER_PEERS] = ",".join(
+            other.grpc_url for other_pool, other in pools
+            if other_pool is pool and other is not replica)
         replicas.append(SupervisedReplica(
             replica,
             Supervised(f"tritonserver{suffix}", runtime.triton_command(replica), triton_env,
                        replica.run_dir / "triton.log"),
-            Supervised(f"openai{suffix}", runtime.openai_command(replica), dict(os.environ),
+            Supervised(f"openai{suffix}", runtime.openai_command(replica), openai_env,
                        replica.run_dir / "openai.log", cwd=runtime.ROOT)))
     envoy = Supervised("envoy", runtime.envoy_command(envoy_config, settings.log_level),
                        dict(os.environ), settings.run_dir / "gateway" / "envoy.log")
@@ -476,12 +485,67 @@ def status(settings: runtime.Settings) -> int:
     return 0 if ready else 1
 
 
+def adapter(settings: runtime.Settings, action: str, name: str, directory: str,
+            pool_name: str) -> int:
+    """Load, unload or list LoRA adapters on every running replica of a pool, straight on
+    their Tritons (loopback, as the operator of this host; through the gateway an admin-tier
+    key does the same with /v1/load_lora_adapter). Each replica records what it serves."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from contracts.adapters import ADMIN_TIER, MODEL
+    from contracts.headers import Header
+
+    if action != "list" and not name:
+        raise SystemExit(f"give the adapter's name: make adapter ACTION={action} NAME=<name>"
+                         + (" DIR=/absolute/path/to/peft/dir" if action == "load" else ""))
+    if action == "load" and not directory:
+        raise SystemExit("give the adapter's directory: make adapter ACTION=load NAME=<name> "
+                         "DIR=/absolute/path/to/peft/dir")
+    values = {"action": action, "name": name,
+              "path": str(Path(directory).resolve()) if directory else ""}
+    failed = 0
+    for index, (pool, replica) in enumerate(settings.pools()):
+        if pool.value != pool_name:
+            continue
+        inputs = []
+        for input_name, value in values.items():
+            if value:
+                tensor = grpcclient.InferInput(input_name, [1], "BYTES")
+                tensor.set_data_from_numpy(np.array([value.encode()], dtype=object))
+                inputs.append(tensor)
+        try:
+            client = grpcclient.InferenceServerClient(replica.grpc_url)
+            result = client.infer(MODEL, inputs, headers={Header.TIER.value: ADMIN_TIER})
+        except InferenceServerException as exc:
+            print(f"replica {index} ({pool.value}): {exc.message()}", file=sys.stderr)
+            failed += 1
+            continue
+        served = json.loads(result.as_numpy("adapters")[0])
+        names = ", ".join(a["name"] + ("" if a["resident"] else " (evicted)")
+                          for a in served["adapters"]) or "none"
+        print(f"replica {index} ({pool.value}): {action} done; serving {names}")
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("serve", "up", "down", "status", "gateway"))
+    parser.add_argument("command", choices=("serve", "up", "down", "status", "gateway",
+                                            "adapter"))
+    parser.add_argument("action", nargs="?", choices=("list", "load", "unload"),
+                        help="adapter: what to do on every replica of --pool")
+    parser.add_argument("name", nargs="?", default="", help="adapter: its name")
+    parser.add_argument("directory", nargs="?", default="",
+                        help="adapter load: the PEFT directory (adapter_config.json and "
+                             "adapter_model.safetensors)")
+    parser.add_argument("--pool", choices=("primary", "fallback"), default="primary",
+                        help="adapter: the pool whose replicas act (each pool keeps its own "
+                             "list: the fallback may serve another base model)")
     args = parser.parse_args()
     settings = runtime.Settings.from_env()
+    if args.command == "adapter":
+        return adapter(settings, args.action or "list", args.name, args.directory, args.pool)
     return {"serve": serve, "up": up, "down": down, "status": status,
             "gateway": gateway_only}[args.command](settings)
 

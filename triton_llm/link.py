@@ -30,13 +30,16 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from contracts.errors import ErrorType
 from contracts.logprobs import TokenLogprobs
 from textgen.core.outputs import OutputSink, SequenceOutput
-from triton_llm.link_messages import (Cancel, Finished, FromEngine, Generate, Outputs, Refused,
-                                      Text, ToEngine)
+from triton_llm.link_messages import (Adapters, Cancel, Finished, FromEngine, Generate,
+                                      ManageAdapters, Outputs, Refused, Text, ToEngine)
 
 log = logging.getLogger("textgen.link")
 
 # submit(inputs, meta, sink): validate and queue, or raise LinkRefusal.
 SubmitFn = Callable[[Mapping[str, Any], Mapping[str, str], OutputSink], None]
+# manage(command): carry out an adapter command and return the list after it, or raise
+# LinkRefusal.
+ManageFn = Callable[[ManageAdapters], Adapters]
 
 ENGINE_GONE = "the generation engine went away; retry later"
 
@@ -171,11 +174,13 @@ class _Sender:
 class EngineLinkServer:
     """Accepts stream-side connections and hands their requests to `submit`."""
 
-    def __init__(self, address: str, submit: SubmitFn) -> None:
+    def __init__(self, address: str, submit: SubmitFn,
+                 manage: Optional[ManageFn] = None) -> None:
         self._address = address
         self._closed = False
         self._listener = Listener(address, family="AF_UNIX")
         self._submit = submit
+        self._manage = manage
         self._sender = _Sender()
         self._channels: list[_Channel] = []
         self._thread = threading.Thread(target=self._accept, name="engine-link", daemon=True)
@@ -225,6 +230,9 @@ class EngineLinkServer:
                     if sink is not None:
                         sink.cancelled = True
                     continue
+                if isinstance(message, ManageAdapters):
+                    self._sender.send(channel, message.request_id, self._managed(message))
+                    continue
                 sink = _RequestSink(channel, message.request_id, self._sender, message.choices)
                 channel.sinks[message.request_id] = sink
                 try:
@@ -240,6 +248,20 @@ class EngineLinkServer:
             channel.hang_up()
             self._channels.remove(channel)
             channel.conn.close()
+
+
+    def _managed(self, command: ManageAdapters) -> FromEngine:
+        """An adapter command's answer: the list after it, or why it was refused."""
+        try:
+            if self._manage is None:
+                raise LinkRefusal(ErrorType.INVALID_REQUEST, "this engine takes no adapter "
+                                  "commands")
+            return self._manage(command)
+        except LinkRefusal as exc:
+            return Refused(exc.kind, str(exc))
+        except Exception as exc:  # a failed command must not hang up on the requests beside it
+            log.exception("adapter command %s failed", command.action)
+            return Refused(ErrorType.INTERNAL, f"the adapter command failed: {exc}")
 
 
 def _same_user(conn: Connection) -> bool:
@@ -325,6 +347,29 @@ class EngineClient:
                 self._queues.pop(request_id, None)
             if not ended and not told:
                 self._cancel(request_id)  # the relay stopped early: free the sequence
+
+    def manage(self, action: str, name: str = "", path: str = "",
+               timeout: float = 120.0) -> Adapters:
+        """Send one adapter command and return the served list after it; raises LinkRefusal
+        with the engine's reason when it refused."""
+        request_id = next(self._ids)
+        messages: queue.SimpleQueue[FromEngine] = queue.SimpleQueue()
+        with self._lock:
+            conn = self._connected()
+            self._queues[request_id] = (conn, messages)
+            _send_or_lose(conn, ManageAdapters(request_id, action, name, path))
+        try:
+            reply = messages.get(timeout=timeout)
+        except queue.Empty:
+            raise LinkRefusal(ErrorType.UNAVAILABLE, "the engine did not answer the adapter "
+                              f"command within {timeout:.0f} s") from None
+        finally:
+            with self._lock:
+                self._queues.pop(request_id, None)
+        if isinstance(reply, Refused):
+            raise LinkRefusal(reply.kind, reply.message)
+        assert isinstance(reply, Adapters)
+        return reply
 
     def _connected(self) -> Connection:
         """The live connection (called with `_lock` held), connecting when there is none."""

@@ -8,6 +8,9 @@ an id the stream side chose:
   engine -> stream   Outputs: what the engine produced since its last write, for any number
                      of requests; per request, Text ... then Finished once per sequence (n,
                      `choices`), or one Refused
+
+`llm_adapters` (the operator's adapter commands) uses the same link: ManageAdapters(id), then
+one Adapters (the served list after the command) or one Refused.
 """
 
 from __future__ import annotations
@@ -62,7 +65,25 @@ class Refused:
     message: str
 
 
-FromEngine = Union[Text, Finished, Refused]
+@dataclass(frozen=True, slots=True)
+class ManageAdapters:
+    """List, load or unload LoRA adapters (contracts.adapters.AdapterAction's values)."""
+
+    request_id: int
+    action: str
+    name: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Adapters:
+    """The adapters served after a command: (name, directory, resident) by name."""
+
+    served: tuple[tuple[str, str, bool], ...]
+    max_loras: int
+
+
+FromEngine = Union[Text, Finished, Refused, Adapters]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +96,4 @@ class Outputs:
     items: tuple[tuple[int, FromEngine], ...]
 
 
-ToEngine = Union[Generate, Cancel]
+ToEngine = Union[Generate, Cancel, ManageAdapters]

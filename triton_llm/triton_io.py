@@ -31,7 +31,9 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 # Error kinds -> Triton codes, for gRPC callers (the gateway sets HTTP statuses from the kind).
 # Names, not values: pb_utils.TritonError only exists once the stub has started.
+# Triton has no permission code: a refusal is INVALID_ARG there, the gateway's PERMISSION_DENIED.
 _CODES = {ErrorType.INVALID_REQUEST: "INVALID_ARG", ErrorType.NOT_FOUND: "NOT_FOUND",
+          ErrorType.FORBIDDEN: "INVALID_ARG",
           ErrorType.OVERLOADED: "UNAVAILABLE", ErrorType.UNAVAILABLE: "UNAVAILABLE",
           ErrorType.INTERNAL: "INTERNAL"}
 
@@ -147,8 +149,9 @@ def logprobs_values(logprobs: Sequence[TokenLogprobs]) -> dict[str, Any]:
 
 
 def log_request(meta: Mapping[str, str], status: str,
-                output: Optional[SequenceOutput] = None, error: str = "") -> None:
-    record: dict[str, Any] = {"event": "llm_request", **meta, "status": status}
+                output: Optional[SequenceOutput] = None, error: str = "",
+                event: str = "llm_request") -> None:
+    record: dict[str, Any] = {"event": event, **meta, "status": status}
     if output is not None:
         record.update(
             prompt_tokens=output.prompt_tokens, completion_tokens=output.completion_tokens,

@@ -221,3 +221,35 @@ def test_engine_going_away_mid_stream_ends_with_an_unavailable_error_and_a_new_e
 
     EngineLinkServer(address, finish)  # Triton restarted `llm`: the same address again
     assert list(client.stream({}, {}, never)) == [Finished(DONE)]
+
+
+def test_an_adapter_command_is_answered_beside_running_streams_and_refusals_keep_their_kind():
+    from triton_llm.link_messages import Adapters, ManageAdapters
+
+    seen: list[ManageAdapters] = []
+
+    def manage(command: ManageAdapters) -> Adapters:
+        seen.append(command)
+        if command.name == "missing":
+            raise LinkRefusal(ErrorType.NOT_FOUND, "'missing' is not served here")
+        return Adapters((("a", "/adapters/a", True),), 4)
+
+    def submit(inputs: Mapping[str, Any], meta: Mapping[str, str], sink: OutputSink) -> None:
+        sink.on_text("x")
+        sink.on_finish(DONE)
+
+    address = f"\0llm-engine-test-{time.time_ns()}"
+    EngineLinkServer(address, submit, manage)
+    client = EngineClient(address)
+    assert client.manage("load", "a", "/adapters/a") == Adapters((("a", "/adapters/a", True),), 4)
+    assert seen == [ManageAdapters(seen[0].request_id, "load", "a", "/adapters/a")]
+    assert [type(m).__name__ for m in client.stream({}, {}, never)] == ["Text", "Finished"]
+    with pytest.raises(LinkRefusal, match="'missing' is not served") as refused:
+        client.manage("unload", "missing")
+    assert refused.value.kind is ErrorType.NOT_FOUND
+
+
+def test_an_engine_without_adapter_commands_refuses_them():
+    _, client = serve(lambda *_: None)
+    with pytest.raises(LinkRefusal, match="takes no adapter commands"):
+        client.manage("list")

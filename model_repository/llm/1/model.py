@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 from contracts.errors import ErrorType
 from textgen import (ConfigError, GenerationRequest, ModelLoadError, OutputSink, Overloaded,
                      ValidationError, create_engine, load_engine_config, parse_request)
+from triton_llm.adapters import manage
 from triton_llm.link import EngineLinkServer, LinkRefusal, engine_address
 from triton_llm.metrics import TritonMetrics
 from triton_llm.triton_io import (FINAL, Logged, UnaryResponder, error_response,
@@ -42,7 +43,9 @@ class TritonPythonModel:
             self._engine = create_engine(config, self._metrics)
         except (ConfigError, ModelLoadError) as exc:
             raise pb_utils.TritonModelException(f"llm: {exc}") from exc
-        self._link = EngineLinkServer(engine_address(os.getppid()), self._submit_streamed)
+        self._link = EngineLinkServer(engine_address(os.getppid()), self._submit_streamed,
+                                      lambda command: manage(getattr(self._engine, "adapters",
+                                                                     None), command))
         facts = self._engine.describe()
         pb_utils.Logger.log_info(f"llm: engine ready {json.dumps(facts)}")
         self._metrics.on_ready(facts)
