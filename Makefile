@@ -109,8 +109,8 @@ prometheus: ## Install Debian's prometheus (and promtool) if missing (LLM_MONITO
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
 	  else echo "prometheus is missing: run \`sudo apt-get install prometheus\`" >&2; exit 1; fi; }
 
-key: venv ## Issue an API key: make key NAME=team-a [TIER=standard]; printed once
-	@$(PY) -m gateway.keys issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)")
+key: venv ## Issue an API key: make key NAME=team-a [TIER=standard] [MODELS=base,adapter]; printed once
+	@$(PY) -m gateway.keys issue --name "$(NAME)" $(if $(TIER),--tier "$(TIER)") $(if $(MODELS),--models "$(MODELS)")
 
 keys: venv ## List API keys (ids, names, tiers; never the keys)
 	@$(PY) -m gateway.keys list

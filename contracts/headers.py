@@ -21,13 +21,20 @@ class Header(str, Enum):
     TOKEN_RESERVE = "x-llm-token-reserve"  # tokens a generation may cost (token_budget.lua)
     POOL = "x-llm-pool"                    # on answers: the replica pool that served
     ADAPTER = "x-llm-adapter"              # the client's: the LoRA adapter to run
+    MODELS = "x-llm-models"                # the models a limited key may use (keys.py MODELS)
 
 
 # Set only by the gateway; a client's copy is dropped before authentication.
-IDENTITY: tuple[Header, ...] = (Header.KEY_ID, Header.KEY_NAME, Header.TIER)
+IDENTITY: tuple[Header, ...] = (Header.KEY_ID, Header.KEY_NAME, Header.TIER, Header.MODELS)
 
 # What the services behind the gateway read, in this order.
-FORWARDED: tuple[Header, ...] = (Header.REQUEST_ID, Header.KEY_ID, Header.TIER, Header.ADAPTER)
+FORWARDED: tuple[Header, ...] = (Header.REQUEST_ID, Header.KEY_ID, Header.TIER, Header.ADAPTER,
+                                 Header.MODELS)
+
+# In `MODELS` as forwarded (gateway/model_access.lua rewrites the key's list): the base model,
+# whatever its served name; no adapter may be called so (adapter names start with a letter
+# or digit).
+BASE_MODEL_TOKEN = "-"
 
 # Triton's --http/--grpc-header-forward-pattern: the forwarded headers become request parameters.
 FORWARD_PATTERN = "x-(" + "|".join(h.value.removeprefix("x-") for h in FORWARDED) + ")"

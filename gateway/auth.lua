@@ -9,7 +9,8 @@
 -- tier as headers for the services behind (any client copy of IDENTITY_HEADERS is dropped
 -- first), its name as dynamic metadata for the access log only.
 --
--- KEYS, IDENTITY_HEADERS, KEY_ID_HEADER, TIER_HEADER and KEY_NAME_METADATA are defined above this code by
+-- KEYS, IDENTITY_HEADERS, KEY_ID_HEADER, TIER_HEADER, MODELS_HEADER and KEY_NAME_METADATA are
+-- defined above this code by
 -- gateway/render.py (the headers from contracts/headers.py).
 
 local bit = require("bit")
@@ -95,6 +96,8 @@ function envoy_on_request(handle)
   end
   headers:add(KEY_ID_HEADER, entry.id)
   headers:add(TIER_HEADER, entry.tier)
+  -- A key limited to some models (`make key MODELS=a,b`): model_access.lua checks it.
+  if entry.models ~= nil then headers:add(MODELS_HEADER, entry.models) end
   handle:streamInfo():dynamicMetadata():set(KEY_NAME_METADATA[1], KEY_NAME_METADATA[2],
                                             entry.name)
 end

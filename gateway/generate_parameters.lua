@@ -17,7 +17,7 @@ local function json_escape(text)
 end
 
 -- Put the request id and identity into the generate body's `parameters`.
-local function add_generate_parameters(handle, request_id, key_id, tier, adapter)
+local function add_generate_parameters(handle, request_id, key_id, tier, adapter, models)
   local body = handle:body()
   if body == nil then return end
   local text = body:getBytes(0, body:length())
@@ -28,8 +28,9 @@ local function add_generate_parameters(handle, request_id, key_id, tier, adapter
       "the `parameters` field is reserved on this route; send sampling settings as top-level fields")
     return
   end
-  local params = string.format('"parameters":{"x-request-id":"%s","x-llm-key-id":"%s","x-llm-tier":"%s","x-llm-adapter":"%s"}',
-    json_escape(request_id), json_escape(key_id), json_escape(tier), json_escape(adapter))
+  local params = string.format('"parameters":{"x-request-id":"%s","x-llm-key-id":"%s","x-llm-tier":"%s","x-llm-adapter":"%s","x-llm-models":"%s"}',
+    json_escape(request_id), json_escape(key_id), json_escape(tier), json_escape(adapter),
+    json_escape(models or ""))
   local separator = rest:match("^%s*}") and "" or ","
   local new_body = "{" .. params .. separator .. rest
   body:setBytes(new_body)
@@ -88,6 +89,7 @@ function envoy_on_request(handle)
   local request_id, tier = headers:get("x-request-id") or "", headers:get("x-llm-tier") or ""
   -- (read before the body: header objects are stale after the wait for it)
   local adapter = headers:get("x-llm-adapter") or ""
+  local models = headers:get("x-llm-models")  -- nil: the key may use every model
   -- With the binary tensor extension only the first bytes of the body are JSON.
   local json_length = tonumber(headers:get("inference-header-content-length") or "")
   local body = handle:body()  -- the whole body (at most the gateway's 1 MiB limit)
@@ -106,5 +108,5 @@ function envoy_on_request(handle)
       "a tensor's `shape` claims more elements than the request body carries")
     return
   end
-  if generate then add_generate_parameters(handle, request_id, key_id, tier, adapter) end
+  if generate then add_generate_parameters(handle, request_id, key_id, tier, adapter, models) end
 end

@@ -24,12 +24,13 @@ import secrets
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from gateway.render import GatewaySettings, load_tiers, render_auth_filter, write_atomically
 
 KEY_PREFIX = "llmk_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MODEL_PATTERN = NAME_PATTERN  # as adapter names are checked (textgen/adapters/peft_format.py)
 
 
 def digest(key: str) -> str:
@@ -64,16 +65,24 @@ class KeyStore:
         write_atomically(self.filter_path,
                          render_auth_filter(k for k in keys if not k.get("revoked")))
 
-    def issue(self, name: str, tier: str) -> tuple[str, dict[str, Any]]:
+    def issue(self, name: str, tier: str,
+              models: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+        """A new key (returned once; only its digest is kept). `models`: the model ids (the
+        base model's served name, adapters' names) it may use; empty: every one."""
         tiers = load_tiers()["tiers"]
         if tier not in tiers:
             raise SystemExit(f"unknown tier {tier!r}; tiers in gateway/tiers.yaml: "
                              f"{', '.join(tiers)}")
         if not NAME_PATTERN.match(name):
             raise SystemExit(f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        for model in models:
+            if not MODEL_PATTERN.match(model):
+                raise SystemExit(f"model {model!r}: use the ids GET /v1/models lists (1-64 "
+                                 "letters, digits, '.', '_' or '-')")
         key = KEY_PREFIX + secrets.token_hex(20)
         record = {"id": "key_" + secrets.token_hex(6), "name": name, "tier": tier,
-                  "sha256": digest(key), "created": _now(), "revoked": None}
+                  "sha256": digest(key), "created": _now(), "revoked": None,
+                  **({"models": sorted(set(models))} if models else {})}
         keys = self.load()
         keys.append(record)
         self._save(keys)
@@ -101,6 +110,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     issue.add_argument("--name", required=True, help="who or what uses the key")
     issue.add_argument("--tier", help="rate-limit tier from gateway/tiers.yaml "
                                       "(default: its default_tier)")
+    issue.add_argument("--models", default="",
+                       help="comma-separated model ids the key may use: the base model's "
+                            "served name and LoRA adapters' names (default: all)")
     commands.add_parser("list", help="show keys (never the keys themselves)")
     revoke = commands.add_parser("revoke", help="revoke by key id or name")
     revoke.add_argument("key", help="key id (key_...) or name")
@@ -109,14 +121,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     store = KeyStore(GatewaySettings.from_env().keys_dir)
     if args.command == "issue":
-        key, record = store.issue(args.name, args.tier or load_tiers()["default_tier"])
-        print(f"issued {record['id']} (name {record['name']}, tier {record['tier']}).\n"
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        key, record = store.issue(args.name, args.tier or load_tiers()["default_tier"], models)
+        limited = f", models {', '.join(models)}" if models else ""
+        print(f"issued {record['id']} (name {record['name']}, tier {record['tier']}{limited}).\n"
               f"The key is shown only now; store it safely:\n\n  {key}\n")
     elif args.command == "list":
-        print(f"{'id':<18} {'name':<20} {'tier':<10} {'created':<21} revoked")
+        print(f"{'id':<18} {'name':<20} {'tier':<10} {'created':<21} {'revoked':<21} models")
         for k in store.load():
             print(f"{k['id']:<18} {k['name']:<20} {k['tier']:<10} {k['created']:<21} "
-                  f"{k['revoked'] or '-'}")
+                  f"{k['revoked'] or '-':<21} {','.join(k.get('models', [])) or 'all'}")
     elif args.command == "revoke":
         for k in store.revoke(args.key):
             print(f"revoked {k['id']} ({k['name']})")

@@ -19,11 +19,11 @@ import triton_python_backend_utils as pb_utils
 
 from contracts import logprobs as logprobs_wire
 from contracts.errors import ErrorType, wire_message
-from contracts.headers import Header
+from contracts.headers import BASE_MODEL_TOKEN, Header
 from contracts.logprobs import TokenLogprobs
 from contracts.tensors import INPUTS, OUTPUTS, TIMINGS
 from textgen.core.outputs import FinishReason, OutputSink, SequenceOutput
-from textgen.core.validation import UnknownAdapter, ValidationError
+from textgen.core.validation import ModelAccessDenied, UnknownAdapter, ValidationError
 
 from . import tracing
 
@@ -43,26 +43,36 @@ def refusal_kind(exc: Exception) -> ErrorType:
     or no capacity for it now."""
     if isinstance(exc, UnknownAdapter):
         return ErrorType.NOT_FOUND
+    if isinstance(exc, ModelAccessDenied):
+        return ErrorType.FORBIDDEN
     return ErrorType.INVALID_REQUEST if isinstance(exc, ValidationError) else ErrorType.OVERLOADED
 
 
 def read_inputs(request: Any) -> dict[str, Optional[np.ndarray]]:
     """The request's tensors by name; optional inputs that were not sent are None. The
     `x-llm-adapter` header (a request parameter, Triton's header forwarding) stands for the
-    `adapter` input when that is absent; naming two different adapters is a 400."""
+    `adapter` input when that is absent; naming two different adapters is a 400. A key the
+    gateway limited to some models (`x-llm-models`, contracts.headers) may use no other: 403
+    (the gateway refused what it could read; this covers binary and gRPC bodies)."""
     inputs = {}
     for name in INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         inputs[name] = None if tensor is None else tensor.as_numpy()
-    header = str(_parameters(request).get(Header.ADAPTER, "")).strip()
+    params = _parameters(request)
+    given = inputs["adapter"]
+    named = "" if given is None else bytes(np.asarray(given).reshape(-1)[0]).decode(
+        "utf-8", "replace").strip()
+    header = str(params.get(Header.ADAPTER, "")).strip()
     if header:
-        given = inputs["adapter"]
-        named = "" if given is None else bytes(np.asarray(given).reshape(-1)[0]).decode(
-            "utf-8", "replace").strip()
         if named and named != header:
             raise ValidationError("adapter", f"{named!r:.80} and the x-llm-adapter header "
                                              f"{header!r:.80} name different adapters")
+        named = header
         inputs["adapter"] = np.array([header.encode("utf-8")], dtype=object)
+    allowed = [m for m in str(params.get(Header.MODELS, "")).split(",") if m]
+    if allowed and (named or BASE_MODEL_TOKEN) not in allowed:
+        raise ModelAccessDenied(named or "the base model", ", ".join(
+            "the base model" if m == BASE_MODEL_TOKEN else m for m in allowed))
     return inputs
 
 

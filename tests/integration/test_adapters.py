@@ -221,3 +221,42 @@ def test_make_adapter_acts_on_every_replica_and_a_restarted_replica_serves_its_r
     subprocess.run([sys.executable, "-m", "tools.serve", "adapter", "load", "notice",
                     str(DEMO_ADAPTERS / "notice")], env=env, check=True, timeout=60, cwd=ROOT,
                    capture_output=True)
+
+
+def infer_inputs(**tensors: Any) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, (datatype, value) in tensors.items():
+        tensor = grpcclient.InferInput(name, [1, 1], datatype)
+        tensor.set_data_from_numpy(np.array([[value]], dtype=object if datatype == "BYTES"
+                                            else np.int32))
+        inputs.append(tensor)
+    return inputs
+
+
+def test_a_key_limited_to_some_models_is_refused_the_others_on_every_api(stack):
+    key, _ = runtime.KeyStore(stack.gateway.keys_dir).issue("notice-only", "premium", ["notice"])
+    time.sleep(2)  # the gateway watches its key directory
+    client = sdk(stack, key)
+    assert client.completions.create(model="notice", prompt=PROMPT, max_tokens=2).choices
+    for model in ("tutorial", "demo_model"):
+        with pytest.raises(openai.PermissionDeniedError, match=f"may not use the model `{model}`"):
+            client.completions.create(model=model, prompt=PROMPT, max_tokens=2)
+    assert generate(stack, key, adapter="notice").status_code == 200
+    for refused in (generate(stack, key), generate(stack, key, adapter="tutorial"),
+                    generate(stack, key, {"x-llm-adapter": "tutorial"})):
+        assert refused.status_code == 403 and refused.json()["type"] == "forbidden"
+    # gRPC: the gateway cannot read the tensor; the model refuses it from the key's list.
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.gateway.port}")
+    text = ("BYTES", PROMPT.encode())
+    ok = grpc.infer("llm", infer_inputs(text_input=text, max_tokens=("INT32", 2),
+                                        adapter=("BYTES", b"notice")),
+                    headers={"x-api-key": key})
+    assert ok.as_numpy("num_output_tokens")[0][0] == 2
+    with pytest.raises(InferenceServerException, match="may not use it") as denied:
+        grpc.infer("llm", infer_inputs(text_input=text, adapter=("BYTES", b"tutorial")),
+                   headers={"x-api-key": key})
+    assert denied.value.status() == "StatusCode.PERMISSION_DENIED"
+    # ... and a client's own copy of the list is dropped: the key's list holds.
+    assert generate(stack, key, {"x-llm-models": "tutorial"}, adapter="tutorial"
+                    ).status_code == 403
+    assert generate(stack, stack.key, {"x-llm-models": "notice"}).status_code == 200

@@ -46,6 +46,14 @@ class UnknownAdapter(ValidationError):
         self.name = name
 
 
+class ModelAccessDenied(ValidationError):
+    """The caller's key may not use this model or adapter (HTTP 403; gateway/keys.py MODELS)."""
+
+    def __init__(self, name: str, allowed: str) -> None:
+        super().__init__("adapter", f"{name!r:.80}: this API key may not use it; it may use "
+                                    f"{allowed:.400}")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """Everything the engine needs for one sequence, already checked and defaulted."""
