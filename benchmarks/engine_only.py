@@ -85,23 +85,26 @@ LOGPROBS: dict[str, Any] = {"logprobs": 5}
 
 
 def run(engine: GenerationEngine, specs: list[workload.RequestSpec], clients: int,
-        controls: Optional[dict[str, Any]] = None) -> Pass:
+        controls: Optional[dict[str, Any]] = None, adapters: Sequence[str] = ()) -> Pass:
     """One closed-loop pass over `specs` with `clients` clients; `controls`: extra fields
-    (sampling controls, logprobs) for every request."""
-    pending = iter(specs)
+    (sampling controls, logprobs) for every request; `adapters`: LoRA adapters the requests
+    take in turn (none: the base model)."""
+    pending = iter(enumerate(specs))
     lock = threading.Lock()
     finished: list[_Client] = []
 
     def client() -> None:
         while True:
             with lock:
-                spec = next(pending, None)
+                i, spec = next(pending, (0, None))
             if spec is None:
                 return
             sink = _Client()
+            adapter = adapters[i % len(adapters)] if adapters else ""
             engine.submit(GenerationRequest(prompt=spec.prompt, max_tokens=spec.max_tokens,
                                             temperature=workload.TEMPERATURE, seed=spec.seed,
-                                            ignore_eos=True, **(controls or {})), sink)
+                                            ignore_eos=True, adapter=adapter,
+                                            **(controls or {})), sink)
             sink.done.wait()
             finished.append(sink)
 

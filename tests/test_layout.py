@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_PACKAGES = {
     "model_repository/llm/1": "Triton loads model.py by its path",
     "model_repository/llm_stream/1": "Triton loads model.py by its path",
+    "model_repository/llm_adapters/1": "Triton loads model.py by its path",
     "clients/examples": "standalone scripts for users to copy; they import only tritonclient",
 }
 

@@ -54,6 +54,22 @@ def train_adapter(base: Path, text: str, out: Path, rank: int = 8,
             print(f"step {step + 1}/{steps}: loss {loss.item():.3f} "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
     peft_model.save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's model-card template, nothing filled in
+    return out
+
+
+def random_adapter(base: Path, out: Path, rank: int = 16,
+                   targets: tuple[str, ...] = ALL_LINEAR, seed: int = 0) -> Path:
+    """An untrained adapter with random A and B (PEFT's `init_lora_weights=False`): the same
+    shapes and arithmetic as a trained one, for benchmarks that need many."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
+                                     init_lora_weights=False)).save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)
     return out
 
 

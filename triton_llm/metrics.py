@@ -18,6 +18,7 @@ token waits for Triton's reply; updates are also kept few (gauges only when they
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Callable, Optional
@@ -30,6 +31,9 @@ from textgen.core.outputs import EngineObserver, FinishReason, SequenceOutput
 LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0]
 TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0]
+# Adapters with a series of their own (LLM_METRICS_MAX_ADAPTERS); later ones share `_other`.
+MAX_ADAPTER_SERIES = int(os.environ.get("LLM_METRICS_MAX_ADAPTERS", "50"))
+OTHER = "_other"
 
 
 class TritonMetrics(EngineObserver):
@@ -65,6 +69,12 @@ class TritonMetrics(EngineObserver):
                  family.COUNTER),
                 (engine_info.NAME, "What the engine chose at load (dtype and why, executor, "
                                    "forward path); always 1", family.GAUGE),
+                ("llm:lora_adapters", "LoRA adapters served, and resident in memory, by state",
+                 family.GAUGE),
+                ("llm:adapter_requests_total", "Finished sequences that ran a LoRA adapter, "
+                                               "by adapter", family.COUNTER),
+                ("llm:adapter_generation_tokens_total", "Tokens generated with a LoRA "
+                                                        "adapter, by adapter", family.COUNTER),
             )}
         self._info: Optional[Any] = None
         self._running = self._metric("vllm:num_requests_running")
@@ -79,6 +89,9 @@ class TritonMetrics(EngineObserver):
         self._prompt_tokens = self._metric("vllm:prompt_tokens_total")
         self._generation_tokens = self._metric("vllm:generation_tokens_total")
         self._cancellations = self._metric("llm:request_cancellations_total")
+        self._adapters = {state: self._metric("llm:lora_adapters", state=state)
+                          for state in ("served", "resident")}
+        self._adapter_series: dict[str, tuple[Any, Any]] = {}
         self._by_label: dict[tuple[str, str], Any] = {}
         # The gauges are reported before every decode step: only changes are queued.
         self._queue_state = (-1, -1)
@@ -135,6 +148,10 @@ class TritonMetrics(EngineObserver):
     def on_reject(self, reason: str) -> None:
         self._later(self._count, "llm:request_rejections_total", "reason", reason)
 
+    def on_adapters(self, served: int, resident: int) -> None:
+        self._later(self._adapters["served"].set, served)
+        self._later(self._adapters["resident"].set, resident)
+
     def on_ready(self, facts: dict[str, Any]) -> None:
         """The engine loaded: publish what it chose (contracts/engine_info.py)."""
         self._later(self._publish_info, facts)
@@ -146,6 +163,10 @@ class TritonMetrics(EngineObserver):
         self._generation_tokens.increment(output.completion_tokens)
         if output.finish_reason is FinishReason.CANCELLED:
             self._cancellations.increment(1)
+        if output.adapter:
+            requests, tokens = self._adapter_metrics(output.adapter)
+            requests.increment(1)
+            tokens.increment(output.completion_tokens)
         if output.finish_reason.answered:
             self._count("vllm:request_success_total", "finished_reason",
                         output.finish_reason.value)
@@ -156,6 +177,18 @@ class TritonMetrics(EngineObserver):
             if output.completion_tokens > 1:
                 self._tpot.observe((output.total_seconds - output.first_token_seconds)
                                    / (output.completion_tokens - 1))
+
+    def _adapter_metrics(self, adapter: str) -> tuple[Any, Any]:
+        """The adapter's two series; past MAX_ADAPTER_SERIES adapters, later ones share
+        `_other` (the cardinality budget: docs/operations.md, Monitoring)."""
+        if adapter not in self._adapter_series and \
+                len(self._adapter_series) >= MAX_ADAPTER_SERIES:
+            adapter = OTHER
+        if adapter not in self._adapter_series:
+            self._adapter_series[adapter] = (
+                self._metric("llm:adapter_requests_total", adapter=adapter),
+                self._metric("llm:adapter_generation_tokens_total", adapter=adapter))
+        return self._adapter_series[adapter]
 
     def _publish_info(self, facts: dict[str, Any]) -> None:
         self._info = self._metric(engine_info.NAME, **engine_info.labels(facts))

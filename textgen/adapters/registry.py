@@ -33,15 +33,19 @@ Reader = Callable[[str, Path], LoraAdapter]
 
 
 class AdapterRegistry:
-    def __init__(self, read: Reader, max_loras: int, record: Optional[Path] = None) -> None:
+    def __init__(self, read: Reader, max_loras: int, record: Optional[Path] = None,
+                 on_change: Callable[[int, int], None] = lambda served, resident: None
+                 ) -> None:
         """`read(name, path)`: reads and checks one adapter (peft_format.read_adapter bound
         to the base model). `record`: the JSON file every load and unload rewrites
-        (`starting_adapters` reads it back)."""
+        (`starting_adapters` reads it back). `on_change(served, resident)`: told the counts
+        after every change (the metrics' gauge)."""
         if max_loras < 1:
             raise ValueError("max_loras must be at least 1")
         self.max_loras = max_loras
         self._read = read
         self._record = record
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._paths: dict[str, Path] = {}
         self._resident: OrderedDict[str, LoraAdapter] = OrderedDict()  # least recent first
@@ -58,6 +62,7 @@ class AdapterRegistry:
             if self._make_room():
                 self._resident[name] = adapter
             self._write_record()
+        self._changed()
         log.info("adapter %s loaded from %s: rank %d on %s, %.1f MiB", name, path,
                  adapter.rank, ",".join(adapter.targets), adapter.nbytes / 2**20)
         return adapter
@@ -70,6 +75,7 @@ class AdapterRegistry:
             del self._paths[name]
             self._resident.pop(name, None)
             self._write_record()
+        self._changed()
         log.info("adapter %s unloaded", name)
 
     def served(self) -> dict[str, Path]:
@@ -112,6 +118,7 @@ class AdapterRegistry:
                 raise AdapterError(f"adapter `{name}` was unloaded or replaced while it loaded")
             self._resident[name] = adapter
             adapter.users += 1
+        self._changed()
         log.info("adapter %s made resident again from %s", name, path)
         return adapter
 
@@ -136,6 +143,11 @@ class AdapterRegistry:
                 log.info("adapter %s evicted (LLM_MAX_LORAS=%d resident)", name, self.max_loras)
                 return True
         return False
+
+    def _changed(self) -> None:
+        with self._lock:
+            counts = len(self._paths), len(self._resident)
+        self._on_change(*counts)
 
     def _write_record(self) -> None:
         """Under the lock: the served list, written whole and renamed into place."""

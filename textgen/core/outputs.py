@@ -48,6 +48,7 @@ class SequenceOutput:
     logprobs: Optional[tuple[TokenLogprobs, ...]] = None
     prompt_logprobs: Optional[tuple[Optional[TokenLogprobs], ...]] = None
     index: int = 0  # which of the request's n sequences this is
+    adapter: str = ""  # the LoRA adapter it ran ("": the base model), for the metrics
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Timeline:
                completion_tokens: int, error: str = "",
                logprobs: Optional[Sequence[TokenLogprobs]] = None,
                prompt_logprobs: Optional[Sequence[Optional[TokenLogprobs]]] = None,
-               index: int = 0) -> SequenceOutput:
+               index: int = 0, adapter: str = "") -> SequenceOutput:
         """The sequence's end as the sinks and metrics see it, timed from now."""
         now = time.monotonic()
         return SequenceOutput(
@@ -73,7 +74,7 @@ class Timeline:
             total_seconds=now - self.arrival, error=error,
             logprobs=None if logprobs is None else tuple(logprobs),
             prompt_logprobs=None if prompt_logprobs is None else tuple(prompt_logprobs),
-            index=index)
+            index=index, adapter=adapter)
 
 
 class Pacer:
@@ -170,6 +171,9 @@ class EngineObserver:
 
     def on_reject(self, reason: str) -> None:
         """A request was refused: `queue_full` or `queue_timeout`."""
+
+    def on_adapters(self, served: int, resident: int) -> None:
+        """LoRA adapters served, and those in memory, after a load, unload or eviction."""
 
 
 def send_text(sink: OutputSink, pacer: Pacer, delta: str, now: float,

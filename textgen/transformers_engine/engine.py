@@ -146,7 +146,8 @@ class TransformersEngine(EngineBase):
             return read_adapter(name, path, linears, config.max_lora_rank, self.model.dtype,
                                 self.device)
 
-        registry = AdapterRegistry(read, config.max_loras, config.adapter_record)
+        registry = AdapterRegistry(read, config.max_loras, config.adapter_record,
+                                   self.observer.on_adapters)
         try:
             for name, path in starting_adapters(config.lora_adapters, config.adapter_record):
                 registry.load(name, path)
@@ -405,7 +406,8 @@ class TransformersEngine(EngineBase):
                 one.lora = None
             send_finish(one.sink, one.timeline.output(
                 one.assembler.text, reason, len(one.prompt_ids), one.generated, error,
-                one.logprobs, one.prompt_logprobs, one.index), self.observer)
+                one.logprobs, one.prompt_logprobs, one.index, one.request.adapter),
+                self.observer)
         seq.forks = []
 
     def _facts(self) -> dict[str, Any]:

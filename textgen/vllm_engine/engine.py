@@ -38,7 +38,7 @@ from textgen.core.kv_budget import kv_bytes_per_token, token_budget
 from textgen.core.loading import ModelLoadError, load_tokenizer
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
-from textgen.core.validation import GenerationRequest, check_token_budget
+from textgen.core.validation import GenerationRequest, UnknownAdapter, check_token_budget
 from textgen.transformers_engine.tokenization import TokenTexts
 
 log = logging.getLogger("textgen")
@@ -204,6 +204,8 @@ class VllmEngine(EngineBase):
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Tokenise (unless the client sent token ids), check the limits and queue;
         refusals are raised before anything is queued (ValidationError, Overloaded)."""
+        if request.adapter:  # this engine serves no adapters yet (docs/adapters.md, Limits)
+            raise UnknownAdapter(request.adapter, [])
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
