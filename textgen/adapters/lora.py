@@ -1,11 +1,10 @@
 """The low-rank products of one forward pass whose rows use different adapters.
 
 A batch row may run the base model or any adapter. Every row shares the base model's matrix
-products; each adapter then adds `B (A x)` to its own rows only: the rows are grouped by
-adapter once per step (`StepLora.of`), and each group costs two thin products per adapted
-layer, gathered from and added back to its rows (as Punica's and S-LoRA's grouped kernels
-do, here with torch's `index_select` / `index_add_`). Rows without an adapter cost nothing,
-and a step with no adapter rows is the base forward, untouched.
+products; each adapter then adds `B (A x)` to its own rows only, as Punica's and S-LoRA's
+batched kernels do: once per step `StepLora.of` finds each row's adapter, and each adapted
+projection then costs four tensor operations whatever the mix (`StepLora` says how). A
+step with no adapter rows is the base forward, untouched.
 
 Two executors call it: the Llama executor's tensor forward, whose q/k/v and gate/up
 projections are fused (`FusedLayout`: an adapter's A matrices stacked, its B matrices placed
@@ -16,7 +15,8 @@ Face module, whose linear layers are wrapped by `LoraLinear`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,29 +49,62 @@ def fuse(adapter: LoraAdapter, parts: Sequence[tuple[str, int]]) -> Product:
 
 
 class StepLora:
-    """The adapters of one forward's rows, grouped: each adapter with the rows it serves
-    (None: all of them)."""
+    """The adapters of one forward's rows, and how their products are added.
 
-    def __init__(self, groups: list[tuple[LoraAdapter, Optional[torch.Tensor]]],
+    One adapter on every row: its two products on the whole batch. Several (or some rows on
+    the base model): every adapter's A products at once against all rows (their A matrices
+    stacked), a 0/1 mask keeping each row's own adapter's columns, then every B at once
+    (their B matrices side by side), so a projection costs four tensor operations however many
+    adapters the step holds. Why not a gather per adapter (index_select, two products,
+    index_add_): on a CPU each operation's dispatch costs more than a small product, and that
+    made four adapters cost 3.5x the operations of one (docs/performance.md, LoRA adapters in
+    the shared batch). The stacked matrices are built once per set of adapters (`_Stacks`)."""
+
+    def __init__(self, adapters: tuple[LoraAdapter, ...], slots: Optional[torch.Tensor],
                  layout: FusedLayout) -> None:
-        self.groups = groups
+        self.adapters = adapters
+        self._slots = slots  # per row, the index of its adapter (-1: none); None: all the one
         self._layout = layout
+        self._stacks = _STACKS.of(adapters)
+        self._masks: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @property
+    def row_slots(self) -> list[int]:
+        """Each row's index into `adapters` (-1: the base model)."""
+        if self._slots is None:
+            raise ValueError("a step with one adapter on every row has no slots to give")
+        return self._slots.tolist()
+
+    def cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        """What `build` makes for this set of adapters, made once while the set is in use (the
+        C forward's tables of their matrices)."""
+        if key not in self._stacks:
+            self._stacks[key] = build()
+        return self._stacks[key]
 
     @staticmethod
     def of(adapters: Sequence[Optional[LoraAdapter]], device: torch.device,
-           layout: Optional[FusedLayout] = None) -> Optional["StepLora"]:
-        """The grouping of `adapters` (one per row, None: the base model), or None when no
-        row has one."""
-        rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
-        for row, adapter in enumerate(adapters):
-            if adapter is not None:
-                rows.setdefault(id(adapter), (adapter, []))[1].append(row)
-        if not rows:
+           layout: Optional[FusedLayout] = None,
+           keep_slots: bool = False) -> Optional["StepLora"]:
+        """The step of rows running `adapters` (one per row, None: the base model), or None
+        when no row has one. `keep_slots`: keep each row's slot even when one adapter covers
+        every row (the C forward reads them)."""
+        index: dict[int, int] = {}
+        distinct: list[LoraAdapter] = []
+        slots = []
+        for adapter in adapters:
+            if adapter is None:
+                slots.append(-1)
+                continue
+            if id(adapter) not in index:
+                index[id(adapter)] = len(distinct)
+                distinct.append(adapter)
+            slots.append(index[id(adapter)])
+        if not distinct:
             return None
-        groups = [(adapter, None if len(members) == len(adapters)
-                   else torch.tensor(members, device=device))
-                  for adapter, members in rows.values()]
-        return StepLora(groups, layout or {})
+        whole = len(distinct) == 1 and -1 not in slots and not keep_slots
+        return StepLora(tuple(distinct), None if whole else torch.tensor(slots, device=device),
+                        layout or {})
 
     def product(self, adapter: LoraAdapter, key: Any) -> Product:
         """The adapter's (A, B) for a module name or a fused projection's key."""
@@ -83,16 +116,62 @@ class StepLora:
         return adapter.fused[key]
 
     def add(self, out: torch.Tensor, x: torch.Tensor, key: Any) -> None:
-        """Add each adapter's `B A x` to its rows of `out` (rows on dimension 0), in place."""
-        for adapter, rows in self.groups:
-            pair = self.product(adapter, key)
-            if pair is None:
-                continue
-            a, b = pair
-            if rows is None:
-                out += F.linear(F.linear(x, a), b)
-            else:
-                out.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), a), b))
+        """Add each row's adapter's `B A x` to its row of `out` (rows on dimension 0)."""
+        if self._slots is None:
+            pair = self.product(self.adapters[0], key)
+            if pair is not None:
+                out += F.linear(F.linear(x, pair[0]), pair[1])
+            return
+        if key not in self._stacks:
+            self._stacks[key] = self._stack(key)
+        stacked = self._stacks[key]
+        if stacked is None:
+            return
+        a, b, widths = stacked
+        mask = self._mask(widths, x.dtype)
+        low = F.linear(x, a)
+        out += F.linear(low * (mask if x.dim() == 2 else mask.unsqueeze(1)), b)
+
+    def _stack(self, key: Any) -> Optional[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]:
+        """Every adapter's A for `key` stacked, their B side by side, and each one's width."""
+        pairs = [self.product(adapter, key) for adapter in self.adapters]
+        present = [pair for pair in pairs if pair is not None]
+        if not present:
+            return None
+        widths = tuple(0 if pair is None else pair[0].shape[0] for pair in pairs)
+        return (torch.cat([pair[0] for pair in present]),
+                torch.cat([pair[1] for pair in present], dim=1), widths)
+
+    def _mask(self, widths: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """[rows, sum(widths)]: 1 where a column belongs to the row's own adapter."""
+        if widths not in self._masks:
+            assert self._slots is not None
+            owner = torch.repeat_interleave(torch.arange(len(widths), device=self._slots.device),
+                                            torch.tensor(widths, device=self._slots.device))
+            self._masks[widths] = (self._slots.unsqueeze(1) == owner).to(dtype)
+        return self._masks[widths]
+
+
+class _Stacks:
+    """Stacked matrices per set of adapters, for the last few sets seen. Why keep them: under
+    steady traffic the same adapters share step after step, and stacking every projection of
+    every layer anew each step would cost as much as the products. Keyed by the adapter
+    objects themselves (held, so an unloaded adapter's weights live until its set is
+    evicted)."""
+
+    def __init__(self, sets: int = 2) -> None:
+        self._sets = sets
+        self._by_set: OrderedDict[tuple[LoraAdapter, ...], dict[Any, Any]] = OrderedDict()
+
+    def of(self, adapters: tuple[LoraAdapter, ...]) -> dict[Any, Any]:
+        stacks = self._by_set.pop(adapters, None)
+        self._by_set[adapters] = {} if stacks is None else stacks
+        while len(self._by_set) > self._sets:
+            self._by_set.popitem(last=False)
+        return self._by_set[adapters]
+
+
+_STACKS = _Stacks()
 
 
 class ActiveLora:

@@ -152,9 +152,9 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
     panels where it runs; else torch's dynamic int8 modules in the HF module (the tensor
     forward takes no int8, so forward_path `tensor` with int8 fails the load).
 
-    `lora` (LoRA adapters enabled): the Llama executor runs its tensor forward, which adds
-    the adapters' products per row; the C forward holds the weights it packed and adds none.
-    The HF module gets its linear layers wrapped (adapters/lora.py). int8 weights take none."""
+    `lora` (LoRA adapters enabled): the Llama executor adds each row's adapter in whichever
+    forward it runs (the C forward's add_lora, the tensor forward's adapters/lora.py); the
+    HF module gets its linear layers wrapped. int8 weights take none."""
     from textgen.executors.llama import LlamaExecutor
 
     int8 = quantization == "int8" and device.type == "cpu"
@@ -162,9 +162,6 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
         raise ModelLoadError(f"LoRA adapters run over float weights; quantization "
                              f"`{quantization}` takes none: unset LLM_QUANTIZATION or serve no "
                              "adapters (LLM_LORA_ADAPTERS, LLM_ENABLE_LORA)")
-    if lora and forward_path == "c":
-        raise ModelLoadError("forward_path `c` adds no LoRA adapters (the C forward holds the "
-                             "weights it packed): use forward_path `auto` or `tensor`")
     if int8 and forward_path == "tensor":
         raise ModelLoadError("quantization `int8` on the CPU runs in the C forward (or, with "
                              "executor `hf`, in torch's int8 modules); the tensor forward "
@@ -182,12 +179,9 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
             log.info("using the Hugging Face executor: %s", reason)
         return HFExecutor(model, pad_id, device, lora=True) if lora \
             else _hf_executor(model, pad_id, device, int8)
-    if lora:
-        log.info("LoRA adapters on: the Llama executor runs its tensor forward, which adds "
-                 "each row's adapter (the C forward would hold the weights it packed)")
     executor = LlamaExecutor(model, pad_id, device, context_length,
-                             kernel_target=None if forward_path == "tensor" or lora
-                             else "native", take_weights=take_weights, int8=int8)
+                             kernel_target=None if forward_path == "tensor" else "native",
+                             take_weights=take_weights, int8=int8)
     if forward_path == "c" and executor.kernel_unavailable:
         raise ModelLoadError(f"forward_path `c` is not available here: "
                              f"{executor.kernel_unavailable}; use forward_path `auto` or `tensor`")

@@ -145,7 +145,7 @@ class LlamaExecutor:
         self._batch = KVBatch()
         self._kernel: Optional[forward_kernel.ForwardKernel] = None
         self._layers: list[_Layer] = []
-        self._lora_layout: dict[Any, list[tuple[str, int]]] = {}
+        self._lora_layout, self._lora_parts = self._adapted_projections(model)
         built = forward_kernel.build(
             model, self._cos, self._sin, self._heads, self._kv_heads, self._head_dim, self._eps,
             kernel_target, take_weights, int8) \
@@ -168,17 +168,8 @@ class LlamaExecutor:
         """The tensor forward's weights: per layer one q/k/v and one gate/up matrix."""
         self._final_norm = model.model.norm.weight.detach()
         self._lm_head = model.get_output_embeddings().weight.detach()
-        for i, layer in enumerate(model.model.layers):
+        for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            # Where an adapter's products of the fused projections come from (lora.fuse).
-            prefix = f"model.layers.{i}."
-            self._lora_layout[(i, "qkv")] = [
-                (prefix + "self_attn." + name, module.out_features)
-                for name, module in (("q_proj", attn.q_proj), ("k_proj", attn.k_proj),
-                                     ("v_proj", attn.v_proj))]
-            self._lora_layout[(i, "gate_up")] = [
-                (prefix + "mlp." + name, module.out_features)
-                for name, module in (("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj))]
             qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
             self._layers.append(_Layer(
@@ -187,6 +178,26 @@ class LlamaExecutor:
                 out_bias=None if attn.o_proj.bias is None else attn.o_proj.bias.detach(),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
                 gate_up=gate_up, down=mlp.down_proj.weight.detach()))
+
+    @staticmethod
+    def _adapted_projections(model: Any) -> tuple[dict[Any, list[tuple[str, int]]], list[Any]]:
+        """Where an adapter's products come from: the fused projections' parts (lora.fuse),
+        and per layer the four products an adapter adds to, in forward_kernel.c's LoraPart
+        order (the q/k/v and gate/up keys fused, the others module names)."""
+        layout: dict[Any, list[tuple[str, int]]] = {}
+        parts: list[Any] = []
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp, prefix = layer.self_attn, layer.mlp, f"model.layers.{i}."
+            layout[(i, "qkv")] = [(prefix + "self_attn." + name, module.out_features)
+                                  for name, module in (("q_proj", attn.q_proj),
+                                                       ("k_proj", attn.k_proj),
+                                                       ("v_proj", attn.v_proj))]
+            layout[(i, "gate_up")] = [(prefix + "mlp." + name, module.out_features)
+                                      for name, module in (("gate_proj", mlp.gate_proj),
+                                                           ("up_proj", mlp.up_proj))]
+            parts += [(i, "qkv"), prefix + "self_attn.o_proj", (i, "gate_up"),
+                      prefix + "mlp.down_proj"]
+        return layout, parts
 
     def _rope_tables(self, base: Any, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin per position, [positions, head_dim], float32, from the model's rotary
@@ -205,7 +216,8 @@ class LlamaExecutor:
     def prefill(self, prompts: list[list[int]], every_position: Sequence[bool] = (),
                 adapters: Sequence[Optional[LoraAdapter]] = ()) -> torch.Tensor:
         if self._kernel is not None:
-            layers, logits = self._kernel.prefill(prompts, every_position)
+            layers, logits = self._kernel.prefill(
+                prompts, every_position, self._kernel_lora(adapters, [len(p) for p in prompts]))
             self._batch.join(layers, prefill_mask(prompts))
             return logits
         ids, mask, positions = prefill_inputs(prompts, self._pad_id, self._device)
@@ -235,7 +247,7 @@ class LlamaExecutor:
         if self._kernel is not None:
             logits = self._kernel.decode(torch.tensor(last_tokens), positions.view(-1), mask,
                                          self._batch.all_buffers(), self._batch.start,
-                                         self._batch.end)
+                                         self._batch.end, self._kernel_lora(adapters))
             self._batch.commit_decode()
             return logits
         rows, start, end = len(last_tokens), self._batch.start, self._batch.end
@@ -280,8 +292,23 @@ class LlamaExecutor:
     def _step_lora(self, adapters: Sequence[Optional[LoraAdapter]]) -> Optional[StepLora]:
         if not adapters:
             return None
-        assert self._kernel is None, "adapters run in the tensor forward (select_executor)"
         return StepLora.of(adapters, self._device, self._lora_layout)
+
+    def _kernel_lora(self, adapters: Sequence[Optional[LoraAdapter]],
+                     lengths: Optional[Sequence[int]] = None) -> Any:
+        """The C forward's argument for rows running `adapters` (`lengths`: a prefill's rows
+        are its prompts' tokens), or None when none does."""
+        step = StepLora.of(adapters, self._device, self._lora_layout, keep_slots=True) \
+            if adapters else None
+        if step is None:
+            return None
+        tables = step.cached("c", lambda: forward_kernel.LoraTables(
+            [[step.product(adapter, key) for key in self._lora_parts]
+             for adapter in step.adapters]))
+        slots = step.row_slots
+        if lengths is not None:
+            slots = [slot for slot, length in zip(slots, lengths) for _ in range(length)]
+        return tables.call(slots)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Any,
                  lora: Optional[StepLora] = None) -> torch.Tensor:

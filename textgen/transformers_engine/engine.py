@@ -106,9 +106,7 @@ class TransformersEngine(EngineBase):
         for the C forward, where it runs)."""
         config = self.config
         if config.dtype == "auto" and self.device.type == "cpu":  # timed on these threads
-            # LoRA keeps the Llama executor in its tensor forward (select_executor).
-            timer = product_timer(config.executor,
-                                  "tensor" if config.enable_lora else config.forward_path,
+            timer = product_timer(config.executor, config.forward_path,
                                   load_config(config.model_dir))
             self.dtype, self.dtype_why = resolve_dtype(
                 "auto", self.device, timer, config.max_num_seqs, quantization=config.quantization)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.textgen.adapters.conftest import ADAPTERS, merged_model
-from tests.textgen.executors.models import NEW_TOKENS, hf_greedy
+from tests.textgen.executors.models import NEW_TOKENS, hf_greedy, needs_cc
 from textgen.adapters.lora import StepLora, fuse
 from textgen.adapters.peft_format import base_linears, read_adapter
 from textgen.executors.hf import HFExecutor
@@ -40,8 +40,9 @@ def test_each_adapter_changes_the_greedy_answer(expected):
         assert len(answers) == 3, text
 
 
-def greedy_rows(executor, prompts, adapters, eos: int) -> list[list[int]]:
-    """Greedy decoding of the rows together, each with its adapter (EOS banned)."""
+def greedy_rows(executor, prompts, adapters, eos) -> list[list[int]]:
+    """Greedy decoding of the rows together, each with its adapter (`eos`: the id or ids
+    banned, as `min_new_tokens` bans them in HF generate)."""
     outputs: list[list[int]] = [[] for _ in prompts]
     with torch.inference_mode():
         logits = executor.prefill(prompts, (), adapters)
@@ -54,19 +55,29 @@ def greedy_rows(executor, prompts, adapters, eos: int) -> list[list[int]]:
     return outputs
 
 
-@pytest.mark.parametrize("executor_name", ["llama", "hf"])
+@pytest.mark.parametrize("executor_name", [pytest.param("c", marks=needs_cc), "tensor", "hf"])
 def test_a_batch_mixing_base_and_both_adapters_gives_each_row_peft_merged_tokens(
         executor_name, demo_model_dir, adapter_dirs, tokenizer, expected):
+    """The C forward, the Llama tensor forward and the HF module."""
     model = AutoModelForCausalLM.from_pretrained(demo_model_dir, dtype=torch.float32).eval()
     linears = base_linears(model)
     adapters = {name: read_adapter(name, path, linears, 64, torch.float32, CPU)
                 for name, path in adapter_dirs.items()}
-    executor = (LlamaExecutor(model, 1, CPU, 512, kernel_target=None)
-                if executor_name == "llama" else HFExecutor(model, 1, CPU, lora=True))
+    executor = (HFExecutor(model, 1, CPU, lora=True) if executor_name == "hf" else
+                LlamaExecutor(model, 1, CPU, 512,
+                              kernel_target="native" if executor_name == "c" else None))
+    assert executor.forward_path == {"c": "c", "tensor": "tensor", "hf": "module"}[
+        executor_name]
     rows = [(name, text) for text in TEXTS for name in ("",) + ADAPTERS]
     got = greedy_rows(executor, [tokenizer.encode(text) for _, text in rows],
                       [adapters.get(name) for name, _ in rows], tokenizer.eos_token_id)
     assert got == [expected[row] for row in rows]
+    # One adapter on every row (the whole-batch product) gives the same.
+    alone = [("notice", text) for text in TEXTS]
+    executor.reset()
+    got = greedy_rows(executor, [tokenizer.encode(text) for _, text in alone],
+                      [adapters["notice"]] * len(alone), tokenizer.eos_token_id)
+    assert got == [expected[row] for row in alone]
 
 
 def test_fused_products_equal_each_modules_own(demo_model_dir, adapter_dirs):

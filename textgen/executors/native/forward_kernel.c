@@ -129,6 +129,26 @@ typedef struct {
     const Layer *layer;
 } Model;
 
+/* The LoRA adapters of a call's rows (textgen/adapters/lora.py has the arithmetic), grouped by
+ * adapter (rows on the base model alone are in no group). For adapter s, layer i and
+ * projection p (LoraPart),
+ * entry k = (s * layers + i) * LORA_PARTS + p holds A [rank, in] and B transposed, [rank, out],
+ * float32, B already scaled, with the fused projections' parts stacked (A) and block-diagonal
+ * (B); rank
+ * 0 where the adapter leaves the projection alone. NULL: no row runs one. */
+typedef enum { LORA_QKV, LORA_OUT, LORA_GATE_UP, LORA_DOWN, LORA_PARTS } LoraPart;
+
+typedef struct {
+    int32_t adapters;
+    const int32_t *order;     /* the rows that run an adapter, adapter by adapter */
+    const int32_t *start;     /* [adapters + 1]: adapter s's rows are order[start[s]..start[s+1]) */
+    const float *const *a;    /* [adapters * layers * LORA_PARTS] */
+    const float *const *b;
+    const int32_t *rank;
+    float *t;                 /* scratch: [rows in `order`, t_stride >= the widest rank] */
+    int32_t t_stride;
+} Lora;
+
 /* Each thread's own scores: `columns` floats rounded up to whole cache lines. */
 static int64_t scores_floats(int32_t columns) { return ((int64_t)columns + 15) / 16 * 16; }
 
@@ -592,12 +612,51 @@ static void add_into(float *x, const float *y, int64_t n) {
     for (int64_t j = 0; j < n; j++) x[j] += y[j];
 }
 
+/* y += B (A x) for each row that runs an adapter (rows of `in` inputs at stride `x_stride`,
+ * of `out` outputs at stride `y_stride`), right after the base product wrote y. Adapter by
+ * adapter, so each of its matrices is read once for all of its rows (a row at a time read
+ * them once a row, and with many adapters they left the cache between rows): first T = X A^T
+ * for its rows, each row of A against every row, then each row's outputs from B^T's rows. A
+ * few hundred multiply-adds per output, beside the thousands of the base product. Runs
+ * inside the caller's parallel region. */
+static void add_lora(const Lora *lora, int layers, int i, LoraPart p, const float *x,
+                     int x_stride, int in, float *y, int y_stride, int out) {
+    if (lora == NULL) return;
+    for (int s = 0; s < lora->adapters; s++) {
+        const int first = lora->start[s], count = lora->start[s + 1] - first;
+        const int64_t k = ((int64_t)s * layers + i) * LORA_PARTS + p;
+        const int rank = lora->rank[k];
+        if (count == 0 || rank == 0) continue;
+        const float *a = lora->a[k], *bt = lora->b[k];
+#pragma omp for collapse(2) schedule(static)
+        for (int j = 0; j < rank; j++)
+            for (int g = 0; g < count; g++) {
+                const float *aj = a + (int64_t)j * in;
+                const float *xr = x + (int64_t)lora->order[first + g] * x_stride;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int c = 0; c < in; c++) acc += aj[c] * xr[c];
+                lora->t[(int64_t)(first + g) * lora->t_stride + j] = acc;
+            }
+#pragma omp for schedule(static)
+        for (int g = 0; g < count; g++) {
+            float *yr = y + (int64_t)lora->order[first + g] * y_stride;
+            const float *tg = lora->t + (int64_t)(first + g) * lora->t_stride;
+            for (int j = 0; j < rank; j++) {  /* B^T's rows: each a run along the outputs */
+                const float *bj = bt + (int64_t)j * out, tj = tg[j];
+#pragma omp simd
+                for (int o = 0; o < out; o++) yr[o] += bj[o] * tj;
+            }
+        }
+    }
+}
+
 /* The decoder layers over `rows` rows whose embeddings are in scratch's `x`, each row placed in
  * the cache by `place`; a row may attend to the columns the rows before it wrote in the same
  * layer (a prompt's tokens, in prefill): every row writes its keys and values before any row
  * attends. Leaves the residual stream in `x`. Runs inside the caller's parallel region. */
 static void layers(const Model *m, int32_t rows, const Place *place, float *const *kv,
-                   int32_t columns, const Scratch *s) {
+                   int32_t columns, const Scratch *s, const Lora *lora) {
     const int hidden = m->hidden, dim = m->dim, heads = m->heads, kv_heads = m->kv_heads;
     const int qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim;
     const int group = heads / kv_heads;
@@ -612,6 +671,7 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
                      m->eps);
         matmul_rows(layer->qkv, layer->qkv_bias, h, qkv, rows, hidden, qkv_width, hidden,
                     qkv_width, s->narrow);
+        add_lora(lora, m->layers, i, LORA_QKV, h, hidden, hidden, qkv, qkv_width, qkv_width);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             const Place *p = &place[r];
@@ -638,6 +698,7 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
         /* x += attn W_out^T (+ bias), through h as the product's output */
         matmul_rows(layer->out, layer->out_bias, attn, h, rows, attn_width, hidden, attn_width,
                     hidden, s->narrow);
+        add_lora(lora, m->layers, i, LORA_OUT, attn, attn_width, attn_width, h, hidden, hidden);
         add_into(x, h, (int64_t)rows * hidden);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)
@@ -645,6 +706,8 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
                      m->eps);
         matmul_rows(layer->gate_up, NULL, h, mlp, rows, hidden, 2 * m->inter, hidden,
                     2 * m->inter, s->narrow);
+        add_lora(lora, m->layers, i, LORA_GATE_UP, h, hidden, hidden, mlp, 2 * m->inter,
+                 2 * m->inter);
 #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++) {
             float *gate = mlp + (int64_t)r * 2 * m->inter, *up = gate + m->inter;
@@ -653,6 +716,7 @@ static void layers(const Model *m, int32_t rows, const Place *place, float *cons
         }
         matmul_rows(layer->down, NULL, mlp, h, rows, m->inter, hidden, 2 * m->inter, hidden,
                     s->narrow);
+        add_lora(lora, m->layers, i, LORA_DOWN, mlp, 2 * m->inter, m->inter, h, hidden, hidden);
         add_into(x, h, (int64_t)rows * hidden);
     }
 }
@@ -703,7 +767,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
                    const int64_t *tokens, const int64_t *positions, const int64_t *mask,
                    int32_t mask_stride, float *const *kv, int32_t row_capacity,
                    int32_t columns, int32_t table_positions, float *logits, float *scratch,
-                   int32_t threads) {
+                   int32_t threads, const Lora *lora) {
     if (rows < 1 || rows > row_capacity || start < 0 || start > end || end >= columns
             || threads < 1)
         return -1;
@@ -721,7 +785,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
     }
 #pragma omp parallel num_threads(threads)
     {
-        layers(m, rows, place, kv, columns, &s);
+        layers(m, rows, place, kv, columns, &s, lora);
         project(m, s.x, &s, rows, logits);
     }
     free(place);
@@ -742,7 +806,7 @@ int textgen_decode(const Model *m, int32_t rows, int32_t start, int32_t end,
 int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
                     const int64_t *tokens, const int32_t *every_position, float *const *kv,
                     int32_t columns, int32_t table_positions, float *logits, float *scratch,
-                    int32_t threads) {
+                    int32_t threads, const Lora *lora) {
     if (count < 1 || threads < 1) return -1;
     int32_t rows = 0;
     for (int i = 0; i < count; i++) {
@@ -763,7 +827,7 @@ int textgen_prefill(const Model *m, int32_t count, const int32_t *lengths,
     }
 #pragma omp parallel num_threads(threads)
     {
-        layers(m, rows, place, kv, columns, &s);
+        layers(m, rows, place, kv, columns, &s, lora);
 #pragma omp single
         {   /* the rows to project to the front, in order (each moves down or stays) */
             for (int i = 0, end = 0; i < count; i++) {

@@ -77,6 +77,56 @@ class _Model(ctypes.Structure):
         ("layer", ctypes.POINTER(_LayerPointers))]
 
 
+class _Lora(ctypes.Structure):
+    """forward_kernel.c's `Lora`: the adapters of one call's rows."""
+
+    _fields_ = [("adapters", ctypes.c_int32), ("order", ctypes.c_void_p),
+                ("start", ctypes.c_void_p), ("a", ctypes.c_void_p), ("b", ctypes.c_void_p),
+                ("rank", ctypes.c_void_p), ("t", ctypes.c_void_p), ("t_stride", ctypes.c_int32)]
+
+
+LORA_PARTS = 4  # per layer: q/k/v fused, the output projection, gate/up fused, down
+
+
+class LoraTables:
+    """The matrices of a set of adapters as forward_kernel.c reads them: for adapter s, layer
+    i and part p (LORA_PARTS, in forward_kernel.c's LoraPart order), `pairs[s][i *
+    LORA_PARTS + p]` is (A [rank, in], B [out, rank]) or None. Made float32, B transposed (the
+    kernel adds B's rows along the outputs), once per set of adapters."""
+
+    def __init__(self, pairs: Sequence[Sequence[Optional[tuple[torch.Tensor, torch.Tensor]]]]
+                 ) -> None:
+        flat = [pair for adapter in pairs for pair in adapter]
+        self._kept = [None if pair is None else
+                      (pair[0].float().contiguous(), pair[1].float().t().contiguous())
+                      for pair in flat]
+        self._a = (ctypes.c_void_p * len(flat))(*(
+            None if pair is None else pair[0].data_ptr() for pair in self._kept))
+        self._b = (ctypes.c_void_p * len(flat))(*(
+            None if pair is None else pair[1].data_ptr() for pair in self._kept))
+        self._rank = torch.tensor([0 if pair is None else pair[0].shape[0]
+                                   for pair in self._kept], dtype=torch.int32)
+        self._adapters = len(pairs)
+        self._widest = int(self._rank.max()) if len(flat) else 0
+
+    def call(self, slots: Sequence[int]) -> "_Lora":
+        """The argument of one call whose row r runs adapter `slots[r]` (-1: none): its rows
+        grouped by adapter, and scratch for their low-rank products."""
+        by_adapter: list[list[int]] = [[] for _ in range(self._adapters)]
+        for row, slot in enumerate(slots):
+            if slot >= 0:
+                by_adapter[slot].append(row)
+        order = torch.tensor([row for rows in by_adapter for row in rows], dtype=torch.int32)
+        start = torch.tensor([0] + [len(rows) for rows in by_adapter],
+                             dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        scratch = torch.empty((max(1, len(order)), max(1, self._widest)), dtype=torch.float32)
+        lora = _Lora(self._adapters, order.data_ptr(), start.data_ptr(),
+                     ctypes.addressof(self._a), ctypes.addressof(self._b), self._rank.data_ptr(),
+                     scratch.data_ptr(), scratch.shape[1])
+        lora.kept = (order, start, scratch)  # alive as long as the argument
+        return lora
+
+
 class KernelUnavailable(Exception):
     """Why the C forward cannot be used here; the tensor forward runs instead."""
 
@@ -117,13 +167,13 @@ class ForwardKernel:
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
             ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(_Lora)]
         self._prefill = library.textgen_prefill
         self._prefill.restype = ctypes.c_int
         self._prefill.argtypes = [
             ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_int32]
+            ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(_Lora)]
         self._scratch_floats = library.textgen_scratch_floats
         self._scratch_floats.restype = ctypes.c_int64
         self._scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32, ctypes.c_int32,
@@ -134,12 +184,14 @@ class ForwardKernel:
         self._kv_pointers = (ctypes.c_void_p * 0)()
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-               kv: Sequence[torch.Tensor], start: int, end: int) -> torch.Tensor:
+               kv: Sequence[torch.Tensor], start: int, end: int,
+               lora: Optional[_Lora] = None) -> torch.Tensor:
         """Logits [rows, vocab] for one token per row; writes column `end` of `kv`.
 
         tokens, positions: int64 [rows], contiguous; mask: int64 [rows, end - start + 1], the
         live rows' columns `start..end` (column `end` set), rows contiguous; kv: per layer key
-        then value buffer, float32 [row capacity, kv_heads, columns, dim], contiguous."""
+        then value buffer, float32 [row capacity, kv_heads, columns, dim], contiguous; lora:
+        the rows' adapters (LoraTables.call), None when no row runs one."""
         rows = tokens.shape[0]
         capacity, columns = kv[0].shape[0], kv[0].shape[2]
         if len(kv) != len(self._kv) or any(a is not b for a, b in zip(kv, self._kv)):
@@ -151,14 +203,14 @@ class ForwardKernel:
                               positions.data_ptr(), mask.data_ptr(), mask.stride(0),
                               self._kv_pointers, capacity, columns, self._positions,
                               logits.data_ptr(), self._scratch_for(rows, columns, threads),
-                              threads)
+                              threads, None if lora is None else ctypes.byref(lora))
         if failed:
             raise ValueError("a token id or position is outside the model's tables, or a row "
                              "or column outside the cache")
         return logits
 
     def prefill(self, prompts: Sequence[Sequence[int]],
-                every_position: Sequence[bool] = ()) -> tuple[
+                every_position: Sequence[bool] = (), lora: Optional[_Lora] = None) -> tuple[
             list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The prompts' keys and values, per layer [prompts, kv_heads, length, dim] left padded
         to the longest (padding columns zero: the mask hides them), and the logits of each
@@ -166,7 +218,8 @@ class ForwardKernel:
         after prompt ([rows, vocab], the layout of executors.hf.Executor.prefill).
 
         All prompts are the rows of one call, so the weights are read once for the group (a
-        call per prompt read them once per prompt), and none pays for another's padding."""
+        call per prompt read them once per prompt), and none pays for another's padding.
+        `lora`: the adapter of each token row, prompt after prompt (None: no prompt runs one)."""
         count, length = len(prompts), max(map(len, prompts))
         model = self._model
         shape = (count, model.kv_heads, length, model.dim)
@@ -181,7 +234,8 @@ class ForwardKernel:
         threads = torch.get_num_threads()
         if self._prefill(self._model_p, count, lengths.data_ptr(), tokens.data_ptr(),
                          every.data_ptr(), pointers, length, self._positions, logits.data_ptr(),
-                         self._scratch_for(int(lengths.sum()), length, threads), threads):
+                         self._scratch_for(int(lengths.sum()), length, threads), threads,
+                         None if lora is None else ctypes.byref(lora)):
             raise ValueError("a token id is outside the model's table, or a prompt is empty "
                              "or longer than its rotary table")
         return list(zip(kv[0::2], kv[1::2])), logits
