@@ -7,7 +7,8 @@ layer of each decoder layer, random weights: the arithmetic of a trained one), a
 base model alone as the service serves it by default (LoRA off: the C forward where it
 builds), and as it serves it with LoRA on but no adapter named (the tensor forward). Passes
 alternate, median of `--repeats`. Also the memory each resident adapter takes (its weights,
-and the process's RSS before and after loading the 16).
+and the process's RSS before and after loading the 16), and how long a load stalls streams
+running beside it (the longest gap between tokens that overlaps a load, against the median).
 
   .venv/bin/python -m benchmarks.adapters                             # the demo model
   .venv/bin/python -m benchmarks.adapters --model-dir ~/.cache/llm-service/smollm2-135m-instruct
@@ -19,6 +20,8 @@ import argparse
 import os
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from benchmarks import workload
 from benchmarks.engine_only import Pass, run
 from benchmarks.memory import current_rss_mib
 from textgen.core.config import EngineConfig
+from textgen.core.validation import GenerationRequest
 from textgen.transformers_engine.engine import TransformersEngine
 from tools.train_adapter import ALL_LINEAR, random_adapter
 
@@ -47,6 +51,55 @@ def adapters_for(model_dir: Path, count: int, rank: int) -> dict[str, Path]:
             random_adapter(model_dir, path, rank, ALL_LINEAR, seed=i)
         made[f"a{i}"] = path
     return made
+
+
+class _Gaps:
+    """An OutputSink recording when each piece of text arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.done = threading.Event()
+
+    def on_text(self, delta: str, logprobs: Any = (), index: int = 0) -> None:
+        self.times.append(time.monotonic())
+
+    def on_finish(self, output: Any) -> None:
+        self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def load_stall(engine: TransformersEngine, adapters: dict[str, Path], streams: int = 8,
+               loads: int = 8) -> tuple[float, float]:
+    """Streams running on an adapter while other adapters are loaded (as /v1/load_lora_adapter
+    loads them): the median gap between a stream's tokens, the longest gap that overlaps a
+    load, and the longest that does not, in ms. Every token is its own piece (the engine's
+    stream interval is 0)."""
+    assert engine.adapters is not None
+    sinks = [_Gaps() for _ in range(streams)]
+    names = list(adapters)
+    for sink in sinks:
+        engine.submit(GenerationRequest(prompt="The list", max_tokens=300, ignore_eos=True,
+                                        adapter=names[0]), sink)
+    while min(len(sink.times) for sink in sinks) < 10:  # every stream is decoding
+        time.sleep(0.001)
+    windows = []
+    for i in range(loads):
+        name = names[1 + i % (len(names) - 1)]
+        began = time.monotonic()
+        engine.adapters.load(name, adapters[name])
+        windows.append((began, time.monotonic()))
+    for sink in sinks:
+        sink.done.wait()
+    assert windows[-1][1] < min(sink.times[-1] for sink in sinks), \
+        "the streams ended before the loads did: make them longer"
+    gaps = [(b - a, a, b) for sink in sinks for a, b in zip(sink.times, sink.times[1:])]
+    overlaps = [any(a < end and b > start for start, end in windows) for _, a, b in gaps]
+    during = [gap for (gap, _, _), hit in zip(gaps, overlaps) if hit]
+    outside = [gap for (gap, _, _), hit in zip(gaps, overlaps) if not hit]
+    return (statistics.median(g for g, _, _ in gaps) * 1e3, max(during, default=0.0) * 1e3,
+            max(outside, default=0.0) * 1e3)
 
 
 def main() -> int:
@@ -107,6 +160,15 @@ def main() -> int:
           f"({(after - before) / len(adapters):.2f} MiB each); base engine alone {rss:.0f} MiB")
     lora.shutdown()
     base.shutdown()
+    streaming = TransformersEngine(EngineConfig(
+        model_dir=model_dir, dtype="float32", enable_lora=True, max_loras=max(SPREADS),
+        max_lora_rank=args.rank, stream_interval_ms=0,
+        lora_adapters=((next(iter(adapters)), adapters[next(iter(adapters))]),)))
+    step, worst, elsewhere = load_stall(streaming, adapters)
+    print(f"loading adapters while 8 streams run: median gap between tokens {step:.1f} ms; "
+          f"longest gap overlapping a load {worst:.1f} ms ({worst / step:.1f} steps), "
+          f"longest gap elsewhere in the same streams {elsewhere:.1f} ms")
+    streaming.shutdown()
     return 0
 
 

@@ -2,7 +2,7 @@
 # Extra flags go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--systems ours,baseline".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-vllm bench-lm-eval aiperf \
+.PHONY: bench bench-quick bench-peer bench-real bench-replicas bench-adapters bench-vllm bench-lm-eval aiperf \
 	gpu-check gpu-check-dry-run gpu-check-wheels
 
 AIPERF_VENV ?= .venv-aiperf
@@ -13,6 +13,10 @@ bench: venv ## Benchmark ours vs static batching vs the naive baseline, and the 
 
 bench-quick: venv ## The same benchmark, fewer levels and requests (~90 s on 2 cores)
 	@$(PY) -m benchmarks.bench --quick $(BENCH_ARGS)
+
+bench-adapters: venv real-model ## LoRA adapters: 32 streams over 0, 1, 4 and 16 adapters against the base, memory, load stalls; demo and real model (~15 min)
+	@$(PY) -m benchmarks.adapters --rank 8 $(BENCH_ARGS)
+	@$(PY) -m benchmarks.adapters --model-dir "$(REAL_MODEL)" --requests 64 $(BENCH_ARGS)
 
 bench-replicas: venv ## Replicas: failover under load, global rate-limit cost, 1 vs 2 replicas (~4 min)
 	@$(PY) -m benchmarks.replicas $(BENCH_ARGS)

@@ -5,7 +5,8 @@
 -- Requests: a generation route is marked in dynamic metadata `llm.usage.route` ("json" for
 -- the generate, infer and OpenAI routes, "grpc" for gRPC inference), which token_budget.lua
 -- reads too. Answers: the last value of each field seen goes to dynamic metadata:
--- `llm.usage` `prompt_tokens`, `completion_tokens` and their sum `tokens`; `llm.timing` with
+-- `llm.usage` `prompt_tokens`, `completion_tokens` and their sum `tokens` (and `model`, the
+-- first `model` an OpenAI answer names: the adapter it ran, or the base); `llm.timing` with
 -- each name of TIMINGS. They are in a sequence's last response: JSON fields (Triton's
 -- outputs, the OpenAI frontend's usage and `llm_timing`), or on gRPC the output tensors of
 -- the protobuf messages, read by the small decoder below (only messages that name a timing
@@ -44,6 +45,8 @@ function envoy_on_request(handle)
     local metadata = handle:streamInfo():dynamicMetadata()
     metadata:set("llm.usage", "route", route)
     if path:find("ModelStreamInfer", 1, true) then metadata:set("llm.usage", "stream", "1") end
+    -- OpenAI answers name the model (or adapter) they ran: the access log's `model`.
+    if path:find("^/v1/") then metadata:set("llm.usage", "openai", "1") end
   end
 end
 
@@ -201,9 +204,17 @@ function envoy_on_response(handle)
   local status = tonumber(handle:headers():get(":status") or "") or 0
   if status >= 400 then handle:streamInfo():dynamicMetadata():set("llm.usage", "tokens", "0") end
   local tail, seen = "", {}
+  local model_wanted = usage.openai == "1"
   for chunk in handle:bodyChunks() do
     -- The end of the previous chunk too: a field may straddle two chunks.
     local text = tail .. chunk:getBytes(0, chunk:length())
+    if model_wanted then
+      local model = text:match('"model"%s*:%s*"([^"\\]*)"')
+      if model ~= nil then
+        handle:streamInfo():dynamicMetadata():set("llm.usage", "model", model)
+        model_wanted = false
+      end
+    end
     -- Most chunks are text only: look closer only where a count or a timing may be.
     if text:find("_tokens", 1, true) or text:find("_ms", 1, true) then
       -- (objects taken before a yield are stale after it: note() asks again)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,17 @@ def test_every_api_picks_the_same_adapter_and_adapters_answer_differently(stack)
     assert openai_text.model == "notice"
     other = generate(stack, stack.key, adapter="tutorial").json()["text_output"]
     assert other not in (base, by_field)
+    # The access log names what ran (the header; an OpenAI answer's model), the metrics count it.
+    time.sleep(1)  # the access log is flushed every 500 ms
+    entries = [json.loads(line) for line in
+               Path(stack.gateway.access_log).read_text().splitlines()]
+    assert any(e["adapter"] == "notice" and e["path"] == "/v2/models/llm/generate"
+               for e in entries)
+    assert any(e["model"] == "notice" and e["path"] == "/v1/completions" for e in entries)
+    metrics = requests.get(stack.settings.metrics_url, timeout=10).text
+    assert 'llm:lora_adapters{model_name="llm",state="served"} 2' in metrics
+    assert re.search(r'llm:adapter_requests_total\{adapter="notice",model_name="llm"\} [1-9]',
+                     metrics), metrics
 
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{stack.gateway.port}")
     inputs = [grpcclient.InferInput("text_input", [1, 1], "BYTES"),

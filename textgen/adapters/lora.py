@@ -108,7 +108,13 @@ class StepLora:
 
     def product(self, adapter: LoraAdapter, key: Any) -> Product:
         """The adapter's (A, B) for a module name or a fused projection's key."""
-        parts = self._layout.get(key)
+        return StepLora.product_of(adapter, key, self._layout)
+
+    @staticmethod
+    def product_of(adapter: LoraAdapter, key: Any, layout: FusedLayout) -> Product:
+        """The adapter's (A, B) for a module name or a fused projection's key of `layout`,
+        fused on first use and kept with the adapter."""
+        parts = layout.get(key)
         if parts is None:
             return adapter.weights.get(key)
         if key not in adapter.fused:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -138,6 +139,7 @@ def read_adapter(name: str, path: Path, base_linears: Mapping[str, tuple[int, in
     for module, pair in sorted(halves.items()):
         weights[module] = _checked_pair(name, module, pair, rank, base_linears, scaling,
                                         dtype, device)
+        time.sleep(0)  # let the engine thread's step have the interpreter between modules
     return LoraAdapter(name=name, path=path, rank=rank, scaling=scaling, weights=weights)
 
 

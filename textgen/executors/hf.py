@@ -60,6 +60,10 @@ class Executor(Protocol):
         """Add a copy of each of `rows` (its cache so far) as new last rows, in order."""
         ...
 
+    def prepare_adapter(self, adapter: LoraAdapter) -> None:
+        """Make what its forward needs of a LoRA adapter as it loads, not in a step."""
+        ...
+
     def drop(self, rows: list[int]) -> list[int]:
         """Forget `rows`; returns the remaining rows' old indices in their new order."""
         ...
@@ -125,6 +129,9 @@ class HFExecutor:
 
     def fork(self, rows: list[int]) -> None:
         self._batch.fork(rows)
+
+    def prepare_adapter(self, adapter: LoraAdapter) -> None:
+        """Nothing: the wrapped layers use the adapter's matrices as they are."""
 
     def drop(self, rows: list[int]) -> list[int]:
         return self._batch.drop(rows)

@@ -27,6 +27,7 @@ is named by `unsupported_reason` and served by the HF executor instead.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -294,6 +295,17 @@ class LlamaExecutor:
             return None
         return StepLora.of(adapters, self._device, self._lora_layout)
 
+    def prepare_adapter(self, adapter: LoraAdapter) -> None:
+        """Build the adapter's fused products, and the C forward's copies of them, as it
+        loads (on the loading thread, not in a step); yields the interpreter between layers
+        so the engine thread's steps go on meanwhile."""
+        for key in self._lora_parts:
+            pair = StepLora.product_of(adapter, key, self._lora_layout)
+            if self._kernel is not None:
+                adapter.fused[("c", key)] = None if pair is None \
+                    else forward_kernel.lora_matrices(*pair)
+            time.sleep(0)
+
     def _kernel_lora(self, adapters: Sequence[Optional[LoraAdapter]],
                      lengths: Optional[Sequence[int]] = None) -> Any:
         """The C forward's argument for rows running `adapters` (`lengths`: a prefill's rows
@@ -303,7 +315,7 @@ class LlamaExecutor:
         if step is None:
             return None
         tables = step.cached("c", lambda: forward_kernel.LoraTables(
-            [[step.product(adapter, key) for key in self._lora_parts]
+            [[adapter.fused[("c", key)] for key in self._lora_parts]
              for adapter in step.adapters]))
         slots = step.row_slots
         if lengths is not None:

@@ -121,11 +121,12 @@ class TransformersEngine(EngineBase):
         self._eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else (self._eos_id or 0)
-        self.adapters = self._adapter_registry() if config.enable_lora else None
+        linears = base_linears(self.model)  # before the executor wraps or packs them
         self.executor = select_executor(config.executor, self.model, pad_id, self.device,
                                         self.limits.context_length, config.forward_path,
                                         take_weights=True, quantization=config.quantization,
                                         lora=config.enable_lora)
+        self.adapters = self._adapter_registry(linears) if config.enable_lora else None
         per_token = kv_bytes_per_token(self.model.config, self.executor.kv_dtype.itemsize)
         self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
                                    self.limits.context_length, per_token)
@@ -136,13 +137,16 @@ class TransformersEngine(EngineBase):
                  self.budget.tokens, self.budget.why,
                  str(self.executor.kv_dtype).removeprefix("torch."), bound, self._kv_bound_mib)
 
-    def _adapter_registry(self) -> AdapterRegistry:
-        """The adapters served from the start, checked against the loaded base model."""
-        config, linears = self.config, base_linears(self.model)
+    def _adapter_registry(self, linears: dict[str, tuple[int, int]]) -> AdapterRegistry:
+        """The adapters served from the start, checked against the base model's linear
+        layers; each made ready for the executor as it loads (never in a step)."""
+        config = self.config
 
         def read(name: str, path: Any) -> LoraAdapter:
-            return read_adapter(name, path, linears, config.max_lora_rank, self.model.dtype,
-                                self.device)
+            adapter = read_adapter(name, path, linears, config.max_lora_rank, self.model.dtype,
+                                   self.device)
+            self.executor.prepare_adapter(adapter)
+            return adapter
 
         registry = AdapterRegistry(read, config.max_loras, config.adapter_record,
                                    self.observer.on_adapters)

@@ -61,11 +61,13 @@ def test_a_batch_mixing_base_and_both_adapters_gives_each_row_peft_merged_tokens
     """The C forward, the Llama tensor forward and the HF module."""
     model = AutoModelForCausalLM.from_pretrained(demo_model_dir, dtype=torch.float32).eval()
     linears = base_linears(model)
-    adapters = {name: read_adapter(name, path, linears, 64, torch.float32, CPU)
-                for name, path in adapter_dirs.items()}
     executor = (HFExecutor(model, 1, CPU, lora=True) if executor_name == "hf" else
                 LlamaExecutor(model, 1, CPU, 512,
                               kernel_target="native" if executor_name == "c" else None))
+    adapters = {name: read_adapter(name, path, linears, 64, torch.float32, CPU)
+                for name, path in adapter_dirs.items()}
+    for adapter in adapters.values():
+        executor.prepare_adapter(adapter)
     assert executor.forward_path == {"c": "c", "tensor": "tensor", "hf": "module"}[
         executor_name]
     rows = [(name, text) for text in TEXTS for name in ("",) + ADAPTERS]

@@ -41,10 +41,12 @@ def test_a_rank_16_adapter_on_every_linear_layer_gives_peft_merged_tokens(
     expected = [hf_greedy(merged, p, NEW_TOKENS) for p in prompts]
     model = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32).eval()
     base_expected = hf_greedy(model, prompts[0], NEW_TOKENS)
-    adapter = read_adapter("r16", real_adapter, base_linears(model), 64, torch.float32, CPU)
-    assert adapter.rank == 16 and adapter.targets == sorted(ALL_LINEAR)
+    linears = base_linears(model)
     executor = LlamaExecutor(model, model.config.pad_token_id, CPU, 2048,
                              kernel_target=kernel_target)
+    adapter = read_adapter("r16", real_adapter, linears, 64, torch.float32, CPU)
+    executor.prepare_adapter(adapter)
+    assert adapter.rank == 16 and adapter.targets == sorted(ALL_LINEAR)
     eos = model.generation_config.eos_token_id
     got = greedy_rows(executor, prompts + [prompts[0]], [adapter, adapter, None],
                       eos if isinstance(eos, list) else [eos])

@@ -91,15 +91,13 @@ LORA_PARTS = 4  # per layer: q/k/v fused, the output projection, gate/up fused, 
 class LoraTables:
     """The matrices of a set of adapters as forward_kernel.c reads them: for adapter s, layer
     i and part p (LORA_PARTS, in forward_kernel.c's LoraPart order), `pairs[s][i *
-    LORA_PARTS + p]` is (A [rank, in], B [out, rank]) or None. Made float32, B transposed (the
-    kernel adds B's rows along the outputs), once per set of adapters."""
+    LORA_PARTS + p]` is (A [rank, in], B^T [rank, out]) as `lora_matrices` made them, or None.
+    Only pointers are gathered here: a new set of adapters in the batch costs no copy."""
 
     def __init__(self, pairs: Sequence[Sequence[Optional[tuple[torch.Tensor, torch.Tensor]]]]
                  ) -> None:
         flat = [pair for adapter in pairs for pair in adapter]
-        self._kept = [None if pair is None else
-                      (pair[0].float().contiguous(), pair[1].float().t().contiguous())
-                      for pair in flat]
+        self._kept = flat
         self._a = (ctypes.c_void_p * len(flat))(*(
             None if pair is None else pair[0].data_ptr() for pair in self._kept))
         self._b = (ctypes.c_void_p * len(flat))(*(
@@ -125,6 +123,12 @@ class LoraTables:
                      scratch.data_ptr(), scratch.shape[1])
         lora.kept = (order, start, scratch)  # alive as long as the argument
         return lora
+
+
+def lora_matrices(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One product's (A, B) as forward_kernel.c's add_lora reads them: float32, contiguous, B
+    transposed (it adds B's rows along the outputs)."""
+    return a.float().contiguous(), b.float().t().contiguous()
 
 
 class KernelUnavailable(Exception):
