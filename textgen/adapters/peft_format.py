@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -60,17 +60,21 @@ class LoraAdapter:
     scaling: float
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
     fused: dict[Any, Optional[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)  # `q_proj`, ...: for listings and logs
     users: int = 0  # running sequences (registry.AdapterRegistry counts them)
 
     @property
     def nbytes(self) -> int:
-        """Memory its weights take (the fused copies not counted: they are built per step)."""
-        return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
+        """Memory its matrices take: as read, and the copies an executor made of them."""
+        tensors = [t for pair in [*self.weights.values(), *self.fused.values()]
+                   if pair is not None for t in pair]
+        return sum({t.data_ptr(): t.nbytes for t in tensors}.values())
 
-    @property
-    def targets(self) -> list[str]:
-        """The short names of the modules it adapts (`q_proj`, ...), for listings and logs."""
-        return sorted({name.rsplit(".", 1)[-1] for name in self.weights})
+    def keep_only(self, wanted: Callable[[Any], bool]) -> None:
+        """Drop the matrices an executor will not read again: the ones as read, and the
+        copies whose key `wanted` refuses (the C forward keeps its own copies only)."""
+        self.weights = {}
+        self.fused = {key: pair for key, pair in self.fused.items() if wanted(key)}
 
 
 def check_name(name: str) -> str:
@@ -140,7 +144,8 @@ def read_adapter(name: str, path: Path, base_linears: Mapping[str, tuple[int, in
         weights[module] = _checked_pair(name, module, pair, rank, base_linears, scaling,
                                         dtype, device)
         time.sleep(0)  # let the engine thread's step have the interpreter between modules
-    return LoraAdapter(name=name, path=path, rank=rank, scaling=scaling, weights=weights)
+    return LoraAdapter(name=name, path=path, rank=rank, scaling=scaling, weights=weights,
+                       targets=sorted({module.rsplit(".", 1)[-1] for module in weights}))
 
 
 def _checked_pair(name: str, module: str, pair: Mapping[str, torch.Tensor], rank: int,

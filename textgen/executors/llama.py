@@ -305,6 +305,8 @@ class LlamaExecutor:
                 adapter.fused[("c", key)] = None if pair is None \
                     else forward_kernel.lora_matrices(*pair)
             time.sleep(0)
+        if self._kernel is not None:  # the C forward reads its copies only: keep those alone
+            adapter.keep_only(lambda key: isinstance(key, tuple) and key[0] == "c")
 
     def _kernel_lora(self, adapters: Sequence[Optional[LoraAdapter]],
                      lengths: Optional[Sequence[int]] = None) -> Any:
