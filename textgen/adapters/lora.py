@@ -56,9 +56,11 @@ class StepLora:
     stacked), a 0/1 mask keeping each row's own adapter's columns, then every B at once
     (their B matrices side by side), so a projection costs four tensor operations however many
     adapters the step holds. Why not a gather per adapter (index_select, two products,
-    index_add_): on a CPU each operation's dispatch costs more than a small product, and that
-    made four adapters cost 3.5x the operations of one (docs/performance.md, LoRA adapters in
-    the shared batch). The stacked matrices are built once per set of adapters (`_Stacks`)."""
+    index_add_): that is four operations per adapter and projection, and on a CPU each
+    operation's dispatch costs more than a small product (docs/performance.md, LoRA adapters
+    in the shared batch: the demo model fell to 0.39x of its base with four adapters). The
+    stacked matrices are built once per set of adapters (`_Stacks`). The C forward adds
+    adapters its own way (forward_kernel.c's add_lora) and does not come here."""
 
     def __init__(self, adapters: tuple[LoraAdapter, ...], slots: Optional[torch.Tensor],
                  layout: FusedLayout) -> None:
