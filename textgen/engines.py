@@ -23,10 +23,6 @@ def choose_engine(config: EngineConfig) -> str:
         return config.engine
     if resolve_device(config.device).type != "cuda":
         return "transformers"
-    if config.enable_lora:
-        log.info("engine auto: using transformers: LoRA adapters are on, which it serves "
-                 "(the vLLM engine does not yet)")
-        return "transformers"
     from textgen.vllm_engine.engine import vllm_supports
 
     reason = vllm_supports(config.model_dir)
@@ -46,9 +42,6 @@ def create_engine(config: EngineConfig, observer: EngineObserver) -> GenerationE
         if reason:
             raise ModelLoadError(f"engine `vllm` cannot serve {config.model_dir}: {reason}; "
                                  f"or use engine `transformers`")
-        if config.enable_lora:
-            raise ModelLoadError("engine `vllm` serves no LoRA adapters yet (LLM_LORA_ADAPTERS, "
-                                 "LLM_ENABLE_LORA): use engine `transformers` for adapters")
         return VllmEngine(config, observer)
     from textgen.transformers_engine.engine import TransformersEngine
     return TransformersEngine(config, observer)

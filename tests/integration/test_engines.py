@@ -1,8 +1,9 @@
 """The behaviour every engine promises, run against each: `transformers` and `vllm`.
 
 Each engine gets its own real Triton (LLM_ENGINE=...) behind its own real Envoy, with small
-admission limits so that a burst fills the queue. Nothing here depends on an engine's numerics:
-the same request gives the same text within one engine, never across engines. The vLLM half
+admission limits so that a burst fills the queue, serving the demo model's two LoRA adapters.
+Nothing here depends on an engine's numerics: the same request gives the same text within one
+engine, never across engines (the adapters' answers are held to PEFT's float32 model). The vLLM half
 needs .venv-vllm (`make vllm`, a prerequisite of `make test`).
 """
 
@@ -10,20 +11,24 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from contracts.adapters import ADMIN_TIER, MODEL as ADAPTERS_MODEL
 from tests.harness import (assert_disconnect_cancels, assert_error_contract, infer_inputs,
                            model_log_records, wait_for_metric, wait_for_metric_above)
 from tools import runtime
-from tools.processes import gateway_process, http_ok, triton_process, triton_settings
+from tools.processes import ROOT, gateway_process, http_ok, triton_process, triton_settings
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +36,7 @@ MAX_NUM_SEQS = 2
 MAX_QUEUE_SIZE = 2
 # Appears in prompts only, so finding it in a log means a prompt was logged.
 SECRET = "zebra-marmalade-7731"
+ADAPTERS = {name: ROOT / "demo_model" / "adapters" / name for name in ("notice", "tutorial")}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class EngineStack:
     gateway_grpc: str
     access_log: Path
     key: str
+    admin_key: str
 
     @property
     def triton_log(self) -> Path:
@@ -66,7 +73,10 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     settings = triton_settings(run_dir)
     # float32: the suite compares scores with float32 HF on CPUs with and without bfloat16.
     triton = triton_process(settings, LLM_ENGINE=engine, LLM_MAX_NUM_SEQS=str(MAX_NUM_SEQS),
-                            LLM_MAX_QUEUE_SIZE=str(MAX_QUEUE_SIZE), LLM_DTYPE="float32")
+                            LLM_MAX_QUEUE_SIZE=str(MAX_QUEUE_SIZE), LLM_DTYPE="float32",
+                            LLM_MAX_LORAS="1",  # adapters take turns: some requests wait
+                            LLM_LORA_ADAPTERS=",".join(f"{name}={path}"
+                                                       for name, path in ADAPTERS.items()))
     envoy, gateway = gateway_process(settings)
     triton.start()
     try:
@@ -77,13 +87,14 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         url = f"http://{gateway.host}:{gateway.port}"
         envoy.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
         key, _ = runtime.KeyStore(gateway.keys_dir).issue(f"engine-{engine}", "benchmark")
+        admin_key, _ = runtime.KeyStore(gateway.keys_dir).issue(f"admin-{engine}", ADMIN_TIER)
         deadline = time.monotonic() + 20
         while requests.get(f"{url}/v2/models/llm/ready", headers={"X-API-Key": key},
                            timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "the gateway never accepted the new key"
             time.sleep(0.1)
         yield EngineStack(engine, settings, url, f"{gateway.host}:{gateway.port}",
-                          Path(gateway.access_log), key)
+                          Path(gateway.access_log), key, admin_key)
     finally:
         envoy.stop()
         triton.stop()
@@ -298,3 +309,86 @@ def test_n_sequences_stream_each_with_its_index_and_its_own_end(stack):
     assert all(texts.values()) and len(set(texts.values())) > 1  # sampled apart
     reply = stack.generate({"text_input": "The list", "max_tokens": 4, "n": 2})
     assert_error_contract(reply, 400, "invalid_request")
+
+
+def pefts_greedy_text(adapter: str, prompt: str, tokens: int) -> str:
+    """What the base model, with `adapter` merged into it by PEFT, writes greedily."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(runtime.DEMO_MODEL)
+    model = AutoModelForCausalLM.from_pretrained(runtime.DEMO_MODEL, dtype=torch.float32)
+    if adapter:
+        model = PeftModel.from_pretrained(model, ADAPTERS[adapter]).merge_and_unload()
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    out = model.eval().generate(ids, max_new_tokens=tokens, min_new_tokens=tokens,
+                                do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_each_adapter_answers_as_pefts_merged_model_in_a_batch_with_base_rows(stack):
+    """Base rows and rows of each adapter in one batch: each gets what PEFT's merged model
+    writes (vLLM's CPU products once gave base rows an adapter's delta: see the vLLM engine's
+    SPARE_CPU_LORA_SLOTS)."""
+    names = ["", "notice", "tutorial"]
+    expected = {name: pefts_greedy_text(name, "The list", 12) for name in names}
+    assert len(set(expected.values())) == 3
+    body = {"text_input": "The list", "max_tokens": 12, "ignore_eos": True,
+            "exclude_input_in_output": True}
+    # Two run at once (MAX_NUM_SEQS), the third waits for a slot and, with LLM_MAX_LORAS=1,
+    # for the other adapter's request to end.
+    with ThreadPoolExecutor(len(names)) as pool:
+        replies = list(pool.map(lambda name: stack.generate({**body, "adapter": name}), names))
+    assert [r.json().get("text_output", r.text) for r in replies] == \
+        [expected[n] for n in names]
+
+
+def test_an_unknown_adapter_is_a_404_naming_those_served(stack):
+    reply = stack.generate({"text_input": "The list", "max_tokens": 4, "adapter": "nope"})
+    body = assert_error_contract(reply, 404, "not_found")
+    assert "`notice`" in body["error"] and "`tutorial`" in body["error"]
+
+
+def manage_adapters(stack: EngineStack, action: str, name: str, path: str = "") -> list[str]:
+    """The operator's command to the `llm_adapters` model over gRPC through the gateway;
+    the names served after it."""
+    client = grpcclient.InferenceServerClient(stack.gateway_grpc)
+    inputs = []
+    for tensor, value in (("action", action), ("name", name), ("path", path)):
+        if value:
+            inputs.append(grpcclient.InferInput(tensor, [1], "BYTES"))
+            inputs[-1].set_data_from_numpy(np.array([value.encode()], dtype=object))
+    result = client.infer(ADAPTERS_MODEL, inputs, headers={"x-api-key": stack.admin_key})
+    served = json.loads(result.as_numpy("adapters")[0])["adapters"]
+    return [adapter["name"] for adapter in served]
+
+
+def test_an_adapter_unloaded_while_a_stream_runs_on_it_finishes_it_then_loads_again(stack):
+    body = {"text_input": "The list", "max_tokens": 400, "ignore_eos": True,
+            "adapter": "tutorial"}
+    started = threading.Event()
+
+    def stream() -> dict[str, Any]:
+        with requests.post(f"{stack.gateway_url}/generate_stream", json=body, stream=True,
+                           headers={"X-API-Key": stack.key}, timeout=120) as reply:
+            events = []
+            for line in reply.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    started.set()
+        return events[-1]
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stream)
+        assert started.wait(60)
+        assert manage_adapters(stack, "unload", "tutorial") == ["notice"]
+        last = running.result(timeout=120)
+    assert (last["finish_reason"], last["num_output_tokens"]) == ("length", 400)
+    assert stack.generate({**body, "max_tokens": 4}).status_code == 404
+    with pytest.raises(InferenceServerException, match="has no adapter_config.json"):
+        manage_adapters(stack, "load", "broken", str(ROOT / "demo_model"))
+    assert manage_adapters(stack, "load", "tutorial", str(ADAPTERS["tutorial"])) == \
+        ["notice", "tutorial"]
+    again = stack.generate({**body, "max_tokens": 12, "exclude_input_in_output": True})
+    assert again.json()["text_output"] == pefts_greedy_text("tutorial", "The list", 12)

@@ -14,6 +14,7 @@ and what would fix it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -39,7 +40,10 @@ _DEFAULTS: dict[str, Any] = {
     "target_parameters": None,
 }
 
-__all__ = ["AdapterError", "LoraAdapter", "UnknownAdapter", "base_linears", "read_adapter"]
+__all__ = ["AdapterError", "LoraAdapter", "UnknownAdapter", "base_linears", "config_linears",
+           "read_adapter"]
+
+_SERIALS = itertools.count(1)  # next() on a count is atomic: reads happen on many threads
 
 
 class AdapterError(ValueError):
@@ -62,6 +66,9 @@ class LoraAdapter:
     fused: dict[Any, Optional[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # `q_proj`, ...: for listings and logs
     users: int = 0  # running sequences (registry.AdapterRegistry counts them)
+    # Unique to this read of the directory, from 1: an engine that loads the directory itself
+    # (vLLM, as LoRARequest's id) tells these weights from an earlier read of the same name.
+    serial: int = field(default_factory=lambda: next(_SERIALS))
 
     @property
     def nbytes(self) -> int:
@@ -172,6 +179,17 @@ def _checked_pair(name: str, module: str, pair: Mapping[str, torch.Tensor], rank
                            "model)")
     return (a.to(device=device, dtype=dtype).contiguous(),
             (b.to(torch.float32) * scaling).to(device=device, dtype=dtype).contiguous())
+
+
+def config_linears(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """`base_linears` of the model at `model_dir`, from its config alone: the model is built
+    on the meta device, so no weight is read or allocated. For an engine that loads the model
+    itself (vLLM) yet checks adapters as the transformers engine does."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return base_linears(model)
 
 
 def base_linears(model: Any) -> dict[str, tuple[int, int]]:

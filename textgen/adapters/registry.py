@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from textgen.adapters.peft_format import AdapterError, LoraAdapter, UnknownAdapter, check_name
+from textgen.core.config import EngineConfig
+from textgen.core.loading import ModelLoadError
 
 log = logging.getLogger("textgen")
 
@@ -86,6 +88,12 @@ class AdapterRegistry:
     def resident(self) -> list[str]:
         with self._lock:
             return list(self._resident)
+
+    def is_resident(self, adapter: LoraAdapter) -> bool:
+        """Whether these weights are the ones `adapter.name` has resident (not evicted,
+        unloaded or replaced since)."""
+        with self._lock:
+            return self._resident.get(adapter.name) is adapter
 
     def check(self, name: str) -> None:
         """Raises UnknownAdapter unless `name` is served (at submission, before queuing)."""
@@ -174,3 +182,27 @@ def starting_adapters(configured: Sequence[tuple[str, Path]],
         log.info("adapters from the record %s: %s", record, ", ".join(saved) or "none")
         return [(str(name), Path(path)) for name, path in saved.items()]
     return list(configured)
+
+
+def start_registry(config: EngineConfig, read: Reader,
+                   on_change: Callable[[int, int], None]) -> AdapterRegistry:
+    """An engine's registry as it starts (LLM_MAX_LORAS, its record), serving what
+    `starting_adapters` says, each read with `read`; one that cannot be served fails the load
+    (ModelLoadError naming it)."""
+    registry = AdapterRegistry(read, config.max_loras, config.adapter_record, on_change)
+    try:
+        for name, path in starting_adapters(config.lora_adapters, config.adapter_record):
+            registry.load(name, path)
+    except AdapterError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return registry
+
+
+def check_served(registry: Optional[AdapterRegistry], name: str) -> None:
+    """At submission: raises UnknownAdapter unless `name` is empty (the base model) or served
+    (`registry` None: the engine serves no adapters)."""
+    if not name:
+        return
+    if registry is None:
+        raise UnknownAdapter(name, [])
+    registry.check(name)

@@ -23,7 +23,7 @@ import abc
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from textgen.core.admission import Admission
 from textgen.core.config import EngineConfig, Limits
@@ -33,6 +33,9 @@ from textgen.core.engine_thread import session_nice, start_engine_thread, thread
 from textgen.core.loading import resolve_device
 from textgen.core.outputs import EngineObserver, OutputSink
 from textgen.core.validation import GenerationRequest
+
+if TYPE_CHECKING:
+    from textgen.adapters.registry import AdapterRegistry
 
 log = logging.getLogger("textgen")
 
@@ -61,6 +64,7 @@ class EngineBase(abc.ABC):
 
     name: str          # what `describe()` and LLM_ENGINE call it
     limits: Limits
+    adapters: Optional[AdapterRegistry] = None  # the LoRA adapters served; None: LoRA is off
 
     def __init__(self, config: EngineConfig, observer: Optional[EngineObserver]) -> None:
         self.config = config
@@ -125,4 +129,7 @@ class EngineBase(abc.ABC):
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "dtype_reason": self.dtype_why,
                 "context_length": self.limits.context_length, **self._facts(),
+                **({} if self.adapters is None else {
+                    "adapters": list(self.adapters.served()),
+                    "max_loras": self.adapters.max_loras}),
                 "engine_nice": thread_nice(self._thread), "session_nice": session_nice()}

@@ -19,14 +19,13 @@ import torch
 from contracts.logprobs import TokenLogprobs
 from textgen.adapters.peft_format import (AdapterError, LoraAdapter, UnknownAdapter, base_linears,
                                           read_adapter)
-from textgen.adapters.registry import AdapterRegistry, starting_adapters
+from textgen.adapters.registry import AdapterRegistry, check_served, start_registry
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.cpus import run_in_passing_thread
 from textgen.core.dtypes import resolve_dtype
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
-from textgen.core.loading import (ModelLoadError, load_config, load_model,
-                                  return_large_frees_to_the_os)
+from textgen.core.loading import load_config, load_model, return_large_frees_to_the_os
 from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pacer, Timeline,
                                   send_finish, send_text)
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
@@ -148,14 +147,7 @@ class TransformersEngine(EngineBase):
             self.executor.prepare_adapter(adapter)
             return adapter
 
-        registry = AdapterRegistry(read, config.max_loras, config.adapter_record,
-                                   self.observer.on_adapters)
-        try:
-            for name, path in starting_adapters(config.lora_adapters, config.adapter_record):
-                registry.load(name, path)
-        except AdapterError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        return registry
+        return start_registry(config, read, self.observer.on_adapters)
 
     # ---- called from Triton's threads -------------------------------------------------
 
@@ -165,10 +157,7 @@ class TransformersEngine(EngineBase):
         Raises ValidationError for a request that can never run and Overloaded when the
         waiting queue is full; both before anything is queued.
         """
-        if request.adapter:
-            if self.adapters is None:
-                raise UnknownAdapter(request.adapter, [])
-            self.adapters.check(request.adapter)
+        check_served(self.adapters, request.adapter)
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         if request.prompt_logprobs is not None:
@@ -417,7 +406,4 @@ class TransformersEngine(EngineBase):
                 "executor": self.executor.name, "forward_path": self.executor.forward_path,
                 "max_batch_total_tokens": self.budget.tokens,
                 "kv_cache_max_mib": round(self._kv_bound_mib),
-                "cpu_threads": torch.get_num_threads(),
-                **({} if self.adapters is None else {
-                    "adapters": list(self.adapters.served()),
-                    "max_loras": self.adapters.max_loras})}
+                "cpu_threads": torch.get_num_threads()}

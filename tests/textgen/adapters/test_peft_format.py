@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from textgen.adapters.peft_format import (WEIGHTS_FILE, AdapterError, base_linears, check_name,
-                                          read_adapter)
+                                          config_linears, read_adapter)
 
 CPU = torch.device("cpu")
 
@@ -50,6 +50,15 @@ def test_bundled_adapter_reads_with_its_rank_scaling_and_every_linear_of_each_la
 
 def test_lm_head_is_not_a_target(linears):
     assert not any(name.startswith("lm_head") for name in linears)
+
+
+def test_the_linears_read_from_the_config_alone_are_the_loaded_models(demo_model_dir, linears):
+    assert config_linears(demo_model_dir) == linears
+
+
+def test_each_read_of_an_adapter_has_its_own_serial(adapter_dirs, linears):
+    first, again = (read(adapter_dirs["notice"], linears) for _ in range(2))
+    assert 0 < first.serial < again.serial
 
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "../etc", "a/b"])

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from textgen.adapters.peft_format import LoraAdapter, UnknownAdapter
-from textgen.adapters.registry import AdapterRegistry, starting_adapters
+from textgen.adapters.peft_format import AdapterError, LoraAdapter, UnknownAdapter
+from textgen.adapters.registry import (AdapterRegistry, check_served, start_registry,
+                                       starting_adapters)
+from textgen.core.config import EngineConfig
+from textgen.core.loading import ModelLoadError
 
 
 class Reads:
@@ -75,3 +78,38 @@ def test_every_change_is_recorded_and_a_restart_serves_the_record(tmp_path):
     configured = [("a", tmp_path / "a")]
     assert starting_adapters(configured, record) == [("b", tmp_path / "b")]
     assert starting_adapters(configured, tmp_path / "none.json") == configured
+
+
+def test_weights_stay_resident_until_evicted_unloaded_or_replaced(tmp_path):
+    registry = AdapterRegistry(Reads(), max_loras=1)
+    a = registry.load("a", tmp_path / "a")
+    assert registry.is_resident(a)
+    replaced = registry.load("a", tmp_path / "a")
+    assert registry.is_resident(replaced) and not registry.is_resident(a)
+    registry.load("b", tmp_path / "b")  # evicts a (idle)
+    assert not registry.is_resident(replaced)
+    b = registry.acquire("b")
+    assert b is not None
+    registry.unload("b")
+    assert not registry.is_resident(b)
+
+
+def test_an_engine_starts_serving_its_configured_adapters_and_a_bad_one_fails_the_load(
+        tmp_path, demo_model_dir):
+    config = EngineConfig(model_dir=demo_model_dir, enable_lora=True, max_loras=3,
+                          lora_adapters=(("a", tmp_path / "a"), ("b", tmp_path / "b")))
+    changes: list[tuple[int, int]] = []
+    registry = start_registry(config, Reads(), lambda *counts: changes.append(counts))
+    assert list(registry.served()) == ["a", "b"] and changes[-1] == (2, 2)
+    check_served(registry, "a")
+    check_served(registry, "")  # the base model
+    with pytest.raises(UnknownAdapter, match="`a`, `b`"):
+        check_served(registry, "c")
+    with pytest.raises(UnknownAdapter):
+        check_served(None, "a")  # LoRA off
+
+    def refuse(name: str, path: Path) -> LoraAdapter:
+        raise AdapterError(f"adapter `{name}`: broken")
+
+    with pytest.raises(ModelLoadError, match="adapter `a`: broken"):
+        start_registry(config, refuse, lambda *counts: None)
