@@ -14,9 +14,11 @@
  * rows) or arithmetic (many), the packed panels below keep it ahead of the matrix library
  * too, at every row count measured (docs/performance.md, What made this: the packed C forward).
  *
- * Weights: every product's matrix arrives packed (forward_kernel.py, `pack`, once at load)
+ * Weights: every product's matrix arrives packed (kernel.py, `pack`, once at load)
  * into panels of 32 output rows, transposed ([in][32]), so a product streams each panel once
- * from memory in order and every row tile multiplies it from cache with no horizontal sums.
+ * from memory in order and every row tile multiplies it from cache with no horizontal sums:
+ * with AVX-512 intrinsics, with AVX2 ones for float32 weights (`avx2_block`), else in plain
+ * loops the compiler vectorizes, which read the panel once per row.
  *
  * bfloat16 weights (compiled with -DWEIGHTS_BF16; `weight_t` below): the same panels hold
  * pairs of inputs, [in / 2][32][2], the layout of AVX512-BF16's pair dot product. Where the
@@ -47,7 +49,7 @@
  *
  * Threads: a call runs `threads` OpenMP threads in one parallel region; each product splits
  * its outputs, attention its (row, head) pairs, and the row-wise steps their rows. The
- * library is linked to the libgomp that torch itself loaded (forward_kernel.py), so the
+ * library is linked to the libgomp that torch itself loaded (kernel.py), so the
  * kernel and torch's operations share one thread pool and never oversubscribe the cores.
  * Every thread computes whole outputs, so results do not depend on the thread count.
  */
@@ -206,6 +208,14 @@ static void rms_norm(const float *x, const float *weight, float *y, int n, float
     for (int i = 0; i < n; i++) y[i] = x[i] * scale * weight[i];
 }
 
+/* AVX2 with FMA and no AVX-512 (AMD Zen 1-3, Intel before Skylake-SP and its client cores):
+ * float32 panels get their own tile (`avx2_block`); the other builds keep the plain loops. */
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__) && !defined(WEIGHTS_BF16) \
+    && !defined(WEIGHTS_INT8)
+#define AVX2_F32 1
+#include <immintrin.h>
+#endif
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -223,8 +233,44 @@ static inline __m128 sum4(const __m512 v[4]) {
 }
 #endif
 
-/* The rows of a product's tile: each panel is read from cache once per 8 rows. */
+/* The rows of a product's tile: each panel is read from cache once per 8 rows (6 with AVX2,
+ * whose 16 vector registers hold 6 rows' sums of half a panel). */
+#if defined(AVX2_F32)
+#define TILE_ROWS 6
+#else
 #define TILE_ROWS 8
+#endif
+
+#if defined(AVX2_F32)
+/* `rows` rows by `vectors` x 8 outputs of a panel from `part` (all 32, or a half: one cache
+ * line an input), in at most 12 sums, the weight vectors and a broadcast in the 16 registers:
+ * 6 or 4 rows by a half, 1 or 2 rows by the whole panel (4 chains of multiply-adds a row, as
+ * one row needs to hide their latency). The sums of an output run over the inputs in order,
+ * as in the plain loops. Stores the first `width` (<= vectors x 8) outputs a row. */
+static inline __attribute__((always_inline)) void avx2_block(
+        const float *part, const float *x, int x_stride, int in, const float *bias, float *y,
+        int y_stride, const int rows, const int vectors, int width) {
+    __m256 acc[6][4];
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < vectors; v++) acc[i][v] = _mm256_setzero_ps();
+    for (int k = 0; k < in; k++) {
+        __m256 w[4];
+        for (int v = 0; v < vectors; v++) w[v] = _mm256_load_ps(part + (int64_t)k * 32 + v * 8);
+        for (int i = 0; i < rows; i++) {
+            __m256 xv = _mm256_broadcast_ss(x + (int64_t)i * x_stride + k);
+            for (int v = 0; v < vectors; v++) acc[i][v] = _mm256_fmadd_ps(xv, w[v], acc[i][v]);
+        }
+    }
+    /* The sums leave the registers in loops of constant bounds only: a loop of variable
+     * bound (`width`) touching `acc` made GCC keep it in memory, storing every sum each input. */
+    float sums[6][32];
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < vectors; v++) _mm256_storeu_ps(sums[i] + v * 8, acc[i][v]);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < width; j++)
+            y[(int64_t)i * y_stride + j] = sums[i][j] + (bias ? bias[j] : 0.0f);
+}
+#endif
 
 #if defined(__AVX512F__)
 /* Stores a tile's sums (plus the bias) into the first `width` of its 32 outputs per row. */
@@ -406,6 +452,15 @@ static inline __attribute__((always_inline)) void tile(
 #endif
 #endif
     store_tile(acc, bias, y, y_stride, nr, width);
+#elif defined(AVX2_F32)
+    (void)out;
+    if (nr <= 2) {  /* nr is TILE_ROWS, 4 or 1 here (matmul_rows), a constant once inlined */
+        avx2_block(panel, x, x_stride, in, bias, y, y_stride, nr, 4, width);
+    } else {
+        for (int h = 0; h * 16 < width; h++)
+            avx2_block(panel + h * 16, x, x_stride, in, bias ? bias + h * 16 : NULL, y + h * 16,
+                       y_stride, nr, 2, width - h * 16 < 16 ? width - h * 16 : 16);
+    }
 #else
     for (int i = 0; i < nr; i++) {
         float acc[32] = {0};

@@ -33,9 +33,9 @@ def test_pack_lays_out_panels_of_32_transposed_output_rows_with_a_zeroed_tail(dt
     assert not panels[2, :, 70 - 64:].any()
 
 
-# The C forward's paths: this CPU's (AVX-512 where it has it) and the generic loops that CPUs
-# without AVX-512 run.
-TARGETS = ["native"] + (["x86-64-v2"] if platform.machine() == "x86_64" else [])
+# The C forward's paths: this CPU's (AVX-512 where it has it), AVX2's float32 tile (CPUs with
+# AVX2 and no AVX-512) and the plain loops of the rest.
+TARGETS = ["native"] + (["x86-64-v3", "x86-64-v2"] if platform.machine() == "x86_64" else [])
 # bfloat16 weights have a third path: AVX-512 without AVX512-BF16 widens each pair to float32
 # (Skylake to Ice Lake), which this CPU runs too where it has AVX-512.
 BF16_TARGETS = TARGETS + (["skylake-avx512"] if "avx512f" in cpu_flags() else [])
