@@ -31,8 +31,8 @@ from textgen.core.outputs import (EngineObserver, FinishReason, OutputSink, Pace
 from textgen.core.validation import GenerationRequest, ValidationError, check_token_budget
 from textgen.executors.hf import product_timer, select_executor
 from textgen.executors.kv_batch import HEADROOM
-from textgen.transformers_engine.logprobs import (check_prompt_logits, normalized, prompt_records,
-                                                  records)
+from textgen.executors.native.kernel import logprob_pass
+from textgen.transformers_engine.logprobs import check_prompt_logits, prompt_records, records, score
 from textgen.transformers_engine.sampling import (RowControls, make_controls, make_rng,
                                                   sample_next_tokens)
 from textgen.transformers_engine.scheduler import Budget, Scheduler, prefill_groups, prefill_share
@@ -126,6 +126,8 @@ class TransformersEngine(EngineBase):
                                         take_weights=True, quantization=config.quantization,
                                         lora=config.enable_lora)
         self.adapters = self._adapter_registry(linears) if config.enable_lora else None
+        # Logprobs' log-sum-exp and best tokens in one C pass where the C forward runs.
+        self._native_scores = logprob_pass if self.executor.forward_path == "c" else None
         per_token = kv_bytes_per_token(self.model.config, self.executor.kv_dtype.itemsize)
         self.budget = token_budget(config.max_batch_total_tokens, config.max_num_seqs,
                                    self.limits.context_length, per_token)
@@ -320,16 +322,16 @@ class TransformersEngine(EngineBase):
         seqs = [self._scheduler.rows[r] for r in rows]
         asking = [i for i, s in enumerate(seqs) if s.logprobs is not None]
         # Before sampling: its controls change the logits in place.
-        scored = None if not asking else normalized(
-            logits if len(asking) == len(seqs) else logits[asking])
+        scores = None if not asking else score(
+            logits, asking, [seqs[i].request.logprobs or 0 for i in asking],
+            [seqs[i].request.reshapes_logits for i in asking], self._native_scores)
         tokens = sample_next_tokens(logits, [s.request for s in seqs], [s.rng for s in seqs],
                                     self._eos_id, [s.generated for s in seqs],
                                     [s.controls for s in seqs])
         entries: dict[int, TokenLogprobs] = {}
-        if scored is not None:
-            entries = dict(zip(asking, records(
-                scored, [tokens[i] for i in asking],
-                [seqs[i].request.logprobs or 0 for i in asking], self._token_texts)))
+        if scores is not None:
+            entries = dict(zip(asking, records(scores, [tokens[i] for i in asking],
+                                               self._token_texts)))
         now = time.monotonic()
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
             if seq.request.max_tokens == 0:  # it only scored its prompt

@@ -1,15 +1,17 @@
 """Log-probabilities for the rows that ask: of each row's token and of the model's most likely
 ones, from the raw logits (contracts/logprobs.py says why raw).
 
-Why batched: per step, one log-softmax over the asking rows and one top-k with the largest k
-among them, each made into Python lists once; a row that does not ask costs nothing. Prompt
+Why batched: per step, one log-sum-exp over the asking rows and one top-k with the largest k
+among them (in one C pass where the engine runs its C forward), each made into Python lists
+once; a row that does not ask costs nothing, and no normalized copy of the logits is made. Prompt
 logprobs come from the prefill's logits of every prompt position (executors' `prefill`
 with `every_position`), in chunks, so a long prompt never holds two copies of its logits.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -33,29 +35,56 @@ def check_prompt_logits(prompt_tokens: int, vocab_size: int, limit_mib: int) -> 
             "request"))
 
 
-def normalized(logits: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities, float32, [rows, vocab]; taken before sampling changes the logits."""
-    return torch.log_softmax(logits.float(), dim=-1)
+@dataclass
+class Scores:
+    """What a step's logprobs need from its logits, taken before sampling, which may change
+    them in place (logit_bias, penalties, a banned EOS): each row's log-sum-exp and its best
+    tokens; the chosen token's entry comes after sampling (`records`)."""
+
+    logits: torch.Tensor  # the asking rows' raw logits, a copy where sampling reshapes them
+    lse: torch.Tensor     # [rows]
+    best_ids: list[list[int]]
+    best_values: list[list[float]]  # log-probabilities, best first
+    top: Sequence[int]    # how many best tokens each row asked for
 
 
-def records(logprobs: torch.Tensor, chosen: Sequence[int], top: Sequence[int],
-            texts: Sequence[str]) -> list[TokenLogprobs]:
-    """Per row of `logprobs` ([rows, vocab], `normalized`): the chosen token's entry and the
-    row's `top` best, best first. `texts[id]`: a token's text (tokenization.TokenTexts)."""
-    index = torch.tensor(chosen, dtype=torch.long, device=logprobs.device).unsqueeze(1)
-    values = logprobs.gather(1, index).squeeze(1).clamp_(min=FLOOR).tolist()
+# Native = kernel.logprob_pass's signature: (logits [rows, vocab], k) -> (lse, ids, values).
+Native = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def score(logits: torch.Tensor, asking: Sequence[int], top: Sequence[int],
+          reshaped: Sequence[bool], native: Optional[Native] = None) -> Scores:
+    """The `asking` rows of a step's raw `logits` ([rows, vocab]), each wanting its `top`
+    best tokens; `reshaped[i]`: sampling will change row asking[i] in place. `native`: the C
+    pass (one read of each row for its maximum, one for its sum, one for its best), else
+    torch's log-sum-exp and top-k; neither writes a normalized copy of the logits."""
+    rows = logits.float()
+    if len(asking) < rows.shape[0]:
+        rows = rows[list(asking)]  # a copy: sampling cannot reach it
+    elif any(reshaped):
+        rows = rows.clone()
     k = max(top, default=0)
-    best_values: list[list[float]] = [[] for _ in chosen]
-    best_ids: list[list[int]] = [[] for _ in chosen]
-    if k:
-        found = torch.topk(logprobs, k, dim=-1)
-        best_values = found.values.clamp_(min=FLOOR).tolist()
-        best_ids = found.indices.tolist()
+    if native is not None and rows.device.type == "cpu":
+        lse, ids, values = native(rows, k)
+    else:
+        lse = torch.logsumexp(rows, dim=-1)
+        found = torch.topk(rows, k, dim=-1) if k else None
+        ids = found.indices if found is not None else torch.empty((len(asking), 0))
+        values = found.values - lse.unsqueeze(1) if found is not None else ids.float()
+    return Scores(rows, lse, ids.tolist(), values.clamp(min=FLOOR).tolist(), top)
 
+
+def records(scores: Scores, chosen: Sequence[int], texts: Sequence[str]
+            ) -> list[TokenLogprobs]:
+    """Per row of `scores`: the chosen token's entry and the row's `top` best, best first.
+    `texts[id]`: a token's text (tokenization.TokenTexts)."""
+    index = torch.tensor(chosen, dtype=torch.long, device=scores.logits.device).unsqueeze(1)
+    values = (scores.logits.gather(1, index).squeeze(1) - scores.lse).clamp_(min=FLOOR).tolist()
     text = texts.__getitem__
     return [TokenLogprobs(Candidate(token, text(token), value),
                           tuple(map(Candidate, ids[:n], map(text, ids[:n]), vals[:n])))
-            for token, value, n, ids, vals in zip(chosen, values, top, best_ids, best_values)]
+            for token, value, n, ids, vals in zip(chosen, values, scores.top,
+                                                  scores.best_ids, scores.best_values)]
 
 
 def prompt_records(logits: torch.Tensor, prompt_ids: Sequence[int], top: int,
@@ -65,6 +94,7 @@ def prompt_records(logits: torch.Tensor, prompt_ids: Sequence[int], top: int,
     out: list[Optional[TokenLogprobs]] = [None]
     for start in range(0, len(prompt_ids) - 1, PROMPT_CHUNK):
         end = min(start + PROMPT_CHUNK, len(prompt_ids) - 1)
-        out += records(normalized(logits[start:end]), prompt_ids[start + 1:end + 1],
-                       [top] * (end - start), texts)
+        chunk = range(end - start)
+        out += records(score(logits[start:end], chunk, [top] * len(chunk), [False] * len(chunk)),
+                       prompt_ids[start + 1:end + 1], texts)
     return tuple(out)

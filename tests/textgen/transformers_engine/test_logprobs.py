@@ -103,3 +103,36 @@ def test_prompt_logprobs_past_the_logits_bound_are_refused_with_the_longest_allo
     assert caught.value.parameter == "prompt_logprobs"
     assert "max_prompt_logits_mib (1,024)" in str(caught.value)
     assert f"score at most {most} tokens" in str(caught.value)
+
+
+@pytest.mark.parametrize("asking", [[0, 1, 2, 3], [1, 3]])
+def test_the_c_pass_and_torch_score_alike_and_sampling_after_them_changes_nothing(asking):
+    """`score` before sampling, `records` after it: the C pass (where the C forward runs) and
+    torch agree, and a row sampling reshapes in place keeps its raw log-probabilities."""
+    from textgen.executors.native.kernel import KernelUnavailable, logprob_pass
+    from textgen.transformers_engine.logprobs import records, score
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 500, generator=generator) * 4
+    expected = torch.log_softmax(logits, dim=-1)
+    top = [5, 0, 20, 1][:len(asking)]
+    reshaped = [True, False, True, False][:len(asking)]
+    texts = [f"t{i}" for i in range(500)]
+    try:
+        logprob_pass(logits[:1], 1)
+        passes = [None, logprob_pass]
+    except KernelUnavailable:
+        passes = [None]
+    for native in passes:
+        batch = logits.clone()
+        scores = score(batch, asking, top, reshaped, native)
+        batch[asking[0]] += torch.arange(500.0)  # what logit_bias or penalties would do
+        chosen = [int(expected[row].argmin()) for row in asking]
+        entries = records(scores, chosen, texts)
+        for entry, row, token, k in zip(entries, asking, chosen, top):
+            assert entry.chosen.token_id == token and entry.chosen.token == f"t{token}"
+            assert entry.chosen.logprob == pytest.approx(expected[row, token].item(), abs=1e-4)
+            best = torch.topk(expected[row], k)
+            assert [c.token_id for c in entry.top] == best.indices.tolist()
+            assert [c.logprob for c in entry.top] == pytest.approx(best.values.tolist(),
+                                                                     abs=1e-4)

@@ -509,7 +509,10 @@ static Inputs prepare_inputs(const float *x, void *narrow, int rows, int in, int
             uint8_t *q = (uint8_t *)narrow + (int64_t)r * in + b * BLOCK;
             float top = 0.0f;
 #pragma omp simd reduction(max : top)
-            for (int k = 0; k < BLOCK; k++) top = fmaxf(top, fabsf(xb[k]));
+            for (int k = 0; k < BLOCK; k++) {  /* not fmaxf: GCC calls it per element */
+                float magnitude = fabsf(xb[k]);
+                top = magnitude > top ? magnitude : top;
+            }
             float scale = top > 0.0f ? top / 127.0f : 1.0f, inverse = 1.0f / scale;
 #pragma omp simd
             for (int k = 0; k < BLOCK; k++) q[k] = (uint8_t)(nearbyintf(xb[k] * inverse) + 128.0f);
@@ -908,4 +911,55 @@ void textgen_product(const weight_t *w, const float *x, float *y, int32_t rows, 
                      int32_t out, float *scratch, int32_t threads) {
 #pragma omp parallel num_threads(threads)
     matmul_rows(w, NULL, x, y, rows, in, out, in, out, scratch);
+}
+
+/* Log-probabilities for the rows that ask (textgen/transformers_engine/logprobs.py), from raw
+ * logits in one call: for each row of `logits` ([rows][vocab], `stride` floats apart) its
+ * log-sum-exp and its `k` most likely tokens with their log-probabilities, best first.
+ * Ties: the lower token id first. Why here: torch's log-sum-exp and top-k are two general
+ * passes over the batch with their own set-up; this reads each row three times from cache
+ * (its maximum, its sum of exponentials, a top-k kept by insertion above the k-th value) and
+ * writes only what is asked. Rows are shared among the threads. */
+static void row_logprobs(const float *row, int vocab, int k, float *lse_out, int64_t *top_ids,
+                         float *top_values) {
+    float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int i = 0; i < vocab; i++) top = row[i] > top ? row[i] : top;  /* fmaxf: a call each */
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < vocab; i++) sum += expf(row[i] - top);
+    const float lse = top + logf(sum);
+    *lse_out = lse;
+    int found = 0;
+    float floor_value = -INFINITY;  /* the k-th best value so far, once k are held */
+    for (int base = 0; base < vocab && k > 0; base += 16) {
+        const int end = base + 16 < vocab ? base + 16 : vocab;
+        if (found == k) {  /* most chunks hold nothing above the k-th: one vector max each */
+            float most = -INFINITY;
+            for (int i = base; i < end; i++) most = row[i] > most ? row[i] : most;
+            if (!(most > floor_value)) continue;
+        }
+        for (int i = base; i < end; i++) {
+            float v = row[i];
+            if (found == k && !(v > floor_value)) continue;
+            int at = found < k ? found++ : k - 1;  /* drop the k-th when full */
+            while (at > 0 && top_values[at - 1] < v) {
+                top_values[at] = top_values[at - 1];
+                top_ids[at] = top_ids[at - 1];
+                at--;
+            }
+            top_values[at] = v;
+            top_ids[at] = i;
+            if (found == k) floor_value = top_values[k - 1];
+        }
+    }
+    for (int j = 0; j < found; j++) top_values[j] -= lse;
+}
+
+void textgen_logprobs(const float *logits, int rows, int vocab, int64_t stride, int k,
+                      float *lse, int64_t *top_ids, float *top_values, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int r = 0; r < rows; r++)
+        row_logprobs(logits + (int64_t)r * stride, vocab, k, lse + r, top_ids + (int64_t)r * k,
+                     top_values + (int64_t)r * k);
 }

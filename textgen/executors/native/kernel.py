@@ -417,6 +417,29 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])
 
 
+def logprob_pass(rows: torch.Tensor, k: int, target: str = "native"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's log-sum-exp and its `k` best tokens with their log-probabilities, best
+    first, for float32 CPU logits `rows` ([rows, vocab]), in one C pass on the calling
+    thread's OpenMP threads (textgen_logprobs). Raises KernelUnavailable where the kernel
+    does not build."""
+    call = compile_library(target).textgen_logprobs
+    call.restype = None
+    call.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                     ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                     ctypes.c_int32]
+    rows = rows.float()
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    count, vocab = rows.shape
+    lse = torch.empty(count)
+    ids = torch.empty((count, k), dtype=torch.int64)
+    values = torch.empty((count, k))
+    call(rows.data_ptr(), count, vocab, rows.stride(0), k, lse.data_ptr(), ids.data_ptr(),
+         values.data_ptr(), torch.get_num_threads())
+    return lse, ids, values
+
+
 def product(panels: torch.Tensor, x: torch.Tensor, out: int, dtype: torch.dtype,
             threads: int = 1, target: str = "native") -> Any:
     """A callable computing y = x W^T ([rows, out]) through the kernel's own product, as the
