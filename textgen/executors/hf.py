@@ -26,11 +26,13 @@ import torch
 
 from textgen.adapters.lora import ActiveLora, StepLora, wrap_linears
 from textgen.adapters.peft_format import LoraAdapter, base_linears
-from textgen.core.dtypes import ProductTimer, best_seconds
+from textgen.core.dtypes import ProductTimer, best_seconds, cpu_flags
 from textgen.core.loading import ModelLoadError, quantize_linear_int8
 from textgen.executors.kv_batch import KVBatch, new_cache, prefill_inputs, prefill_positions
 
 log = logging.getLogger("textgen")
+
+INT8_INSTRUCTIONS = "avx512_vnni"  # the C forward's int8 tile (vpdpbusd); plain loops without
 
 
 class Executor(Protocol):
@@ -196,6 +198,14 @@ def select_executor(requested: str, model: Any, pad_id: int, device: torch.devic
         log.info("quantization int8 in torch's int8 modules of the Hugging Face executor: the C "
                  "forward is unavailable (%s)", executor.kernel_unavailable)
         return _hf_executor(model, pad_id, device, int8)
+    if int8 and INT8_INSTRUCTIONS not in cpu_flags():
+        # Measured on a Zen 3 (AVX2, no VNNI): a 1536x576 int8 product took 0.6 ms for one
+        # row and ~20 ms for 32, against float32's AVX2 tile's 0.1 and 1.1 ms
+        # (docs/performance.md, AVX2 CPUs).
+        log.warning("quantization int8: this CPU has no AVX512-VNNI (`%s` in /proc/cpuinfo), "
+                    "so the C forward multiplies int8 in plain loops, several times slower than "
+                    "float32 here; unset LLM_QUANTIZATION to serve float32",
+                    INT8_INSTRUCTIONS)
     return executor
 
 

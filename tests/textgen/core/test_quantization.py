@@ -58,6 +58,23 @@ def test_int8_on_cpu_runs_in_the_c_forward_over_int8_panels(demo_model_dir: Path
     assert held["int8"] > 3 * held["float32"]  # the projections; float32: norms, rotary tables
 
 
+@needs_cc
+def test_int8_on_a_cpu_without_vnni_warns_that_float32_is_faster(demo_model_dir, monkeypatch,
+                                                                caplog):
+    import textgen.executors.hf as hf
+
+    monkeypatch.setattr(hf, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with caplog.at_level("WARNING", logger="textgen"):
+        _served(demo_model_dir)
+    assert any("no AVX512-VNNI" in r.message and "unset LLM_QUANTIZATION" in r.message
+               for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(hf, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    with caplog.at_level("WARNING", logger="textgen"):
+        _served(demo_model_dir)
+    assert not any("no AVX512-VNNI" in r.message for r in caplog.records)
+
+
 @pytest.fixture(scope="module")
 def fp32_and_hf_int8(demo_model_dir: Path):
     fp32, tokenizer = load_model(demo_model_dir, CPU, torch.float32)
