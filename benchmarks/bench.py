@@ -114,7 +114,10 @@ PLANS = {
                 "static": {"mixed": [2]},
                 "baseline": {"mixed": [2]},
                 "openai": {"fixed": [2]}},
-        requests_per_client=2, min_requests=3, max_requests=4, max_seconds=5, grace_s=5,
+        # grace_s: time for the last requests to finish. A smoke run checks the harness, not
+        # speed; the naive baseline's third mixed request did not finish within 5 s on a
+        # slower 2-core CPU (Zen 3) under the test suite's load.
+        requests_per_client=2, min_requests=3, max_requests=4, max_seconds=5, grace_s=30,
         perf_levels=[1], perf_interval_ms=0, quality_windows=2, quality_repeats=1,
         quality_new_tokens=8,
         headline_concurrency=2, ttft_concurrency=2),
