@@ -417,17 +417,24 @@ def build(model: Any, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads
     return ForwardKernel(library, model_record, layer_array, keep, positions=cos.shape[0])
 
 
+@functools.lru_cache(maxsize=None)
+def _logprobs_function(target: str) -> Any:
+    """textgen_logprobs with its signature declared, once per target (it runs every step)."""
+    call = compile_library(target).textgen_logprobs
+    call.restype = None
+    call.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                     ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                     ctypes.c_int32]
+    return call
+
+
 def logprob_pass(rows: torch.Tensor, k: int, target: str = "native"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's log-sum-exp and its `k` best tokens with their log-probabilities, best
     first, for float32 CPU logits `rows` ([rows, vocab]), in one C pass on the calling
     thread's OpenMP threads (textgen_logprobs). Raises KernelUnavailable where the kernel
     does not build."""
-    call = compile_library(target).textgen_logprobs
-    call.restype = None
-    call.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
-                     ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                     ctypes.c_int32]
+    call = _logprobs_function(target)
     rows = rows.float()
     if rows.stride(1) != 1:
         rows = rows.contiguous()
